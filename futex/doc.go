@@ -1,0 +1,18 @@
+// Package futex waits on and wakes a 32-bit word that may live in memory
+// shared between processes.
+//
+// The futexes are shared (FUTEX_PRIVATE_FLAG is never set) because the
+// waiter and the waker are usually different processes mapping the same
+// pages. Shared futexes also work on private memory, such as the Go heap,
+// which is what the ring package's unit tests use.
+//
+// # Caveats
+//
+// A goroutine blocked in Wait holds an OS thread for as long as it sleeps;
+// the Go runtime starts another thread for the other goroutines. Code that
+// may park thousands of waiters should wait on a descriptor in the netpoller
+// instead.
+//
+// The word must be 4-byte aligned. Wait and Wake are safe for concurrent use
+// by any number of goroutines and processes.
+package futex
