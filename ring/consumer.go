@@ -1,0 +1,283 @@
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// Record is a view of one committed record.
+type Record struct {
+	Type uint32
+	// Data is the payload, inside the ring's memory when returned by
+	// Peek: valid until Release, and its capacity ends with it.
+	Data []byte
+}
+
+// Consumer takes records out of a ring, in the order they were committed
+// (SPSC) or claimed (MPSC). A ring has one consumer; a Consumer must be
+// used by one goroutine at a time, except Close, which any goroutine may
+// call.
+type Consumer struct {
+	s     shared
+	multi bool
+
+	head      uint64 // next position to read; published by Release
+	tailCache uint64 // last tail read; only ever moves forward
+	peeked    bool
+	cur       Record
+	curSize   uint64 // bytes Release frees: the record, plus padding skipped before it
+	curStart  uint64 // position where those bytes begin (MPSC zeroing)
+	err       error  // sticky: once corrupt, always corrupt
+
+	stuck stuckClaim // MPSC: the claim at head that has not committed
+}
+
+// errInFlight: an MPSC claim at head is not committed yet. Blocking calls
+// use it to look after the claim's producer; callers see ErrEmpty.
+var errInFlight = fmt.Errorf("%w: claim in flight", ErrEmpty)
+
+// NewConsumer attaches the consumer to the ring at the start of mem.
+func NewConsumer(mem []byte, opts *Options) (*Consumer, error) {
+	s, err := attach(mem, opts)
+	if err != nil {
+		return nil, fmt.Errorf("attach consumer: %w", err)
+	}
+	c := &Consumer{s: s, multi: s.m.geo.Producers > 0}
+	h := atomic.LoadUint64(s.head)
+	t := atomic.LoadUint64(s.tail)
+	if t-h > s.m.size || t%recordAlign != 0 || h%recordAlign != 0 {
+		return nil, fmt.Errorf("attach consumer: %w", corrupt("tail - head", h, t-h))
+	}
+	c.head, c.tailCache = h, t
+	return c, nil
+}
+
+// TryPeek returns the next record without waiting: ErrEmpty if there is
+// none now, ErrClosed once the ring is closed and drained. Peeking again
+// before Release returns the same record.
+func (c *Consumer) TryPeek() (Record, error) {
+	r, err := c.peek()
+	if err == errInFlight {
+		err = ErrEmpty
+	}
+	return r, err
+}
+
+// Peek returns the next record, waiting until one is committed, ctx ends
+// or the ring is closed and drained. The Commit of the record happens
+// before Peek returns it.
+func (c *Consumer) Peek(ctx context.Context) (Record, error) {
+	r, err := c.peek()
+	if err != ErrEmpty && err != errInFlight {
+		return r, err
+	}
+	sp := newSpinner(c.s.opts.spin())
+	for {
+		if err := ctx.Err(); err != nil {
+			return Record{}, err
+		}
+		if !sp.again() {
+			announce(c.s.consWait)
+			r, err = c.peek()
+			if err != ErrEmpty && err != errInFlight {
+				unannounce(c.s.consWait)
+				return r, err
+			}
+			// A claim in flight may belong to a dead producer that will
+			// never wake us: sleep in slices and look after it.
+			var limit time.Duration
+			if err == errInFlight {
+				limit = recoverySlice
+			}
+			if err := sleep(ctx, c.s.consWait, limit); err != nil {
+				unannounce(c.s.consWait)
+				return Record{}, err
+			}
+			if err == errInFlight {
+				if rerr := c.recoverStuck(); rerr != nil {
+					return Record{}, rerr
+				}
+			}
+		}
+		r, err = c.peek()
+		if err != ErrEmpty && err != errInFlight {
+			return r, err
+		}
+	}
+}
+
+func (c *Consumer) peek() (Record, error) {
+	if c.err != nil {
+		return Record{}, c.err
+	}
+	if c.peeked {
+		return c.cur, nil
+	}
+	m := &c.s.m
+	start := c.head
+	for {
+		h := c.head
+		if h == c.tailCache {
+			t := atomic.LoadUint64(c.s.tail)
+			if t-h > m.size || t%recordAlign != 0 {
+				return Record{}, c.fail(corrupt("tail outside [head, head+size]", h, t))
+			}
+			c.tailCache = t
+			if t == h {
+				if h != start {
+					c.publishHead(start, h) // padding skipped: hand it back now
+				}
+				if c.s.isClosed() {
+					return Record{}, ErrClosed
+				}
+				return Record{}, ErrEmpty
+			}
+		}
+		avail := c.tailCache - h
+		off := h & m.mask
+		w := atomic.LoadUint64(word64(c.s.data, int(off)))
+		if wordState(w) != stateCommitted {
+			if c.multi && (w == 0 || wordState(w) == stateClaimed) {
+				// Claimed (tail is past it) but not committed yet.
+				if h != start {
+					c.publishHead(start, h)
+					start = h
+				}
+				c.stuck.note(h)
+				return Record{}, errInFlight
+			}
+			return Record{}, c.fail(corrupt("record state", h, w))
+		}
+		n := wordLen(w)
+		rs := recordSize(n)
+		fl := wordFlags(w)
+		if fl&^(flagPad|flagSkip) != 0 {
+			return Record{}, c.fail(corrupt("record flags", h, w))
+		}
+		if fl&flagPad != 0 {
+			// Padding only where a wrap is due: it must end exactly at the
+			// end of the data area.
+			rs = headerSize + n
+			if off+rs != m.size || rs > avail {
+				return Record{}, c.fail(corrupt("padding", h, w))
+			}
+		} else if n > m.maxP || rs > avail || off+rs > m.size {
+			return Record{}, c.fail(corrupt("record length", h, w))
+		}
+		if fl&flagSkip != 0 {
+			// Aborted or abandoned: no checksum was computed.
+			c.head = h + rs
+			continue
+		}
+		typ := binary.LittleEndian.Uint32(c.s.data[off+8:])
+		sum := binary.LittleEndian.Uint32(c.s.data[off+12:])
+		var payload []byte
+		if fl&flagPad == 0 {
+			payload = c.s.data[off+headerSize : off+headerSize+n : off+headerSize+n]
+		}
+		if headerSum(m.seed, h, w, typ, payloadHash(m, payload)) != sum {
+			return Record{}, c.fail(corrupt("header checksum", h, uint64(sum)))
+		}
+		if fl&flagPad != 0 {
+			c.head = h + rs
+			continue
+		}
+		c.peeked = true
+		c.cur = Record{Type: typ, Data: payload}
+		c.curStart = start
+		c.curSize = h + rs - start
+		return c.cur, nil
+	}
+}
+
+func (c *Consumer) fail(err error) error {
+	c.err = err
+	return err
+}
+
+// Release frees the record returned by the last Peek; its view becomes
+// invalid. Releasing synchronizes before the Reserve that reuses the space.
+func (c *Consumer) Release() error {
+	if !c.peeked {
+		if c.err != nil {
+			return c.err
+		}
+		return fmt.Errorf("release: %w: no record peeked", ErrPending)
+	}
+	c.peeked = false
+	c.cur = Record{}
+	c.publishHead(c.curStart, c.curStart+c.curSize)
+	return nil
+}
+
+// publishHead hands [from, to) back to the producers. In MPSC the bytes
+// are zeroed first: a producer claims a position by changing its zero
+// claim word, so no stale word may survive into the next lap.
+func (c *Consumer) publishHead(from, to uint64) {
+	if c.multi {
+		m := &c.s.m
+		for p := from; p != to; {
+			off := p & m.mask
+			end := off + (to - p)
+			if end > m.size {
+				end = m.size
+			}
+			clear(c.s.data[off:end])
+			p += end - off
+		}
+	}
+	c.head = to
+	atomic.StoreUint64(c.s.head, to)
+	if atomic.LoadUint32(c.s.prodWait) != 0 {
+		wakeAll(c.s.prodWait)
+	}
+}
+
+// ReadInto copies the next record's payload into buf and releases it,
+// waiting as Peek does. If buf is too small it returns io.ErrShortBuffer
+// with n set to the size needed, and keeps the record.
+func (c *Consumer) ReadInto(ctx context.Context, buf []byte) (typ uint32, n int, err error) {
+	r, err := c.Peek(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(buf) < len(r.Data) {
+		return r.Type, len(r.Data), io.ErrShortBuffer
+	}
+	n = copy(buf, r.Data)
+	return r.Type, n, c.Release()
+}
+
+// TryReadInto is ReadInto without waiting (ErrEmpty if there is nothing).
+func (c *Consumer) TryReadInto(buf []byte) (typ uint32, n int, err error) {
+	r, err := c.TryPeek()
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(buf) < len(r.Data) {
+		return r.Type, len(r.Data), io.ErrShortBuffer
+	}
+	n = copy(buf, r.Data)
+	return r.Type, n, c.Release()
+}
+
+// Read returns a copy of the next record, waiting as Peek does.
+func (c *Consumer) Read(ctx context.Context) (typ uint32, data []byte, err error) {
+	r, err := c.Peek(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	data = append([]byte(nil), r.Data...)
+	return r.Type, data, c.Release()
+}
+
+// Close closes the ring for every side and wakes every waiter. The
+// consumer may go on draining committed records. Idempotent.
+func (c *Consumer) Close() error {
+	c.s.markClosed()
+	return nil
+}

@@ -1,0 +1,40 @@
+// Package ring is a lock-free ring of variable-size records in memory that
+// may be shared between processes: one consumer and either one producer
+// (SPSC) or many producers, goroutines and processes alike (MPSC).
+//
+// A ring lives in any []byte: Go heap memory (handy in tests), or a shared
+// mapping such as a shmseg.Segment's payload. Init lays out a new ring;
+// NewProducer and NewConsumer attach handles to an existing one after
+// checking its magic, version, geometry and checksum.
+//
+// Producers reserve space and commit it (zero copy), or Write a copy.
+// The consumer peeks at the next record and releases it (zero copy), or
+// reads a copy. Every record header carries a checksum seeded with the
+// record's position, so a header left from an earlier lap never verifies;
+// the payload can be covered too (Geometry.PayloadChecksum).
+//
+// Waiting spins for a bounded time (Options.Spin), then sleeps on a futex.
+// A side wakes the other only after that side has announced that it
+// sleeps, so two busy processes exchange records without system calls.
+//
+// In an MPSC ring, every claim names its producer slot. A producer that dies
+// between claim and commit does not block the ring: once the operating
+// system reports the owner gone, the consumer turns the claim into padding.
+//
+// # Caveats
+//
+// Shared memory is a trust boundary. Every word read from it is read once
+// and validated; a violation is ErrCorrupt, never a panic, and the
+// consumer stays in that error state. A peer can still rewrite a payload
+// after it has been verified: a zero-copy view is only as trustworthy as
+// the peer.
+//
+// A zero-copy view returned by Peek is valid until Release; a Reservation's
+// bytes are valid until Commit or Abort. Neither may be kept past that.
+//
+// An SPSC Producer and every Consumer are not safe for concurrent use: one
+// goroutine at a time. An MPSC Producer is safe for concurrent use by many
+// goroutines. Close is safe to call from any goroutine at any time.
+//
+// The layout is little-endian and described in docs/design.md.
+package ring

@@ -1,0 +1,219 @@
+package ring
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// A ring's memory, offsets in bytes. Every position written by one side
+// sits on a 128-byte line of its own, since the adjacent-line prefetcher
+// moves 64-byte lines in pairs.
+//
+//	  0 +-----------------------------------------------+
+//	    | meta: magic, version, flags, data size,        |  written by Init,
+//	    | producer slots, seed, checksum                 |  read-only after
+//	 64 | closed u32                                     |  set once by Close
+//	128 +-----------------------------------------------+
+//	    | tail u64: SPSC publish / MPSC claim position   |  producer(s)
+//	256 +-----------------------------------------------+
+//	    | head u64: consumer position                    |  consumer
+//	384 +-----------------------------------------------+
+//	    | consWait u32: consumer sleeps (futex word)     |  consumer sets,
+//	512 +-----------------------------------------------+  producer clears
+//	    | prodWait u32: a producer sleeps (futex word)   |  producers set,
+//	640 +-----------------------------------------------+  consumer clears
+//	    | producer table: slots x 64 bytes (MPSC only)   |
+//	    +-----------------------------------------------+  (128-aligned)
+//	    | data: DataSize bytes (power of two), records   |
+//	    | 16-byte aligned, a padding record at the wrap  |
+//	    +-----------------------------------------------+
+//
+// Meta, little-endian:
+//
+//	 0 u64 magic "RINGIPCR"    24 u32 producer slots (0 = SPSC)
+//	 8 u32 version (1)         28 u32 reserved, zero
+//	12 u32 flags               32 u64 seed (random, per ring)
+//	16 u64 data size           40..56 reserved, zero
+//	56 u64 xxhash64 of bytes [0, 56)
+const (
+	offMagic     = 0
+	offVersion   = 8
+	offFlags     = 12
+	offDataSize  = 16
+	offSlots     = 24
+	offSeed      = 32
+	offMetaSum   = 56
+	metaSumEnd   = 56
+	offClosed    = 64
+	offTail      = 128
+	offHead      = 256
+	offConsWait  = 384
+	offProdWait  = 512
+	offSlotTable = 640
+	slotSize     = 64
+	lineSize     = 128
+
+	magic   = 0x52434950474e4952 // "RINGIPCR" read little-endian
+	version = 1
+
+	flagPayloadSum = 1 << 0
+	knownFlags     = flagPayloadSum
+
+	// MinDataSize and MaxDataSize bound Geometry.DataSize.
+	MinDataSize = 1 << 10
+	MaxDataSize = 1 << 40
+	// MaxProducers bounds Geometry.Producers: slot numbers are 12 bits
+	// in a claim word, and 0 means "no slot".
+	MaxProducers = 1<<12 - 1
+)
+
+// Geometry is what Init lays out and what attaching checks.
+type Geometry struct {
+	// DataSize is the size of the data area in bytes: a power of two
+	// between MinDataSize and MaxDataSize. A record's payload may be at
+	// most MaxPayload(DataSize) bytes.
+	DataSize int
+	// Producers is 0 for a single-producer ring, or the number of
+	// producer slots of a multi-producer ring (1..MaxProducers): the
+	// number of producer handles (usually processes) attached at once.
+	Producers int
+	// PayloadChecksum makes every record's checksum cover its payload
+	// too, at the cost of hashing each payload twice (once per side).
+	PayloadChecksum bool
+}
+
+func (g Geometry) validate() error {
+	if g.DataSize < MinDataSize || g.DataSize > MaxDataSize || g.DataSize&(g.DataSize-1) != 0 {
+		return fmt.Errorf("%w: data size %d is not a power of two in [%d, %d]", ErrBadLayout, g.DataSize, MinDataSize, MaxDataSize)
+	}
+	if g.Producers < 0 || g.Producers > MaxProducers {
+		return fmt.Errorf("%w: %d producer slots, want 0..%d", ErrBadLayout, g.Producers, MaxProducers)
+	}
+	return nil
+}
+
+func dataOffset(producers int) int {
+	return alignUp(offSlotTable+producers*slotSize, lineSize)
+}
+
+// Size returns the bytes of memory a ring of geometry g occupies.
+func Size(g Geometry) (int, error) {
+	if err := g.validate(); err != nil {
+		return 0, err
+	}
+	return dataOffset(g.Producers) + g.DataSize, nil
+}
+
+// MaxPayload returns the largest payload a ring with data area dataSize
+// accepts: half the data area less a header, which guarantees that a
+// record always fits once the ring is empty, whatever the wrap.
+func MaxPayload(dataSize int) int { return dataSize/2 - headerSize }
+
+// Init lays out a new, empty ring of geometry g at the start of mem,
+// which must be 8-byte aligned and at least Size(g) bytes. It must run
+// before any handle attaches, and the memory must be handed to other
+// processes only after it returns (mapping a segment after Init is such
+// a hand-over).
+func Init(mem []byte, g Geometry) error {
+	size, err := Size(g)
+	if err != nil {
+		return err
+	}
+	if len(mem) < size {
+		return fmt.Errorf("%w: %d bytes of memory, geometry needs %d", ErrBadLayout, len(mem), size)
+	}
+	if !aligned8(mem) {
+		return fmt.Errorf("%w: memory is not 8-byte aligned", ErrBadLayout)
+	}
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return fmt.Errorf("init ring seed: %w", err)
+	}
+	clear(mem[:size])
+	var flags uint32
+	if g.PayloadChecksum {
+		flags |= flagPayloadSum
+	}
+	le := binary.LittleEndian
+	le.PutUint64(mem[offMagic:], magic)
+	le.PutUint32(mem[offVersion:], version)
+	le.PutUint32(mem[offFlags:], flags)
+	le.PutUint64(mem[offDataSize:], uint64(g.DataSize))
+	le.PutUint32(mem[offSlots:], uint32(g.Producers))
+	copy(mem[offSeed:], seed[:])
+	le.PutUint64(mem[offMetaSum:], xxhash.Sum64(mem[:metaSumEnd]))
+	return nil
+}
+
+// meta is the validated, immutable part of a ring, copied out of shared
+// memory once at attach time: nothing here is read from the mapping again.
+type meta struct {
+	geo   Geometry
+	flags uint32
+	seed  uint64
+	mask  uint64 // DataSize-1
+	size  uint64 // DataSize
+	maxP  uint64 // MaxPayload
+	dOff  int    // data area offset
+}
+
+// readMeta validates the meta block of mem and returns a copy of it.
+func readMeta(mem []byte) (meta, error) {
+	var m meta
+	if len(mem) < offSlotTable {
+		return m, fmt.Errorf("%w: %d bytes cannot hold a ring's control area", ErrBadLayout, len(mem))
+	}
+	if !aligned8(mem) {
+		return m, fmt.Errorf("%w: memory is not 8-byte aligned", ErrBadLayout)
+	}
+	le := binary.LittleEndian
+	var hdr [metaSumEnd + 8]byte
+	copy(hdr[:], mem) // one read of the shared words; validate the copy
+	if got := le.Uint64(hdr[offMagic:]); got != magic {
+		return m, fmt.Errorf("%w: magic %#x, want %#x", ErrBadLayout, got, uint64(magic))
+	}
+	if got := le.Uint32(hdr[offVersion:]); got != version {
+		return m, fmt.Errorf("%w: version %d, this package speaks %d", ErrBadLayout, got, version)
+	}
+	if got, want := le.Uint64(hdr[offMetaSum:]), xxhash.Sum64(hdr[:metaSumEnd]); got != want {
+		return m, fmt.Errorf("%w: meta checksum %#x, want %#x", ErrBadLayout, got, want)
+	}
+	m.flags = le.Uint32(hdr[offFlags:])
+	if m.flags&^knownFlags != 0 {
+		return m, fmt.Errorf("%w: unknown flags %#x", ErrBadLayout, m.flags)
+	}
+	ds := le.Uint64(hdr[offDataSize:])
+	slots := le.Uint32(hdr[offSlots:])
+	if ds > MaxDataSize || slots > MaxProducers {
+		return m, fmt.Errorf("%w: data size %d, %d producer slots", ErrBadLayout, ds, slots)
+	}
+	m.geo = Geometry{DataSize: int(ds), Producers: int(slots), PayloadChecksum: m.flags&flagPayloadSum != 0}
+	if err := m.geo.validate(); err != nil {
+		return m, err
+	}
+	need, _ := Size(m.geo)
+	if len(mem) < need {
+		return m, fmt.Errorf("%w: %d bytes of memory, the ring needs %d", ErrBadLayout, len(mem), need)
+	}
+	m.seed = le.Uint64(hdr[offSeed:])
+	m.size = ds
+	m.mask = ds - 1
+	m.maxP = uint64(MaxPayload(int(ds)))
+	m.dOff = dataOffset(int(slots))
+	return m, nil
+}
+
+// ReadGeometry validates the ring at the start of mem and returns its
+// geometry, without attaching a handle.
+func ReadGeometry(mem []byte) (Geometry, error) {
+	m, err := readMeta(mem)
+	return m.geo, err
+}
+
+func alignUp(n, a int) int { return (n + a - 1) &^ (a - 1) }
+
+func log2(n uint64) int { return bits.Len64(n) - 1 }

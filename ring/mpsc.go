@@ -1,0 +1,318 @@
+package ring
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The producer table of an MPSC ring: one 64-byte entry per slot.
+//
+//	+0  u64 owner: bits 0..31 pid, bits 32..43 generation (bumped at each
+//	               attach), bits 60..63 state (0 free, 1 attaching,
+//	               2 attached)
+//	+8  u64 owner's start time (clock ticks after boot, /proc/PID/stat
+//	        field 22), so a recycled pid is not taken for the owner
+//	+16 u64 intent length: bytes the slot is about to claim
+//	+24 u64 intent position | 1 (positions are 16-aligned, so bit 0 marks
+//	        the word valid; 0: no intent)
+//
+// A producer stores its intent (length, then position) before it CASes
+// the tail, and stores a claimed header word, naming its slot and
+// generation, right after. Every claim in the ring is therefore
+// attributable: by its header once claimed, by the intent in between.
+// One handle serializes that short window among its goroutines.
+const (
+	slotOwner     = 0
+	slotStart     = 8
+	slotIntentLen = 16
+	slotIntentPos = 24
+
+	slotFree      = 0
+	slotAttaching = 1
+	slotAttached  = 2
+
+	// recoverySlice bounds each sleep of a consumer blocked on a claim
+	// in flight: a dead producer never wakes it, so it looks again.
+	recoverySlice = 10 * time.Millisecond
+)
+
+// Owner identifies the process holding a producer slot.
+type Owner struct {
+	PID       int
+	StartTime uint64 // 0 while the owner is still attaching
+}
+
+func ownerWord(state uint64, gen uint32, pid int) uint64 {
+	return state<<60 | uint64(gen&genMask)<<32 | uint64(uint32(pid))
+}
+
+type mpscProducer struct {
+	slot uint32 // 1-based slot number, as stored in claim words
+	gen  uint32
+	pid  int
+
+	headCache atomic.Uint64 // a head seen; only a lower bound of the real one
+	claimMu   sync.Mutex    // serializes intent, tail CAS and claim store
+	detached  atomic.Bool
+}
+
+func (s *shared) slotOff(i int) int { return offSlotTable + i*slotSize }
+
+func (s *shared) alive(o Owner) bool {
+	if s.opts.Liveness != nil {
+		return s.opts.Liveness(o)
+	}
+	return ProcessAlive(o)
+}
+
+// readOwner reads a slot's owner words once.
+func (s *shared) readOwner(i int) (word uint64, o Owner) {
+	off := s.slotOff(i)
+	word = atomic.LoadUint64(word64(s.mem, off+slotOwner))
+	o.PID = int(uint32(word))
+	o.StartTime = atomic.LoadUint64(word64(s.mem, off+slotStart))
+	return word, o
+}
+
+func (mp *mpscProducer) attachSlot(s *shared) error {
+	pid := os.Getpid()
+	start, err := processStartTime(pid)
+	if err != nil {
+		return err
+	}
+	h := atomic.LoadUint64(s.head)
+	for i := 0; i < s.m.geo.Producers; i++ {
+		w, o := s.readOwner(i)
+		switch w >> 60 {
+		case slotFree:
+		case slotAttaching, slotAttached:
+			if s.alive(o) {
+				continue
+			}
+			// The owner is dead. Its claimed headers carry its
+			// generation, which the new one will not match; but a claim
+			// still in its intent window is known only by the intent,
+			// so keep the slot until the consumer is past it.
+			ip := atomic.LoadUint64(word64(s.mem, s.slotOff(i)+slotIntentPos))
+			if ip != 0 && int64(ip&^1-h) >= 0 {
+				continue
+			}
+		default:
+			continue // garbage: leave it alone, another slot may do
+		}
+		gen := (w>>32 + 1) & genMask
+		if gen == 0 {
+			gen = 1
+		}
+		off := s.slotOff(i)
+		if !atomic.CompareAndSwapUint64(word64(s.mem, off+slotOwner), w, ownerWord(slotAttaching, uint32(gen), pid)) {
+			continue
+		}
+		atomic.StoreUint64(word64(s.mem, off+slotIntentPos), 0)
+		atomic.StoreUint64(word64(s.mem, off+slotIntentLen), 0)
+		atomic.StoreUint64(word64(s.mem, off+slotStart), start)
+		atomic.StoreUint64(word64(s.mem, off+slotOwner), ownerWord(slotAttached, uint32(gen), pid))
+		mp.slot, mp.gen, mp.pid = uint32(i+1), uint32(gen), pid
+		mp.headCache.Store(h)
+		return nil
+	}
+	return fmt.Errorf("%w (%d slots)", ErrNoSlot, s.m.geo.Producers)
+}
+
+// detach frees the slot. Reservations still outstanding on this handle
+// must have been committed or aborted: the consumer would otherwise
+// skip them once it sees the slot re-used.
+func (mp *mpscProducer) detach(s *shared) error {
+	if mp.detached.Swap(true) {
+		return nil
+	}
+	off := s.slotOff(int(mp.slot - 1))
+	mine := ownerWord(slotAttached, mp.gen, mp.pid)
+	atomic.StoreUint64(word64(s.mem, off+slotIntentPos), 0)
+	atomic.CompareAndSwapUint64(word64(s.mem, off+slotOwner), mine, ownerWord(slotFree, mp.gen, 0))
+	return nil
+}
+
+func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation, error) {
+	s := &p.s
+	m := &s.m
+	if mp.detached.Load() || s.isClosed() {
+		return Reservation{}, ErrClosed
+	}
+	if n < 0 || uint64(n) > m.maxP {
+		return Reservation{}, fmt.Errorf("reserve %d bytes: %w (max %d)", n, ErrTooLarge, m.maxP)
+	}
+	rs := recordSize(uint64(n))
+	slotOff := s.slotOff(int(mp.slot - 1))
+	intentLen := word64(s.mem, slotOff+slotIntentLen)
+	intentPos := word64(s.mem, slotOff+slotIntentPos)
+
+	mp.claimMu.Lock()
+	defer mp.claimMu.Unlock()
+	for {
+		t := atomic.LoadUint64(s.tail)
+		off := t & m.mask
+		need, word := rs, makeWord(stateClaimed, 0, mp.slot, mp.gen, uint64(n))
+		if off+rs > m.size {
+			// Claim the padding up to the end first, then go round.
+			need = m.size - off
+			word = makeWord(stateClaimed, flagPad, mp.slot, mp.gen, need-headerSize)
+		}
+		h := mp.headCache.Load()
+		if int64(h-t) > 0 {
+			continue // t is stale: the consumer is already past it
+		}
+		if t+need-h > m.size {
+			// The head must be read after the tail for the check to be
+			// sound: everything below it has been consumed and zeroed.
+			h = atomic.LoadUint64(s.head)
+			if int64(h-t) > 0 {
+				continue
+			}
+			if t-h > m.size || h%recordAlign != 0 {
+				return Reservation{}, corrupt("head outside [tail-size, tail]", t, h)
+			}
+			mp.headCache.Store(h)
+			if t+need-h > m.size {
+				return Reservation{}, ErrFull
+			}
+		}
+		atomic.StoreUint64(intentLen, need)
+		atomic.StoreUint64(intentPos, t|1)
+		if !atomic.CompareAndSwapUint64(s.tail, t, t+need) {
+			continue
+		}
+		atomic.StoreUint64(word64(s.data, int(off)), word)
+		if word&flagPad != 0 {
+			p.writeHeader(t, word&^(0xF<<stateShift)|stateCommitted<<stateShift, 0, nil)
+			s.wakeConsumer()
+			continue
+		}
+		start := off + headerSize
+		end := start + uint64(n)
+		return Reservation{p: p, buf: s.data[start:end:end], pos: t, word: word, typ: typ}, nil
+	}
+}
+
+func (s *shared) wakeConsumer() {
+	if atomic.LoadUint32(s.consWait) != 0 {
+		wakeAll(s.consWait)
+	}
+}
+
+// commit replaces the claim word by the committed one. The CAS fails only
+// if the consumer declared this producer dead and skipped the claim.
+func (mp *mpscProducer) commit(p *Producer, r Reservation) error {
+	return mp.finish(p, r, r.word&^(0xF<<stateShift)|stateCommitted<<stateShift, r.buf)
+}
+
+// abort turns the claim into a record the consumer skips.
+func (mp *mpscProducer) abort(p *Producer, r Reservation) error {
+	return mp.finish(p, r, r.word&^(0xF<<stateShift)|stateCommitted<<stateShift|flagSkip, nil)
+}
+
+func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload []byte) error {
+	s := &p.s
+	off := r.pos & s.m.mask
+	wp := word64(s.data, int(off))
+	if cur := atomic.LoadUint64(wp); cur != r.word {
+		if wordState(cur) == stateCommitted && wordLen(cur) == wordLen(r.word) && cur&flagSkip != 0 {
+			return ErrAbandoned
+		}
+		return fmt.Errorf("finish reservation: %w: not outstanding", ErrPending)
+	}
+	if word&flagSkip == 0 {
+		sum := headerSum(s.m.seed, r.pos, word, r.typ, payloadHash(&s.m, payload))
+		binary.LittleEndian.PutUint32(s.data[off+8:], r.typ)
+		binary.LittleEndian.PutUint32(s.data[off+12:], sum)
+	}
+	// The CAS publishes the record (it synchronizes before the consumer's
+	// load of the word) and fails only if the consumer skipped the claim.
+	if !atomic.CompareAndSwapUint64(wp, r.word, word) {
+		return ErrAbandoned
+	}
+	s.wakeConsumer()
+	return nil
+}
+
+// stuckClaim remembers the claim at the consumer's head that is not
+// committed, so recovery looks after one claim at a time.
+type stuckClaim struct {
+	pos   uint64
+	valid bool
+}
+
+func (sc *stuckClaim) note(pos uint64) { sc.pos, sc.valid = pos, true }
+
+// recoverStuck looks at the claim in flight at head. If its producer is
+// dead, the claim becomes a skipped record and the consumer goes on. A
+// producer that is alive, however slow, is never skipped.
+//
+// Why a late commit cannot follow: a producer is declared dead only when
+// the operating system reports its process gone (or its pid reused by a
+// process with another start time); a dead process stores nothing more.
+// The claim word is replaced by CAS, so a commit racing it in a process
+// misjudged by a custom Liveness fails with ErrAbandoned instead of
+// publishing.
+func (c *Consumer) recoverStuck() error {
+	if !c.stuck.valid || c.stuck.pos != c.head || c.peeked {
+		return nil
+	}
+	s := &c.s
+	m := &s.m
+	h := c.head
+	off := h & m.mask
+	wp := word64(s.data, int(off))
+	w := atomic.LoadUint64(wp)
+	switch {
+	case wordState(w) == stateClaimed:
+		slot := wordSlot(w)
+		if slot == 0 || int(slot) > m.geo.Producers {
+			return c.fail(corrupt("claim slot", h, w))
+		}
+		ow, o := s.readOwner(int(slot - 1))
+		if ow>>60 != slotFree && uint32(ow>>32)&genMask == wordGen(w) && s.alive(o) {
+			return nil
+		}
+		n := wordLen(w)
+		if w&flagPad == 0 && n > m.maxP {
+			return c.fail(corrupt("claim length", h, w))
+		}
+		atomic.CompareAndSwapUint64(wp, w, w&^(0xF<<stateShift)|stateCommitted<<stateShift|flagSkip)
+		return nil
+	case w == 0:
+		// Between tail CAS and claim store: find the slot whose intent is
+		// this position.
+		t := atomic.LoadUint64(s.tail)
+		if t == h {
+			return nil
+		}
+		for i := 0; i < m.geo.Producers; i++ {
+			so := s.slotOff(i)
+			if atomic.LoadUint64(word64(s.mem, so+slotIntentPos)) != h|1 {
+				continue
+			}
+			need := atomic.LoadUint64(word64(s.mem, so+slotIntentLen))
+			ow, o := s.readOwner(i)
+			if ow>>60 != slotFree && s.alive(o) {
+				return nil
+			}
+			if need < headerSize || need%recordAlign != 0 || need > t-h || off+need > m.size {
+				return c.fail(corrupt("intent length", h, need))
+			}
+			var word uint64
+			if off+need == m.size && need-headerSize > m.maxP {
+				word = makeWord(stateCommitted, flagPad|flagSkip, 0, 0, need-headerSize)
+			} else {
+				word = makeWord(stateCommitted, flagSkip, 0, 0, need-headerSize)
+			}
+			atomic.CompareAndSwapUint64(wp, 0, word)
+			return nil
+		}
+	}
+	return nil
+}

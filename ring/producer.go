@@ -1,0 +1,243 @@
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+)
+
+// Producer appends records to a ring.
+//
+// On a single-producer ring, a Producer must be used by one goroutine at
+// a time and only one may exist. On a multi-producer ring, a Producer owns
+// one producer slot and is safe for concurrent use by many goroutines;
+// each process attaches its own.
+type Producer struct {
+	s     shared
+	multi bool
+
+	// SPSC state, owned by the producer goroutine.
+	tail      uint64 // next position to write; published at Commit
+	headCache uint64 // last head read; only ever moves forward
+	pending   bool   // a reservation is outstanding
+	err       error  // sticky corruption
+
+	mp mpscProducer
+}
+
+// Reservation is space claimed in the ring for one record. Fill Bytes,
+// then Commit (or Abort). The slice is valid until then and must not be
+// kept afterwards.
+type Reservation struct {
+	p    *Producer
+	buf  []byte
+	pos  uint64
+	word uint64 // the claim word (MPSC) or the record's length (SPSC)
+	typ  uint32
+}
+
+// Bytes returns the payload space: exactly the size asked for.
+func (r Reservation) Bytes() []byte { return r.buf }
+
+// NewProducer attaches a producer to the ring at the start of mem. On a
+// multi-producer ring it takes a free producer slot (or that of a producer
+// the operating system reports dead), or fails with ErrNoSlot.
+func NewProducer(mem []byte, opts *Options) (*Producer, error) {
+	s, err := attach(mem, opts)
+	if err != nil {
+		return nil, fmt.Errorf("attach producer: %w", err)
+	}
+	p := &Producer{s: s, multi: s.m.geo.Producers > 0}
+	if p.multi {
+		if err := p.mp.attachSlot(&p.s); err != nil {
+			return nil, fmt.Errorf("attach producer: %w", err)
+		}
+		return p, nil
+	}
+	t := atomic.LoadUint64(s.tail)
+	h := atomic.LoadUint64(s.head)
+	if t-h > s.m.size || t%recordAlign != 0 || h%recordAlign != 0 {
+		return nil, fmt.Errorf("attach producer: %w", corrupt("tail - head", t, t-h))
+	}
+	p.tail, p.headCache = t, h
+	return p, nil
+}
+
+// TryReserve claims room for a record of n payload bytes without waiting:
+// ErrFull if there is none now, ErrTooLarge if there never can be.
+func (p *Producer) TryReserve(typ uint32, n int) (Reservation, error) {
+	if p.multi {
+		return p.mp.tryReserve(p, typ, n)
+	}
+	if p.err != nil {
+		return Reservation{}, p.err
+	}
+	if p.pending {
+		return Reservation{}, ErrPending
+	}
+	if n < 0 || uint64(n) > p.s.m.maxP {
+		return Reservation{}, fmt.Errorf("reserve %d bytes: %w (max %d)", n, ErrTooLarge, p.s.m.maxP)
+	}
+	if p.s.isClosed() {
+		return Reservation{}, ErrClosed
+	}
+	m := &p.s.m
+	rs := recordSize(uint64(n))
+	t := p.tail
+	off := t & m.mask
+	var pad uint64
+	if off+rs > m.size {
+		pad = m.size - off
+	}
+	if t+pad+rs-p.headCache > m.size {
+		if err := p.refreshHead(); err != nil {
+			return Reservation{}, err
+		}
+		if t+pad+rs-p.headCache > m.size {
+			return Reservation{}, ErrFull
+		}
+	}
+	if pad > 0 {
+		// The padding is published with the next commit; until then
+		// only this producer knows about it.
+		p.writeHeader(t, makeWord(stateCommitted, flagPad, 0, 0, pad-headerSize), 0, nil)
+		t += pad
+		p.tail = t
+		off = 0
+	}
+	p.pending = true
+	start := off + headerSize
+	end := start + uint64(n)
+	return Reservation{p: p, buf: p.s.data[start:end:end], pos: t, word: uint64(n), typ: typ}, nil
+}
+
+// Reserve is TryReserve that waits for room until ctx ends or the ring is
+// closed.
+func (p *Producer) Reserve(ctx context.Context, typ uint32, n int) (Reservation, error) {
+	r, err := p.TryReserve(typ, n)
+	if err != ErrFull {
+		return r, err
+	}
+	sp := newSpinner(p.s.opts.spin())
+	for {
+		if err := ctx.Err(); err != nil {
+			return Reservation{}, err
+		}
+		if !sp.again() {
+			announce(p.s.prodWait)
+			r, err = p.TryReserve(typ, n)
+			if err != ErrFull {
+				if !p.multi {
+					unannounce(p.s.prodWait)
+				}
+				return r, err
+			}
+			if err := sleep(ctx, p.s.prodWait, 0); err != nil {
+				return Reservation{}, err
+			}
+		}
+		r, err = p.TryReserve(typ, n)
+		if err != ErrFull {
+			return r, err
+		}
+	}
+}
+
+// refreshHead re-reads the consumer's position, which must lie between
+// the last one seen and our tail.
+func (p *Producer) refreshHead() error {
+	h := atomic.LoadUint64(p.s.head)
+	if h-p.headCache > p.tail-p.headCache || h%recordAlign != 0 {
+		p.err = corrupt("head outside [last head, tail]", h, h)
+		return p.err
+	}
+	p.headCache = h
+	return nil
+}
+
+// writeHeader fills in a record header at pos. The word is written last,
+// atomically: in an MPSC ring that store is the commit.
+func (p *Producer) writeHeader(pos, word uint64, typ uint32, payload []byte) {
+	off := pos & p.s.m.mask
+	sum := headerSum(p.s.m.seed, pos, word, typ, payloadHash(&p.s.m, payload))
+	binary.LittleEndian.PutUint32(p.s.data[off+8:], typ)
+	binary.LittleEndian.PutUint32(p.s.data[off+12:], sum)
+	atomic.StoreUint64(word64(p.s.data, int(off)), word)
+}
+
+// Commit publishes the record: the consumer's Peek that returns it
+// happens after Commit (the tail store synchronizes before its load).
+func (r Reservation) Commit() error {
+	p := r.p
+	if p == nil {
+		return fmt.Errorf("commit: %w: zero Reservation", ErrPending)
+	}
+	if p.multi {
+		return p.mp.commit(p, r)
+	}
+	if !p.pending || r.pos != p.tail {
+		return fmt.Errorf("commit: %w: reservation is not the outstanding one", ErrPending)
+	}
+	p.writeHeader(r.pos, makeWord(stateCommitted, 0, 0, 0, r.word), r.typ, r.buf)
+	p.tail = r.pos + recordSize(r.word)
+	p.pending = false
+	atomic.StoreUint64(p.s.tail, p.tail)
+	if atomic.LoadUint32(p.s.consWait) != 0 {
+		wakeAll(p.s.consWait)
+	}
+	return nil
+}
+
+// Abort gives the space back without publishing anything (SPSC) or turns
+// the claim into padding the consumer skips (MPSC).
+func (r Reservation) Abort() error {
+	p := r.p
+	if p == nil {
+		return fmt.Errorf("abort: %w: zero Reservation", ErrPending)
+	}
+	if p.multi {
+		return p.mp.abort(p, r)
+	}
+	if !p.pending || r.pos != p.tail {
+		return fmt.Errorf("abort: %w: reservation is not the outstanding one", ErrPending)
+	}
+	p.pending = false
+	return nil
+}
+
+// TryWrite copies one record into the ring without waiting.
+func (p *Producer) TryWrite(typ uint32, b []byte) error {
+	r, err := p.TryReserve(typ, len(b))
+	if err != nil {
+		return err
+	}
+	copy(r.buf, b)
+	return r.Commit()
+}
+
+// Write copies one record into the ring, waiting for room until ctx ends
+// or the ring is closed.
+func (p *Producer) Write(ctx context.Context, typ uint32, b []byte) error {
+	r, err := p.Reserve(ctx, typ, len(b))
+	if err != nil {
+		return err
+	}
+	copy(r.buf, b)
+	return r.Commit()
+}
+
+// MaxPayload returns the largest payload this ring accepts.
+func (p *Producer) MaxPayload() int { return int(p.s.m.maxP) }
+
+// Close closes the ring for every side: waiters wake, later reservations
+// fail with ErrClosed, and the consumer drains what was committed. On a
+// multi-producer ring use Detach to leave without closing it. Close is
+// idempotent and safe to call concurrently.
+func (p *Producer) Close() error {
+	p.s.markClosed()
+	if p.multi {
+		return p.mp.detach(&p.s)
+	}
+	return nil
+}

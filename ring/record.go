@@ -1,0 +1,83 @@
+package ring
+
+import (
+	"encoding/binary"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// A record is a 16-byte header followed by its payload, padded so that
+// the next record starts 16-byte aligned:
+//
+//	+0  u64 word: bits  0..31 payload length (for padding: bytes after
+//	                          the header up to the end of the data area)
+//	              bits 32..43 producer slot + 1 (0: SPSC ring)
+//	              bits 44..55 that slot's generation at claim time
+//	              bits 56..59 flags (bit 56: padding; bit 57: skip,
+//	                          a claim given up by Abort or by the
+//	                          consumer for a dead producer)
+//	              bits 60..63 state: 0 not claimed yet, 0x5 claimed
+//	                          (MPSC, between claim and commit), 0xA committed
+//	+8  u32 type: the user's record type
+//	+12 u32 checksum: low 32 bits of xxhash64 over the 40 bytes
+//	              seed u64 | position u64 | word u64 | type u32 | 0 u32 |
+//	              payload hash u64 (xxhash64 of the payload when the ring
+//	              has payload checksums, else 0)
+//
+// The word is the only part a consumer reads before it knows the record is
+// committed; it is written with one atomic store, after the rest of the
+// record (SPSC: before the tail store that publishes it; MPSC: it is the
+// commit itself, and the consumer zeroes every byte it has consumed, so a
+// word from an earlier lap never survives).
+const (
+	headerSize  = 16
+	recordAlign = 16
+
+	stateShift     = 60
+	stateFree      = 0x0
+	stateClaimed   = 0x5
+	stateCommitted = 0xA
+	flagPad        = 1 << 56
+	flagSkip       = 1 << 57
+	flagMask       = 0xF << 56
+	slotShift      = 32
+	slotMask       = 0xFFF
+	genShift       = 44
+	genMask        = 0xFFF
+	lenMask        = 0xFFFFFFFF
+)
+
+func recordSize(payload uint64) uint64 {
+	return (headerSize + payload + recordAlign - 1) &^ (recordAlign - 1)
+}
+
+func makeWord(state uint64, flags uint64, slot, gen uint32, n uint64) uint64 {
+	return state<<stateShift | flags | uint64(slot&slotMask)<<slotShift | uint64(gen&genMask)<<genShift | n&lenMask
+}
+
+func wordState(w uint64) uint64 { return w >> stateShift }
+func wordLen(w uint64) uint64   { return w & lenMask }
+func wordSlot(w uint64) uint32  { return uint32(w>>slotShift) & slotMask }
+func wordGen(w uint64) uint32   { return uint32(w>>genShift) & genMask }
+func wordFlags(w uint64) uint64 { return w & flagMask }
+
+// headerSum is the record checksum. Seeding it with the ring's random seed
+// and the record's position means a header copied from another position or
+// left from an earlier lap does not verify.
+func headerSum(seed, pos, word uint64, typ uint32, payloadHash uint64) uint32 {
+	var b [40]byte
+	le := binary.LittleEndian
+	le.PutUint64(b[0:], seed)
+	le.PutUint64(b[8:], pos)
+	le.PutUint64(b[16:], word)
+	le.PutUint32(b[24:], typ)
+	le.PutUint64(b[32:], payloadHash)
+	return uint32(xxhash.Sum64(b[:]))
+}
+
+func payloadHash(m *meta, p []byte) uint64 {
+	if m.flags&flagPayloadSum == 0 {
+		return 0
+	}
+	return xxhash.Sum64(p)
+}

@@ -1,0 +1,108 @@
+package ring
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/ringipc/ringipc/futex"
+)
+
+// Options tune a handle; they are local to the process, not part of the
+// ring's layout. The zero value is ready to use.
+type Options struct {
+	// Spin is how long a blocked call polls before it sleeps on a futex.
+	// While records flow faster than this, neither side makes a system
+	// call. 0 means DefaultSpin; a negative value sleeps at once.
+	Spin time.Duration
+	// Liveness decides whether the producer owning a stuck MPSC claim is
+	// still alive. Nil means ProcessAlive (the operating system's view).
+	// Tests replace it; so may programs whose producers live in another
+	// PID namespace.
+	Liveness func(Owner) bool
+}
+
+// DefaultSpin is the spin budget of a zero Options. Waking a sleeping
+// peer costs 25-55 µs on the machines this was tuned on, so polling a
+// little longer than that before sleeping keeps a steady stream asleep-free.
+const DefaultSpin = 50 * time.Microsecond
+
+func (o *Options) spin() time.Duration {
+	if o == nil || o.Spin == 0 {
+		return DefaultSpin
+	}
+	if o.Spin < 0 {
+		return 0
+	}
+	return o.Spin
+}
+
+// shared is a handle's view of the ring: the validated meta copy and
+// pointers to the words both sides touch.
+type shared struct {
+	m    meta
+	mem  []byte
+	data []byte // the data area, len == m.size
+
+	// closed: 0 while open; Close stores 1 (once, any side) before it
+	// clears and wakes both futex words, so a sleeper that announced
+	// itself either sees closed on its re-check or is woken.
+	closed *uint32
+	// tail: SPSC: the producer's publish position, stored after the
+	// record's bytes; that store synchronizes before the consumer's load
+	// that observes it. MPSC: the claim position, advanced by CAS after
+	// the claim word at the old tail was set.
+	tail *uint64
+	// head: the consumer's position, stored after it is done with (and,
+	// in MPSC, zeroed) every byte below it; the store synchronizes before
+	// a producer's load that observes it, handing the space back.
+	head *uint64
+	// consWait: 1 while the consumer sleeps or is about to. The consumer
+	// stores 1 then re-checks for records; a producer publishes then
+	// loads it, and if set swaps it to 0 and wakes (Dekker: sequentially
+	// consistent atomics guarantee one side sees the other).
+	consWait *uint32
+	// prodWait: the same for producers waiting for space; the consumer
+	// publishes head, then loads it.
+	prodWait *uint32
+
+	opts Options
+}
+
+func attach(mem []byte, opts *Options) (shared, error) {
+	m, err := readMeta(mem)
+	if err != nil {
+		return shared{}, err
+	}
+	s := shared{
+		m:        m,
+		mem:      mem,
+		data:     mem[m.dOff : m.dOff+int(m.size) : m.dOff+int(m.size)],
+		closed:   word32(mem, offClosed),
+		tail:     word64(mem, offTail),
+		head:     word64(mem, offHead),
+		consWait: word32(mem, offConsWait),
+		prodWait: word32(mem, offProdWait),
+	}
+	if opts != nil {
+		s.opts = *opts
+	}
+	return s, nil
+}
+
+func (s *shared) isClosed() bool { return atomic.LoadUint32(s.closed) != 0 }
+
+// markClosed closes the ring for everyone and wakes every sleeper.
+func (s *shared) markClosed() {
+	atomic.StoreUint32(s.closed, 1)
+	wakeAll(s.consWait)
+	wakeAll(s.prodWait)
+}
+
+// wakeAll clears a futex word that a sleeper set and wakes its sleepers.
+// Clearing first means a sleeper that has announced itself but not yet
+// entered the kernel finds the word changed and does not sleep.
+func wakeAll(w *uint32) {
+	if atomic.SwapUint32(w, 0) != 0 {
+		futex.Wake(w, 0) //nolint:errcheck // the address is valid and aligned by construction
+	}
+}

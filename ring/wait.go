@@ -1,0 +1,88 @@
+package ring
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/ringipc/ringipc/futex"
+)
+
+// spinner bounds a polling loop by time. Reading the clock every poll
+// would cost more than the poll, so it looks every few iterations, and it
+// yields the processor now and then: two spinners in one process with
+// GOMAXPROCS=2 would otherwise starve everything else.
+type spinner struct {
+	budget time.Duration
+	start  time.Time
+	n      int
+}
+
+func newSpinner(budget time.Duration) spinner {
+	return spinner{budget: budget}
+}
+
+// again reports whether the caller should poll once more.
+func (s *spinner) again() bool {
+	if s.budget <= 0 {
+		return false
+	}
+	s.n++
+	if s.n == 1 {
+		s.start = time.Now()
+		return true
+	}
+	if s.n%64 != 0 {
+		return true
+	}
+	if s.n%1024 == 0 {
+		runtime.Gosched()
+	}
+	return time.Since(s.start) < s.budget
+}
+
+// sleep waits on word (which the caller has set to 1 and re-checked)
+// until it is cleared, ctx ends, or limit passes (limit <= 0: no limit).
+// It returns ctx's error when ctx has ended and nil otherwise; callers
+// re-check their condition either way.
+func sleep(ctx context.Context, word *uint32, limit time.Duration) error {
+	timeout := futex.Forever
+	if limit > 0 {
+		timeout = limit
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		d := time.Until(dl)
+		if d <= 0 {
+			return context.DeadlineExceeded
+		}
+		if timeout < 0 || d < timeout {
+			timeout = d
+		}
+	}
+	if done := ctx.Done(); done != nil {
+		// A cancellation must reach a thread blocked in the kernel: clear
+		// the word and wake, as a peer would. Other sleepers on the same
+		// word wake too, re-check and sleep again.
+		stop := context.AfterFunc(ctx, func() { wakeAll(word) })
+		defer stop()
+	}
+	err := futex.Wait(word, 1, timeout)
+	if err == os.ErrDeadlineExceeded {
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// announce sets a futex word to say "I am about to sleep".
+func announce(word *uint32) { atomic.StoreUint32(word, 1) }
+
+// unannounce withdraws the announcement when the caller will not sleep
+// after all, so the peer does not pay for a needless wake-up. Only a word
+// with a single sleeper may be withdrawn: on the MPSC producers' word it
+// could erase another producer's announcement and lose its wake-up.
+func unannounce(word *uint32) { atomic.StoreUint32(word, 0) }
