@@ -93,7 +93,7 @@ func (c *Consumer) Peek(ctx context.Context) (Record, error) {
 			if err == errInFlight {
 				limit = recoverySlice
 			}
-			if err := sleep(ctx, c.s.consWait, limit); err != nil {
+			if err := c.s.sleep(ctx, c.s.consWait, limit); err != nil {
 				unannounce(c.s.consWait)
 				return Record{}, err
 			}
@@ -233,7 +233,7 @@ func (c *Consumer) publishHead(from, to uint64) {
 	c.head = to
 	atomic.StoreUint64(c.s.head, to)
 	if atomic.LoadUint32(c.s.prodWait) != 0 {
-		wakeAll(c.s.prodWait)
+		c.s.wake(c.s.prodWait)
 	}
 }
 

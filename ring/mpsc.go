@@ -200,7 +200,7 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 
 func (s *shared) wakeConsumer() {
 	if atomic.LoadUint32(s.consWait) != 0 {
-		wakeAll(s.consWait)
+		s.wake(s.consWait)
 	}
 }
 

@@ -133,7 +133,7 @@ func (p *Producer) Reserve(ctx context.Context, typ uint32, n int) (Reservation,
 				}
 				return r, err
 			}
-			if err := sleep(ctx, p.s.prodWait, 0); err != nil {
+			if err := p.s.sleep(ctx, p.s.prodWait, 0); err != nil {
 				return Reservation{}, err
 			}
 		}
@@ -184,7 +184,7 @@ func (r Reservation) Commit() error {
 	p.pending = false
 	atomic.StoreUint64(p.s.tail, p.tail)
 	if atomic.LoadUint32(p.s.consWait) != 0 {
-		wakeAll(p.s.consWait)
+		p.s.wake(p.s.consWait)
 	}
 	return nil
 }

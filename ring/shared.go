@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,25 @@ type Options struct {
 	// Tests replace it; so may programs whose producers live in another
 	// PID namespace.
 	Liveness func(Owner) bool
+	// Waker carries wake-ups between the sides. Nil means futexes on the
+	// ring's own words. Both sides of a ring must use the same kind.
+	Waker Waker
+}
+
+// Waker is how a side that has announced it sleeps is put to sleep and
+// woken. The ring decides when: a sleeper sets its futex word to 1 and
+// re-checks the ring before it calls Sleep; a waker clears the word and
+// calls Wake only if it was set. An implementation only moves the signal,
+// for example through a descriptor in Go's netpoller, so that a sleeping
+// side holds no OS thread.
+type Waker interface {
+	// Sleep blocks until Wake is called for word (or was called since
+	// the word was set), ctx ends, or limit passes (limit <= 0: no
+	// limit). It returns ctx's error if ctx ended and nil otherwise;
+	// spurious returns are allowed.
+	Sleep(ctx context.Context, word *uint32, limit time.Duration) error
+	// Wake wakes whoever sleeps on word.
+	Wake(word *uint32)
 }
 
 // DefaultSpin is the spin budget of a zero Options. Waking a sleeping
@@ -89,20 +109,38 @@ func attach(mem []byte, opts *Options) (shared, error) {
 	return s, nil
 }
 
+// wake clears a futex word that a sleeper set and, if it was set, wakes
+// that sleeper. Clearing first means a sleeper that has announced itself
+// but not yet blocked finds the word changed and does not sleep.
+func (s *shared) wake(w *uint32) {
+	if atomic.SwapUint32(w, 0) == 0 {
+		return
+	}
+	if s.opts.Waker != nil {
+		s.opts.Waker.Wake(w)
+		return
+	}
+	futex.Wake(w, 0) //nolint:errcheck // the address is valid and aligned by construction
+}
+
+// sleep blocks on one of the ring's futex words after the caller announced
+// and re-checked.
+func (s *shared) sleep(ctx context.Context, w *uint32, limit time.Duration) error {
+	if s.opts.Waker != nil {
+		return s.opts.Waker.Sleep(ctx, w, limit)
+	}
+	return sleepFutex(ctx, w, limit)
+}
+
 func (s *shared) isClosed() bool { return atomic.LoadUint32(s.closed) != 0 }
 
 // markClosed closes the ring for everyone and wakes every sleeper.
 func (s *shared) markClosed() {
 	atomic.StoreUint32(s.closed, 1)
-	wakeAll(s.consWait)
-	wakeAll(s.prodWait)
-}
-
-// wakeAll clears a futex word that a sleeper set and wakes its sleepers.
-// Clearing first means a sleeper that has announced itself but not yet
-// entered the kernel finds the word changed and does not sleep.
-func wakeAll(w *uint32) {
-	if atomic.SwapUint32(w, 0) != 0 {
-		futex.Wake(w, 0) //nolint:errcheck // the address is valid and aligned by construction
-	}
+	// Set the words first so that wake always signals: a sleeper that
+	// announced before the store above may be asleep in any Waker.
+	atomic.StoreUint32(s.consWait, 1)
+	atomic.StoreUint32(s.prodWait, 1)
+	s.wake(s.consWait)
+	s.wake(s.prodWait)
 }

@@ -43,11 +43,11 @@ func (s *spinner) again() bool {
 	return time.Since(s.start) < s.budget
 }
 
-// sleep waits on word (which the caller has set to 1 and re-checked)
+// sleepFutex waits on word (which the caller has set to 1 and re-checked)
 // until it is cleared, ctx ends, or limit passes (limit <= 0: no limit).
 // It returns ctx's error when ctx has ended and nil otherwise; callers
 // re-check their condition either way.
-func sleep(ctx context.Context, word *uint32, limit time.Duration) error {
+func sleepFutex(ctx context.Context, word *uint32, limit time.Duration) error {
 	timeout := futex.Forever
 	if limit > 0 {
 		timeout = limit
@@ -65,7 +65,11 @@ func sleep(ctx context.Context, word *uint32, limit time.Duration) error {
 		// A cancellation must reach a thread blocked in the kernel: clear
 		// the word and wake, as a peer would. Other sleepers on the same
 		// word wake too, re-check and sleep again.
-		stop := context.AfterFunc(ctx, func() { wakeAll(word) })
+		stop := context.AfterFunc(ctx, func() {
+			if atomic.SwapUint32(word, 0) != 0 {
+				futex.Wake(word, 0) //nolint:errcheck
+			}
+		})
 		defer stop()
 	}
 	err := futex.Wait(word, 1, timeout)
