@@ -60,6 +60,10 @@ type mpscProducer struct {
 	detached  atomic.Bool
 }
 
+// testHookClaimWindow, set only by tests, runs between the tail CAS and
+// the claim store: a test parks a producer process there to kill it.
+var testHookClaimWindow func()
+
 func (s *shared) slotOff(i int) int { return offSlotTable + i*slotSize }
 
 func (s *shared) alive(o Owner) bool {
@@ -185,6 +189,9 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 		atomic.StoreUint64(intentPos, t|1)
 		if !atomic.CompareAndSwapUint64(s.tail, t, t+need) {
 			continue
+		}
+		if testHookClaimWindow != nil {
+			testHookClaimWindow()
 		}
 		atomic.StoreUint64(word64(s.data, int(off)), word)
 		if word&flagPad != 0 {
