@@ -30,8 +30,9 @@ var (
 	// ErrPending: the call conflicts with a reservation or peeked record
 	// that is still outstanding.
 	ErrPending = errors.New("ring: operation pending")
-	// ErrAbandoned: the consumer declared this reservation's producer dead
-	// and skipped the claim; the record was not delivered.
+	// ErrAbandoned: the claim no longer belongs to this reservation: the
+	// consumer declared its producer dead and skipped it (the record was
+	// not delivered), or it was already committed or aborted.
 	ErrAbandoned = errors.New("ring: reservation abandoned")
 )
 

@@ -167,14 +167,17 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 			word = makeWord(stateClaimed, flagPad, mp.slot, mp.gen, need-headerSize)
 		}
 		h := mp.headCache.Load()
-		if int64(h-t) > 0 {
-			continue // t is stale: the consumer is already past it
-		}
-		if t+need-h > m.size {
+		if int64(h-t) > 0 || t+need-h > m.size {
 			// The head must be read after the tail for the check to be
 			// sound: everything below it has been consumed and zeroed.
 			h = atomic.LoadUint64(s.head)
 			if int64(h-t) > 0 {
+				// Our tail is stale (others claimed and the consumer
+				// consumed since), unless the tail has not moved: then
+				// the head is past it, which no honest consumer does.
+				if atomic.LoadUint64(s.tail) == t {
+					return Reservation{}, corrupt("head beyond tail", t, h)
+				}
 				continue
 			}
 			if t-h > m.size || h%recordAlign != 0 {
@@ -226,11 +229,10 @@ func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload 
 	s := &p.s
 	off := r.pos & s.m.mask
 	wp := word64(s.data, int(off))
-	if cur := atomic.LoadUint64(wp); cur != r.word {
-		if wordState(cur) == stateCommitted && wordLen(cur) == wordLen(r.word) && cur&flagSkip != 0 {
-			return ErrAbandoned
-		}
-		return fmt.Errorf("finish reservation: %w: not outstanding", ErrPending)
+	// Look before writing type and checksum: if the claim is no longer
+	// ours, those bytes may belong to someone else by now.
+	if atomic.LoadUint64(wp) != r.word {
+		return ErrAbandoned
 	}
 	if word&flagSkip == 0 {
 		sum := headerSum(s.m.seed, r.pos, word, r.typ, payloadHash(&s.m, payload))

@@ -12,11 +12,11 @@ func aligned8(mem []byte) bool {
 }
 
 func word64(mem []byte, off int) *uint64 {
-	_ = mem[off+7]
+	_ = mem[off : off+8] // bounds check without reading the shared byte
 	return (*uint64)(unsafe.Pointer(&mem[off]))
 }
 
 func word32(mem []byte, off int) *uint32 {
-	_ = mem[off+3]
+	_ = mem[off : off+4] // bounds check without reading the shared byte
 	return (*uint32)(unsafe.Pointer(&mem[off]))
 }

@@ -65,12 +65,20 @@ func sleepFutex(ctx context.Context, word *uint32, limit time.Duration) error {
 		// A cancellation must reach a thread blocked in the kernel: clear
 		// the word and wake, as a peer would. Other sleepers on the same
 		// word wake too, re-check and sleep again.
+		// The callback touches the ring's memory, so it must be over
+		// before we return: the caller may unmap the ring right after.
+		ran := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
+			defer close(ran)
 			if atomic.SwapUint32(word, 0) != 0 {
 				futex.Wake(word, 0) //nolint:errcheck
 			}
 		})
-		defer stop()
+		defer func() {
+			if !stop() {
+				<-ran
+			}
+		}()
 	}
 	err := futex.Wait(word, 1, timeout)
 	if err == os.ErrDeadlineExceeded {

@@ -1,0 +1,321 @@
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Every scribble on shared memory gives ErrCorrupt (or a clean error),
+// never a panic or a hang.
+func TestCorruption(t *testing.T) {
+	le := binary.LittleEndian
+	type scribble func(t *testing.T, mem []byte, d int)
+	cases := []struct {
+		name  string
+		g     Geometry
+		hit   scribble
+		onPut bool // the producer, not the consumer, must notice
+	}{
+		{"tail beyond head+size", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[offTail:], le.Uint64(mem[offHead:])+8192)
+		}, false},
+		{"tail misaligned", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[offTail:], le.Uint64(mem[offTail:])+8)
+		}, false},
+		{"tail backwards", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[offTail:], le.Uint64(mem[offHead:])-16)
+		}, false},
+		{"length past the ring", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			w := le.Uint64(mem[d:])
+			le.PutUint64(mem[d:], w|0xFFFFFF)
+		}, false},
+		{"state garbage", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			mem[d+7] = 0x3F
+		}, false},
+		{"unknown flag", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			mem[d+7] |= 0x08
+		}, false},
+		{"padding where no wrap is due", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			mem[d+7] |= 0x01
+		}, false},
+		{"type changed", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			mem[d+8] ^= 1
+		}, false},
+		{"checksum changed", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			mem[d+12] ^= 1
+		}, false},
+		{"payload changed", Geometry{DataSize: 4096, PayloadChecksum: true}, func(t *testing.T, mem []byte, d int) {
+			mem[d+headerSize] ^= 1
+		}, false},
+		{"header replayed from another position", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			// Record 1 (at d+48) gets record 0's header: same length and
+			// type, valid checksum for position 0, but not for its own.
+			copy(mem[d+48:d+64], mem[d:d+16])
+		}, false},
+		{"head beyond tail", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[offHead:], le.Uint64(mem[offTail:])+4096)
+		}, true},
+		{"head misaligned", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[offHead:], le.Uint64(mem[offHead:])+24)
+		}, true},
+		{"mpsc claim slot out of range", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[d:], makeWord(stateClaimed, 0, 77, 1, 20))
+		}, false},
+		{"mpsc state garbage", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
+			mem[d+7] = 0x70
+		}, false},
+		{"mpsc tail past head+size", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[offTail:], le.Uint64(mem[offHead:])+1<<20)
+		}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, c, mem := newPair(t, tc.g, nearWrap, &Options{Spin: -1})
+			for i := 0; i < 3; i++ {
+				if err := p.TryWrite(uint32(i), make([]byte, 20)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d := dataOff(mem) + int(nearWrap&4095)
+			tc.hit(t, mem, d)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var err error
+			if tc.onPut {
+				for err == nil {
+					err = p.TryWrite(0, make([]byte, 100))
+				}
+			} else {
+				// Record 0 is intact unless the scribble hit it.
+				for err == nil {
+					if _, err = c.Peek(ctx); err == nil {
+						c.Release()
+					}
+				}
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("got %v, want ErrCorrupt", err)
+			}
+			if !tc.onPut {
+				// Sticky: the consumer does not trust the ring again.
+				if _, err := c.TryPeek(); !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("second peek: %v", err)
+				}
+				var ce *CorruptError
+				if !errors.As(err, &ce) || ce.What == "" {
+					t.Fatalf("no CorruptError detail in %v", err)
+				}
+			}
+		})
+	}
+}
+
+// Random bytes written anywhere in the ring between operations: every
+// call returns, with a known error or none.
+func TestRandomScribbles(t *testing.T) {
+	for _, g := range []Geometry{{DataSize: 1024}, {DataSize: 1024, Producers: 2, PayloadChecksum: true}} {
+		rng := rand.New(rand.NewPCG(5, 6))
+		for iter := 0; iter < 300; iter++ {
+			p, c, mem := newPair(t, g, rng.Uint64()&^15, &Options{Spin: -1, Liveness: func(Owner) bool { return false }})
+			for step := 0; step < 40; step++ {
+				switch rng.IntN(4) {
+				case 0:
+					i := rng.IntN(len(mem))
+					mem[i] = byte(rng.Uint32())
+				case 1:
+					err := p.TryWrite(1, make([]byte, rng.IntN(200)))
+					if err != nil && !errors.Is(err, ErrFull) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrClosed) {
+						t.Fatalf("write: %v", err)
+					}
+				default:
+					ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+					_, err := c.Peek(ctx)
+					cancel()
+					if err == nil {
+						c.Release()
+					} else if !errors.Is(err, ErrEmpty) && !errors.Is(err, ErrCorrupt) &&
+						!errors.Is(err, ErrClosed) && !errors.Is(err, context.DeadlineExceeded) {
+						t.Fatalf("peek: %v", err)
+					}
+				}
+			}
+		}
+	}
+}
+
+// A producer that is alive but slow is never skipped: its claim blocks the
+// consumer until it commits.
+func TestSlowProducerNotSkipped(t *testing.T) {
+	mem := newMem(t, Geometry{DataSize: 4096, Producers: 2}, 0)
+	slow, _ := NewProducer(mem, nil)
+	fast, _ := NewProducer(mem, nil)
+	c, _ := NewConsumer(mem, nil)
+	r, err := slow.TryReserve(1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fast.TryWrite(2, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	// Several recovery slices pass while the claim is in flight.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*recoverySlice)
+	defer cancel()
+	if _, err := c.Peek(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("peek past a live claim: %v", err)
+	}
+	copy(r.Bytes(), "slow")
+	if err := r.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []uint32{1, 2} {
+		rec, err := c.TryPeek()
+		if err != nil || rec.Type != want {
+			t.Fatalf("got %v %v, want type %d", rec.Type, err, want)
+		}
+		c.Release()
+	}
+}
+
+// A dead owner, as the operating system sees it: the slot's pid belongs
+// to no process. Its claim is skipped; its late commit would fail.
+func TestDeadOwnerClaimSkipped(t *testing.T) {
+	mem := newMem(t, Geometry{DataSize: 4096, Producers: 2}, 0)
+	dead, _ := NewProducer(mem, nil)
+	live, _ := NewProducer(mem, nil)
+	c, _ := NewConsumer(mem, nil)
+	r, err := dead.TryReserve(1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live.TryWrite(2, []byte("x"))
+	setSlotPID(mem, dead.slotIndex(), 1<<30) // above pid_max: no such process
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rec, err := c.Peek(ctx)
+	if err != nil || rec.Type != 2 {
+		t.Fatalf("got type %d, %v; want the live producer's record", rec.Type, err)
+	}
+	c.Release()
+	if err := r.Commit(); !errors.Is(err, ErrAbandoned) {
+		t.Fatalf("late commit: %v, want ErrAbandoned", err)
+	}
+}
+
+func TestMPSCAbortMidStream(t *testing.T) {
+	p, c, _ := newPair(t, Geometry{DataSize: 4096, Producers: 1}, nearWrap, nil)
+	var want []uint32
+	for i := 0; i < 2000; i++ {
+		r, err := p.TryReserve(uint32(i), i%50)
+		if errors.Is(err, ErrFull) {
+			for len(want) > 0 {
+				rec, err := c.TryPeek()
+				if err != nil || rec.Type != want[0] {
+					t.Fatalf("got %d %v, want %d", rec.Type, err, want[0])
+				}
+				c.Release()
+				want = want[1:]
+			}
+			i--
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%3 == 0 {
+			err = r.Abort()
+		} else {
+			want = append(want, uint32(i))
+			err = r.Commit()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Several producers blocked on a full ring wake when space frees, and
+// wake with ErrClosed when the ring closes.
+func TestMPSCBlockedProducers(t *testing.T) {
+	for _, end := range []string{"release", "close"} {
+		t.Run(end, func(t *testing.T) {
+			mem := newMem(t, Geometry{DataSize: 1024, Producers: 4}, 0)
+			c, _ := NewConsumer(mem, &Options{Spin: -1})
+			var ps []*Producer
+			for i := 0; i < 4; i++ {
+				p, err := NewProducer(mem, &Options{Spin: -1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ps = append(ps, p)
+			}
+			for ps[0].TryWrite(0, make([]byte, 100)) == nil {
+			}
+			errc := make(chan error, 3)
+			var blocked atomic.Int32
+			for _, p := range ps[1:] {
+				go func() {
+					blocked.Add(1)
+					errc <- p.Write(context.Background(), 7, make([]byte, 100))
+				}()
+			}
+			if end == "close" {
+				c.Close()
+				for i := 0; i < 3; i++ {
+					if err := <-errc; !errors.Is(err, ErrClosed) {
+						t.Fatalf("blocked producer after close: %v", err)
+					}
+				}
+				return
+			}
+			got := 0
+			for got < 3 {
+				rec, err := c.Peek(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rec.Type == 7 {
+					got++
+				}
+				c.Release()
+			}
+			for i := 0; i < 3; i++ {
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func TestProducerSlots(t *testing.T) {
+	mem := newMem(t, Geometry{DataSize: 1024, Producers: 2}, 0)
+	a, err := NewProducer(mem, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewProducer(mem, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewProducer(mem, nil); !errors.Is(err, ErrNoSlot) {
+		t.Fatalf("third producer on two slots: %v", err)
+	}
+	a.mp.detach(&a.s)
+	if _, err := NewProducer(mem, nil); err != nil {
+		t.Fatalf("after detach: %v", err)
+	}
+	// Garbage in the producer table: attach does not take a slot whose
+	// state it does not know, and does not crash.
+	mem2 := newMem(t, Geometry{DataSize: 1024, Producers: 2}, 0)
+	d := offSlotTable
+	for i := d; i < d+2*slotSize; i++ {
+		mem2[i] = 0xEE
+	}
+	if _, err := NewProducer(mem2, nil); !errors.Is(err, ErrNoSlot) {
+		t.Fatalf("garbage table: %v", err)
+	}
+}
