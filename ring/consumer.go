@@ -25,12 +25,13 @@ type Consumer struct {
 	s     shared
 	multi bool
 
-	head      uint64 // next position to read; published by Release
+	head      uint64 // next position to read
+	published uint64 // head as last stored in shared memory
+	batch     uint64 // publish once head is this far past published
 	tailCache uint64 // last tail read; only ever moves forward
 	peeked    bool
 	cur       Record
-	curSize   uint64 // bytes Release frees: the record, plus padding skipped before it
-	curStart  uint64 // position where those bytes begin (MPSC zeroing)
+	curSize   uint64 // bytes Release frees
 	err       error  // sticky: once corrupt, always corrupt
 
 	stuck stuckClaim // MPSC: the claim at head that has not committed
@@ -52,7 +53,8 @@ func NewConsumer(mem []byte, opts *Options) (*Consumer, error) {
 	if t-h > s.m.size || t%recordAlign != 0 || h%recordAlign != 0 {
 		return nil, fmt.Errorf("attach consumer: %w", corrupt("tail - head", h, t-h))
 	}
-	c.head, c.tailCache = h, t
+	c.head, c.published, c.tailCache = h, h, t
+	c.batch = s.m.size / 8
 	return c, nil
 }
 
@@ -118,7 +120,6 @@ func (c *Consumer) peek() (Record, error) {
 		return c.cur, nil
 	}
 	m := &c.s.m
-	start := c.head
 	for {
 		h := c.head
 		if h == c.tailCache {
@@ -128,9 +129,9 @@ func (c *Consumer) peek() (Record, error) {
 			}
 			c.tailCache = t
 			if t == h {
-				if h != start {
-					c.publishHead(start, h) // padding skipped: hand it back now
-				}
+				// Caught up: hand back everything consumed, so that a
+				// producer waiting for space never waits on us.
+				c.publish()
 				if c.s.isClosed() {
 					return Record{}, ErrClosed
 				}
@@ -143,10 +144,7 @@ func (c *Consumer) peek() (Record, error) {
 		if wordState(w) != stateCommitted {
 			if c.multi && (w == 0 || wordState(w) == stateClaimed) {
 				// Claimed (tail is past it) but not committed yet.
-				if h != start {
-					c.publishHead(start, h)
-					start = h
-				}
+				c.publish()
 				c.stuck.note(h)
 				return Record{}, errInFlight
 			}
@@ -188,8 +186,7 @@ func (c *Consumer) peek() (Record, error) {
 		}
 		c.peeked = true
 		c.cur = Record{Type: typ, Data: payload}
-		c.curStart = start
-		c.curSize = h + rs - start
+		c.curSize = rs
 		return c.cur, nil
 	}
 }
@@ -200,7 +197,10 @@ func (c *Consumer) fail(err error) error {
 }
 
 // Release frees the record returned by the last Peek; its view becomes
-// invalid. Releasing synchronizes before the Reserve that reuses the space.
+// invalid. The space is handed back to producers in batches (an eighth
+// of the ring), and always once the consumer has caught up with them or
+// before it sleeps: the store of the head synchronizes before the
+// Reserve that reuses the space.
 func (c *Consumer) Release() error {
 	if !c.peeked {
 		if c.err != nil {
@@ -210,27 +210,31 @@ func (c *Consumer) Release() error {
 	}
 	c.peeked = false
 	c.cur = Record{}
-	c.publishHead(c.curStart, c.curStart+c.curSize)
+	c.head += c.curSize
+	if c.head-c.published >= c.batch {
+		c.publish()
+	}
 	return nil
 }
 
-// publishHead hands [from, to) back to the producers. In MPSC the bytes
-// are zeroed first: a producer claims a position by changing its zero
-// claim word, so no stale word may survive into the next lap.
-func (c *Consumer) publishHead(from, to uint64) {
+// publish hands [published, head) back to the producers. In MPSC the
+// bytes are zeroed first: a record is committed by its word turning
+// non-zero, so no word may survive into the next lap.
+func (c *Consumer) publish() {
+	from, to := c.published, c.head
+	if from == to {
+		return
+	}
 	if c.multi {
 		m := &c.s.m
 		for p := from; p != to; {
 			off := p & m.mask
-			end := off + (to - p)
-			if end > m.size {
-				end = m.size
-			}
+			end := min(off+(to-p), m.size)
 			clear(c.s.data[off:end])
 			p += end - off
 		}
 	}
-	c.head = to
+	c.published = to
 	atomic.StoreUint64(c.s.head, to)
 	if atomic.LoadUint32(c.s.prodWait) != 0 {
 		c.s.wake(c.s.prodWait)

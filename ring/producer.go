@@ -156,14 +156,21 @@ func (p *Producer) refreshHead() error {
 	return nil
 }
 
-// writeHeader fills in a record header at pos. The word is written last,
-// atomically: in an MPSC ring that store is the commit.
+// writeHeader fills in a record header at pos. In an SPSC ring the
+// header is published by the tail store that follows, so plain stores do;
+// an MPSC padding record is published by the atomic store of its word,
+// which therefore comes last.
 func (p *Producer) writeHeader(pos, word uint64, typ uint32, payload []byte) {
 	off := pos & p.s.m.mask
 	sum := headerSum(p.s.m.seed, pos, word, typ, payloadHash(&p.s.m, payload))
-	binary.LittleEndian.PutUint32(p.s.data[off+8:], typ)
-	binary.LittleEndian.PutUint32(p.s.data[off+12:], sum)
-	atomic.StoreUint64(word64(p.s.data, int(off)), word)
+	h := p.s.data[off : off+headerSize]
+	binary.LittleEndian.PutUint32(h[8:], typ)
+	binary.LittleEndian.PutUint32(h[12:], sum)
+	if p.multi {
+		atomic.StoreUint64(word64(p.s.data, int(off)), word)
+	} else {
+		binary.LittleEndian.PutUint64(h, word)
+	}
 }
 
 // Commit publishes the record: the consumer's Peek that returns it

@@ -1,7 +1,7 @@
 package ring
 
 import (
-	"encoding/binary"
+	"math/bits"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -19,10 +19,7 @@ import (
 //	              bits 60..63 state: 0 not claimed yet, 0x5 claimed
 //	                          (MPSC, between claim and commit), 0xA committed
 //	+8  u32 type: the user's record type
-//	+12 u32 checksum: low 32 bits of xxhash64 over the 40 bytes
-//	              seed u64 | position u64 | word u64 | type u32 | 0 u32 |
-//	              payload hash u64 (xxhash64 of the payload when the ring
-//	              has payload checksums, else 0)
+//	+12 u32 checksum: low 32 bits of xxhash64 (see headerSum)
 //
 // The word is the only part a consumer reads before it knows the record is
 // committed; it is written with one atomic store, after the rest of the
@@ -61,18 +58,51 @@ func wordSlot(w uint64) uint32  { return uint32(w>>slotShift) & slotMask }
 func wordGen(w uint64) uint32   { return uint32(w>>genShift) & genMask }
 func wordFlags(w uint64) uint64 { return w & flagMask }
 
-// headerSum is the record checksum. Seeding it with the ring's random seed
-// and the record's position means a header copied from another position or
-// left from an earlier lap does not verify.
+// headerSum is the record checksum: xxhash64 over 24 bytes,
+//
+//	seed^position u64 | word u64 | type u32 | folded payload hash u32
+//
+// where the folded payload hash is the xor of the two halves of the
+// payload's xxhash64 (0 when the ring has no payload checksums). Seeding
+// with the ring's random seed and the record's position means a header
+// copied from another position, or left from an earlier lap, does not
+// verify. 24 bytes keep xxhash on its short-input path.
 func headerSum(seed, pos, word uint64, typ uint32, payloadHash uint64) uint32 {
-	var b [40]byte
-	le := binary.LittleEndian
-	le.PutUint64(b[0:], seed)
-	le.PutUint64(b[8:], pos)
-	le.PutUint64(b[16:], word)
-	le.PutUint32(b[24:], typ)
-	le.PutUint64(b[32:], payloadHash)
-	return uint32(xxhash.Sum64(b[:]))
+	third := uint64(typ) | uint64(uint32(payloadHash)^uint32(payloadHash>>32))<<32
+	return uint32(xxhash24(seed^pos, word, third))
+}
+
+// xxhash64 constants.
+const (
+	prime1 uint64 = 11400714785074694791
+	prime2 uint64 = 14029467366897019727
+	prime3 uint64 = 1609587929392839161
+	prime4 uint64 = 9650029242287828579
+	prime5 uint64 = 2870177450012600261
+)
+
+// xxhash24 is xxhash64 with seed 0 of the 24 bytes a|b|c (little-endian),
+// written out for that one length: the library's general entry point
+// costs more than the hash itself at this size. A test checks it against
+// xxhash.Sum64.
+func xxhash24(a, b, c uint64) uint64 {
+	h := prime5 + 24
+	h = mixLane(h, a)
+	h = mixLane(h, b)
+	h = mixLane(h, c)
+	h ^= h >> 33
+	h *= prime2
+	h ^= h >> 29
+	h *= prime3
+	h ^= h >> 32
+	return h
+}
+
+func mixLane(h, lane uint64) uint64 {
+	lane *= prime2
+	lane = bits.RotateLeft64(lane, 31) * prime1
+	h ^= lane
+	return bits.RotateLeft64(h, 27)*prime1 + prime4
 }
 
 func payloadHash(m *meta, p []byte) uint64 {
