@@ -1,0 +1,914 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ringipc/ringipc/ring"
+	"github.com/ringipc/ringipc/shmseg"
+	"golang.org/x/sys/unix"
+)
+
+// ClientOptions tune Dial. The zero value asks for the server's defaults.
+type ClientOptions struct {
+	// Ring data sizes to ask for: powers of two; 0 leaves the choice to
+	// the server, which clamps what it is asked to its limits.
+	RequestRingSize  int
+	ResponseRingSize int
+	DispatchRingSize int
+	// Features to ask for (Feature... bits); Client.Features says what
+	// the server granted.
+	Features uint32
+	// Spin is how long the client polls a ring before it sleeps on the
+	// socket: 0 means DefaultSpin, negative sleeps at once.
+	Spin time.Duration
+	// NonBlocking makes calls fail with ErrTryAgain instead of waiting
+	// when the request ring is full.
+	NonBlocking bool
+	// OnDispatch, when set, receives every dispatch message on a goroutine
+	// of the client; body is valid only during the call. Recv is then
+	// unavailable.
+	OnDispatch func(id uint16, body []byte)
+}
+
+// Client is a connection to a service.
+//
+// A Client is safe for concurrent use by many goroutines. Calls from
+// different goroutines are pipelined: each request carries a correlation
+// id, and responses are matched to their callers whatever their order.
+type Client struct {
+	// Set by Dial, read-only afterwards.
+	nc          *net.UnixConn
+	rc          syscall.RawConn
+	seg         *shmseg.Segment
+	ctl         []byte
+	reqP        *ring.Producer
+	respC       *ring.Consumer
+	dispC       *ring.Consumer
+	waker       *sockWaker
+	serverCred  Cred
+	features    uint32
+	maxReq      int
+	maxDisp     int
+	nonBlocking bool
+	onDispatch  func(uint16, []byte)
+
+	// Channel locks (buffered 1; a send acquires) so that waiting for
+	// them honours contexts. sendLock guards reqP and nextCorr; readLock
+	// is the reader role: it guards respC, and its holder matches
+	// responses to waiters; dispLock guards dispC. Teardown takes all
+	// three for good before it unmaps the rings.
+	sendLock chan struct{}
+	readLock chan struct{}
+	dispLock chan struct{}
+	nextCorr uint64
+
+	// mu guards waiters (calls sent and not yet answered, by correlation
+	// id) and free (recycled waiters).
+	mu      sync.Mutex
+	waiters map[uint64]*waiter
+	free    []*waiter
+
+	ctx      context.Context // ends with the connection
+	cancel   context.CancelFunc
+	done     chan struct{} // closed by kill, after err is set
+	killOnce sync.Once
+	err      error
+	torn     chan struct{} // closed when teardown has finished
+	wg       sync.WaitGroup
+
+	notifyOnce sync.Once
+	efd        atomic.Int32 // eventfd of DispatchFd, -1 until created
+	rearm      chan struct{}
+	notifyErr  error
+}
+
+// waiter is one call in flight. The goroutine that removes it from
+// Client.waiters fills in the result and then signals ch; until then the
+// caller does not touch the result fields, afterwards only the caller does.
+type waiter struct {
+	ch   chan struct{} // buffered 1
+	into bool          // CallInto: copy into buf
+	zc   bool          // zero copy: hand over the reader role with the record
+	buf  []byte
+	out  []byte
+	n    int
+	err  error
+	view []byte
+	resp Response
+	pc   PendingCall
+}
+
+// Dial connects to the server at address (a path, or "@name" for an
+// abstract socket) and opens service. ctx bounds the connect and the
+// handshake. opts may be nil.
+func Dial(ctx context.Context, address string, service uint16, opts *ClientOptions) (*Client, error) {
+	if opts == nil {
+		opts = &ClientOptions{}
+	}
+	var sizes [3]uint64
+	for i, s := range []int{opts.RequestRingSize, opts.ResponseRingSize, opts.DispatchRingSize} {
+		if s < 0 || (s != 0 && !isPow2(uint64(s))) {
+			return nil, fmt.Errorf("dial: ring size %d is not a power of two", s)
+		}
+		sizes[i] = uint64(s)
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", address)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	uc := nc.(*net.UnixConn)
+	cl, err := handshake(ctx, uc, service, sizes, opts)
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	return cl, nil
+}
+
+func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]uint64, opts *ClientOptions) (*Client, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		uc.SetDeadline(dl) //nolint:errcheck
+	}
+	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
+	defer stop()
+	cred, err := peerCred(uc)
+	if err != nil {
+		return nil, err
+	}
+	h := hello{version: Version, service: service, features: opts.Features, sizes: sizes}
+	var hb [helloSize]byte
+	h.encode(hb[:])
+	if _, err := uc.Write(hb[:]); err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("send hello: %w", err))
+	}
+	var rb [replySize]byte
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	var fds []int
+	for got := 0; got < replySize; {
+		n, oobn, _, _, err := uc.ReadMsgUnix(rb[got:], oob)
+		if oobn > 0 {
+			fds = append(fds, parseRights(oob[:oobn])...)
+		}
+		if err != nil {
+			closeFds(fds)
+			return nil, ctxErr(ctx, fmt.Errorf("read handshake reply: %w", err))
+		}
+		if n == 0 {
+			closeFds(fds)
+			return nil, fmt.Errorf("read handshake reply: %w: connection closed", ErrDisconnected)
+		}
+		got += n
+	}
+	r, err := decodeReply(rb[:])
+	if err != nil {
+		closeFds(fds)
+		return nil, err
+	}
+	if r.status != statusOK {
+		closeFds(fds)
+		rej := &RejectError{Status: r.status, Code: r.detail}
+		if r.status == statusBadVersion {
+			return nil, fmt.Errorf("%w: server speaks version %d, client %d", rej, r.version, Version)
+		}
+		return nil, rej
+	}
+	if r.version != Version {
+		closeFds(fds)
+		return nil, fmt.Errorf("%w: server speaks version %d, client %d", ErrVersion, r.version, Version)
+	}
+	if len(fds) != 1 {
+		closeFds(fds)
+		return nil, fmt.Errorf("%w: %d descriptors with the reply, want 1", ErrProtocol, len(fds))
+	}
+	f := os.NewFile(uintptr(fds[0]), "ringipc-conn")
+	seg, err := shmseg.OpenFile(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("attach connection segment: %w", err)
+	}
+	cl, err := attachClient(uc, seg, &r, cred, opts)
+	if err != nil {
+		seg.Close()
+		return nil, err
+	}
+	uc.SetDeadline(time.Time{}) //nolint:errcheck
+	cl.start()
+	return cl, nil
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w (%w)", cerr, err)
+	}
+	return err
+}
+
+func parseRights(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for i := range msgs {
+		if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	return fds
+}
+
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// attachClient checks the reply against the segment it came with and
+// attaches the rings. Every number comes from the peer: check it all.
+func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, opts *ClientOptions) (*Client, error) {
+	mem := seg.Payload()
+	g := seg.Geometry()
+	if g != segmentGeometry(r.sizes, r.offs) {
+		return nil, fmt.Errorf("%w: segment geometry %+v disagrees with the reply", ErrProtocol, g)
+	}
+	if r.ctlOff != 0 || r.payload != uint64(len(mem)) {
+		return nil, fmt.Errorf("%w: control offset %d, payload %d (mapped %d)", ErrProtocol, r.ctlOff, r.payload, len(mem))
+	}
+	end := uint64(ctlSize)
+	for i := range 3 {
+		s, off := r.sizes[i], r.offs[i]
+		if !isPow2(s) || s < MinRingSize || s > ring.MaxDataSize || off%ringAlign != 0 || off < end {
+			return nil, fmt.Errorf("%w: ring %d: size %d at offset %d", ErrProtocol, i, s, off)
+		}
+		end = off + ringBytes(s)
+		if end > uint64(len(mem)) {
+			return nil, fmt.Errorf("%w: ring %d ends at %d, past the payload (%d)", ErrProtocol, i, end, len(mem))
+		}
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cl := &Client{
+		nc:          uc,
+		rc:          rc,
+		seg:         seg,
+		ctl:         mem[:ctlSize:ctlSize],
+		serverCred:  cred,
+		features:    r.features,
+		maxReq:      ring.MaxPayload(int(r.sizes[0])) - reqHdrSize,
+		maxDisp:     ring.MaxPayload(int(r.sizes[2])),
+		nonBlocking: opts.NonBlocking,
+		onDispatch:  opts.OnDispatch,
+		sendLock:    make(chan struct{}, 1),
+		readLock:    make(chan struct{}, 1),
+		dispLock:    make(chan struct{}, 1),
+		waiters:     make(map[uint64]*waiter),
+		ctx:         ctx,
+		cancel:      cancel,
+		done:        make(chan struct{}),
+		torn:        make(chan struct{}),
+		rearm:       make(chan struct{}, 1),
+	}
+	if uint32(cl.maxReq) != r.maxReq || uint32(cl.maxDisp) != r.maxDisp {
+		cancel()
+		return nil, fmt.Errorf("%w: reply limits %d/%d disagree with the ring sizes", ErrProtocol, r.maxReq, r.maxDisp)
+	}
+	cl.efd.Store(-1)
+	cl.waker = newSockWaker(mem, r.offs, []int{wReqProd, wRespCons, wDispCons}, rc, cl.done)
+	o := ringOptions(opts.Spin, cl.waker)
+	region := func(i int) []byte { return mem[r.offs[i] : r.offs[i]+ringBytes(r.sizes[i])] }
+	if cl.reqP, err = ring.NewProducer(region(0), o); err == nil {
+		if cl.respC, err = ring.NewConsumer(region(1), o); err == nil {
+			cl.dispC, err = ring.NewConsumer(region(2), o)
+		}
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("%w: attach rings: %w", ErrProtocol, err)
+	}
+	for i := range 3 {
+		g, err := ring.ReadGeometry(region(i))
+		if err != nil || uint64(g.DataSize) != r.sizes[i] || g.Producers != 0 {
+			cancel()
+			return nil, fmt.Errorf("%w: ring %d geometry %+v, reply says %d bytes", ErrProtocol, i, g, r.sizes[i])
+		}
+	}
+	return cl, nil
+}
+
+func (cl *Client) start() {
+	cl.wg.Add(1)
+	go cl.readLoop()
+	if cl.onDispatch != nil {
+		cl.wg.Add(1)
+		go cl.dispatchLoop()
+	}
+}
+
+// readLoop reads wake tokens; end of file or a reset means the server
+// closed the connection, exited or died, and every blocked call ends.
+func (cl *Client) readLoop() {
+	defer cl.wg.Done()
+	var buf [64]byte
+	for {
+		n, err := cl.nc.Read(buf[:])
+		for _, b := range buf[:n] {
+			if derr := cl.waker.deliver(b); derr != nil {
+				cl.kill(derr)
+				return
+			}
+		}
+		if err != nil {
+			cl.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
+			return
+		}
+	}
+}
+
+// kill ends the connection: the rings are closed, which wakes everyone
+// blocked in them, and done is closed. Teardown follows on its own
+// goroutine once every holder of a lock has let go.
+func (cl *Client) kill(err error) {
+	cl.killOnce.Do(func() {
+		cl.err = err
+		cl.reqP.Close()  //nolint:errcheck // always nil
+		cl.respC.Close() //nolint:errcheck
+		cl.dispC.Close() //nolint:errcheck
+		cl.cancel()
+		close(cl.done)
+		go cl.teardown()
+	})
+}
+
+func (cl *Client) teardown() {
+	cl.nc.Close()
+	cl.wg.Wait()
+	cl.sendLock <- struct{}{}
+	cl.readLock <- struct{}{}
+	cl.dispLock <- struct{}{}
+	cl.seg.Close()
+	if fd := cl.efd.Load(); fd >= 0 {
+		unix.Close(int(fd))
+	}
+	close(cl.torn)
+}
+
+// Close ends the connection and releases its resources. Calls in flight
+// fail with ErrDisconnected. It waits until the shared memory is unmapped,
+// which needs every Response to be released. Idempotent.
+func (cl *Client) Close() error {
+	cl.kill(fmt.Errorf("%w: %w", ErrDisconnected, ErrClosed))
+	<-cl.torn
+	return nil
+}
+
+// Done is closed when the connection has ended.
+func (cl *Client) Done() <-chan struct{} { return cl.done }
+
+// Err returns why the connection ended, or nil while it is up.
+func (cl *Client) Err() error {
+	select {
+	case <-cl.done:
+		return cl.err
+	default:
+		return nil
+	}
+}
+
+// deadErr is the error of an operation that found the connection ended.
+func (cl *Client) deadErr() error {
+	<-cl.done
+	if errors.Is(cl.err, ErrDisconnected) {
+		return cl.err
+	}
+	return fmt.Errorf("%w: %w", ErrDisconnected, cl.err)
+}
+
+// ringErr maps an error of a ring operation.
+func (cl *Client) ringErr(err error) error {
+	switch {
+	case errors.Is(err, ring.ErrClosed):
+		select {
+		case <-cl.done:
+			return cl.deadErr()
+		default:
+			return fmt.Errorf("%w: server closed the connection", ErrDisconnected)
+		}
+	case errors.Is(err, ring.ErrCorrupt):
+		err = fmt.Errorf("%w: %w", ErrProtocol, err)
+		cl.kill(err)
+		return err
+	}
+	return err
+}
+
+// ServerCred returns the server's credentials (SO_PEERCRED at connect).
+func (cl *Client) ServerCred() Cred { return cl.serverCred }
+
+// Features returns the feature bits the server granted.
+func (cl *Client) Features() uint32 { return cl.features }
+
+// MaxRequest returns the largest request body the request ring accepts.
+func (cl *Client) MaxRequest() int { return cl.maxReq }
+
+// FlowControl is the dispatch flow-control state the server publishes.
+type FlowControl struct {
+	Active  bool   // messages wait in the server's queue: the ring was full
+	Queued  uint32 // how many
+	Dropped uint64 // messages the server dropped for this client
+	Events  uint64 // times the server's queue started filling
+}
+
+// FlowControl reads the server's flow-control state for this connection.
+func (cl *Client) FlowControl() FlowControl {
+	select {
+	case <-cl.torn:
+		return FlowControl{}
+	default:
+	}
+	return FlowControl{
+		Active:  atomic.LoadUint32(word32(cl.ctl, ctlFlow)) != 0,
+		Queued:  atomic.LoadUint32(word32(cl.ctl, ctlQueued)),
+		Dropped: atomic.LoadUint64(word64(cl.ctl, ctlDropped)),
+		Events:  atomic.LoadUint64(word64(cl.ctl, ctlFlowEvents)),
+	}
+}
+
+// lock acquires a channel lock, giving up when ctx ends or the
+// connection does.
+func (cl *Client) lock(ctx context.Context, l chan struct{}) error {
+	select {
+	case l <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case l <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-cl.done:
+		return cl.deadErr()
+	}
+}
+
+func (cl *Client) getWaiter() *waiter {
+	cl.mu.Lock()
+	var w *waiter
+	if n := len(cl.free); n > 0 {
+		w = cl.free[n-1]
+		cl.free = cl.free[:n-1]
+	}
+	cl.mu.Unlock()
+	if w == nil {
+		w = &waiter{ch: make(chan struct{}, 1)}
+	}
+	return w
+}
+
+func (cl *Client) putWaiter(w *waiter) {
+	ch := w.ch
+	*w = waiter{ch: ch}
+	cl.mu.Lock()
+	if len(cl.free) < 256 {
+		cl.free = append(cl.free, w)
+	}
+	cl.mu.Unlock()
+}
+
+// Call sends req as message id and returns a copy of the response body.
+func (cl *Client) Call(ctx context.Context, id uint16, req []byte) ([]byte, error) {
+	w := cl.getWaiter()
+	err := cl.roundTrip(ctx, id, req, w)
+	out := w.out
+	cl.putWaiter(w)
+	return out, err
+}
+
+// CallInto is Call that copies the response body into buf and returns its
+// length; it allocates nothing. If buf is too small the response is
+// discarded and the error is ErrShortBuffer, with n the size needed.
+func (cl *Client) CallInto(ctx context.Context, id uint16, req, buf []byte) (n int, err error) {
+	w := cl.getWaiter()
+	w.into, w.buf = true, buf
+	err = cl.roundTrip(ctx, id, req, w)
+	n = w.n
+	cl.putWaiter(w)
+	return n, err
+}
+
+func (cl *Client) roundTrip(ctx context.Context, id uint16, req []byte, w *waiter) error {
+	corr, err := cl.send(ctx, id, req, w)
+	if err != nil {
+		return err
+	}
+	return cl.wait(ctx, corr, w)
+}
+
+// send writes one request, registered under a fresh correlation id.
+func (cl *Client) send(ctx context.Context, id uint16, body []byte, w *waiter) (uint64, error) {
+	if len(body) > cl.maxReq {
+		return 0, fmt.Errorf("call with %d bytes: %w (max %d)", len(body), ErrTooLarge, cl.maxReq)
+	}
+	if err := cl.lock(ctx, cl.sendLock); err != nil {
+		return 0, err
+	}
+	corr, r, err := cl.reserve(ctx, id, len(body), w)
+	if err != nil {
+		<-cl.sendLock
+		return 0, err
+	}
+	copy(r.Bytes()[reqHdrSize:], body)
+	err = r.Commit()
+	<-cl.sendLock
+	if err != nil {
+		cl.forget(corr)
+		return 0, cl.ringErr(err)
+	}
+	return corr, nil
+}
+
+// reserve claims the request record and registers w; sendLock held.
+func (cl *Client) reserve(ctx context.Context, id uint16, n int, w *waiter) (uint64, ring.Reservation, error) {
+	corr := cl.nextCorr
+	cl.nextCorr++
+	var r ring.Reservation
+	var err error
+	if cl.nonBlocking {
+		r, err = cl.reqP.TryReserve(uint32(id), reqHdrSize+n)
+		if err == ring.ErrFull {
+			return 0, r, ErrTryAgain
+		}
+	} else {
+		r, err = cl.reqP.Reserve(ctx, uint32(id), reqHdrSize+n)
+	}
+	if err != nil {
+		return 0, r, cl.ringErr(err)
+	}
+	binary.LittleEndian.PutUint64(r.Bytes(), corr)
+	cl.mu.Lock()
+	cl.waiters[corr] = w
+	cl.mu.Unlock()
+	return corr, r, nil
+}
+
+func (cl *Client) forget(corr uint64) {
+	cl.mu.Lock()
+	delete(cl.waiters, corr)
+	cl.mu.Unlock()
+}
+
+// wait waits for the response to corr. While nobody else does, the caller
+// itself takes the reader role and reads the response ring, handing other
+// callers' responses to them; so a lone call needs no goroutine switch.
+func (cl *Client) wait(ctx context.Context, corr uint64, w *waiter) error {
+	for {
+		select {
+		case <-w.ch:
+			return w.err
+		case cl.readLock <- struct{}{}:
+		default:
+			select {
+			case <-w.ch:
+				return w.err
+			case cl.readLock <- struct{}{}:
+			case <-ctx.Done():
+				return cl.abandon(ctx.Err(), corr, w)
+			case <-cl.done:
+				return cl.abandon(cl.deadErr(), corr, w)
+			}
+		}
+		// We are the reader. The previous reader may have answered us
+		// just before it let go.
+		select {
+		case <-w.ch:
+			<-cl.readLock
+			return w.err
+		default:
+		}
+		mine, handed, err := cl.read(ctx, corr, w)
+		switch {
+		case handed:
+			// The role went to a zero-copy caller with its record.
+		case mine:
+			if !w.zc || w.err != nil {
+				<-cl.readLock
+			}
+			return w.err
+		default:
+			<-cl.readLock
+			return cl.abandon(err, corr, w)
+		}
+	}
+}
+
+// read is the reader role's loop: it consumes responses until it finds
+// corr's (mine), hands the role to a zero-copy caller (handed), or fails.
+func (cl *Client) read(ctx context.Context, corr uint64, w *waiter) (mine, handed bool, err error) {
+	for {
+		rec, err := cl.respC.Peek(ctx)
+		if err != nil {
+			return false, false, cl.ringErr(err)
+		}
+		if len(rec.Data) < respHdrSize {
+			err := fmt.Errorf("%w: response record of %d bytes", ErrProtocol, len(rec.Data))
+			cl.kill(err)
+			return false, false, err
+		}
+		c2 := binary.LittleEndian.Uint64(rec.Data)
+		cl.mu.Lock()
+		w2 := cl.waiters[c2]
+		delete(cl.waiters, c2)
+		cl.mu.Unlock()
+		if w2 == nil {
+			// An abandoned call's response.
+			if err := cl.respC.Release(); err != nil {
+				return false, false, cl.ringErr(err)
+			}
+			continue
+		}
+		cl.fill(w2, rec)
+		if w2.zc && w2.err == nil {
+			if w2 == w {
+				return true, false, nil
+			}
+			w2.ch <- struct{}{}
+			return false, true, nil
+		}
+		if err := cl.respC.Release(); err != nil {
+			return false, false, cl.ringErr(err)
+		}
+		if w2 == w {
+			return true, false, nil
+		}
+		w2.ch <- struct{}{}
+	}
+}
+
+// fill stores a response in its waiter.
+func (cl *Client) fill(w *waiter, rec ring.Record) {
+	body := rec.Data[respHdrSize:]
+	switch rec.Type {
+	case respOK:
+		switch {
+		case w.zc:
+			w.view = body
+		case w.into:
+			w.n = len(body)
+			if len(w.buf) < len(body) {
+				w.err = ErrShortBuffer
+			} else {
+				copy(w.buf, body)
+			}
+		default:
+			w.out = append([]byte(nil), body...)
+		}
+	case respUnknownMessage:
+		w.err = errUnknownMessage
+	case respHandlerError:
+		w.err = &HandlerError{Code: int32(binary.LittleEndian.Uint32(rec.Data[8:])), Msg: string(body)}
+	case respTooLarge:
+		w.err = errRespTooLarge
+	default:
+		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, rec.Type)
+	}
+}
+
+// abandon gives up waiting. If the reader already took our response, it
+// is about to signal: take the response after all.
+func (cl *Client) abandon(why error, corr uint64, w *waiter) error {
+	cl.mu.Lock()
+	_, pending := cl.waiters[corr]
+	delete(cl.waiters, corr)
+	cl.mu.Unlock()
+	if pending {
+		return why
+	}
+	<-w.ch
+	return w.err
+}
+
+// PendingCall is a request being written in place in the request ring
+// (Client.Reserve). It holds the request ring: fill it and Send or Abort
+// promptly, from the goroutine that reserved it.
+type PendingCall struct {
+	cl   *Client
+	w    *waiter
+	r    ring.Reservation
+	corr uint64
+}
+
+// Response is a zero-copy response: Data is a view of the response ring,
+// valid until Release. While it is held no other call of this Client can
+// receive its response, so release it promptly.
+type Response struct {
+	Data []byte
+	cl   *Client
+	w    *waiter
+}
+
+// Reserve starts a zero-copy call of message id with an n-byte body.
+func (cl *Client) Reserve(ctx context.Context, id uint16, n int) (*PendingCall, error) {
+	if n < 0 || n > cl.maxReq {
+		return nil, fmt.Errorf("call with %d bytes: %w (max %d)", n, ErrTooLarge, cl.maxReq)
+	}
+	if err := cl.lock(ctx, cl.sendLock); err != nil {
+		return nil, err
+	}
+	w := cl.getWaiter()
+	w.zc = true
+	corr, r, err := cl.reserve(ctx, id, n, w)
+	if err != nil {
+		<-cl.sendLock
+		cl.putWaiter(w)
+		return nil, err
+	}
+	w.pc = PendingCall{cl: cl, w: w, r: r, corr: corr}
+	return &w.pc, nil
+}
+
+// Bytes returns the request body to fill in.
+func (p *PendingCall) Bytes() []byte { return p.r.Bytes()[reqHdrSize:] }
+
+// Send publishes the request and waits for the response, returned as a
+// view that must be Released.
+func (p *PendingCall) Send(ctx context.Context) (*Response, error) {
+	cl, w := p.cl, p.w
+	err := p.r.Commit()
+	<-cl.sendLock
+	if err != nil {
+		cl.forget(p.corr)
+		cl.putWaiter(w)
+		return nil, cl.ringErr(err)
+	}
+	if err := cl.wait(ctx, p.corr, w); err != nil {
+		cl.putWaiter(w)
+		return nil, err
+	}
+	w.resp = Response{Data: w.view, cl: cl, w: w}
+	return &w.resp, nil
+}
+
+// Abort gives the reserved request back unsent.
+func (p *PendingCall) Abort() {
+	cl := p.cl
+	p.r.Abort() //nolint:errcheck // the only outstanding reservation
+	cl.forget(p.corr)
+	<-cl.sendLock
+	cl.putWaiter(p.w)
+}
+
+// Release ends the response's view and lets other calls read theirs.
+func (r *Response) Release() error {
+	cl := r.cl
+	err := cl.respC.Release()
+	<-cl.readLock
+	cl.putWaiter(r.w)
+	if err != nil {
+		return cl.ringErr(err)
+	}
+	return nil
+}
+
+// Message is a dispatch message.
+type Message struct {
+	ID   uint16
+	Data []byte
+}
+
+var errHandlerSet = errors.New("ipc: dispatch messages go to ClientOptions.OnDispatch")
+
+// Recv returns the next dispatch message (a copy), waiting until one
+// arrives, ctx ends or the connection does.
+func (cl *Client) Recv(ctx context.Context) (Message, error) {
+	if cl.onDispatch != nil {
+		return Message{}, errHandlerSet
+	}
+	if err := cl.lock(ctx, cl.dispLock); err != nil {
+		return Message{}, err
+	}
+	typ, data, err := cl.dispC.Read(ctx)
+	<-cl.dispLock
+	if err != nil {
+		return Message{}, cl.ringErr(err)
+	}
+	return Message{ID: uint16(typ), Data: data}, nil
+}
+
+// TryRecv returns the next dispatch message without waiting, or
+// ErrTryAgain. With DispatchFd, call it until ErrTryAgain each time the
+// descriptor polls readable.
+func (cl *Client) TryRecv() (Message, error) {
+	if cl.onDispatch != nil {
+		return Message{}, errHandlerSet
+	}
+	if err := cl.lock(cl.ctx, cl.dispLock); err != nil {
+		return Message{}, err
+	}
+	rec, err := cl.dispC.TryPeek()
+	var m Message
+	if err == nil {
+		m = Message{ID: uint16(rec.Type), Data: append([]byte(nil), rec.Data...)}
+		err = cl.dispC.Release()
+	}
+	<-cl.dispLock
+	if err == ring.ErrEmpty {
+		cl.resetNotify()
+		return Message{}, ErrTryAgain
+	}
+	if err != nil {
+		return Message{}, cl.ringErr(err)
+	}
+	return m, nil
+}
+
+func (cl *Client) dispatchLoop() {
+	defer cl.wg.Done()
+	for {
+		if err := cl.lock(cl.ctx, cl.dispLock); err != nil {
+			return
+		}
+		rec, err := cl.dispC.Peek(cl.ctx)
+		if err == nil {
+			cl.onDispatch(uint16(rec.Type), rec.Data)
+			err = cl.dispC.Release()
+		}
+		<-cl.dispLock
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				cl.kill(cl.ringErr(err))
+			}
+			return
+		}
+	}
+}
+
+// DispatchFd returns an eventfd that polls readable while dispatch
+// messages may be waiting, for an external poll loop: when readable, call
+// TryRecv until it returns ErrTryAgain, which re-arms it. It stays
+// readable once the connection has ended. The Client owns the descriptor.
+func (cl *Client) DispatchFd() (int, error) {
+	if cl.onDispatch != nil {
+		return -1, errHandlerSet
+	}
+	cl.notifyOnce.Do(func() {
+		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+		if err != nil {
+			cl.notifyErr = fmt.Errorf("dispatch fd: %w", err)
+			return
+		}
+		cl.efd.Store(int32(fd))
+		cl.wg.Add(1)
+		go cl.notifyLoop()
+	})
+	return int(cl.efd.Load()), cl.notifyErr
+}
+
+// notifyLoop waits (parked on the socket) for a dispatch message, makes
+// the eventfd readable, and waits for TryRecv to find the ring empty.
+func (cl *Client) notifyLoop() {
+	defer cl.wg.Done()
+	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+	for {
+		err := cl.lock(cl.ctx, cl.dispLock)
+		if err == nil {
+			// Peeking leaves the record in place for TryRecv.
+			_, err = cl.dispC.Peek(cl.ctx)
+			<-cl.dispLock
+		}
+		unix.Write(int(cl.efd.Load()), one) //nolint:errcheck // a full counter is still readable
+		if err != nil {
+			return
+		}
+		select {
+		case <-cl.rearm:
+		case <-cl.done:
+			return
+		}
+	}
+}
+
+func (cl *Client) resetNotify() {
+	fd := cl.efd.Load()
+	if fd < 0 {
+		return
+	}
+	var b [8]byte
+	unix.Read(int(fd), b[:]) //nolint:errcheck // EAGAIN: already reset
+	select {
+	case cl.rearm <- struct{}{}:
+	default:
+	}
+}

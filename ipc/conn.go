@@ -1,0 +1,581 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/ringipc/ringipc/ring"
+	"github.com/ringipc/ringipc/shmseg"
+)
+
+// Conn is the server's side of one client connection.
+//
+// Its methods are safe for concurrent use, with one exception: Process is
+// for the external poll loop only and must not run concurrently with
+// itself. Dispatch may be called from any goroutine at any time, also
+// after the connection ended (it then fails with ErrDisconnected).
+type Conn struct {
+	// Set at construction, read-only afterwards.
+	srv      *Server
+	id       uint64
+	svc      *Service
+	sel      Selector
+	cred     Cred
+	nc       *net.UnixConn
+	rc       syscall.RawConn
+	seg      *shmseg.Segment
+	ctl      []byte // control block in shared memory; server writes it
+	reply    reply
+	reqC     *ring.Consumer
+	respP    *ring.Producer
+	dispP    *ring.Producer
+	waker    *sockWaker
+	maxReq   int
+	maxResp  int
+	maxDisp  int
+	qLimit   int
+	policy   Policy
+	external bool
+	log      *slog.Logger
+
+	// ctx ends when the connection is killed: handlers and blocking ring
+	// calls stop. loopCtx also ends at drain, which only stops the loop
+	// from waiting for more requests.
+	ctx        context.Context
+	cancel     context.CancelFunc
+	loopCtx    context.Context
+	loopCancel context.CancelFunc
+	draining   atomic.Bool
+
+	// done is closed by kill, after err is set and the rings are closed:
+	// a receive from done happens after both.
+	done     chan struct{}
+	killOnce sync.Once
+	err      error
+
+	privMu  sync.Mutex
+	private any
+
+	// Request-path state, owned by the goroutine running the loop (or
+	// Process): never touched by anyone else.
+	req      Request
+	rw       ResponseWriter
+	tokBuf   [64]byte
+	pending  []*pendingResp // external mode: responses awaiting ring space
+	pendFree []*pendingResp
+
+	// The dispatch queue. The dispatch producer belongs to whoever holds
+	// qMu while the queue is empty (Dispatch's direct write), and to the
+	// flusher (goroutine or Process) while it is not: the flusher pops an
+	// entry only after committing it, so a non-empty queue keeps every
+	// Dispatch away from the producer.
+	qMu      sync.Mutex
+	q        deque
+	qDead    bool          // set by kill: nobody may write the ring any more
+	flushing bool          // a flusher goroutine is running
+	room     chan struct{} // closed when an entry leaves a full queue; nil if nobody waits
+	free     [][]byte      // recycled queue buffers
+
+	// External mode lifecycle, under pmu: started once EventLoop.AddConn
+	// returned; running while Process runs. Teardown happens only when
+	// neither Process runs nor can start.
+	pmu     sync.Mutex
+	started bool
+	running bool
+
+	wg           sync.WaitGroup // reader and flusher goroutines
+	teardownOnce sync.Once
+	stats        connCounters
+}
+
+type pendingResp struct {
+	status uint32
+	b      []byte
+}
+
+func ringBytes(dataSize uint64) uint64 {
+	n, _ := ring.Size(ring.Geometry{DataSize: int(dataSize)})
+	return uint64(n)
+}
+
+// newConn creates the connection's segment and rings. On error nothing is
+// left behind.
+func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint64, features uint32) (*Conn, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	offs, total := layout(sizes, ringBytes)
+	seg, err := shmseg.CreateMemfd("ringipc-conn", segmentGeometry(sizes, offs), int(total))
+	if err != nil {
+		return nil, fmt.Errorf("create connection segment: %w", err)
+	}
+	c := &Conn{
+		srv:      s,
+		id:       s.nextID.Add(1),
+		svc:      svc,
+		sel:      s.selector(),
+		cred:     cred,
+		nc:       uc,
+		rc:       rc,
+		seg:      seg,
+		qLimit:   s.cfg.DispatchQueue,
+		policy:   s.cfg.DispatchPolicy,
+		external: s.cfg.EventLoop != nil,
+		done:     make(chan struct{}),
+	}
+	c.log = s.log.With("conn", c.id)
+	mem := seg.Payload()
+	c.ctl = mem[:ctlSize:ctlSize]
+	for i := range 3 {
+		g := ring.Geometry{DataSize: int(sizes[i]), PayloadChecksum: features&FeaturePayloadChecksum != 0}
+		if err := ring.Init(mem[offs[i]:], g); err != nil {
+			seg.Close()
+			return nil, fmt.Errorf("init ring: %w", err)
+		}
+	}
+	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done)
+	opts := ringOptions(s.cfg.Spin, c.waker)
+	// Attaching freshly initialised rings cannot fail.
+	c.reqC, _ = ring.NewConsumer(mem[offs[0]:], opts)
+	c.respP, _ = ring.NewProducer(mem[offs[1]:], opts)
+	c.dispP, _ = ring.NewProducer(mem[offs[2]:], opts)
+	if c.reqC == nil || c.respP == nil || c.dispP == nil {
+		seg.Close()
+		return nil, fmt.Errorf("attach rings: %w", ErrProtocol)
+	}
+	c.maxReq = ring.MaxPayload(int(sizes[0])) - reqHdrSize
+	c.maxResp = ring.MaxPayload(int(sizes[1])) - respHdrSize
+	c.maxDisp = ring.MaxPayload(int(sizes[2]))
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.loopCtx, c.loopCancel = context.WithCancel(c.ctx)
+	c.reply = reply{
+		version:  Version,
+		status:   statusOK,
+		features: features,
+		sizes:    sizes,
+		offs:     offs,
+		ctlOff:   0,
+		payload:  uint64(len(mem)),
+		maxReq:   uint32(c.maxReq),
+		maxDisp:  uint32(c.maxDisp),
+	}
+	if c.external {
+		// Nobody sleeps in the ring in external mode, so announce the
+		// wait for requests up front: the client's first Commit must
+		// send a token that makes the descriptor readable.
+		c.waker.arm(wReqCons)
+	}
+	return c, nil
+}
+
+// destroy releases a connection that never got established.
+func (c *Conn) destroy() {
+	c.cancel()
+	c.seg.Close()
+}
+
+// start runs an established connection: goroutines, or the event loop.
+func (c *Conn) start() {
+	if c.external {
+		c.srv.cfg.EventLoop.AddConn(c)
+		c.pmu.Lock()
+		c.started = true
+		c.pmu.Unlock()
+		if c.isDead() {
+			c.teardown()
+		}
+		return
+	}
+	c.wg.Add(1)
+	go c.readLoop()
+	go c.serveLoop()
+}
+
+// readLoop reads wake tokens; end of file (or a reset) is the client
+// leaving or dying, noticed here at once.
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	var buf [64]byte
+	for {
+		n, err := c.nc.Read(buf[:])
+		for _, b := range buf[:n] {
+			if derr := c.waker.deliver(b); derr != nil {
+				c.kill(derr)
+				return
+			}
+		}
+		if err != nil {
+			c.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
+			return
+		}
+	}
+}
+
+// serveLoop handles requests one by one, draining the ring before it
+// sleeps (the ring spins, then parks on the socket).
+func (c *Conn) serveLoop() {
+	defer c.teardown()
+	for {
+		rec, err := c.reqC.Peek(c.loopCtx)
+		if err != nil {
+			c.kill(c.loopErr(err))
+			return
+		}
+		c.handle(rec)
+		if err := c.reqC.Release(); err != nil {
+			c.kill(c.ringErr("release request", err))
+			return
+		}
+		if c.isDead() {
+			return
+		}
+	}
+}
+
+// loopErr turns the loop's ring error into the connection's end reason.
+func (c *Conn) loopErr(err error) error {
+	switch {
+	case c.draining.Load():
+		return ErrServerClosed
+	case errors.Is(err, ring.ErrClosed):
+		return fmt.Errorf("%w: client closed the connection", ErrDisconnected)
+	case errors.Is(err, context.Canceled):
+		return ErrDisconnected
+	}
+	return c.ringErr("read request", err)
+}
+
+// ringErr maps a ring error: a closed ring means the connection ended,
+// corruption is the peer breaking the protocol.
+func (c *Conn) ringErr(op string, err error) error {
+	switch {
+	case errors.Is(err, ring.ErrClosed), errors.Is(err, context.Canceled):
+		if c.isDead() && c.err != nil {
+			return fmt.Errorf("%s: %w", op, c.err)
+		}
+		return fmt.Errorf("%s: %w", op, ErrDisconnected)
+	case errors.Is(err, ring.ErrCorrupt):
+		return fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// handle runs the handler of one request record and sends its response.
+func (c *Conn) handle(rec ring.Record) {
+	data := rec.Data
+	if len(data) < reqHdrSize || rec.Type>>16 != 0 {
+		c.kill(fmt.Errorf("%w: request record type %#x with %d bytes", ErrProtocol, rec.Type, len(data)))
+		return
+	}
+	corr := binary.LittleEndian.Uint64(data)
+	id := uint16(rec.Type)
+	c.stats.calls.Add(1)
+	c.stats.bytesIn.Add(uint64(len(data) - reqHdrSize))
+	c.rw = ResponseWriter{c: c, corr: corr}
+	h := c.sel.Select(c.svc.ID, id)
+	if h == nil {
+		if _, err := c.rw.reserve(respUnknownMessage, 0, 0); err == nil {
+			c.rw.Commit() //nolint:errcheck // a failure ends the connection
+		}
+		return
+	}
+	c.req = Request{Conn: c, ID: id, Data: data[reqHdrSize:], ctx: c.ctx}
+	h.ServeIPC(&c.rw, &c.req)
+	c.rw.finish()
+	c.req = Request{}
+}
+
+// Process is the external poll loop's entry point (Config.EventLoop): call
+// it when Fd polls readable. It reads the wake tokens, handles every
+// request available, flushes what waits for ring space, and returns
+// without blocking (handlers aside). Once the connection has ended it tears
+// it down and returns an error matching ErrDisconnected (or the reason it
+// ended); drop the descriptor from the poll set then. Calls must not
+// overlap.
+func (c *Conn) Process() error {
+	if !c.external {
+		return errors.New("ipc: Process needs Config.EventLoop")
+	}
+	c.pmu.Lock()
+	if c.running {
+		c.pmu.Unlock()
+		return errors.New("ipc: concurrent Process calls")
+	}
+	if c.isDead() {
+		c.pmu.Unlock()
+		return c.endErr()
+	}
+	c.running = true
+	c.pmu.Unlock()
+
+	c.process()
+
+	c.pmu.Lock()
+	c.running = false
+	c.pmu.Unlock()
+	if c.isDead() {
+		c.teardown()
+		return c.endErr()
+	}
+	return nil
+}
+
+func (c *Conn) endErr() error {
+	<-c.done
+	if errors.Is(c.err, ErrDisconnected) {
+		return c.err
+	}
+	return fmt.Errorf("%w: %w", ErrDisconnected, c.err)
+}
+
+func (c *Conn) process() {
+	for {
+		n, eof, err := readTokens(c.rc, c.tokBuf[:])
+		for _, b := range c.tokBuf[:n] {
+			if derr := c.waker.deliver(b); derr != nil {
+				c.kill(derr)
+				return
+			}
+		}
+		if eof {
+			if err == nil {
+				err = errors.New("end of file")
+			}
+			c.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
+			return
+		}
+		if n < len(c.tokBuf) {
+			break
+		}
+	}
+	c.drainTokenChans()
+	if !c.flushPendingArmed() {
+		c.flushQueueNow()
+		return
+	}
+	for !c.isDead() {
+		rec, err := c.reqC.TryPeek()
+		if err == ring.ErrEmpty {
+			c.waker.arm(wReqCons)
+			rec, err = c.reqC.TryPeek()
+			if err == ring.ErrEmpty {
+				break
+			}
+			c.waker.disarm(wReqCons)
+		}
+		if err != nil {
+			c.kill(c.loopErr(err))
+			return
+		}
+		c.handle(rec)
+		if err := c.reqC.Release(); err != nil {
+			c.kill(c.ringErr("release request", err))
+			return
+		}
+		if len(c.pending) > 0 && !c.flushPendingArmed() {
+			break // wait for the client to free response space
+		}
+	}
+	c.flushQueueNow()
+}
+
+// drainTokenChans empties the wake channels, which nothing waits on in
+// external mode.
+func (c *Conn) drainTokenChans() {
+	for _, ch := range c.waker.local {
+		if ch != nil {
+			select {
+			case <-ch:
+			default:
+			}
+		}
+	}
+}
+
+// flushPendingArmed writes out responses kept aside, arming the response
+// producer word when the ring is still full (then it returns false).
+func (c *Conn) flushPendingArmed() bool {
+	if c.flushPending() {
+		return true
+	}
+	c.waker.arm(wRespProd)
+	if c.flushPending() {
+		c.waker.disarm(wRespProd)
+		return true
+	}
+	return false
+}
+
+func (c *Conn) flushPending() bool {
+	for len(c.pending) > 0 {
+		p := c.pending[0]
+		r, err := c.respP.TryReserve(p.status, len(p.b))
+		if err == ring.ErrFull {
+			return false
+		}
+		if err != nil {
+			c.kill(c.ringErr("respond", err))
+			return false
+		}
+		copy(r.Bytes(), p.b)
+		if err := r.Commit(); err != nil {
+			c.kill(c.ringErr("respond", err))
+			return false
+		}
+		c.stats.bytesOut.Add(uint64(len(p.b) - respHdrSize))
+		c.pending[0] = nil
+		c.pending = c.pending[1:]
+		c.freePending(p)
+	}
+	c.pending = c.pending[:0:0]
+	return true
+}
+
+func (c *Conn) newPending(status uint32, n int) *pendingResp {
+	for i := len(c.pendFree) - 1; i >= 0; i-- {
+		if p := c.pendFree[i]; cap(p.b) >= n {
+			c.pendFree = append(c.pendFree[:i], c.pendFree[i+1:]...)
+			p.status, p.b = status, p.b[:n]
+			return p
+		}
+	}
+	return &pendingResp{status: status, b: make([]byte, n)}
+}
+
+func (c *Conn) freePending(p *pendingResp) {
+	if len(c.pendFree) < 16 {
+		c.pendFree = append(c.pendFree, p)
+	}
+}
+
+// kill ends the connection: it records why, closes the rings (waking
+// every sleeper of both sides), and cancels handlers. Only the first call
+// counts. The shared memory stays mapped until teardown.
+func (c *Conn) kill(err error) {
+	c.killOnce.Do(func() {
+		c.err = err
+		c.qMu.Lock()
+		c.qDead = true
+		if c.room != nil {
+			close(c.room)
+			c.room = nil
+		}
+		c.qMu.Unlock()
+		c.reqC.Close()  //nolint:errcheck // always nil
+		c.respP.Close() //nolint:errcheck
+		c.dispP.Close() //nolint:errcheck
+		c.cancel()
+		close(c.done)
+		if errors.Is(err, ErrProtocol) || errors.Is(err, ErrSlowConsumer) {
+			c.stats.errors.Add(1)
+			c.log.Warn("ipc: connection closed", "err", err)
+		} else {
+			c.log.Debug("ipc: connection closed", "err", err)
+		}
+		if c.external {
+			c.pmu.Lock()
+			idle := c.started && !c.running
+			c.pmu.Unlock()
+			if idle {
+				go c.teardown()
+			}
+		}
+	})
+}
+
+// drain asks the loop to stop after the request it is handling.
+func (c *Conn) drain() {
+	c.draining.Store(true)
+	if c.external {
+		c.kill(ErrServerClosed)
+		return
+	}
+	c.loopCancel()
+}
+
+// teardown releases everything once no goroutine of ours touches the
+// rings: it closes the socket, waits for the reader and flusher, runs
+// OnDisconnect, and unmaps the segment.
+func (c *Conn) teardown() {
+	c.teardownOnce.Do(func() {
+		<-c.done
+		if c.external {
+			c.srv.cfg.EventLoop.RemoveConn(c)
+		}
+		c.nc.Close()
+		c.wg.Wait()
+		c.svc.OnDisconnect(c, c.err)
+		c.seg.Close()
+		c.srv.forget(c)
+		if h := c.srv.testHookTornDown; h != nil {
+			h(c)
+		}
+	})
+}
+
+func (c *Conn) isDead() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Close ends the connection. The client's calls fail with ErrDisconnected.
+func (c *Conn) Close() error {
+	c.kill(fmt.Errorf("%w: closed by the server", ErrDisconnected))
+	return nil
+}
+
+// Done is closed when the connection has ended (not necessarily torn down
+// yet).
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, or nil while it is up.
+func (c *Conn) Err() error {
+	if !c.isDead() {
+		return nil
+	}
+	return c.err
+}
+
+// ID is the connection's number, unique within the server.
+func (c *Conn) ID() uint64 { return c.id }
+
+// Cred returns the client's credentials.
+func (c *Conn) Cred() Cred { return c.cred }
+
+// Service returns the id of the service the client connected to.
+func (c *Conn) Service() uint16 { return c.svc.ID }
+
+// Private returns the value set by SetPrivate.
+func (c *Conn) Private() any {
+	c.privMu.Lock()
+	defer c.privMu.Unlock()
+	return c.private
+}
+
+// SetPrivate attaches a value of the service's choosing to the connection,
+// typically in OnConnect.
+func (c *Conn) SetPrivate(v any) {
+	c.privMu.Lock()
+	c.private = v
+	c.privMu.Unlock()
+}
+
+// Fd returns the connection's socket descriptor for an external poll loop.
+// The connection owns it; it is closed at teardown, after
+// EventLoop.RemoveConn.
+func (c *Conn) Fd() int { return rawFd(c.rc) }
+
+// MaxDispatch returns the largest dispatch body the client's ring accepts.
+func (c *Conn) MaxDispatch() int { return c.maxDisp }

@@ -1,0 +1,213 @@
+package ipc
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// qitem is one queued dispatch message; b is a private copy.
+type qitem struct {
+	id uint16
+	b  []byte
+}
+
+// deque is a FIFO ring of queued dispatch messages; qMu guards it.
+type deque struct {
+	items []qitem
+	head  int
+	n     int
+}
+
+func (d *deque) len() int { return d.n }
+
+func (d *deque) push(it qitem) {
+	if d.n == len(d.items) {
+		grown := make([]qitem, max(8, 2*len(d.items)))
+		for i := range d.n {
+			grown[i] = d.items[(d.head+i)%len(d.items)]
+		}
+		d.items, d.head = grown, 0
+	}
+	d.items[(d.head+d.n)%len(d.items)] = it
+	d.n++
+}
+
+func (d *deque) front() qitem { return d.items[d.head] }
+
+func (d *deque) pop() qitem {
+	it := d.items[d.head]
+	d.items[d.head] = qitem{}
+	d.head = (d.head + 1) % len(d.items)
+	d.n--
+	return it
+}
+
+// Dispatch sends an asynchronous message to the client. It may be called
+// from any goroutine at any time. When the dispatch ring is full the
+// message waits in the connection's queue (Config.DispatchQueue entries);
+// when that is full too, Config.DispatchPolicy decides: wait until ctx
+// ends, drop (ErrDropped), or disconnect the client (ErrSlowConsumer).
+// Messages of one goroutine arrive in the order it sent them.
+func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
+	if len(body) > c.maxDisp {
+		return fmt.Errorf("dispatch %d bytes: %w (max %d)", len(body), ErrTooLarge, c.maxDisp)
+	}
+	c.qMu.Lock()
+	for {
+		if c.qDead {
+			c.qMu.Unlock()
+			return fmt.Errorf("dispatch: %w", ErrDisconnected)
+		}
+		if c.q.len() == 0 {
+			// The queue is empty: the producer is ours while we hold qMu.
+			err := c.dispP.TryWrite(uint32(id), body)
+			if err == ring.ErrFull {
+				// Announce that we wait for space, then look again
+				// (the ring's Dekker pattern): either the client's next
+				// Release sees the word and sends a token, or this
+				// retry sees its space.
+				c.waker.arm(wDispProd)
+				if err = c.dispP.TryWrite(uint32(id), body); err == nil {
+					c.waker.disarm(wDispProd)
+				}
+			}
+			if err == nil {
+				c.qMu.Unlock()
+				c.stats.dispatches.Add(1)
+				c.stats.bytesOut.Add(uint64(len(body)))
+				return nil
+			}
+			if err != ring.ErrFull {
+				c.qMu.Unlock()
+				return c.ringErr("dispatch", err)
+			}
+		}
+		if c.q.len() < c.qLimit {
+			break
+		}
+		switch c.policy {
+		case PolicyDrop:
+			c.stats.dropped.Add(1)
+			atomic.AddUint64(word64(c.ctl, ctlDropped), 1)
+			c.qMu.Unlock()
+			return ErrDropped
+		case PolicyDisconnect:
+			c.qMu.Unlock()
+			err := fmt.Errorf("dispatch: %w", ErrSlowConsumer)
+			c.kill(err)
+			return err
+		}
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.qMu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return fmt.Errorf("dispatch: %w", ctx.Err())
+		}
+		c.qMu.Lock()
+	}
+	// Queue a copy. The ring was full a moment ago (or older entries are
+	// still waiting), so this message goes behind them.
+	var b []byte
+	if n := len(c.free); n > 0 && cap(c.free[n-1]) >= len(body) {
+		b = c.free[n-1][:len(body)]
+		c.free = c.free[:n-1]
+	} else {
+		b = make([]byte, len(body))
+	}
+	copy(b, body)
+	c.q.push(qitem{id: id, b: b})
+	if c.q.len() == 1 {
+		c.stats.flowEvents.Add(1)
+		atomic.AddUint64(word64(c.ctl, ctlFlowEvents), 1)
+		atomic.StoreUint32(word32(c.ctl, ctlFlow), 1)
+	}
+	atomic.StoreUint32(word32(c.ctl, ctlQueued), uint32(c.q.len()))
+	if !c.external && !c.flushing {
+		c.flushing = true
+		c.wg.Add(1)
+		go c.flushLoop()
+	}
+	c.qMu.Unlock()
+	return nil
+}
+
+// popped finishes a queue entry the flusher has committed; qMu held.
+func (c *Conn) popped() {
+	it := c.q.pop()
+	if len(c.free) < 64 {
+		c.free = append(c.free, it.b)
+	}
+	c.stats.dispatches.Add(1)
+	c.stats.bytesOut.Add(uint64(len(it.b)))
+	if c.q.len() == 0 {
+		atomic.StoreUint32(word32(c.ctl, ctlFlow), 0)
+	}
+	atomic.StoreUint32(word32(c.ctl, ctlQueued), uint32(c.q.len()))
+	if c.room != nil {
+		close(c.room)
+		c.room = nil
+	}
+}
+
+// flushLoop writes queued messages into the dispatch ring as the client
+// makes room, sleeping on the socket meanwhile. It owns the producer
+// until the queue is empty.
+func (c *Conn) flushLoop() {
+	defer c.wg.Done()
+	for {
+		c.qMu.Lock()
+		if c.q.len() == 0 || c.qDead {
+			c.flushing = false
+			c.qMu.Unlock()
+			return
+		}
+		it := c.q.front()
+		c.qMu.Unlock()
+		if err := c.dispP.Write(c.ctx, uint32(it.id), it.b); err != nil {
+			c.kill(c.ringErr("dispatch", err))
+			c.qMu.Lock()
+			c.flushing = false
+			c.qMu.Unlock()
+			return
+		}
+		c.qMu.Lock()
+		c.popped()
+		c.qMu.Unlock()
+	}
+}
+
+// flushQueueNow is the external loop's flusher: it writes what fits and
+// arms the producer word for the rest.
+func (c *Conn) flushQueueNow() {
+	for {
+		c.qMu.Lock()
+		if c.q.len() == 0 || c.qDead {
+			c.qMu.Unlock()
+			return
+		}
+		it := c.q.front()
+		c.qMu.Unlock()
+		err := c.dispP.TryWrite(uint32(it.id), it.b)
+		if err == ring.ErrFull {
+			c.waker.arm(wDispProd)
+			if err = c.dispP.TryWrite(uint32(it.id), it.b); err == ring.ErrFull {
+				return
+			}
+			c.waker.disarm(wDispProd)
+		}
+		if err != nil {
+			c.kill(c.ringErr("dispatch", err))
+			return
+		}
+		c.qMu.Lock()
+		c.popped()
+		c.qMu.Unlock()
+	}
+}

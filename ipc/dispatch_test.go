@@ -1,0 +1,180 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+// dispatchSetup connects a client that does not read its dispatch ring
+// (MinRingSize) to a server whose dispatch queue holds 4 messages.
+func dispatchSetup(t *testing.T, policy Policy, onDisc func(*Conn, error)) (*Client, *Conn) {
+	t.Helper()
+	svc := echoService()
+	if onDisc != nil {
+		svc.OnDisconnect = onDisc
+	}
+	srv, addr := startServer(t, &Config{DispatchQueue: 4, DispatchPolicy: policy}, svc)
+	cl := dial(t, addr, &ClientOptions{DispatchRingSize: MinRingSize})
+	conns := srv.Conns()
+	if len(conns) != 1 {
+		t.Fatalf("%d connections", len(conns))
+	}
+	return cl, conns[0]
+}
+
+func seq(i int) []byte {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(i))
+	return b[:]
+}
+
+// recvAll reads n messages and checks they are 0..n-1 in order.
+func recvAll(t *testing.T, cl *Client, n int) {
+	t.Helper()
+	ctx := testCtx(t)
+	for i := range n {
+		m, err := cl.Recv(ctx)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if got := binary.LittleEndian.Uint64(m.Data); got != uint64(i) || m.ID != 9 {
+			t.Fatalf("message %d: id %d seq %d", i, m.ID, got)
+		}
+	}
+}
+
+func TestDispatchBlock(t *testing.T) {
+	cl, c := dispatchSetup(t, PolicyBlock, nil)
+	ctx := testCtx(t)
+	sent := 0
+	for {
+		// A short deadline ends the wait once ring and queue are full.
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		err := c.Dispatch(dctx, 9, seq(sent))
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent++
+	}
+	fc := cl.FlowControl()
+	if !fc.Active || fc.Queued != 4 || fc.Events != 1 {
+		t.Errorf("flow control %+v, want active with 4 queued", fc)
+	}
+	if st := c.Stats(); st.QueueDepth != 4 || st.FlowEvents != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	// A blocked Dispatch completes once the client reads.
+	blocked := make(chan error)
+	go func() { blocked <- c.Dispatch(ctx, 9, seq(sent)) }()
+	recvAll(t, cl, sent+1)
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	if fc := cl.FlowControl(); fc.Active || fc.Queued != 0 {
+		t.Errorf("flow control after draining: %+v", fc)
+	}
+	t.Logf("%d messages fit in ring and queue", sent)
+}
+
+func TestDispatchDrop(t *testing.T) {
+	cl, c := dispatchSetup(t, PolicyDrop, nil)
+	ctx := testCtx(t)
+	sent, dropped := 0, 0
+	for range 1000 {
+		err := c.Dispatch(ctx, 9, seq(sent))
+		switch {
+		case err == nil:
+			sent++
+		case errors.Is(err, ErrDropped):
+			dropped++
+		default:
+			t.Fatal(err)
+		}
+	}
+	if dropped == 0 {
+		t.Fatal("nothing dropped")
+	}
+	fc := cl.FlowControl()
+	if fc.Dropped != uint64(dropped) || !fc.Active {
+		t.Errorf("flow control %+v, want %d dropped", fc, dropped)
+	}
+	if st := c.Stats(); st.Dropped != uint64(dropped) {
+		t.Errorf("stats dropped %d, want %d", st.Dropped, dropped)
+	}
+	recvAll(t, cl, sent)
+	// Dispatch works again once the client has caught up.
+	if err := c.Dispatch(ctx, 9, seq(sent)); err != nil {
+		t.Fatal(err)
+	}
+	recvAll2(t, cl, sent)
+}
+
+func recvAll2(t *testing.T, cl *Client, want int) {
+	t.Helper()
+	m, err := cl.Recv(testCtx(t))
+	if err != nil || binary.LittleEndian.Uint64(m.Data) != uint64(want) {
+		t.Fatalf("Recv: %v %v", m, err)
+	}
+}
+
+func TestDispatchDisconnect(t *testing.T) {
+	var mu sync.Mutex
+	var discErr error
+	discDone := make(chan struct{})
+	cl, c := dispatchSetup(t, PolicyDisconnect, func(_ *Conn, err error) {
+		mu.Lock()
+		discErr = err
+		mu.Unlock()
+		close(discDone)
+	})
+	ctx := testCtx(t)
+	var err error
+	for i := 0; err == nil; i++ {
+		err = c.Dispatch(ctx, 9, seq(i))
+	}
+	if !errors.Is(err, ErrSlowConsumer) {
+		t.Fatalf("Dispatch: %v, want ErrSlowConsumer", err)
+	}
+	<-discDone
+	mu.Lock()
+	if !errors.Is(discErr, ErrSlowConsumer) {
+		t.Errorf("OnDisconnect got %v", discErr)
+	}
+	mu.Unlock()
+	<-cl.Done()
+	if _, err := cl.Call(ctx, msgEcho, nil); !errors.Is(err, ErrDisconnected) {
+		t.Errorf("call after disconnect: %v", err)
+	}
+	if err := c.Dispatch(ctx, 9, nil); !errors.Is(err, ErrDisconnected) {
+		t.Errorf("dispatch after disconnect: %v", err)
+	}
+}
+
+func TestDispatchHandler(t *testing.T) {
+	_, addr := startServer(t, nil, echoService())
+	got := make(chan Message, 300)
+	cl := dial(t, addr, &ClientOptions{OnDispatch: func(id uint16, body []byte) {
+		got <- Message{ID: id, Data: append([]byte(nil), body...)}
+	}})
+	ctx := testCtx(t)
+	if _, err := cl.Call(ctx, msgDispatch, []byte{200}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		m := <-got
+		if m.ID != uint16(100+i) || len(m.Data) != 1 || m.Data[0] != byte(i) {
+			t.Fatalf("message %d: %+v", i, m)
+		}
+	}
+	if _, err := cl.Recv(ctx); err == nil {
+		t.Fatal("Recv worked with OnDispatch set")
+	}
+}

@@ -1,0 +1,84 @@
+// Package ipc is a request/response and dispatch IPC system over shared
+// memory between processes of one Linux machine, in the lineage of
+// corosync's coroipc: a server offers up to 65536 services of up to 65536
+// message ids each; a client connects to one service and calls it.
+//
+// A connection starts on a Unix stream socket (a path, or an abstract
+// "@name"). The client says hello (protocol version, service, ring sizes);
+// the server reads the client's credentials from the kernel
+// (SO_PEERCRED), asks Config.Authorize and the service's OnConnect, then
+// creates one sealed memfd holding the connection's three rings (request,
+// response, dispatch) and passes its descriptor back with SCM_RIGHTS. No
+// file under /dev/shm is ever created, so a crash leaves nothing behind.
+//
+// From then on messages travel through the rings, and the socket carries
+// only one-byte wake tokens: a side that waits spins briefly
+// (Config.Spin, ClientOptions.Spin), then announces that it sleeps and
+// parks on the socket; the other side sends a token only to a side that
+// announced it. A busy stream therefore makes no system calls, and an idle
+// connection is a few goroutines parked in Go's netpoller: no OS thread,
+// no CPU. End of file on the socket means the peer closed, exited or was
+// killed: every blocked operation of the connection ends at once with
+// ErrDisconnected, the server runs OnDisconnect, unmaps the segment and
+// closes the descriptors.
+//
+// Calls from many goroutines of a Client are pipelined: every request
+// carries a correlation id, and the caller that holds the reader role
+// matches responses to callers. Call copies the response, CallInto copies
+// it into the caller's buffer without allocating, and Reserve/Send/Release
+// avoid copies altogether. A server handler answers with
+// ResponseWriter.Respond (a copy), Reserve and Commit (in place) or Fail
+// (an error with a code). Any goroutine may send a connection a dispatch
+// message (Conn.Dispatch); when the client does not keep up, a bounded
+// queue and a Policy (block, drop, disconnect) apply, and the client can
+// read that state (Client.FlowControl).
+//
+// By default the server runs two goroutines per connection. With
+// Config.EventLoop it instead hands connections to the application's own
+// poll loop, which polls Conn.Fd and calls Conn.Process; AcceptReady
+// and ListenerFd do the same for the listener.
+//
+// The wire protocol (handshake, segment layout, record headers, tokens,
+// shutdown) is specified in docs/ipc.md.
+//
+// # Caveats
+//
+// Lifetimes. Request.Data is a view of the request ring, valid only until
+// the handler returns; a slice from ResponseWriter.Reserve is valid until
+// Commit; a Response's Data is valid until Release. None may be kept.
+// While a Client holds an unreleased Response (or an unsent PendingCall),
+// no other call of that Client can receive its response (or send): release
+// promptly, and never start another call from the goroutine that holds
+// one.
+//
+// Trust. The peer maps the same memory and can rewrite it at any time.
+// Every header word is read once and validated, and corruption ends the
+// connection with ErrProtocol rather than a panic, but the bytes of a
+// request can change while its handler reads them: copy before validating
+// what matters.
+//
+// Ordering. A connection's requests are handled one at a time, in order;
+// a slow handler delays the calls queued behind it on the same connection
+// (not other connections). Dispatch messages of one goroutine arrive in
+// order.
+//
+// Abandoned calls. A call whose context ends stops waiting; its response
+// is discarded when it arrives. If a client abandons calls while the
+// response ring is full and no other call is waiting, the server blocks on
+// that ring until the next call reads it.
+//
+// External loop. In EventLoop mode nothing blocks inside Process except
+// handlers: responses that do not fit are kept aside until the client
+// makes room, and a handler must not use Dispatch with PolicyBlock on its
+// own connection, since only Process can make room.
+//
+// Concurrency. Server, Conn (except Process, which is the poll loop's)
+// and Client are safe for concurrent use. Handlers of one connection run
+// on one goroutine, one at a time; handlers of different connections run
+// concurrently. Conn.Dispatch may be called from any goroutine, including
+// handlers.
+//
+// Socket files. Listen creates a path socket with the umask's mode and
+// then narrows it to the requested mode; in between a peer may connect if
+// the umask is lax, and Authorize still judges it.
+package ipc

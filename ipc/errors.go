@@ -1,0 +1,122 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
+// Errors returned by this package. They are wrapped with context; test
+// them with errors.Is. Errors from the ring and the operating system are
+// wrapped too, so errors.Is(err, context.DeadlineExceeded) and the like
+// keep working.
+var (
+	// ErrDisconnected: the connection ended (the peer closed it, exited
+	// or was killed, or this side closed it) while or before the call ran.
+	ErrDisconnected = errors.New("ipc: disconnected")
+	// ErrUnknownService: the server has no service with the requested id.
+	ErrUnknownService = errors.New("ipc: unknown service")
+	// ErrUnknownMessage: the service has no handler for the message id.
+	ErrUnknownMessage = errors.New("ipc: unknown message id")
+	// ErrRejected: the server refused the connection: its authorization
+	// callback or the service's OnConnect said no. A *RejectError says why.
+	ErrRejected = errors.New("ipc: connection rejected")
+	// ErrVersion: the peers speak different protocol versions.
+	ErrVersion = errors.New("ipc: protocol version mismatch")
+	// ErrHandler: the handler answered with an error; a *HandlerError
+	// carries its code and text.
+	ErrHandler = errors.New("ipc: handler error")
+	// ErrTooLarge: the message can never fit in the ring it must cross.
+	// Nothing was sent.
+	ErrTooLarge = errors.New("ipc: message too large")
+	// ErrTryAgain: a non-blocking call found the ring full; nothing was
+	// sent.
+	ErrTryAgain = errors.New("ipc: ring full, try again")
+	// ErrDropped: a dispatch message was discarded under PolicyDrop
+	// because the client is not reading.
+	ErrDropped = errors.New("ipc: dispatch message dropped")
+	// ErrSlowConsumer: the connection was closed under PolicyDisconnect
+	// because the client did not read its dispatch messages.
+	ErrSlowConsumer = errors.New("ipc: slow consumer disconnected")
+	// ErrProtocol: the peer broke the protocol (bad handshake bytes, a
+	// malformed record, an unknown wake token, corrupt shared memory).
+	ErrProtocol = errors.New("ipc: protocol violation")
+	// ErrServerClosed: Serve was called after Shutdown or Close, or
+	// returned because of them.
+	ErrServerClosed = errors.New("ipc: server closed")
+	// ErrShortBuffer: CallInto's buffer was too small for the response,
+	// which was discarded; the returned n is the size needed.
+	ErrShortBuffer = errors.New("ipc: short buffer")
+	// ErrClosed is returned by operations on a Client or Conn after
+	// Close; it is os.ErrClosed.
+	ErrClosed = os.ErrClosed
+)
+
+// RejectError is the reason a server turned a connection away.
+type RejectError struct {
+	Status uint32 // the reply's status code
+	Code   uint32 // the code returned by the service's OnConnect, if any
+}
+
+func (e *RejectError) Error() string {
+	switch e.Status {
+	case statusUnauthorized:
+		return "ipc: connection rejected: not authorized"
+	case statusRejected:
+		return fmt.Sprintf("ipc: connection rejected by service (code %d)", e.Code)
+	case statusUnknownService:
+		return "ipc: connection rejected: unknown service"
+	case statusBadVersion:
+		return "ipc: connection rejected: protocol version mismatch"
+	case statusBadHello:
+		return "ipc: connection rejected: malformed hello"
+	case statusUnavailable:
+		return "ipc: connection rejected: server unavailable"
+	}
+	return fmt.Sprintf("ipc: connection rejected (status %d)", e.Status)
+}
+
+// Is lets errors.Is match the sentinel the status stands for.
+func (e *RejectError) Is(target error) bool {
+	switch target {
+	case ErrRejected:
+		return true
+	case ErrUnknownService:
+		return e.Status == statusUnknownService
+	case ErrVersion:
+		return e.Status == statusBadVersion
+	case ErrProtocol:
+		return e.Status == statusBadHello
+	}
+	return false
+}
+
+// RejectCode is returned by a Service's OnConnect to refuse a connection
+// with a code the client sees in RejectError.Code. Any other error refuses
+// with code 0.
+type RejectCode uint32
+
+func (c RejectCode) Error() string { return fmt.Sprintf("ipc: rejected with code %d", uint32(c)) }
+
+// HandlerError is an error response: a handler called
+// ResponseWriter.Fail. It matches ErrHandler.
+type HandlerError struct {
+	Code int32
+	Msg  string
+}
+
+func (e *HandlerError) Error() string {
+	if e.Msg == "" {
+		return fmt.Sprintf("ipc: handler error %d", e.Code)
+	}
+	return fmt.Sprintf("ipc: handler error %d: %s", e.Code, e.Msg)
+}
+
+func (e *HandlerError) Is(target error) bool { return target == ErrHandler }
+
+// errUnknownMessage and errRespTooLarge are preallocated so that the
+// client's error path for these statuses does not allocate.
+var (
+	errUnknownMessage = fmt.Errorf("call: %w", ErrUnknownMessage)
+	errRespTooLarge   = fmt.Errorf("call: response %w for the response ring", ErrTooLarge)
+)

@@ -1,0 +1,230 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// Cred is a peer's identity as the kernel reported it (SO_PEERCRED) when
+// the connection was made.
+type Cred struct {
+	PID int32
+	UID uint32
+	GID uint32
+}
+
+// Handler answers one request. ServeIPC runs on the connection's own
+// goroutine (or inside Conn.Process), one request at a time per
+// connection; requests of different connections run concurrently.
+type Handler interface {
+	ServeIPC(w *ResponseWriter, r *Request)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(w *ResponseWriter, r *Request)
+
+// ServeIPC calls f(w, r).
+func (f HandlerFunc) ServeIPC(w *ResponseWriter, r *Request) { f(w, r) }
+
+// Selector routes a request to its handler. Select returns nil for a
+// message it does not know; the client then gets ErrUnknownMessage. It is
+// called concurrently from every connection's goroutine.
+type Selector interface {
+	Select(service, id uint16) Handler
+}
+
+// Service is what a client connects to, by id. Every field but ID is
+// optional.
+type Service struct {
+	ID   uint16
+	Name string // for logs
+	// OnConnect runs once the client is authorized, before the handshake
+	// reply; an error refuses the connection (return a RejectCode to
+	// pass the client a code). It may set the connection's private data.
+	OnConnect func(c *Conn) error
+	// OnDisconnect runs exactly once for every connection whose
+	// OnConnect succeeded, whatever ended it, after its last handler has
+	// returned and before its shared memory is released. err says why.
+	OnDisconnect func(c *Conn, err error)
+	// Handlers maps message ids to handlers for the default selector;
+	// ignored when Config.Selector is set. Register copies it.
+	Handlers map[uint16]Handler
+}
+
+// table is the default Selector: per service, a slice indexed by id.
+type table map[uint16][]Handler
+
+func (t table) Select(service, id uint16) Handler {
+	hs := t[service]
+	if int(id) < len(hs) {
+		return hs[id]
+	}
+	return nil
+}
+
+// Request is one request as its handler sees it. The Request and its
+// Data are valid only until ServeIPC returns: Data is a view of the
+// request ring, which the client reuses afterwards.
+type Request struct {
+	Conn *Conn
+	ID   uint16 // message id
+	// Data is the request body, in shared memory. The client process can
+	// still write to it while the handler reads it: copy what must not
+	// change under you before you validate it.
+	Data []byte
+	ctx  context.Context
+}
+
+// Context is done when the connection ends.
+func (r *Request) Context() context.Context { return r.ctx }
+
+// ResponseWriter sends the one response to a request: Respond (a copy),
+// Reserve+Commit (zero copy), or Fail (an error). If the handler returns
+// without any of them, an empty success response is sent. A
+// ResponseWriter is valid only during ServeIPC and must not be used by
+// other goroutines.
+type ResponseWriter struct {
+	c        *Conn
+	corr     uint64
+	done     bool
+	reserved bool
+	tooLarge bool
+	res      ring.Reservation
+	pend     *pendingResp // external mode: the response ring was full
+}
+
+var (
+	errResponded  = errors.New("ipc: response already sent")
+	errNoReserved = errors.New("ipc: no reservation to commit")
+)
+
+// MaxBody returns the largest response body the response ring accepts.
+func (w *ResponseWriter) MaxBody() int { return w.c.maxResp }
+
+// Respond sends body as the success response (a copy).
+func (w *ResponseWriter) Respond(body []byte) error {
+	b, err := w.reserve(respOK, 0, len(body))
+	if err != nil {
+		return err
+	}
+	copy(b, body)
+	return w.Commit()
+}
+
+// Reserve claims n bytes for the response body directly in the response
+// ring. Fill them, then call Commit. The slice is valid until Commit.
+func (w *ResponseWriter) Reserve(n int) ([]byte, error) {
+	return w.reserve(respOK, 0, n)
+}
+
+// Fail sends an error response: the client's call returns a *HandlerError
+// with code and msg (errors.Is(err, ErrHandler)).
+func (w *ResponseWriter) Fail(code int32, msg string) error {
+	if len(msg) > w.c.maxResp {
+		msg = msg[:w.c.maxResp]
+	}
+	b, err := w.reserve(respHandlerError, code, len(msg))
+	if err != nil {
+		return err
+	}
+	copy(b, msg)
+	return w.Commit()
+}
+
+func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, error) {
+	if w.done || w.reserved {
+		return nil, errResponded
+	}
+	if n < 0 || n > w.c.maxResp {
+		w.tooLarge = true
+		return nil, fmt.Errorf("respond with %d bytes: %w (max %d)", n, ErrTooLarge, w.c.maxResp)
+	}
+	c := w.c
+	total := respHdrSize + n
+	var p []byte
+	if c.external {
+		if len(c.pending) == 0 {
+			r, err := c.respP.TryReserve(status, total)
+			if err == nil {
+				w.res = r
+				p = r.Bytes()
+			} else if err != ring.ErrFull {
+				return nil, c.ringErr("respond", err)
+			}
+		}
+		if p == nil {
+			// The loop must not block: keep the response aside and flush
+			// it when the client makes room.
+			w.pend = c.newPending(status, total)
+			p = w.pend.b
+		}
+	} else {
+		r, err := c.respP.Reserve(c.ctx, status, total)
+		if err != nil {
+			return nil, c.ringErr("respond", err)
+		}
+		w.res = r
+		p = r.Bytes()
+	}
+	le := binary.LittleEndian
+	le.PutUint64(p[0:], w.corr)
+	le.PutUint32(p[8:], uint32(code))
+	le.PutUint32(p[12:], 0)
+	w.reserved = true
+	if status != respOK {
+		c.stats.errResponses.Add(1)
+	}
+	return p[respHdrSize:], nil
+}
+
+// Commit publishes the body filled in after Reserve.
+func (w *ResponseWriter) Commit() error {
+	if !w.reserved {
+		return errNoReserved
+	}
+	w.reserved = false
+	w.done = true
+	c := w.c
+	if w.pend != nil {
+		c.pending = append(c.pending, w.pend)
+		w.pend = nil
+		c.stats.responses.Add(1)
+		return nil
+	}
+	// Counted before publishing, so that a client holding the response
+	// also sees it counted.
+	c.stats.responses.Add(1)
+	c.stats.bytesOut.Add(uint64(len(w.res.Bytes()) - respHdrSize))
+	if err := w.res.Commit(); err != nil {
+		return c.ringErr("respond", err)
+	}
+	return nil
+}
+
+// finish sends the default response of a handler that returned without
+// one, and aborts a reservation left uncommitted.
+func (w *ResponseWriter) finish() {
+	if w.reserved {
+		if w.pend != nil {
+			w.c.freePending(w.pend)
+			w.pend = nil
+		} else {
+			w.res.Abort() //nolint:errcheck // the only outstanding reservation
+		}
+		w.reserved = false
+	}
+	if w.done {
+		return
+	}
+	status := uint32(respOK)
+	if w.tooLarge {
+		status = respTooLarge
+	}
+	if _, err := w.reserve(status, 0, 0); err == nil {
+		w.Commit() //nolint:errcheck // a failure ends the connection, reported by the loop
+	}
+}

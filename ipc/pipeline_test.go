@@ -1,0 +1,228 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestPipelining(t *testing.T) {
+	srv, addr := startServer(t, nil, echoService())
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: MinRingSize, ResponseRingSize: MinRingSize})
+	ctx := testCtx(t)
+	const goroutines, calls = 64, 200
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines)
+	for g := range goroutines {
+		wg.Go(func() {
+			var req, buf [16]byte
+			for i := range calls {
+				binary.LittleEndian.PutUint64(req[0:], uint64(g))
+				binary.LittleEndian.PutUint64(req[8:], uint64(i))
+				var got []byte
+				var err error
+				switch i % 3 {
+				case 0:
+					got, err = cl.Call(ctx, msgEcho, req[:])
+				case 1:
+					var n int
+					n, err = cl.CallInto(ctx, msgEchoZC, req[:], buf[:])
+					got = buf[:n]
+				case 2:
+					var p *PendingCall
+					if p, err = cl.Reserve(ctx, msgEcho, len(req)); err == nil {
+						copy(p.Bytes(), req[:])
+						var r *Response
+						if r, err = p.Send(ctx); err == nil {
+							got = append([]byte(nil), r.Data...)
+							r.Release()
+						}
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				if string(got) != string(req[:]) {
+					errs <- errors.New("response matched to the wrong request")
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	cs := srv.Conns()[0].Stats()
+	if cs.Calls != goroutines*calls || cs.Responses != goroutines*calls {
+		t.Errorf("server counted %d calls, %d responses; want %d", cs.Calls, cs.Responses, goroutines*calls)
+	}
+}
+
+// TestAbandonedCall: a call whose context ends is abandoned; its late
+// response is skipped by the next reader.
+func TestAbandonedCall(t *testing.T) {
+	release := make(chan struct{})
+	svc := echoService()
+	svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+		<-release
+		w.Respond([]byte("late"))
+	})
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		_, err := cl.Call(ctx, msgBlock, nil)
+		done <- err
+	}()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled call: %v", err)
+	}
+	close(release)
+	got, err := cl.Call(testCtx(t), msgEcho, []byte("next"))
+	if err != nil || string(got) != "next" {
+		t.Fatalf("next call: %q, %v", got, err)
+	}
+}
+
+func TestNonBlockingFull(t *testing.T) {
+	release := make(chan struct{})
+	svc := echoService()
+	svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) { <-release })
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: MinRingSize, NonBlocking: true})
+	ctx := testCtx(t)
+	// The first request blocks the server; fill the ring behind it.
+	var wg sync.WaitGroup
+	results := make(chan error, 1000)
+	for {
+		p, err := cl.Reserve(ctx, msgBlock, 100)
+		if errors.Is(err, ErrTryAgain) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			r, err := p.Send(ctx)
+			if err == nil {
+				r.Release()
+			}
+			results <- err
+		})
+	}
+	if _, err := cl.Call(ctx, msgEcho, make([]byte, 100)); !errors.Is(err, ErrTryAgain) {
+		t.Fatalf("call on a full ring: %v, want ErrTryAgain", err)
+	}
+	close(release)
+	wg.Wait()
+	close(results)
+	for err := range results {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	srv, addr := startServer(t, &Config{HandshakeTimeout: 2 * time.Second, MaxHandshakes: 4}, echoService())
+	// Three silent clients hold three of the four handshake slots.
+	var silent []net.Conn
+	for range 3 {
+		silent = append(silent, rawDial(t, addr))
+	}
+	ctx := testCtx(t)
+	for range 10 {
+		cl, err := Dial(ctx, addr, testService, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := cl.Call(ctx, msgEcho, []byte("x")); err != nil || string(got) != "x" {
+			t.Fatalf("call: %q, %v", got, err)
+		}
+		cl.Close()
+	}
+	for _, c := range silent {
+		// The server hangs up without a reply.
+		n, err := io.Copy(io.Discard, c)
+		if err != nil || n != 0 {
+			t.Fatalf("silent client got %d bytes, %v", n, err)
+		}
+	}
+	if st := srv.Stats(); st.HandshakeTimeouts != 3 {
+		t.Errorf("HandshakeTimeouts = %d, want 3", st.HandshakeTimeouts)
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	var disconnects sync.WaitGroup
+	svc := echoService()
+	svc.OnConnect = func(*Conn) error { disconnects.Add(1); return nil }
+	svc.OnDisconnect = func(c *Conn, err error) {
+		if !errors.Is(err, ErrServerClosed) {
+			t.Errorf("OnDisconnect: %v", err)
+		}
+		disconnects.Done()
+	}
+	srv, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx := testCtx(t)
+	if _, err := cl.Call(ctx, msgEcho, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	disconnects.Wait()
+	<-cl.Done()
+	if _, err := cl.Call(ctx, msgEcho, nil); !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("call after Shutdown: %v", err)
+	}
+	if _, err := Dial(ctx, addr, testService, nil); err == nil {
+		t.Fatal("Dial after Shutdown succeeded")
+	}
+}
+
+func TestAllocs(t *testing.T) {
+	_, addr := startServer(t, nil, echoService())
+	cl := dial(t, addr, nil)
+	ctx := testCtx(t)
+	req := make([]byte, 64)
+	buf := make([]byte, 64)
+	call := func() {
+		if _, err := cl.CallInto(ctx, msgEcho, req, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 100 {
+		call() // warm up the waiter pool and the map
+	}
+	// The server's loop runs in this process too, so this counts the
+	// server's dispatch path and the client's CallInto together.
+	if n := testing.AllocsPerRun(1000, call); n != 0 {
+		t.Errorf("%.2f allocations per CallInto round trip, want 0", n)
+	}
+	zc := func() {
+		p, err := cl.Reserve(ctx, msgEchoZC, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := p.Send(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Release()
+	}
+	if n := testing.AllocsPerRun(1000, zc); n != 0 {
+		t.Errorf("%.2f allocations per zero-copy round trip, want 0", n)
+	}
+}

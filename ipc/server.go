@@ -1,0 +1,554 @@
+package ipc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ringipc/ringipc/ring"
+	"github.com/ringipc/ringipc/shmseg"
+	"golang.org/x/sys/unix"
+)
+
+// Policy says what Conn.Dispatch does when the dispatch ring and the
+// connection's dispatch queue are both full: the client is not reading.
+type Policy int
+
+const (
+	// PolicyBlock waits for room until the Dispatch context ends.
+	PolicyBlock Policy = iota
+	// PolicyDrop discards the message, counts it, and returns ErrDropped.
+	PolicyDrop
+	// PolicyDisconnect closes the connection and returns ErrSlowConsumer.
+	PolicyDisconnect
+)
+
+func (p Policy) String() string {
+	switch p {
+	case PolicyBlock:
+		return "block"
+	case PolicyDrop:
+		return "drop"
+	case PolicyDisconnect:
+		return "disconnect"
+	}
+	return fmt.Sprintf("Policy(%d)", int(p))
+}
+
+// DefaultSpin is the spin budget of both sides when the configuration
+// leaves it 0. It is longer than the ring's own default: a wake-up through
+// the socket and the netpoller costs about as much as a futex wake-up
+// (25-55 µs across CPUs on the machines this was tuned on) plus goroutine
+// hand-offs, and a budget close to that cost lets two sides fall into
+// lockstep, each asleep whenever the other answers. Four times the cost
+// breaks the lockstep after one slow round trip.
+const DefaultSpin = 200 * time.Microsecond
+
+// Ring size limits, in bytes of a ring's data area.
+const (
+	MinRingSize     = 4 << 10
+	DefaultRingSize = 64 << 10
+	DefaultMaxRing  = 16 << 20
+)
+
+// Config tunes a Server. The zero value is usable; see DefaultConfig for
+// the values its zero fields stand for.
+type Config struct {
+	// Authorize decides whether a peer may connect. Nil accepts only
+	// the server's own effective uid and root.
+	Authorize func(Cred) error
+	// HandshakeTimeout bounds the whole handshake of one client; one that
+	// has not finished by then is dropped. 0 means 5 s.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds handshakes in progress; Serve stops accepting
+	// while that many are. 0 means 64.
+	MaxHandshakes int
+	// RingSize is a ring's data size when the client asks for 0;
+	// MaxRingSize clamps what clients ask for. Powers of two; 0 means
+	// DefaultRingSize and DefaultMaxRing.
+	RingSize    int
+	MaxRingSize int
+	// DispatchQueue is how many dispatch messages a connection queues
+	// when its dispatch ring is full before DispatchPolicy applies.
+	// 0 means 1024; negative means no queue.
+	DispatchQueue  int
+	DispatchPolicy Policy
+	// Spin is how long a connection polls its rings before it sleeps on
+	// the socket (ring.Options.Spin): 0 means DefaultSpin, negative
+	// sleeps at once.
+	Spin time.Duration
+	// Selector routes requests; nil means the Handlers of the registered
+	// services.
+	Selector Selector
+	// EventLoop, when set, drives connections from the caller's poll
+	// loop instead of goroutines (see EventLoop).
+	EventLoop EventLoop
+	// Logger receives structured logs; nil is silent.
+	Logger *slog.Logger
+}
+
+// EventLoop hands connections to an external poll loop. AddConn is called
+// once a connection is established: poll c.Fd() for readability and call
+// c.Process whenever it is readable (level-triggered, or drain until
+// Process returns). RemoveConn is called once when the connection ends,
+// before its descriptor is closed. Both are called from server goroutines.
+type EventLoop interface {
+	AddConn(c *Conn)
+	RemoveConn(c *Conn)
+}
+
+func (cfg *Config) withDefaults() Config {
+	c := *cfg
+	if c.Authorize == nil {
+		c.Authorize = DefaultAuthorize
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 5 * time.Second
+	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = 64
+	}
+	if c.MaxRingSize == 0 {
+		c.MaxRingSize = DefaultMaxRing
+	}
+	if c.RingSize == 0 {
+		c.RingSize = min(DefaultRingSize, c.MaxRingSize)
+	}
+	if c.DispatchQueue == 0 {
+		c.DispatchQueue = 1024
+	} else if c.DispatchQueue < 0 {
+		c.DispatchQueue = 0
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (cfg *Config) validate() error {
+	for _, s := range []int{cfg.RingSize, cfg.MaxRingSize} {
+		if s < MinRingSize || s&(s-1) != 0 {
+			return fmt.Errorf("ipc: ring size %d is not a power of two >= %d", s, MinRingSize)
+		}
+	}
+	if cfg.RingSize > cfg.MaxRingSize {
+		return fmt.Errorf("ipc: ring size %d above max %d", cfg.RingSize, cfg.MaxRingSize)
+	}
+	if cfg.DispatchPolicy < PolicyBlock || cfg.DispatchPolicy > PolicyDisconnect {
+		return fmt.Errorf("ipc: unknown dispatch policy %d", cfg.DispatchPolicy)
+	}
+	return nil
+}
+
+// DefaultAuthorize accepts peers running as the server's effective uid or
+// as root, and refuses everyone else.
+func DefaultAuthorize(c Cred) error {
+	if c.UID == 0 || c.UID == uint32(os.Geteuid()) {
+		return nil
+	}
+	return fmt.Errorf("uid %d: %w", c.UID, ErrRejected)
+}
+
+// Server accepts IPC connections and serves their services. Its methods
+// are safe for concurrent use. Register services before serving.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	cred Cred
+
+	mu        sync.Mutex
+	services  map[uint16]*Service
+	tbl       table
+	listeners map[net.Listener]struct{}
+	handshake map[net.Conn]struct{}
+	conns     map[*Conn]struct{}
+	closing   bool          // no new connections; set by Shutdown and Close
+	done      chan struct{} // closed with closing
+	wg        sync.WaitGroup
+
+	hsSem  chan struct{}
+	nextID atomic.Uint64
+	stats  serverCounters
+
+	// testHookTornDown, set by tests before serving, runs at the end of
+	// every connection's teardown.
+	testHookTornDown func(*Conn)
+}
+
+// NewServer returns a server with configuration cfg (nil: defaults).
+func NewServer(cfg *Config) (*Server, error) {
+	if cfg == nil {
+		cfg = &Config{}
+	}
+	c := cfg.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:       c,
+		log:       c.Logger,
+		cred:      selfCred(),
+		services:  make(map[uint16]*Service),
+		tbl:       make(table),
+		listeners: make(map[net.Listener]struct{}),
+		handshake: make(map[net.Conn]struct{}),
+		conns:     make(map[*Conn]struct{}),
+		done:      make(chan struct{}),
+		hsSem:     make(chan struct{}, c.MaxHandshakes),
+	}, nil
+}
+
+// Register adds a service. Its id must be unused.
+func (s *Server) Register(svc *Service) error {
+	if svc == nil {
+		return errors.New("ipc: register nil service")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.services[svc.ID]; ok {
+		return fmt.Errorf("ipc: service %d: %w", svc.ID, os.ErrExist)
+	}
+	cp := *svc
+	if cp.OnConnect == nil {
+		cp.OnConnect = func(*Conn) error { return nil }
+	}
+	if cp.OnDisconnect == nil {
+		cp.OnDisconnect = func(*Conn, error) {}
+	}
+	var hs []Handler
+	for id, h := range svc.Handlers {
+		if int(id) >= len(hs) {
+			hs = append(hs, make([]Handler, int(id)+1-len(hs))...)
+		}
+		hs[id] = h
+	}
+	// The table is read without the lock by connection goroutines:
+	// replace it, never change it in place.
+	nt := make(table, len(s.tbl)+1)
+	for k, v := range s.tbl {
+		nt[k] = v
+	}
+	nt[svc.ID] = hs
+	s.tbl = nt
+	s.services[svc.ID] = &cp
+	return nil
+}
+
+func (s *Server) selector() Selector {
+	if s.cfg.Selector != nil {
+		return s.cfg.Selector
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tbl
+}
+
+// ListenAndServe listens on address (see Listen; the socket file gets
+// mode 0600) and serves it until Shutdown or Close.
+func (s *Server) ListenAndServe(address string) error {
+	l, err := Listen(address, 0)
+	if err != nil {
+		return err
+	}
+	return s.Serve(l)
+}
+
+// Serve accepts connections on l until Shutdown or Close, which make it
+// return ErrServerClosed, or until l fails. Each handshake runs in its own
+// goroutine. Serve closes l when it returns.
+func (s *Server) Serve(l net.Listener) error {
+	if _, ok := l.(*net.UnixListener); !ok {
+		return fmt.Errorf("ipc: serve: need a *net.UnixListener, got %T", l)
+	}
+	if !s.trackListener(l, true) {
+		l.Close()
+		return ErrServerClosed
+	}
+	defer s.trackListener(l, false)
+	defer l.Close()
+	for {
+		select {
+		case s.hsSem <- struct{}{}:
+		case <-s.done:
+			return ErrServerClosed
+		}
+		nc, err := l.Accept()
+		if err != nil {
+			<-s.hsSem
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			return fmt.Errorf("ipc: accept: %w", err)
+		}
+		s.startHandshake(nc.(*net.UnixConn))
+	}
+}
+
+// AcceptReady accepts every connection pending on l without waiting, for an
+// external poll loop that found l's descriptor (ListenerFd) readable. Each
+// handshake still runs in its own goroutine, so a silent client cannot
+// stall the loop; past MaxHandshakes the surplus waits in the backlog.
+func (s *Server) AcceptReady(l *net.UnixListener) error {
+	if s.isClosing() {
+		return ErrServerClosed
+	}
+	for {
+		select {
+		case s.hsSem <- struct{}{}:
+		default:
+			return nil
+		}
+		uc, err := acceptNow(l)
+		if err != nil || uc == nil {
+			<-s.hsSem
+			return err
+		}
+		s.startHandshake(uc)
+	}
+}
+
+func (s *Server) startHandshake(uc *net.UnixConn) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		<-s.hsSem
+		uc.Close()
+		return
+	}
+	s.handshake[uc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.hsSem }()
+		c := s.serveHandshake(uc)
+		s.mu.Lock()
+		delete(s.handshake, uc)
+		s.mu.Unlock()
+		if c != nil {
+			c.start()
+		}
+	}()
+}
+
+func (s *Server) trackListener(l net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.listeners[l] = struct{}{}
+	} else {
+		delete(s.listeners, l)
+	}
+	return true
+}
+
+func (s *Server) isClosing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// serveHandshake runs the handshake of one accepted socket. It returns
+// the established connection, registered with the server, or nil after
+// closing the socket.
+func (s *Server) serveHandshake(uc *net.UnixConn) *Conn {
+	log := s.log
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	uc.SetDeadline(deadline) //nolint:errcheck // a failure shows up as a read error
+	cred, err := peerCred(uc)
+	if err != nil {
+		log.Warn("ipc: handshake", "err", err)
+		uc.Close()
+		return nil
+	}
+	log = log.With("pid", cred.PID, "uid", cred.UID)
+	var hb [helloSize]byte
+	if _, err := io.ReadFull(uc, hb[:]); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.stats.handshakeTimeouts.Add(1)
+		}
+		log.Info("ipc: handshake: no hello", "err", err)
+		uc.Close()
+		return nil
+	}
+	h, err := decodeHello(hb[:])
+	if err != nil {
+		s.reject(uc, log, statusBadHello, 0, err)
+		return nil
+	}
+	if h.version != Version {
+		s.reject(uc, log, statusBadVersion, 0, fmt.Errorf("%w: client speaks %d, server %d", ErrVersion, h.version, Version))
+		return nil
+	}
+	if err := s.cfg.Authorize(cred); err != nil {
+		s.reject(uc, log, statusUnauthorized, 0, err)
+		return nil
+	}
+	s.mu.Lock()
+	svc := s.services[h.service]
+	s.mu.Unlock()
+	if svc == nil {
+		s.reject(uc, log, statusUnknownService, 0, fmt.Errorf("%w: %d", ErrUnknownService, h.service))
+		return nil
+	}
+	var sizes [3]uint64
+	for i, want := range h.sizes {
+		switch {
+		case want == 0:
+			sizes[i] = uint64(s.cfg.RingSize)
+		case !isPow2(want):
+			s.reject(uc, log, statusBadHello, 0, fmt.Errorf("%w: ring size %d is not a power of two", ErrProtocol, want))
+			return nil
+		default:
+			sizes[i] = min(max(want, MinRingSize), uint64(s.cfg.MaxRingSize))
+		}
+	}
+	c, err := newConn(s, uc, svc, cred, sizes, h.features&knownFeatures)
+	if err != nil {
+		s.reject(uc, log, statusUnavailable, 0, err)
+		return nil
+	}
+	if err := svc.OnConnect(c); err != nil {
+		var code RejectCode
+		errors.As(err, &code)
+		c.destroy()
+		s.reject(uc, log, statusRejected, uint32(code), err)
+		return nil
+	}
+	// From here on the connection exists for the service: whatever
+	// happens, teardown runs OnDisconnect once.
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.kill(ErrServerClosed)
+		c.teardown()
+		return nil
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.stats.connections.Add(1)
+
+	var rb [replySize]byte
+	c.reply.encode(rb[:])
+	if _, _, err := uc.WriteMsgUnix(rb[:], unix.UnixRights(int(c.seg.File().Fd())), nil); err != nil {
+		log.Info("ipc: handshake: send reply", "err", err)
+		c.kill(fmt.Errorf("send handshake reply: %w", err))
+		c.teardown()
+		return nil
+	}
+	uc.SetDeadline(time.Time{}) //nolint:errcheck
+	// The server keeps its memfd descriptor (the Segment owns it) until
+	// teardown: one descriptor per connection besides the socket.
+	log.Debug("ipc: connected", "conn", c.id, "service", svc.ID)
+	return c
+}
+
+func (s *Server) reject(uc *net.UnixConn, log *slog.Logger, status, code uint32, why error) {
+	s.stats.rejected.Add(1)
+	log.Info("ipc: handshake rejected", "status", status, "err", why)
+	r := reply{version: Version, status: status, detail: code}
+	var rb [replySize]byte
+	r.encode(rb[:])
+	uc.Write(rb[:]) //nolint:errcheck // best effort: the client may be gone
+	uc.Close()
+}
+
+// Shutdown stops accepting, lets every connection finish the request it
+// is handling, then closes them all, and waits until they are torn down
+// (OnDisconnect has run) or ctx ends; then it falls back to Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	conns := s.stop()
+	for _, c := range conns {
+		c.drain()
+	}
+	waited := make(chan struct{})
+	go func() { s.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// Close stops accepting and closes every connection at once; handlers in
+// progress see their context done. It waits until every connection is
+// torn down.
+func (s *Server) Close() error {
+	for _, c := range s.stop() {
+		c.kill(ErrServerClosed)
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// stop marks the server closing, closes listeners and pending handshakes,
+// and returns the established connections.
+func (s *Server) stop() []*Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closing {
+		s.closing = true
+		close(s.done)
+	}
+	for l := range s.listeners {
+		l.Close()
+	}
+	for nc := range s.handshake {
+		nc.Close()
+	}
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+func (s *Server) forget(c *Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.stats.retire(&c.stats)
+	s.stats.tokensIn.Add(c.waker.tokensIn.Load())
+	s.stats.tokensOut.Add(c.waker.tokensOut.Load())
+	s.wg.Done()
+}
+
+// Conns returns the established connections.
+func (s *Server) Conns() []*Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// ringOptions are the options of every ring handle of a connection.
+func ringOptions(spin time.Duration, w ring.Waker) *ring.Options {
+	if spin == 0 {
+		spin = DefaultSpin
+	}
+	return &ring.Options{Spin: spin, Waker: w}
+}
+
+// segmentGeometry builds the shmseg header geometry of a connection.
+func segmentGeometry(sizes, offs [3]uint64) shmseg.Geometry {
+	return shmseg.Geometry{Kind: segmentKind, Params: [6]uint64{sizes[0], sizes[1], sizes[2], offs[0], offs[1], offs[2]}}
+}

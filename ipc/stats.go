@@ -1,0 +1,102 @@
+package ipc
+
+import "sync/atomic"
+
+// Stats are counters of a connection or, summed over every connection it
+// has served, of a server. Each field is read atomically, the struct as a
+// whole is not a consistent snapshot.
+type Stats struct {
+	Connections       uint64 // server: connections established
+	Rejected          uint64 // server: handshakes refused
+	HandshakeTimeouts uint64 // server: clients dropped for not finishing the handshake in time
+	Calls             uint64 // requests received
+	Responses         uint64 // responses sent (errors included)
+	ErrorResponses    uint64 // responses with an error status
+	Dispatches        uint64 // dispatch messages written to the ring
+	Dropped           uint64 // dispatch messages dropped (PolicyDrop)
+	FlowEvents        uint64 // times a dispatch queue started filling
+	QueueDepth        uint64 // dispatch messages queued now
+	BytesIn           uint64 // request body bytes
+	BytesOut          uint64 // response and dispatch body bytes
+	Errors            uint64 // connections ended by a protocol violation or as slow consumers
+	TokensIn          uint64 // wake tokens received
+	TokensOut         uint64 // wake tokens sent
+}
+
+type connCounters struct {
+	calls, responses, errResponses, dispatches, dropped, flowEvents atomic.Uint64
+	bytesIn, bytesOut, errors                                       atomic.Uint64
+}
+
+func (k *connCounters) addTo(s *Stats) {
+	s.Calls += k.calls.Load()
+	s.Responses += k.responses.Load()
+	s.ErrorResponses += k.errResponses.Load()
+	s.Dispatches += k.dispatches.Load()
+	s.Dropped += k.dropped.Load()
+	s.FlowEvents += k.flowEvents.Load()
+	s.BytesIn += k.bytesIn.Load()
+	s.BytesOut += k.bytesOut.Load()
+	s.Errors += k.errors.Load()
+}
+
+// serverCounters: the server's own counters plus the totals of the
+// connections it has retired.
+type serverCounters struct {
+	connections, rejected, handshakeTimeouts atomic.Uint64
+	retired                                  connCounters
+	tokensIn, tokensOut                      atomic.Uint64
+}
+
+func (s *serverCounters) retire(k *connCounters) {
+	r := &s.retired
+	r.calls.Add(k.calls.Load())
+	r.responses.Add(k.responses.Load())
+	r.errResponses.Add(k.errResponses.Load())
+	r.dispatches.Add(k.dispatches.Load())
+	r.dropped.Add(k.dropped.Load())
+	r.flowEvents.Add(k.flowEvents.Load())
+	r.bytesIn.Add(k.bytesIn.Load())
+	r.bytesOut.Add(k.bytesOut.Load())
+	r.errors.Add(k.errors.Load())
+}
+
+// Stats returns the connection's counters.
+func (c *Conn) Stats() Stats {
+	var s Stats
+	c.stats.addTo(&s)
+	c.qMu.Lock()
+	s.QueueDepth = uint64(c.q.len())
+	c.qMu.Unlock()
+	s.TokensIn = c.waker.tokensIn.Load()
+	s.TokensOut = c.waker.tokensOut.Load()
+	return s
+}
+
+// Stats returns the server's counters: its own, and the sums over live
+// and past connections.
+func (s *Server) Stats() Stats {
+	var st Stats
+	st.Connections = s.stats.connections.Load()
+	st.Rejected = s.stats.rejected.Load()
+	st.HandshakeTimeouts = s.stats.handshakeTimeouts.Load()
+	s.stats.retired.addTo(&st)
+	st.TokensIn = s.stats.tokensIn.Load()
+	st.TokensOut = s.stats.tokensOut.Load()
+	for _, c := range s.Conns() {
+		cs := c.Stats()
+		st.Calls += cs.Calls
+		st.Responses += cs.Responses
+		st.ErrorResponses += cs.ErrorResponses
+		st.Dispatches += cs.Dispatches
+		st.Dropped += cs.Dropped
+		st.FlowEvents += cs.FlowEvents
+		st.QueueDepth += cs.QueueDepth
+		st.BytesIn += cs.BytesIn
+		st.BytesOut += cs.BytesOut
+		st.Errors += cs.Errors
+		st.TokensIn += cs.TokensIn
+		st.TokensOut += cs.TokensOut
+	}
+	return st
+}

@@ -1,0 +1,202 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// peerCred reads SO_PEERCRED: the peer's pid, uid and gid as of connect
+// (client side: as of listen).
+func peerCred(c *net.UnixConn) (Cred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return Cred{}, fmt.Errorf("peer credentials: %w", err)
+	}
+	var uc *unix.Ucred
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		uc, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Cred{}, fmt.Errorf("peer credentials: %w", err)
+	}
+	if serr != nil {
+		return Cred{}, fmt.Errorf("peer credentials: %w", serr)
+	}
+	return Cred{PID: uc.Pid, UID: uc.Uid, GID: uc.Gid}, nil
+}
+
+// selfCred is this process's own credentials, the default authorizer's
+// reference.
+func selfCred() Cred {
+	return Cred{PID: int32(os.Getpid()), UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
+}
+
+// rawFd returns the descriptor behind c. The caller must keep c alive
+// while it uses the number.
+func rawFd(rc syscall.RawConn) int {
+	fd := -1
+	rc.Control(func(f uintptr) { fd = int(f) }) //nolint:errcheck // an error leaves -1
+	return fd
+}
+
+// writeToken writes one wake token without waiting. A full socket buffer
+// means the peer has a backlog of unread tokens, so it will wake anyway;
+// a peer that never reads is not allowed to stall this side. It reports
+// whether the byte went out.
+func writeToken(fd uintptr, b []byte) bool {
+	for {
+		n, err := unix.Write(int(fd), b)
+		if err == unix.EINTR {
+			continue
+		}
+		return n == 1
+	}
+}
+
+// readTokens reads what tokens are there without waiting: n bytes, or
+// eof when the peer has closed (or reset) the connection.
+func readTokens(rc syscall.RawConn, buf []byte) (n int, eof bool, err error) {
+	var rerr error
+	cerr := rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = unix.Read(int(fd), buf)
+			if rerr != unix.EINTR {
+				return true
+			}
+		}
+	})
+	if cerr != nil {
+		return 0, true, cerr
+	}
+	switch {
+	case rerr == unix.EAGAIN:
+		return 0, false, nil
+	case rerr == unix.ECONNRESET:
+		return 0, true, nil
+	case rerr != nil:
+		return 0, true, rerr
+	case n == 0:
+		return 0, true, nil
+	}
+	return n, false, nil
+}
+
+// acceptNow accepts one pending connection without waiting; it returns
+// nil, nil when there is none.
+func acceptNow(l *net.UnixListener) (*net.UnixConn, error) {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	var aerr error
+	// A listener's RawConn has no Read; Control is enough, since Go keeps
+	// the descriptor non-blocking and accept4 says EAGAIN when idle.
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			if aerr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if aerr == unix.EAGAIN || aerr == unix.ECONNABORTED {
+		return nil, nil
+	}
+	if aerr != nil {
+		return nil, fmt.Errorf("accept: %w", aerr)
+	}
+	f := os.NewFile(uintptr(nfd), "ipc-conn")
+	defer f.Close() // FileConn dups it
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("accept: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("accept: %w: not a unix socket", ErrProtocol)
+	}
+	return uc, nil
+}
+
+// Listen opens a Unix stream listener at address: a filesystem path, or a
+// Linux abstract socket name written "@name". A path gets file mode mode
+// (0 means 0600). An existing file at the path is removed only if it is a
+// socket that no one listens on any more; anything else is an error.
+func Listen(address string, mode os.FileMode) (*net.UnixListener, error) {
+	if address == "" {
+		return nil, fmt.Errorf("listen: empty address")
+	}
+	if address[0] == '@' {
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: address, Net: "unix"})
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", address, err)
+		}
+		return l, nil
+	}
+	if mode == 0 {
+		mode = 0o600
+	}
+	if err := removeStale(address); err != nil {
+		return nil, err
+	}
+	// The socket is created with the umask's mode, then narrowed. Between
+	// the two a peer might connect if the umask is lax; Authorize still
+	// judges it.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: address, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", address, err)
+	}
+	if err := os.Chmod(address, mode.Perm()); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen %s: %w", address, err)
+	}
+	return l, nil
+}
+
+// removeStale removes a socket file left by a server that is gone: it
+// must be a socket (never a regular file or a symlink someone planted) and
+// a connect to it must be refused.
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("listen %s: %w: exists and is not a socket", path, os.ErrExist)
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("listen %s: %w: a server is listening", path, os.ErrExist)
+	}
+	if !errors.Is(err, unix.ECONNREFUSED) {
+		return fmt.Errorf("listen %s: probe existing socket: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("listen %s: remove stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// ListenerFd returns the descriptor of a listener from Listen, for an
+// external poll loop: when it polls readable, call Server.AcceptReady.
+// The listener keeps owning it.
+func ListenerFd(l *net.UnixListener) (int, error) {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	return rawFd(rc), nil
+}
