@@ -16,7 +16,7 @@ const (
 	offTail  = 128
 	offHead  = 256
 	dataSPSC = 640
-	dataMPSC = 768 // 640 + 2 slots x 64, rounded up to 128
+	dataMPSC = 896 // 640 + 2 slots x 128
 )
 
 func newRing(t testing.TB, g ring.Geometry) []byte {

@@ -319,3 +319,47 @@ func TestProducerSlots(t *testing.T) {
 		t.Fatalf("garbage table: %v", err)
 	}
 }
+
+// A live producer parked between its tail CAS and its claim word, and a
+// dead producer's slot naming the same position (it lost the CAS, then
+// died): the consumer must wait for the live one, not skip its claim.
+func TestDeadLoserDoesNotSkipLiveClaim(t *testing.T) {
+	mem := newMem(t, Geometry{DataSize: 4096, Producers: 2}, 0)
+	live, _ := NewProducer(mem, nil)
+	loser, _ := NewProducer(mem, nil)
+	c, _ := NewConsumer(mem, nil)
+	parked, resume := make(chan struct{}), make(chan struct{})
+	testHookClaimWindow = func() {
+		close(parked)
+		<-resume
+	}
+	t.Cleanup(func() { testHookClaimWindow = nil })
+	errc := make(chan error, 1)
+	go func() {
+		r, err := live.TryReserve(5, 10)
+		if err == nil {
+			copy(r.Bytes(), "live")
+			err = r.Commit()
+		}
+		errc <- err
+	}()
+	<-parked
+	testHookClaimWindow = nil
+	setIntent(mem, loser.slotIndex(), 0, 64)
+	setSlotPID(mem, loser.slotIndex(), 1<<30) // dead
+	ctx, cancel := context.WithTimeout(context.Background(), 5*recoverySlice)
+	defer cancel()
+	if _, err := c.Peek(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("peek past a live claim in its window: %v", err)
+	}
+	close(resume)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	rec, err := c.Peek(ctx2)
+	if err != nil || rec.Type != 5 || string(rec.Data[:4]) != "live" {
+		t.Fatalf("got %v %q %v", rec.Type, rec.Data, err)
+	}
+}

@@ -26,7 +26,7 @@ import (
 //	512 +-----------------------------------------------+  producer clears
 //	    | prodWait u32: a producer sleeps (futex word)   |  producers set,
 //	640 +-----------------------------------------------+  consumer clears
-//	    | producer table: slots x 64 bytes (MPSC only)   |
+//	    | producer table: slots x 128 bytes (MPSC only)  |
 //	    +-----------------------------------------------+  (128-aligned)
 //	    | data: DataSize bytes (power of two), records   |
 //	    | 16-byte aligned, a padding record at the wrap  |
@@ -54,7 +54,7 @@ const (
 	offConsWait  = 384
 	offProdWait  = 512
 	offSlotTable = 640
-	slotSize     = 64
+	slotSize     = 128 // one line per producer: each stores its intent on every claim
 	lineSize     = 128
 
 	magic   = 0x52434950474e4952 // "RINGIPCR" read little-endian

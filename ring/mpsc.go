@@ -9,7 +9,8 @@ import (
 	"time"
 )
 
-// The producer table of an MPSC ring: one 64-byte entry per slot.
+// The producer table of an MPSC ring: one 128-byte entry per slot, so
+// that producers storing their intents do not share a line.
 //
 //	+0  u64 owner: bits 0..31 pid, bits 32..43 generation (bumped at each
 //	               attach), bits 60..63 state (0 free, 1 attaching,
@@ -196,7 +197,13 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 		if testHookClaimWindow != nil {
 			testHookClaimWindow()
 		}
-		atomic.StoreUint64(word64(s.data, int(off)), word)
+		// A CAS, not a store: if the consumer took this claim for a dead
+		// producer's (it can, while the word is still 0, if a producer
+		// that lost the race for this position died naming it too and
+		// Liveness misjudged us), the claim is not ours to fill.
+		if !atomic.CompareAndSwapUint64(word64(s.data, int(off)), 0, word) {
+			continue
+		}
 		if word&flagPad != 0 {
 			p.writeHeader(t, word&^(0xF<<stateShift)|stateCommitted<<stateShift, 0, nil)
 			s.wakeConsumer()
@@ -300,28 +307,49 @@ func (c *Consumer) recoverStuck() error {
 		if t == h {
 			return nil
 		}
+		// A producer that lost the tail CAS for this position and died
+		// before writing a new intent also names it; so wait while any
+		// owner naming it lives, and skip only when all are dead. Dead
+		// candidates with different lengths: the shortest one that ends
+		// at the tail or at a claimed or committed word.
+		var need uint64
+		found := false
 		for i := 0; i < m.geo.Producers; i++ {
 			so := s.slotOff(i)
 			if atomic.LoadUint64(word64(s.mem, so+slotIntentPos)) != h|1 {
 				continue
 			}
-			need := atomic.LoadUint64(word64(s.mem, so+slotIntentLen))
+			n := atomic.LoadUint64(word64(s.mem, so+slotIntentLen))
 			ow, o := s.readOwner(i)
 			if ow>>60 != slotFree && s.alive(o) {
 				return nil
 			}
-			if need < headerSize || need%recordAlign != 0 || need > t-h || off+need > m.size {
-				return c.fail(corrupt("intent length", h, need))
+			if n < headerSize || n%recordAlign != 0 || n > t-h || off+n > m.size {
+				continue // not a claim this position can hold
 			}
-			var word uint64
-			if off+need == m.size && need-headerSize > m.maxP {
-				word = makeWord(stateCommitted, flagPad|flagSkip, 0, 0, need-headerSize)
-			} else {
-				word = makeWord(stateCommitted, flagSkip, 0, 0, need-headerSize)
+			if !found || (n < need && c.claimEndsAt(h+n, t)) || !c.claimEndsAt(h+need, t) {
+				need, found = n, true
 			}
-			atomic.CompareAndSwapUint64(wp, 0, word)
+		}
+		if !found {
 			return nil
 		}
+		flags := uint64(flagSkip)
+		if off+need == m.size && need-headerSize > m.maxP {
+			flags |= flagPad
+		}
+		atomic.CompareAndSwapUint64(wp, 0, makeWord(stateCommitted, flags, 0, 0, need-headerSize))
 	}
 	return nil
+}
+
+// claimEndsAt reports whether a claim ending at position e is plausible:
+// e is the tail, or the word there has been claimed or committed.
+func (c *Consumer) claimEndsAt(e, tail uint64) bool {
+	if e == tail {
+		return true
+	}
+	w := atomic.LoadUint64(word64(c.s.data, int(e&c.s.m.mask)))
+	st := wordState(w)
+	return st == stateClaimed || st == stateCommitted
 }

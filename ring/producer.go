@@ -234,6 +234,18 @@ func (p *Producer) Write(ctx context.Context, typ uint32, b []byte) error {
 	return r.Commit()
 }
 
+// Detach leaves a multi-producer ring without closing it: the producer
+// slot becomes free for another process, and this handle's later
+// reservations fail with ErrClosed. Every reservation of this handle must
+// have been committed or aborted first. On a single-producer ring Detach
+// does nothing: the producer's position lives in the ring.
+func (p *Producer) Detach() error {
+	if p.multi {
+		return p.mp.detach(&p.s)
+	}
+	return nil
+}
+
 // MaxPayload returns the largest payload this ring accepts.
 func (p *Producer) MaxPayload() int { return int(p.s.m.maxP) }
 

@@ -57,7 +57,7 @@ func TestRecordLayoutPinned(t *testing.T) {
 			t.Errorf("offset of %s = %d, want %d", name, got, want)
 		}
 	}
-	if dataOffset(0) != 640 || dataOffset(3) != 896 {
+	if dataOffset(0) != 640 || dataOffset(3) != 1024 || slotSize != 128 {
 		t.Errorf("data offsets %d %d", dataOffset(0), dataOffset(3))
 	}
 }
