@@ -1,0 +1,53 @@
+// Command ringbench measures the ring against a Unix domain socket of the
+// same shape, between real processes, and prints a table, or JSON lines,
+// that state the machine it ran on.
+//
+// Usage:
+//
+//	ringbench [-scenario spsc,pingpong,mpsc|all] [-size 64,4KiB]
+//	          [-duration 2s] [-producers 2,8] [-spin 50us] [-ring-size 1MiB]
+//	          [-transport ring,uds] [-json]
+//
+// Every scenario runs for each size (and, for mpsc, each producer count)
+// over each transport, ring first, so that the table can show the ring/uds
+// ratio under each pair of rows. Each measurement starts fresh processes:
+// ringbench re-executes itself for every side but the parent's, handing
+// over the shared memory (a memfd) or the socket as fd 3.
+//
+// # Method
+//
+// A measurement warms up for a tenth of -duration (50 ms to 500 ms), then
+// counts the messages the parent receives during -duration. The window is
+// cut by the parent's clock and seen by every loop at its next message.
+// The uds variant of each scenario runs the very same loop over a
+// socketpair, written the way a naive user writes it: one write(2) per
+// message, a bufio.Reader and io.ReadFull per message on the other side.
+// cpu_sec sums the user and system time of every process over the window,
+// each process sampling its own getrusage at the window's edges. No loop
+// allocates per message.
+//
+// # Caveats
+//
+// The figures are only as good as the machine is quiet: with two cores,
+// two spinning sides already occupy all of it, and any other load turns
+// spinning into waiting (the table header shows the load average at the
+// start). Run one benchmark at a time.
+//
+// # JSON
+//
+// With -json, stdout carries one JSON object per result and nothing else.
+// Scripts read these names; they may gain company but never change:
+//
+//	scenario, transport ("ring" or "uds"), size (payload bytes),
+//	producers, duration_sec, msgs (pingpong: round trips),
+//	msgs_per_sec, bytes_per_sec (msgs_per_sec * size),
+//	p50_ns, p99_ns, p999_ns (round-trip percentiles; 0 where not measured),
+//	cpu_sec, cpu_per_msg_ns, ring_size and spin_ns (0 for uds),
+//	cpu_model, cores, go_version, goos, goarch, load_avg_1m.
+//
+// # Adding a scenario
+//
+// A scenario is one file: an init function that registers a scenario (its
+// runFunc per transport) and its child roles, the parent's side written
+// against frameWriter and frameReader, and the children's sides.
+package main

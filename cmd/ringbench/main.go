@@ -1,0 +1,294 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+func main() {
+	if role := os.Getenv(envRole); role != "" {
+		os.Exit(childMain(role))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// A scenario is one shape of traffic. Each lives in its own file, which
+// registers it and its child roles from init; runs has one function per
+// transport it supports.
+type scenario struct {
+	name         string
+	order        int    // position in "all" and in the table
+	about        string // one line for the table's legend
+	minSize      int    // smallest frame: what the checks carry
+	perProducers bool   // run once per -producers value
+	runs         map[string]runFunc
+}
+
+// A runFunc runs one measurement from the parent's side.
+type runFunc func(rc *runConfig) (measurement, error)
+
+var scenarios []*scenario
+
+func register(s *scenario) {
+	for _, o := range scenarios {
+		if o.name == s.name {
+			panic("ringbench: scenario registered twice: " + s.name)
+		}
+	}
+	scenarios = append(scenarios, s)
+	slices.SortFunc(scenarios, func(a, b *scenario) int { return a.order - b.order })
+}
+
+func scenarioNames() []string {
+	var names []string
+	for _, s := range scenarios {
+		names = append(names, s.name)
+	}
+	return names
+}
+
+// transports in the order they run: ring before uds, so that a uds row can
+// be compared with the ring row above it.
+var transports = []string{"ring", "uds"}
+
+// runConfig is one measurement's parameters.
+type runConfig struct {
+	size      int
+	producers int
+	ringSize  int
+	spin      time.Duration // ring.Options.Spin: 0 default, < 0 none
+	duration  time.Duration
+	warmup    time.Duration
+}
+
+func (rc *runConfig) ringOptions() *ring.Options { return &ring.Options{Spin: rc.spin} }
+
+func (rc *runConfig) childParams(id int) childParams {
+	return childParams{Size: rc.size, RingSize: rc.ringSize, Spin: rc.spin, ID: id}
+}
+
+// effectiveSpin is the spin budget the ring uses for rc.spin.
+func effectiveSpin(spin time.Duration) time.Duration {
+	switch {
+	case spin == 0:
+		return ring.DefaultSpin
+	case spin < 0:
+		return 0
+	}
+	return spin
+}
+
+// config is the whole suite, from the flags.
+type config struct {
+	scenarios  []*scenario
+	sizes      []int
+	producers  []int
+	transports []string
+	duration   time.Duration
+	warmup     time.Duration
+	spin       time.Duration
+	ringSize   int
+	json       bool
+}
+
+// warmupFor returns the warm-up before a window of d: a tenth of it,
+// between 50 ms and 500 ms.
+func warmupFor(d time.Duration) time.Duration {
+	return min(max(d/10, 50*time.Millisecond), 500*time.Millisecond)
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("ringbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		scen  = fs.String("scenario", "spsc,pingpong,mpsc", "comma-separated scenarios, or all ("+strings.Join(scenarioNames(), ", ")+")")
+		sizes = fs.String("size", "64", "comma-separated payload `sizes` in bytes (suffixes KiB, MiB)")
+		dur   = fs.Duration("duration", 2*time.Second, "measured time of each result, after a warm-up of a tenth of it (50ms to 500ms)")
+		js    = fs.Bool("json", false, "print one JSON object per result on stdout, and nothing else")
+		prods = fs.String("producers", "2", "comma-separated `counts` of mpsc producer processes; each is run")
+		spin  = fs.Duration("spin", 0, "ring spin budget before sleeping on a futex (0: the ring's default, "+ring.DefaultSpin.String()+"; negative: sleep at once)")
+		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two")
+		trans = fs.String("transport", "ring,uds", "comma-separated transports: ring, uds")
+	)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: ringbench [flags]\n\nMeasures the ring against a Unix domain socket between processes.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	cfg := &config{duration: *dur, spin: *spin, json: *js}
+	if cfg.duration <= 0 {
+		return nil, fmt.Errorf("-duration %v: must be positive", cfg.duration)
+	}
+	cfg.warmup = warmupFor(cfg.duration)
+
+	for _, name := range splitList(*scen) {
+		if name == "all" {
+			cfg.scenarios = append(cfg.scenarios, scenarios...)
+			continue
+		}
+		i := slices.IndexFunc(scenarios, func(s *scenario) bool { return s.name == name })
+		if i < 0 {
+			return nil, fmt.Errorf("-scenario: unknown %q (have %s)", name, strings.Join(scenarioNames(), ", "))
+		}
+		cfg.scenarios = append(cfg.scenarios, scenarios[i])
+	}
+	cfg.scenarios = uniqueInOrder(cfg.scenarios, func(a, b *scenario) int { return a.order - b.order })
+	if len(cfg.scenarios) == 0 {
+		return nil, errors.New("-scenario: none given")
+	}
+
+	want := splitList(*trans)
+	for _, t := range want {
+		if !slices.Contains(transports, t) {
+			return nil, fmt.Errorf("-transport: unknown %q (have %s)", t, strings.Join(transports, ", "))
+		}
+	}
+	for _, t := range transports {
+		if slices.Contains(want, t) {
+			cfg.transports = append(cfg.transports, t)
+		}
+	}
+	if len(cfg.transports) == 0 {
+		return nil, errors.New("-transport: none given")
+	}
+
+	rs, err := parseBytes(*rsize)
+	if err != nil {
+		return nil, fmt.Errorf("-ring-size: %w", err)
+	}
+	if _, err := ring.Size(ring.Geometry{DataSize: rs}); err != nil {
+		return nil, fmt.Errorf("-ring-size %d: %w", rs, err)
+	}
+	cfg.ringSize = rs
+
+	for _, s := range splitList(*sizes) {
+		n, err := parseBytes(s)
+		if err != nil {
+			return nil, fmt.Errorf("-size: %w", err)
+		}
+		for _, sc := range cfg.scenarios {
+			if n < sc.minSize {
+				return nil, fmt.Errorf("-size %d: %s frames carry %d bytes of checks", n, sc.name, sc.minSize)
+			}
+		}
+		if slices.Contains(cfg.transports, "ring") && n > ring.MaxPayload(rs) {
+			return nil, fmt.Errorf("-size %d: a ring of %d bytes takes records up to %d bytes (raise -ring-size)", n, rs, ring.MaxPayload(rs))
+		}
+		cfg.sizes = append(cfg.sizes, n)
+	}
+	if len(cfg.sizes) == 0 {
+		return nil, errors.New("-size: none given")
+	}
+
+	for _, s := range splitList(*prods) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > ring.MaxProducers {
+			return nil, fmt.Errorf("-producers: %q is not a count in 1..%d", s, ring.MaxProducers)
+		}
+		cfg.producers = append(cfg.producers, n)
+	}
+	if len(cfg.producers) == 0 {
+		return nil, errors.New("-producers: none given")
+	}
+	return cfg, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func uniqueInOrder[T comparable](s []T, cmp func(a, b T) int) []T {
+	s = slices.Clone(s)
+	slices.SortStableFunc(s, cmp)
+	return slices.Compact(s)
+}
+
+// parseBytes reads a byte count: digits with an optional binary suffix
+// (KiB, MiB, GiB; K, M, G and k, m, g mean the same).
+func parseBytes(s string) (int, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "iB"), "B")
+	mult := 1
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		}
+		if mult != 1 {
+			t = t[:n-1]
+		}
+	}
+	n, err := strconv.Atoi(t)
+	if err != nil || n <= 0 || n > (1<<40)/mult {
+		return 0, fmt.Errorf("%q is not a positive byte count", s)
+	}
+	return n * mult, nil
+}
+
+// run runs the suite and returns the exit status: 0, 1 if a measurement
+// failed, 2 for bad flags.
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ringbench: %v\n", err)
+		return 2
+	}
+	rep := newReporter(stdout, cfg, detectMachine(), time.Now())
+	rep.begin()
+	status := 0
+	for _, sc := range cfg.scenarios {
+		prods := []int{1}
+		if sc.perProducers {
+			prods = cfg.producers
+		}
+		for _, size := range cfg.sizes {
+			for _, np := range prods {
+				for _, tr := range cfg.transports {
+					fn := sc.runs[tr]
+					if fn == nil {
+						continue
+					}
+					rc := &runConfig{
+						size: size, producers: np, ringSize: cfg.ringSize, spin: cfg.spin,
+						duration: cfg.duration, warmup: cfg.warmup,
+					}
+					m, err := fn(rc)
+					if err != nil {
+						fmt.Fprintf(stderr, "ringbench: %s over %s, %d bytes, %d producer(s): %v\n", sc.name, tr, size, np, err)
+						status = 1
+						continue
+					}
+					rep.add(sc, tr, rc, m)
+				}
+			}
+		}
+	}
+	rep.end()
+	return status
+}

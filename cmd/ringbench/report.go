@@ -1,0 +1,225 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// result is one measurement as printed with -json. The JSON names are a
+// public interface, read by scripts: add fields, never rename or remove
+// one. Figures that a scenario does not measure are 0.
+type result struct {
+	Scenario    string  `json:"scenario"`
+	Transport   string  `json:"transport"` // "ring" or "uds"
+	Size        int     `json:"size"`      // payload bytes per message
+	Producers   int     `json:"producers"` // producer processes (1 but for mpsc)
+	DurationSec float64 `json:"duration_sec"`
+	Msgs        uint64  `json:"msgs"` // messages in the window (pingpong: round trips)
+	MsgsPerSec  float64 `json:"msgs_per_sec"`
+	BytesPerSec float64 `json:"bytes_per_sec"` // msgs_per_sec * size
+	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong)
+	P99Ns       int64   `json:"p99_ns"`
+	P999Ns      int64   `json:"p999_ns"`
+	CPUSec      float64 `json:"cpu_sec"` // user+sys of all processes over the window
+	CPUPerMsgNs float64 `json:"cpu_per_msg_ns"`
+	RingSize    int     `json:"ring_size"` // data area bytes (0 for uds)
+	SpinNs      int64   `json:"spin_ns"`   // ring spin budget in effect (0 for uds)
+	machine
+}
+
+func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mach machine) result {
+	r := result{
+		Scenario:    sc.name,
+		Transport:   transport,
+		Size:        rc.size,
+		Producers:   rc.producers,
+		DurationSec: m.elapsed.Seconds(),
+		Msgs:        m.msgs,
+		CPUSec:      m.cpu.Seconds(),
+		machine:     mach,
+	}
+	if s := m.elapsed.Seconds(); s > 0 {
+		r.MsgsPerSec = float64(m.msgs) / s
+		r.BytesPerSec = r.MsgsPerSec * float64(rc.size)
+	}
+	if m.msgs > 0 {
+		r.CPUPerMsgNs = float64(m.cpu.Nanoseconds()) / float64(m.msgs)
+	}
+	if m.lat != nil {
+		r.P50Ns, r.P99Ns, r.P999Ns = m.lat.quantile(0.50), m.lat.quantile(0.99), m.lat.quantile(0.999)
+	}
+	if transport == "ring" {
+		r.RingSize = rc.ringSize
+		r.SpinNs = effectiveSpin(rc.spin).Nanoseconds()
+	}
+	return r
+}
+
+// reporter prints results as they come: JSON lines, or a table whose rows
+// pair each uds result with the ring result above it.
+type reporter struct {
+	w     io.Writer
+	cfg   *config
+	mach  machine
+	start time.Time
+	prev  *result // the last row, for the ratio line
+}
+
+func newReporter(w io.Writer, cfg *config, mach machine, start time.Time) *reporter {
+	return &reporter{w: w, cfg: cfg, mach: mach, start: start}
+}
+
+const (
+	tableHead = "%-9s %7s %4s  %-9s %10s %9s %9s %9s %9s %7s %10s\n"
+	tableRow  = "%-9s %7d %4d  %-9s %10s %9.1f %9s %9s %9s %7.2f %10.1f\n"
+)
+
+func (r *reporter) begin() {
+	if r.cfg.json {
+		return
+	}
+	m := r.mach
+	kernel := ""
+	if m.kernel != "" {
+		kernel = ", kernel " + m.kernel
+	}
+	fmt.Fprintf(r.w, "ringbench %s\n", r.start.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(r.w, "machine:  %s, %d cores, %s/%s%s, %s; load average %.2f at start\n",
+		m.CPUModel, m.Cores, m.GOOS, m.GOARCH, kernel, m.GoVersion, m.LoadAvg1m)
+	spin := effectiveSpin(r.cfg.spin).String()
+	if r.cfg.spin == 0 {
+		spin += " (ring default)"
+	}
+	fmt.Fprintf(r.w, "settings: %v per result after %v warm-up; ring data area %s, spin %s\n\n",
+		r.cfg.duration, r.cfg.warmup, byteSize(r.cfg.ringSize), spin)
+	fmt.Fprintf(r.w, tableHead, "scenario", "size", "prod", "transport", "msgs/s", "MB/s", "p50 ns", "p99 ns", "p999 ns", "cpu s", "cpu/msg ns")
+}
+
+func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurement) {
+	res := newResult(sc, transport, rc, m, r.mach)
+	if r.cfg.json {
+		b, err := json.Marshal(res)
+		if err != nil {
+			panic(err) // a struct of numbers and strings always marshals
+		}
+		r.w.Write(append(b, '\n')) //nolint:errcheck
+		return
+	}
+	lat := func(v int64) string {
+		if m.lat == nil {
+			return "-"
+		}
+		return fmt.Sprint(v)
+	}
+	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Transport,
+		si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
+		res.CPUSec, res.CPUPerMsgNs)
+	p := r.prev
+	if p != nil && p.Transport == "ring" && res.Transport == "uds" &&
+		p.Scenario == res.Scenario && p.Size == res.Size && p.Producers == res.Producers {
+		ratio := func(a, b float64) string {
+			if a == 0 || b == 0 {
+				return "-"
+			}
+			return ratioText(a / b)
+		}
+		latRatio := func(a, b int64) string {
+			if m.lat == nil {
+				return "-"
+			}
+			return ratio(float64(a), float64(b))
+		}
+		fmt.Fprintf(r.w, tableHead, "", "", "", "ring/uds",
+			ratio(p.MsgsPerSec, res.MsgsPerSec), ratio(p.BytesPerSec, res.BytesPerSec),
+			latRatio(p.P50Ns, res.P50Ns), latRatio(p.P99Ns, res.P99Ns), latRatio(p.P999Ns, res.P999Ns),
+			ratio(p.CPUSec, res.CPUSec), ratio(p.CPUPerMsgNs, res.CPUPerMsgNs))
+	}
+	r.prev = &res
+}
+
+func (r *reporter) end() {
+	if r.cfg.json {
+		return
+	}
+	var b strings.Builder
+	b.WriteString("\n")
+	b.WriteString("msgs/s   messages received per second in the window; MB/s = msgs/s x size (10^6 bytes)\n")
+	b.WriteString("p50..    round-trip time, nanoseconds (pingpong only; log-linear histogram, < 0.4% error)\n")
+	b.WriteString("cpu s    user+sys CPU of every process of the measurement over the window (each samples\n")
+	b.WriteString("         its own getrusage at the window's edges); cpu/msg ns = cpu s / messages\n")
+	b.WriteString("ring/uds each column of the ring row divided by the uds row's\n")
+	b.WriteString("ring     ringipc ring in a shared memfd; a frame is copied in (Producer.Write) and out\n")
+	b.WriteString("         (Consumer.ReadInto); a waiting side spins, then sleeps on a futex\n")
+	fmt.Fprintf(&b, "uds      AF_UNIX SOCK_STREAM socketpair used as a naive user would: one write(2) per\n")
+	fmt.Fprintf(&b, "         message of exactly size bytes (a %d-byte frame per write), no batching; the\n", r.cfg.sizes[0])
+	fmt.Fprintf(&b, "         reader uses a %s bufio.Reader and one io.ReadFull per message\n", byteSize(udsReadBuffer))
+	for _, sc := range r.cfg.scenarios {
+		b.WriteString(wrap(fmt.Sprintf("%-8s ", sc.name), sc.about, 96))
+	}
+	io.WriteString(r.w, b.String()) //nolint:errcheck
+}
+
+// ratioText shows a ratio with about three significant digits.
+func ratioText(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0fx", v)
+	case v >= 0.1:
+		return fmt.Sprintf("%.2fx", v)
+	}
+	return fmt.Sprintf("%.2gx", v)
+}
+
+// si formats a rate with a k/M/G suffix.
+func si(v float64) string {
+	switch {
+	case v >= 1e9:
+		return fmt.Sprintf("%.2f G", v/1e9)
+	case v >= 1e6:
+		return fmt.Sprintf("%.2f M", v/1e6)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1f k", v/1e3)
+	}
+	return fmt.Sprintf("%.0f  ", v)
+}
+
+// byteSize formats a byte count in binary units when it is a whole number
+// of them.
+func byteSize(n int) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// wrap prints text after prefix in lines of at most width bytes, broken
+// at spaces, the continuation lines indented as far as the prefix.
+func wrap(prefix, text string, width int) string {
+	var b strings.Builder
+	b.WriteString(prefix)
+	indent := strings.Repeat(" ", len(prefix))
+	line := len(prefix)
+	for i, w := range strings.Fields(text) {
+		switch {
+		case i == 0:
+		case line+1+len(w) > width:
+			b.WriteString("\n" + indent)
+			line = len(indent)
+		default:
+			b.WriteByte(' ')
+			line++
+		}
+		b.WriteString(w)
+		line += len(w)
+	}
+	b.WriteByte('\n')
+	return b.String()
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// spsc: a one-way stream from one producer process to the parent, which
+// checks that frame i carries sequence number i.
+
+func init() {
+	register(&scenario{
+		name:    "spsc",
+		order:   10,
+		minSize: 8,
+		about:   "one producer process streams frames to the parent, which checks every sequence number; msgs = frames received",
+		runs:    map[string]runFunc{"ring": spscRing, "uds": spscUDS},
+	})
+	registerChild("spsc-ring", spscRingChild)
+	registerChild("spsc-uds", spscUDSChild)
+}
+
+func spscRing(rc *runConfig) (measurement, error) {
+	seg, err := newRingSegment(ring.Geometry{DataSize: rc.ringSize}, false)
+	if err != nil {
+		return measurement{}, err
+	}
+	defer seg.Close()
+	c, err := ring.NewConsumer(seg.Payload(), rc.ringOptions())
+	if err != nil {
+		return measurement{}, err
+	}
+	return runStream(rc, ringReader{c}, func(h *harness) error {
+		return h.spawn("spsc-ring", rc.childParams(0), seg.File())
+	})
+}
+
+func spscUDS(rc *runConfig) (measurement, error) {
+	conn, theirs, err := socketPair()
+	if err != nil {
+		return measurement{}, err
+	}
+	defer theirs.Close()
+	r := newUDSReader(conn)
+	defer r.Close()
+	return runStream(rc, r, func(h *harness) error {
+		err := h.spawn("spsc-uds", rc.childParams(0), theirs)
+		theirs.Close() // so that the child's death reads as EOF here
+		return err
+	})
+}
+
+// runStream runs the parent's side of a one-way stream read from r.
+func runStream(rc *runConfig, r frameReader, spawn func(*harness) error) (measurement, error) {
+	h := newHarness(rc)
+	defer h.cleanup()
+	h.onAbort(func() { r.Close() })
+	if err := spawn(h); err != nil {
+		return measurement{}, err
+	}
+	if err := h.waitReady(); err != nil {
+		return measurement{}, err
+	}
+	h.startClock()
+	var m meter
+	err := receiveStream(h, r, make([]byte, rc.size), &m)
+	h.failIf(err)
+	r.Close() // ends the producer's loop
+	return h.finish(err, &m)
+}
+
+// receiveStream reads frames until the run ends; frame i must carry
+// sequence number i in its first 8 bytes.
+func receiveStream(h *harness, r frameReader, buf []byte, m *meter) error {
+	for next := uint64(0); ; next++ {
+		if err := r.readFrame(buf); err != nil {
+			return fmt.Errorf("read frame %d: %w", next, err)
+		}
+		if got := binary.LittleEndian.Uint64(buf); got != next {
+			return fmt.Errorf("frame %d carries sequence number %d", next, got)
+		}
+		if !m.tick(h) {
+			return nil
+		}
+	}
+}
+
+// sendStream writes frames until the run ends, with sequence numbers 0,
+// 1, ... at byte seqOff of buf; the rest of buf is sent as it is. It
+// returns the frames sent.
+func sendStream(w frameWriter, buf []byte, seqOff int) (uint64, error) {
+	for seq := uint64(0); ; seq++ {
+		binary.LittleEndian.PutUint64(buf[seqOff:], seq)
+		if err := w.writeFrame(buf); err != nil {
+			if endOfRun(err) {
+				return seq, nil
+			}
+			return seq, fmt.Errorf("write frame %d: %w", seq, err)
+		}
+	}
+}
+
+// payload returns a frame buffer of size bytes with a recognisable filler.
+func payload(size int) []byte {
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(i*7 + 1)
+	}
+	return b
+}
+
+func spscRingChild(cc *childCtx) (uint64, error) {
+	seg, err := openRingSegment(cc.files[0], false, cc.p.RingSize)
+	if err != nil {
+		return 0, err
+	}
+	defer seg.Close()
+	p, err := ring.NewProducer(seg.Payload(), cc.ringOptions())
+	if err != nil {
+		return 0, err
+	}
+	cc.ready()
+	return sendStream(ringWriter{p}, payload(cc.p.Size), 0)
+}
+
+func spscUDSChild(cc *childCtx) (uint64, error) {
+	conn, err := openSocket(cc.files[0])
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	cc.ready()
+	return sendStream(udsWriter{conn}, payload(cc.p.Size), 0)
+}
