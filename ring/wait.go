@@ -11,9 +11,11 @@ import (
 )
 
 // spinner bounds a polling loop by time. Reading the clock every poll
-// would cost more than the poll, so it looks every few iterations, and it
-// yields the processor now and then: two spinners in one process with
-// GOMAXPROCS=2 would otherwise starve everything else.
+// would cost more than the poll, so it looks every 64 iterations (a wait
+// shorter than that never reads the clock). And now and then it yields: the processor to other goroutines (two spinners in one process
+// with GOMAXPROCS=2 would starve everything else), and the OS thread to
+// other processes, since a peer waiting for our core cannot answer while
+// we spin on it.
 type spinner struct {
 	budget time.Duration
 	start  time.Time
@@ -30,15 +32,18 @@ func (s *spinner) again() bool {
 		return false
 	}
 	s.n++
-	if s.n == 1 {
+	if s.n&63 != 0 {
+		return true
+	}
+	if s.n == 64 {
 		s.start = time.Now()
 		return true
 	}
-	if s.n%64 != 0 {
-		return true
-	}
-	if s.n%1024 == 0 {
+	if s.n&1023 == 0 {
 		runtime.Gosched()
+		if s.n&4095 == 0 {
+			osYield()
+		}
 	}
 	return time.Since(s.start) < s.budget
 }
