@@ -209,9 +209,7 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 			s.wakeConsumer()
 			continue
 		}
-		start := off + headerSize
-		end := start + uint64(n)
-		return Reservation{p: p, buf: s.data[start:end:end], pos: t, word: word, typ: typ}, nil
+		return Reservation{p: p, pos: t, word: word, typ: typ}, nil
 	}
 }
 
@@ -224,7 +222,7 @@ func (s *shared) wakeConsumer() {
 // commit replaces the claim word by the committed one. The CAS fails only
 // if the consumer declared this producer dead and skipped the claim.
 func (mp *mpscProducer) commit(p *Producer, r Reservation) error {
-	return mp.finish(p, r, r.word&^(0xF<<stateShift)|stateCommitted<<stateShift, r.buf)
+	return mp.finish(p, r, r.word&^(0xF<<stateShift)|stateCommitted<<stateShift, r.Bytes())
 }
 
 // abort turns the claim into a record the consumer skips.

@@ -31,14 +31,20 @@ type Producer struct {
 // kept afterwards.
 type Reservation struct {
 	p    *Producer
-	buf  []byte
 	pos  uint64
 	word uint64 // the claim word (MPSC) or the record's length (SPSC)
 	typ  uint32
 }
 
 // Bytes returns the payload space: exactly the size asked for.
-func (r Reservation) Bytes() []byte { return r.buf }
+func (r Reservation) Bytes() []byte {
+	if r.p == nil {
+		return nil
+	}
+	start := r.pos&r.p.s.m.mask + headerSize
+	end := start + wordLen(r.word)
+	return r.p.s.data[start:end:end]
+}
 
 // NewProducer attaches a producer to the ring at the start of mem. On a
 // multi-producer ring it takes a free producer slot (or that of a producer
@@ -70,17 +76,27 @@ func (p *Producer) TryReserve(typ uint32, n int) (Reservation, error) {
 	if p.multi {
 		return p.mp.tryReserve(p, typ, n)
 	}
+	pos, err := p.reserveSPSC(n)
+	if err != nil {
+		return Reservation{}, err
+	}
+	return Reservation{p: p, pos: pos, word: uint64(n), typ: typ}, nil
+}
+
+// reserveSPSC claims room for n payload bytes at the returned position,
+// writing the padding before it if the record must go round.
+func (p *Producer) reserveSPSC(n int) (uint64, error) {
 	if p.err != nil {
-		return Reservation{}, p.err
+		return 0, p.err
 	}
 	if p.pending {
-		return Reservation{}, ErrPending
+		return 0, ErrPending
 	}
 	if n < 0 || uint64(n) > p.s.m.maxP {
-		return Reservation{}, fmt.Errorf("reserve %d bytes: %w (max %d)", n, ErrTooLarge, p.s.m.maxP)
+		return 0, fmt.Errorf("reserve %d bytes: %w (max %d)", n, ErrTooLarge, p.s.m.maxP)
 	}
 	if p.s.isClosed() {
-		return Reservation{}, ErrClosed
+		return 0, ErrClosed
 	}
 	m := &p.s.m
 	rs := recordSize(uint64(n))
@@ -92,10 +108,10 @@ func (p *Producer) TryReserve(typ uint32, n int) (Reservation, error) {
 	}
 	if t+pad+rs-p.headCache > m.size {
 		if err := p.refreshHead(); err != nil {
-			return Reservation{}, err
+			return 0, err
 		}
 		if t+pad+rs-p.headCache > m.size {
-			return Reservation{}, ErrFull
+			return 0, ErrFull
 		}
 	}
 	if pad > 0 {
@@ -104,12 +120,21 @@ func (p *Producer) TryReserve(typ uint32, n int) (Reservation, error) {
 		p.writeHeader(t, makeWord(stateCommitted, flagPad, 0, 0, pad-headerSize), 0, nil)
 		t += pad
 		p.tail = t
-		off = 0
 	}
 	p.pending = true
-	start := off + headerSize
-	end := start + uint64(n)
-	return Reservation{p: p, buf: p.s.data[start:end:end], pos: t, word: uint64(n), typ: typ}, nil
+	return t, nil
+}
+
+// commitSPSC publishes the record of n bytes reserved at pos.
+func (p *Producer) commitSPSC(pos uint64, typ uint32, n uint64) {
+	off := pos & p.s.m.mask
+	p.writeHeader(pos, makeWord(stateCommitted, 0, 0, 0, n), typ, p.s.data[off+headerSize:off+headerSize+n])
+	p.tail = pos + recordSize(n)
+	p.pending = false
+	atomic.StoreUint64(p.s.tail, p.tail)
+	if atomic.LoadUint32(p.s.consWait) != 0 {
+		p.s.wake(p.s.consWait)
+	}
 }
 
 // Reserve is TryReserve that waits for room until ctx ends or the ring is
@@ -186,13 +211,7 @@ func (r Reservation) Commit() error {
 	if !p.pending || r.pos != p.tail {
 		return fmt.Errorf("commit: %w: reservation is not the outstanding one", ErrPending)
 	}
-	p.writeHeader(r.pos, makeWord(stateCommitted, 0, 0, 0, r.word), r.typ, r.buf)
-	p.tail = r.pos + recordSize(r.word)
-	p.pending = false
-	atomic.StoreUint64(p.s.tail, p.tail)
-	if atomic.LoadUint32(p.s.consWait) != 0 {
-		p.s.wake(p.s.consWait)
-	}
+	p.commitSPSC(r.pos, r.typ, r.word)
 	return nil
 }
 
@@ -215,22 +234,35 @@ func (r Reservation) Abort() error {
 
 // TryWrite copies one record into the ring without waiting.
 func (p *Producer) TryWrite(typ uint32, b []byte) error {
+	if !p.multi {
+		pos, err := p.reserveSPSC(len(b))
+		if err != nil {
+			return err
+		}
+		off := pos&p.s.m.mask + headerSize
+		copy(p.s.data[off:], b)
+		p.commitSPSC(pos, typ, uint64(len(b)))
+		return nil
+	}
 	r, err := p.TryReserve(typ, len(b))
 	if err != nil {
 		return err
 	}
-	copy(r.buf, b)
+	copy(r.Bytes(), b)
 	return r.Commit()
 }
 
 // Write copies one record into the ring, waiting for room until ctx ends
 // or the ring is closed.
 func (p *Producer) Write(ctx context.Context, typ uint32, b []byte) error {
+	if err := p.TryWrite(typ, b); err != ErrFull {
+		return err
+	}
 	r, err := p.Reserve(ctx, typ, len(b))
 	if err != nil {
 		return err
 	}
-	copy(r.buf, b)
+	copy(r.Bytes(), b)
 	return r.Commit()
 }
 
