@@ -93,3 +93,16 @@ func BenchmarkWriteReadIntoSameGoroutine(b *testing.B) {
 		c.ReadInto(ctx, buf)
 	}
 }
+
+func BenchmarkMPSCWriteReadIntoSameGoroutine(b *testing.B) {
+	p, c, _ := newPair(b, Geometry{DataSize: 1 << 20, Producers: 4}, 0, nil)
+	payload := make([]byte, 64)
+	buf := make([]byte, 64)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetBytes(64)
+	for i := 0; i < b.N; i++ {
+		p.Write(ctx, 1, payload)
+		c.ReadInto(ctx, buf)
+	}
+}
