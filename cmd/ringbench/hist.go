@@ -115,3 +115,14 @@ func (h *histogram) quantile(q float64) int64 {
 	}
 	return h.max // unreachable: the counts add up to total
 }
+
+// merge adds the recordings of o to h.
+func (h *histogram) merge(o *histogram) {
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+	h.total += o.total
+	h.overflow += o.overflow
+	h.min = min(h.min, o.min)
+	h.max = max(h.max, o.max)
+}

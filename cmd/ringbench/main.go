@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ringipc/ringipc/ipc"
 	"github.com/ringipc/ringipc/ring"
 )
 
@@ -30,6 +31,7 @@ type scenario struct {
 	about        string // one line for the table's legend
 	minSize      int    // smallest frame: what the checks carry
 	perProducers bool   // run once per -producers value
+	perGoroutine bool   // run once per -goroutines value
 	runs         map[string]runFunc
 }
 
@@ -56,18 +58,21 @@ func scenarioNames() []string {
 	return names
 }
 
-// transports in the order they run: ring before uds, so that a uds row can
-// be compared with the ring row above it.
-var transports = []string{"ring", "uds"}
+// transports in the order they run: ring (or ipc) before uds, so that a
+// uds row can be compared with the row above it. A scenario runs over ring
+// or ipc, never both: the ring scenarios measure the bare ring, the ipc
+// ones the request/response and dispatch layer built on it.
+var transports = []string{"ring", "ipc", "uds"}
 
 // runConfig is one measurement's parameters.
 type runConfig struct {
-	size      int
-	producers int
-	ringSize  int
-	spin      time.Duration // ring.Options.Spin: 0 default, < 0 none
-	duration  time.Duration
-	warmup    time.Duration
+	size       int
+	producers  int
+	goroutines int // calling goroutines of the parent (pipeline; 1 otherwise)
+	ringSize   int
+	spin       time.Duration // ring.Options.Spin, ipc Config.Spin: 0 default, < 0 none
+	duration   time.Duration
+	warmup     time.Duration
 }
 
 func (rc *runConfig) ringOptions() *ring.Options { return &ring.Options{Spin: rc.spin} }
@@ -87,11 +92,23 @@ func effectiveSpin(spin time.Duration) time.Duration {
 	return spin
 }
 
+// effectiveIPCSpin is the spin budget an ipc connection uses for spin.
+func effectiveIPCSpin(spin time.Duration) time.Duration {
+	switch {
+	case spin == 0:
+		return ipc.DefaultSpin
+	case spin < 0:
+		return 0
+	}
+	return spin
+}
+
 // config is the whole suite, from the flags.
 type config struct {
 	scenarios  []*scenario
 	sizes      []int
 	producers  []int
+	goroutines []int
 	transports []string
 	duration   time.Duration
 	warmup     time.Duration
@@ -110,14 +127,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("ringbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		scen  = fs.String("scenario", "spsc,pingpong,mpsc", "comma-separated scenarios, or all ("+strings.Join(scenarioNames(), ", ")+")")
+		scen  = fs.String("scenario", defaultScenarios, "comma-separated scenarios, or all ("+strings.Join(scenarioNames(), ", ")+")")
 		sizes = fs.String("size", "64", "comma-separated payload `sizes` in bytes (suffixes KiB, MiB)")
-		dur   = fs.Duration("duration", 2*time.Second, "measured time of each result, after a warm-up of a tenth of it (50ms to 500ms)")
+		dur   = fs.Duration("duration", defaultDuration, "measured time of each result, after a warm-up of a tenth of it (50ms to 500ms)")
 		js    = fs.Bool("json", false, "print one JSON object per result on stdout, and nothing else")
 		prods = fs.String("producers", "2", "comma-separated `counts` of mpsc producer processes; each is run")
-		spin  = fs.Duration("spin", 0, "ring spin budget before sleeping on a futex (0: the ring's default, "+ring.DefaultSpin.String()+"; negative: sleep at once)")
-		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two")
-		trans = fs.String("transport", "ring,uds", "comma-separated transports: ring, uds")
+		gors  = fs.String("goroutines", "16", "comma-separated `counts` of pipeline goroutines calling on one connection; each is run")
+		spin  = fs.Duration("spin", 0, "spin budget before sleeping (0: the default, "+ring.DefaultSpin.String()+" for the ring, "+ipc.DefaultSpin.String()+" for ipc; negative: sleep at once)")
+		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
+		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: ringbench [flags]\n\nMeasures the ring against a Unix domain socket between processes.\n\n")
@@ -173,6 +191,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if _, err := ring.Size(ring.Geometry{DataSize: rs}); err != nil {
 		return nil, fmt.Errorf("-ring-size %d: %w", rs, err)
 	}
+	if cfg.uses("ipc") && (rs < ipc.MinRingSize || rs > maxIPCRing) {
+		return nil, fmt.Errorf("-ring-size %d: ipc rings take %d to %d bytes", rs, ipc.MinRingSize, maxIPCRing)
+	}
 	cfg.ringSize = rs
 
 	for _, s := range splitList(*sizes) {
@@ -185,8 +206,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 				return nil, fmt.Errorf("-size %d: %s frames carry %d bytes of checks", n, sc.name, sc.minSize)
 			}
 		}
-		if slices.Contains(cfg.transports, "ring") && n > ring.MaxPayload(rs) {
+		if cfg.uses("ring") && n > ring.MaxPayload(rs) {
 			return nil, fmt.Errorf("-size %d: a ring of %d bytes takes records up to %d bytes (raise -ring-size)", n, rs, ring.MaxPayload(rs))
+		}
+		if cfg.uses("ipc") && n > maxIPCBody(rs) {
+			return nil, fmt.Errorf("-size %d: ipc rings of %d bytes take bodies up to %d bytes (raise -ring-size)", n, rs, maxIPCBody(rs))
 		}
 		cfg.sizes = append(cfg.sizes, n)
 	}
@@ -204,7 +228,42 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if len(cfg.producers) == 0 {
 		return nil, errors.New("-producers: none given")
 	}
+
+	for _, s := range splitList(*gors) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxGoroutines {
+			return nil, fmt.Errorf("-goroutines: %q is not a count in 1..%d", s, maxGoroutines)
+		}
+		cfg.goroutines = append(cfg.goroutines, n)
+	}
+	if len(cfg.goroutines) == 0 {
+		return nil, errors.New("-goroutines: none given")
+	}
 	return cfg, nil
+}
+
+// Defaults of -scenario and -duration: the default suite (12 results)
+// takes about 25 s.
+const (
+	defaultScenarios = "spsc,pingpong,mpsc,call,pipeline,dispatch"
+	defaultDuration  = 1500 * time.Millisecond
+)
+
+// maxGoroutines bounds -goroutines, generously: a call's tag has 16 bits
+// for its goroutine.
+const maxGoroutines = 1 << 12
+
+// uses reports whether some selected scenario runs over transport t.
+func (cfg *config) uses(t string) bool {
+	if !slices.Contains(cfg.transports, t) {
+		return false
+	}
+	for _, sc := range cfg.scenarios {
+		if sc.runs[t] != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func splitList(s string) []string {
@@ -263,28 +322,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	rep.begin()
 	status := 0
 	for _, sc := range cfg.scenarios {
-		prods := []int{1}
+		prods, gors := []int{1}, []int{1}
 		if sc.perProducers {
 			prods = cfg.producers
 		}
+		if sc.perGoroutine {
+			gors = cfg.goroutines
+		}
 		for _, size := range cfg.sizes {
 			for _, np := range prods {
-				for _, tr := range cfg.transports {
-					fn := sc.runs[tr]
-					if fn == nil {
-						continue
+				for _, ng := range gors {
+					for _, tr := range cfg.transports {
+						fn := sc.runs[tr]
+						if fn == nil {
+							continue
+						}
+						rc := &runConfig{
+							size: size, producers: np, goroutines: ng, ringSize: cfg.ringSize, spin: cfg.spin,
+							duration: cfg.duration, warmup: cfg.warmup,
+						}
+						m, err := fn(rc)
+						if err != nil {
+							fmt.Fprintf(stderr, "ringbench: %s over %s, %d bytes, %d producer(s), %d goroutine(s): %v\n", sc.name, tr, size, np, ng, err)
+							status = 1
+							continue
+						}
+						rep.add(sc, tr, rc, m)
 					}
-					rc := &runConfig{
-						size: size, producers: np, ringSize: cfg.ringSize, spin: cfg.spin,
-						duration: cfg.duration, warmup: cfg.warmup,
-					}
-					m, err := fn(rc)
-					if err != nil {
-						fmt.Fprintf(stderr, "ringbench: %s over %s, %d bytes, %d producer(s): %v\n", sc.name, tr, size, np, err)
-						status = 1
-						continue
-					}
-					rep.add(sc, tr, rc, m)
 				}
 			}
 		}

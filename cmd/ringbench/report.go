@@ -13,20 +13,21 @@ import (
 // one. Figures that a scenario does not measure are 0.
 type result struct {
 	Scenario    string  `json:"scenario"`
-	Transport   string  `json:"transport"` // "ring" or "uds"
-	Size        int     `json:"size"`      // payload bytes per message
-	Producers   int     `json:"producers"` // producer processes (1 but for mpsc)
+	Transport   string  `json:"transport"`  // "ring", "ipc" or "uds"
+	Size        int     `json:"size"`       // payload bytes per message
+	Producers   int     `json:"producers"`  // producer processes (1 but for mpsc)
+	Goroutines  int     `json:"goroutines"` // calling goroutines (-goroutines for pipeline, else 1)
 	DurationSec float64 `json:"duration_sec"`
-	Msgs        uint64  `json:"msgs"` // messages in the window (pingpong: round trips)
+	Msgs        uint64  `json:"msgs"` // messages in the window (pingpong: round trips; call, pipeline: calls)
 	MsgsPerSec  float64 `json:"msgs_per_sec"`
 	BytesPerSec float64 `json:"bytes_per_sec"` // msgs_per_sec * size
-	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong)
+	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong, call, pipeline)
 	P99Ns       int64   `json:"p99_ns"`
 	P999Ns      int64   `json:"p999_ns"`
 	CPUSec      float64 `json:"cpu_sec"` // user+sys of all processes over the window
 	CPUPerMsgNs float64 `json:"cpu_per_msg_ns"`
-	RingSize    int     `json:"ring_size"` // data area bytes (0 for uds)
-	SpinNs      int64   `json:"spin_ns"`   // ring spin budget in effect (0 for uds)
+	RingSize    int     `json:"ring_size"` // data area bytes of a ring (ipc: of each of the three; 0 for uds)
+	SpinNs      int64   `json:"spin_ns"`   // spin budget in effect (0 for uds)
 	machine
 }
 
@@ -36,6 +37,7 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 		Transport:   transport,
 		Size:        rc.size,
 		Producers:   rc.producers,
+		Goroutines:  max(rc.goroutines, 1),
 		DurationSec: m.elapsed.Seconds(),
 		Msgs:        m.msgs,
 		CPUSec:      m.cpu.Seconds(),
@@ -51,9 +53,13 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 	if m.lat != nil {
 		r.P50Ns, r.P99Ns, r.P999Ns = m.lat.quantile(0.50), m.lat.quantile(0.99), m.lat.quantile(0.999)
 	}
-	if transport == "ring" {
+	switch transport {
+	case "ring":
 		r.RingSize = rc.ringSize
 		r.SpinNs = effectiveSpin(rc.spin).Nanoseconds()
+	case "ipc":
+		r.RingSize = rc.ringSize
+		r.SpinNs = effectiveIPCSpin(rc.spin).Nanoseconds()
 	}
 	return r
 }
@@ -73,8 +79,8 @@ func newReporter(w io.Writer, cfg *config, mach machine, start time.Time) *repor
 }
 
 const (
-	tableHead = "%-9s %7s %4s  %-9s %10s %9s %9s %9s %9s %7s %10s\n"
-	tableRow  = "%-9s %7d %4d  %-9s %10s %9.1f %9s %9s %9s %7.2f %10.1f\n"
+	tableHead = "%-9s %7s %4s %4s  %-9s %10s %9s %9s %9s %9s %7s %10s\n"
+	tableRow  = "%-9s %7d %4d %4d  %-9s %10s %9.1f %9s %9s %9s %7.2f %10.1f\n"
 )
 
 func (r *reporter) begin() {
@@ -93,9 +99,16 @@ func (r *reporter) begin() {
 	if r.cfg.spin == 0 {
 		spin += " (ring default)"
 	}
+	if r.cfg.uses("ipc") {
+		ipcSpin := effectiveIPCSpin(r.cfg.spin).String()
+		if r.cfg.spin == 0 {
+			ipcSpin += " (ipc default)"
+		}
+		spin += ", ipc spin " + ipcSpin
+	}
 	fmt.Fprintf(r.w, "settings: %v per result after %v warm-up; ring data area %s, spin %s\n\n",
 		r.cfg.duration, r.cfg.warmup, byteSize(r.cfg.ringSize), spin)
-	fmt.Fprintf(r.w, tableHead, "scenario", "size", "prod", "transport", "msgs/s", "MB/s", "p50 ns", "p99 ns", "p999 ns", "cpu s", "cpu/msg ns")
+	fmt.Fprintf(r.w, tableHead, "scenario", "size", "prod", "gor", "transport", "msgs/s", "MB/s", "p50 ns", "p99 ns", "p999 ns", "cpu s", "cpu/msg ns")
 }
 
 func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurement) {
@@ -114,12 +127,13 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 		}
 		return fmt.Sprint(v)
 	}
-	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Transport,
+	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Goroutines, res.Transport,
 		si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
 		res.CPUSec, res.CPUPerMsgNs)
 	p := r.prev
-	if p != nil && p.Transport == "ring" && res.Transport == "uds" &&
-		p.Scenario == res.Scenario && p.Size == res.Size && p.Producers == res.Producers {
+	if p != nil && p.Transport != "uds" && res.Transport == "uds" &&
+		p.Scenario == res.Scenario && p.Size == res.Size && p.Producers == res.Producers &&
+		p.Goroutines == res.Goroutines {
 		ratio := func(a, b float64) string {
 			if a == 0 || b == 0 {
 				return "-"
@@ -132,7 +146,7 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 			}
 			return ratio(float64(a), float64(b))
 		}
-		fmt.Fprintf(r.w, tableHead, "", "", "", "ring/uds",
+		fmt.Fprintf(r.w, tableHead, "", "", "", "", p.Transport+"/uds",
 			ratio(p.MsgsPerSec, res.MsgsPerSec), ratio(p.BytesPerSec, res.BytesPerSec),
 			latRatio(p.P50Ns, res.P50Ns), latRatio(p.P99Ns, res.P99Ns), latRatio(p.P999Ns, res.P999Ns),
 			ratio(p.CPUSec, res.CPUSec), ratio(p.CPUPerMsgNs, res.CPUPerMsgNs))
@@ -146,16 +160,24 @@ func (r *reporter) end() {
 	}
 	var b strings.Builder
 	b.WriteString("\n")
-	b.WriteString("msgs/s   messages received per second in the window; MB/s = msgs/s x size (10^6 bytes)\n")
-	b.WriteString("p50..    round-trip time, nanoseconds (pingpong only; log-linear histogram, < 0.4% error)\n")
+	b.WriteString("msgs/s   messages received per second in the window (call, pipeline: calls completed);\n")
+	b.WriteString("         MB/s = msgs/s x size (10^6 bytes), one way\n")
+	b.WriteString("prod     producer processes (mpsc); gor: calling goroutines of the parent (pipeline)\n")
+	b.WriteString("p50..    round-trip time, nanoseconds (pingpong, call, pipeline; log-linear histogram,\n")
+	b.WriteString("         < 0.4% error; pipeline: every goroutine's calls in one histogram)\n")
 	b.WriteString("cpu s    user+sys CPU of every process of the measurement over the window (each samples\n")
 	b.WriteString("         its own getrusage at the window's edges); cpu/msg ns = cpu s / messages\n")
-	b.WriteString("ring/uds each column of the ring row divided by the uds row's\n")
+	b.WriteString("ring/uds each column of the ring (or ipc) row divided by the uds row's\n")
 	b.WriteString("ring     ringipc ring in a shared memfd; a frame is copied in (Producer.Write) and out\n")
 	b.WriteString("         (Consumer.ReadInto); a waiting side spins, then sleeps on a futex\n")
+	b.WriteString(wrap("ipc      ", "the ipc package: the parent is the client, a child the server, connected over an abstract "+
+		"Unix socket; requests, responses and dispatch messages cross the connection's three rings (each of "+
+		"the ring data area's size) in a sealed memfd, and a waiting side spins, then sleeps on the socket "+
+		"until the other sends a one-byte wake token", 96))
 	fmt.Fprintf(&b, "uds      AF_UNIX SOCK_STREAM socketpair used as a naive user would: one write(2) per\n")
 	fmt.Fprintf(&b, "         message of exactly size bytes (a %d-byte frame per write), no batching; the\n", r.cfg.sizes[0])
-	fmt.Fprintf(&b, "         reader uses a %s bufio.Reader and one io.ReadFull per message\n", byteSize(udsReadBuffer))
+	fmt.Fprintf(&b, "         reader uses a %s bufio.Reader and one io.ReadFull per message (call and\n", byteSize(udsReadBuffer))
+	fmt.Fprintf(&b, "         pipeline frames carry a %d-byte header: length and correlation id)\n", rpcHeader)
 	for _, sc := range r.cfg.scenarios {
 		b.WriteString(wrap(fmt.Sprintf("%-8s ", sc.name), sc.about, 96))
 	}

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/ringipc/ringipc/ipc"
+)
+
+// call: one goroutine of the parent calls a server in a child, waiting
+// for each response before the next request, and records every round trip
+// in a histogram. The ipc variant calls Client.CallInto against an echo
+// handler; the uds variant writes a length-prefixed request on a socket,
+// and the child reads it and writes it back.
+
+func init() {
+	register(&scenario{
+		name:    "call",
+		order:   40,
+		minSize: 8,
+		about: "one goroutine of the parent calls an echo server in a child and waits for each response; " +
+			"msgs = calls, p50/p99/p999 = call time (ipc: Client.CallInto, handler ResponseWriter.Respond; " +
+			"uds: a length-prefixed request written with one write(2), the response read back through a bufio.Reader)",
+		runs: map[string]runFunc{"ipc": callIPC, "uds": callUDS},
+	})
+	registerChild("rpc-uds", rpcUDSChild)
+}
+
+// A caller makes one call: it sends req and fills resp, which has the
+// length of req, with the response. Every call carries a tag (see
+// putTag) in the first 8 bytes of req, which the echo must bring back.
+type caller interface {
+	call(req, resp []byte) error
+}
+
+// The tag of a call: the calling goroutine in the top 16 bits, its call
+// number in the rest.
+func callTag(g int, seq uint64) uint64 { return uint64(g)<<48 | seq&(1<<48-1) }
+
+func putTag(b []byte, tag uint64) { binary.LittleEndian.PutUint64(b, tag) }
+func getTag(b []byte) uint64      { return binary.LittleEndian.Uint64(b) }
+
+// callLoop calls c until the run ends, as goroutine g, and records the
+// round trips of the window in lat.
+func callLoop(h *harness, c caller, g int, req, resp []byte, lat *histogram, m *meter) error {
+	base := time.Now()
+	for seq := uint64(0); ; seq++ {
+		tag := callTag(g, seq)
+		putTag(req, tag)
+		t0 := time.Since(base)
+		if err := c.call(req, resp); err != nil {
+			return fmt.Errorf("call %d of goroutine %d: %w", seq, g, err)
+		}
+		rtt := time.Since(base) - t0
+		if got := getTag(resp); got != tag {
+			return fmt.Errorf("call %d of goroutine %d: response tagged %#x, want %#x", seq, g, got, tag)
+		}
+		was := m.seen
+		more := m.tick(h)
+		if was == phaseWarmup && m.seen != phaseWarmup {
+			lat.reset() // the window starts: forget the warm-up
+		}
+		lat.record(int64(rtt))
+		if !more {
+			return nil
+		}
+	}
+}
+
+// ipcCaller calls the echo handler with CallInto, which allocates nothing.
+type ipcCaller struct{ cl *ipc.Client }
+
+func (c ipcCaller) call(req, resp []byte) error {
+	n, err := c.cl.CallInto(bg, benchEcho, req, resp)
+	if err == nil && n != len(req) {
+		err = fmt.Errorf("%d-byte response to a %d-byte request", n, len(req))
+	}
+	return err
+}
+
+func callIPC(rc *runConfig) (measurement, error) {
+	h := newHarness(rc)
+	defer h.cleanup()
+	cl, err := startIPC(h, nil)
+	if err != nil {
+		return measurement{}, err
+	}
+	defer cl.Close()
+	return runCalls(h, []caller{ipcCaller{cl}}, func() { cl.Close() })
+}
+
+func callUDS(rc *runConfig) (measurement, error) {
+	conn, theirs, err := socketPair()
+	if err != nil {
+		return measurement{}, err
+	}
+	defer theirs.Close()
+	defer conn.Close()
+	h := newHarness(rc)
+	defer h.cleanup()
+	h.onAbort(func() { conn.Close() })
+	err = h.spawn("rpc-uds", rc.childParams(0), theirs)
+	theirs.Close() // so that the child's death reads as EOF here
+	if err != nil {
+		return measurement{}, err
+	}
+	if err := h.waitReady(); err != nil {
+		return measurement{}, err
+	}
+	return runCalls(h, []caller{newUDSCaller(conn, rc.size)}, func() { conn.Close() })
+}
+
+// runCalls runs one call loop per caller, each on its own goroutine (the
+// first on this one), for the window, then closes the connection with
+// stop and collects the measurement: the calls of every loop, their
+// round trips in one histogram.
+func runCalls(h *harness, callers []caller, stop func()) (measurement, error) {
+	size := h.rc.size
+	type loop struct {
+		m   meter
+		lat *histogram
+		err error
+		_   [128]byte // the loops' meters must not share a cache line
+	}
+	loops := make([]*loop, len(callers))
+	for i := range loops {
+		loops[i] = &loop{lat: newHistogram()}
+	}
+	run := func(g int) {
+		l := loops[g]
+		l.err = callLoop(h, callers[g], g, payload(size), make([]byte, size), l.lat, &l.m)
+		h.failIf(l.err) // ends every other loop too
+	}
+	h.startClock()
+	done := make(chan struct{}, len(callers))
+	for g := 1; g < len(callers); g++ {
+		go func() { run(g); done <- struct{}{} }()
+	}
+	run(0)
+	for range len(callers) - 1 {
+		<-done
+	}
+	stop() // ends the server's loop
+	var errs []error
+	meters := make([]*meter, len(loops))
+	lat := loops[0].lat
+	for i, l := range loops {
+		errs = append(errs, l.err)
+		meters[i] = &l.m
+		if i > 0 {
+			lat.merge(l.lat)
+		}
+	}
+	res, err := h.finish(firstErr(errs), meters...)
+	res.lat = lat
+	return res, err
+}
+
+func firstErr(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The uds request and response frame: a header of the body's length (u32)
+// and the call's correlation id (u64), then the body. The echo server
+// sends back each frame as it read it.
+const rpcHeader = 12
+
+func putRPCHeader(b []byte, n int, corr uint64) {
+	binary.LittleEndian.PutUint32(b, uint32(n))
+	binary.LittleEndian.PutUint64(b[4:], corr)
+}
+
+func getRPCHeader(b []byte) (n int, corr uint64) {
+	return int(binary.LittleEndian.Uint32(b)), binary.LittleEndian.Uint64(b[4:])
+}
+
+// udsCaller makes one call at a time on its socket: one write(2) of the
+// whole request frame, then the response frame through a bufio.Reader.
+type udsCaller struct {
+	c     net.Conn
+	br    *bufio.Reader
+	frame []byte // header and body of the request
+	hdr   []byte
+	corr  uint64
+}
+
+func newUDSCaller(c net.Conn, size int) *udsCaller {
+	return &udsCaller{
+		c: c, br: bufio.NewReaderSize(c, udsReadBuffer),
+		frame: make([]byte, rpcHeader+size), hdr: make([]byte, rpcHeader),
+	}
+}
+
+func (u *udsCaller) call(req, resp []byte) error {
+	u.corr++
+	putRPCHeader(u.frame, len(req), u.corr)
+	copy(u.frame[rpcHeader:], req)
+	if _, err := u.c.Write(u.frame); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(u.br, u.hdr); err != nil {
+		return err
+	}
+	if n, corr := getRPCHeader(u.hdr); n != len(resp) || corr != u.corr {
+		return fmt.Errorf("response of %d bytes to call %d, want %d bytes to call %d", n, corr, len(resp), u.corr)
+	}
+	_, err := io.ReadFull(u.br, resp)
+	return err
+}
+
+// rpcUDSChild is the uds echo server of call and pipeline: it reads
+// request frames in order through a bufio.Reader and writes each back
+// with one write(2), until the parent closes its end.
+func rpcUDSChild(cc *childCtx) (uint64, error) {
+	conn, err := openSocket(cc.files[0])
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	cc.ready()
+	return echoRPC(conn, cc.p.Size)
+}
+
+// echoRPC answers request frames of up to size bytes on conn until the
+// other side closes it.
+func echoRPC(conn net.Conn, size int) (uint64, error) {
+	br := bufio.NewReaderSize(conn, udsReadBuffer)
+	frame := make([]byte, rpcHeader+size)
+	for sent := uint64(0); ; sent++ {
+		_, err := io.ReadFull(br, frame[:rpcHeader])
+		if err == nil {
+			n, _ := getRPCHeader(frame)
+			if n > size {
+				return sent, fmt.Errorf("request %d of %d bytes, want at most %d", sent, n, size)
+			}
+			if _, err = io.ReadFull(br, frame[rpcHeader:rpcHeader+n]); err == nil {
+				_, err = conn.Write(frame[:rpcHeader+n])
+			}
+		}
+		if err != nil {
+			if endOfRun(err) {
+				return sent, nil
+			}
+			return sent, fmt.Errorf("echo request %d: %w", sent, err)
+		}
+	}
+}

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ringipc/ringipc/ipc"
+	"github.com/ringipc/ringipc/ring"
+)
+
+// The ipc scenarios (call, pipeline, dispatch) run an ipc server in a
+// child process and its client in the parent. The parent opens the
+// listening socket on a fresh abstract address and hands it to the child
+// as fd 3, so that the address is known and listening before the child
+// has even started; the child serves it and says ready, and the parent
+// dials. The run ends when the parent closes its client: the child sees
+// the connection end, and its server role returns.
+//
+// The child's service answers benchEcho with a copy of the request body
+// (ResponseWriter.Respond) and benchStream by starting a goroutine that
+// dispatches frames carrying sequence numbers 0, 1, ... as fast as
+// Conn.Dispatch takes them, until the connection ends.
+
+const (
+	benchService = 1
+	benchEcho    = 1 // respond with the request body
+	benchStream  = 2 // start the dispatch stream, respond empty
+	benchFrame   = 3 // the id of every dispatch message of the stream
+)
+
+// maxIPCRing is the largest ring the child's server is configured to grant.
+const maxIPCRing = 1 << 30
+
+// maxIPCBody is the largest body every ring of an ipc connection with
+// rings of dataSize bytes carries both ways: the response ring's records
+// carry a 16-byte header (docs/ipc.md, section 5.2), more than the
+// request's 8.
+func maxIPCBody(dataSize int) int { return ring.MaxPayload(dataSize) - 16 }
+
+func init() {
+	registerChild("ipc-server", ipcServerChild)
+}
+
+var ipcAddrSeq atomic.Uint64
+
+// newIPCListener opens a listener on a fresh abstract address and returns
+// the address and a descriptor of the listening socket for the child. The
+// parent's own descriptor is closed: the socket lives on in the file,
+// which the caller closes once the child has started.
+func newIPCListener() (string, *os.File, error) {
+	addr := fmt.Sprintf("@ringbench-%d-%d", os.Getpid(), ipcAddrSeq.Add(1))
+	l, err := ipc.Listen(addr, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	f, err := l.File()
+	l.Close() // abstract: there is no file to unlink
+	if err != nil {
+		return "", nil, fmt.Errorf("listener: %w", err)
+	}
+	return addr, f, nil
+}
+
+// startIPC spawns the server child, waits until it serves and dials it.
+// The client is closed when the measurement aborts; the caller closes it
+// when its loops are over, which ends the run.
+func startIPC(h *harness, opts *ipc.ClientOptions) (*ipc.Client, error) {
+	rc := h.rc
+	addr, f, err := newIPCListener()
+	if err != nil {
+		return nil, err
+	}
+	err = h.spawn("ipc-server", rc.childParams(0), f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := h.waitReady(); err != nil {
+		return nil, err
+	}
+	o := ipc.ClientOptions{}
+	if opts != nil {
+		o = *opts
+	}
+	o.RequestRingSize, o.ResponseRingSize, o.DispatchRingSize = rc.ringSize, rc.ringSize, rc.ringSize
+	o.Spin = rc.spin
+	ctx, cancel := context.WithTimeout(bg, readyTimeout)
+	defer cancel()
+	cl, err := ipc.Dial(ctx, addr, benchService, &o)
+	if err != nil {
+		if herr := h.err(); herr != nil {
+			return nil, herr // the child died: that is the cause
+		}
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	if cl.MaxRequest() < rc.size {
+		cl.Close()
+		return nil, fmt.Errorf("the server granted requests of up to %d bytes, want %d", cl.MaxRequest(), rc.size)
+	}
+	h.onAbort(func() { cl.Close() })
+	return cl, nil
+}
+
+// ipcServerChild serves the bench service on the listener it was given
+// until the parent's connection ends. It returns the frames it sent:
+// responses plus dispatch messages.
+func ipcServerChild(cc *childCtx) (uint64, error) {
+	ln, err := net.FileListener(cc.files[0])
+	cc.files[0].Close()
+	if err != nil {
+		return 0, fmt.Errorf("listener: %w", err)
+	}
+	return serveBench(ln, cc.p, cc.ready)
+}
+
+// serveBench serves the bench service on ln, calls ready, and returns
+// once the first connection has ended.
+func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
+	srv, err := ipc.NewServer(&ipc.Config{
+		RingSize:    p.RingSize,
+		MaxRingSize: maxIPCRing,
+		Spin:        p.Spin,
+	})
+	if err != nil {
+		ln.Close()
+		return 0, err
+	}
+	var (
+		responses atomic.Uint64
+		streams   sync.WaitGroup
+		streamMu  sync.Mutex
+		streamN   uint64
+		streamErr error
+		gone      = make(chan error, 1)
+	)
+	stream := func(c *ipc.Conn) {
+		n, err := dispatchStream(c, payload(p.Size))
+		streamMu.Lock()
+		streamN += n
+		streamErr = errors.Join(streamErr, err)
+		streamMu.Unlock()
+	}
+	err = srv.Register(&ipc.Service{
+		ID:   benchService,
+		Name: "ringbench",
+		OnDisconnect: func(c *ipc.Conn, err error) {
+			select {
+			case gone <- err:
+			default:
+			}
+		},
+		Handlers: map[uint16]ipc.Handler{
+			benchEcho: ipc.HandlerFunc(func(w *ipc.ResponseWriter, r *ipc.Request) {
+				if w.Respond(r.Data) == nil {
+					responses.Add(1)
+				}
+			}),
+			benchStream: ipc.HandlerFunc(func(w *ipc.ResponseWriter, r *ipc.Request) {
+				c := r.Conn
+				streams.Go(func() { stream(c) })
+				w.Respond(nil)
+			}),
+		},
+	})
+	if err != nil {
+		ln.Close()
+		return 0, err
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	ready()
+	var runErr error
+	select {
+	case <-gone: // the parent closed its client: the run is over
+	case err := <-served:
+		runErr = fmt.Errorf("serve: %w", err)
+	}
+	streams.Wait()
+	srv.Close()
+	streamMu.Lock()
+	defer streamMu.Unlock()
+	return responses.Load() + streamN, errors.Join(runErr, streamErr)
+}
+
+// dispatchStream dispatches body with sequence numbers 0, 1, ... in its
+// first 8 bytes until the connection ends, and returns how many it sent.
+// Dispatch waits (Config.DispatchPolicy is PolicyBlock) when the ring and
+// the connection's queue are full.
+func dispatchStream(c *ipc.Conn, body []byte) (uint64, error) {
+	for seq := uint64(0); ; seq++ {
+		putTag(body, seq)
+		if err := c.Dispatch(bg, benchFrame, body); err != nil {
+			select {
+			case <-c.Done(): // the parent closed its client
+				return seq, nil
+			default:
+			}
+			if errors.Is(err, ipc.ErrDisconnected) {
+				return seq, nil
+			}
+			return seq, fmt.Errorf("dispatch %d: %w", seq, err)
+		}
+	}
+}
