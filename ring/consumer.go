@@ -235,7 +235,7 @@ func (c *Consumer) publish() {
 		}
 	}
 	c.published = to
-	atomic.StoreUint64(c.s.head, to)
+	publishWord(c.s.head, to)
 	if atomic.LoadUint32(c.s.prodWait) != 0 {
 		c.s.wake(c.s.prodWait)
 	}

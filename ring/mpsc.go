@@ -190,7 +190,7 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 			}
 		}
 		atomic.StoreUint64(intentLen, need)
-		atomic.StoreUint64(intentPos, t|1)
+		publishWord(intentPos, t|1)
 		if !atomic.CompareAndSwapUint64(s.tail, t, t+need) {
 			continue
 		}

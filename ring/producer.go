@@ -131,7 +131,7 @@ func (p *Producer) commitSPSC(pos uint64, typ uint32, n uint64) {
 	p.writeHeader(pos, makeWord(stateCommitted, 0, 0, 0, n), typ, p.s.data[off+headerSize:off+headerSize+n])
 	p.tail = pos + recordSize(n)
 	p.pending = false
-	atomic.StoreUint64(p.s.tail, p.tail)
+	publishWord(p.s.tail, p.tail)
 	if atomic.LoadUint32(p.s.consWait) != 0 {
 		p.s.wake(p.s.consWait)
 	}
@@ -192,7 +192,7 @@ func (p *Producer) writeHeader(pos, word uint64, typ uint32, payload []byte) {
 	binary.LittleEndian.PutUint32(h[8:], typ)
 	binary.LittleEndian.PutUint32(h[12:], sum)
 	if p.multi {
-		atomic.StoreUint64(word64(p.s.data, int(off)), word)
+		publishWord(word64(p.s.data, int(off)), word)
 	} else {
 		binary.LittleEndian.PutUint64(h, word)
 	}

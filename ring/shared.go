@@ -112,6 +112,16 @@ func attach(mem []byte, opts *Options) (shared, error) {
 	return s, nil
 }
 
+// publishWord stores v into a shared word that the other side will look
+// at, where the caller then loads the other side's word: the store half
+// of a Dekker pair (publish, then look for a sleeper; announce sleep, then
+// look for work). It must not pass the load that follows. sync/atomic's
+// Store is an XCHG on amd64 and would do, but under the race detector it
+// is only a release store (a plain MOV), which the processor may order
+// after the load, and the pair then loses wake-ups. Swap is a full
+// barrier in both builds and costs the same as Store in a normal one.
+func publishWord(w *uint64, v uint64) { atomic.SwapUint64(w, v) }
+
 // wake clears a futex word that a sleeper set and, if it was set, wakes
 // that sleeper. Clearing first means a sleeper that has announced itself
 // but not yet blocked finds the word changed and does not sleep.
@@ -139,7 +149,7 @@ func (s *shared) isClosed() bool { return atomic.LoadUint32(s.closed) != 0 }
 
 // markClosed closes the ring for everyone and wakes every sleeper.
 func (s *shared) markClosed() {
-	atomic.StoreUint32(s.closed, 1)
+	atomic.SwapUint32(s.closed, 1) // a Dekker store: see publishWord
 	// Set the words first so that wake always signals: a sleeper that
 	// announced before the store above may be asleep in any Waker.
 	atomic.StoreUint32(s.consWait, 1)

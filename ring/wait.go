@@ -96,7 +96,7 @@ func sleepFutex(ctx context.Context, word *uint32, limit time.Duration) error {
 }
 
 // announce sets a futex word to say "I am about to sleep".
-func announce(word *uint32) { atomic.StoreUint32(word, 1) }
+func announce(word *uint32) { atomic.SwapUint32(word, 1) } // a Dekker store: see publishWord
 
 // unannounce withdraws the announcement when the caller will not sleep
 // after all, so the peer does not pay for a needless wake-up. Only a word
