@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -80,8 +81,10 @@ type Conn struct {
 	q        deque
 	qDead    bool          // set by kill: nobody may write the ring any more
 	flushing bool          // a flusher goroutine is running
-	room     chan struct{} // closed when an entry leaves a full queue; nil if nobody waits
+	room     chan struct{} // buffered 1: a token when a full queue gains room; closed by kill
+	waiting  int           // Dispatch calls waiting for room (PolicyBlock)
 	free     [][]byte      // recycled queue buffers
+	batch    []qitem       // the flusher's: entries being written, still queued
 
 	// External mode lifecycle, under pmu: started once EventLoop.AddConn
 	// returned; running while Process runs. Teardown happens only when
@@ -130,6 +133,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		policy:   s.cfg.DispatchPolicy,
 		external: s.cfg.EventLoop != nil,
 		done:     make(chan struct{}),
+		room:     make(chan struct{}, 1),
 	}
 	c.log = s.log.With("conn", c.id)
 	mem := seg.Payload()
@@ -141,7 +145,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 			return nil, fmt.Errorf("init ring: %w", err)
 		}
 	}
-	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done)
+	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done, s.cfg.Spin)
 	opts := ringOptions(s.cfg.Spin, c.waker)
 	// Attaching freshly initialised rings cannot fail.
 	c.reqC, _ = ring.NewConsumer(mem[offs[0]:], opts)
@@ -224,7 +228,7 @@ func (c *Conn) readLoop() {
 func (c *Conn) serveLoop() {
 	defer c.teardown()
 	for {
-		rec, err := c.reqC.Peek(c.loopCtx)
+		rec, err := c.waker.peek(c.loopCtx, c.reqC, wReqCons)
 		if err != nil {
 			c.kill(c.loopErr(err))
 			return
@@ -254,7 +258,8 @@ func (c *Conn) loopErr(err error) error {
 }
 
 // ringErr maps a ring error: a closed ring means the connection ended,
-// corruption is the peer breaking the protocol.
+// corruption is the peer breaking the protocol, which ends the connection
+// whichever path (handler, Dispatch, flusher) found it.
 func (c *Conn) ringErr(op string, err error) error {
 	switch {
 	case errors.Is(err, ring.ErrClosed), errors.Is(err, context.Canceled):
@@ -263,7 +268,9 @@ func (c *Conn) ringErr(op string, err error) error {
 		}
 		return fmt.Errorf("%s: %w", op, ErrDisconnected)
 	case errors.Is(err, ring.ErrCorrupt):
-		return fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
+		err = fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
+		c.kill(err)
+		return err
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
@@ -288,9 +295,25 @@ func (c *Conn) handle(rec ring.Record) {
 		return
 	}
 	c.req = Request{Conn: c, ID: id, Data: data[reqHdrSize:], ctx: c.ctx}
-	h.ServeIPC(&c.rw, &c.req)
+	c.serve(h)
 	c.rw.finish()
 	c.req = Request{}
+}
+
+// serve runs a handler. A panic is the handler's bug, not the
+// connection's or the server's: it is logged and counted, and the call
+// gets a respPanic response (unless the handler had already answered),
+// while the connection goes on serving.
+func (c *Conn) serve(h Handler) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.rw.panicked = true
+			c.stats.panics.Add(1)
+			c.log.Error("ipc: handler panicked", "service", c.svc.ID, "msg", c.req.ID,
+				"panic", v, "stack", string(debug.Stack()))
+		}
+	}()
+	h.ServeIPC(&c.rw, &c.req)
 }
 
 // Process is the external poll loop's entry point (Config.EventLoop): call
@@ -464,10 +487,7 @@ func (c *Conn) kill(err error) {
 		c.err = err
 		c.qMu.Lock()
 		c.qDead = true
-		if c.room != nil {
-			close(c.room)
-			c.room = nil
-		}
+		close(c.room)
 		c.qMu.Unlock()
 		c.reqC.Close()  //nolint:errcheck // always nil
 		c.respP.Close() //nolint:errcheck
@@ -512,6 +532,7 @@ func (c *Conn) teardown() {
 		}
 		c.nc.Close()
 		c.wg.Wait()
+		c.waker.close()
 		c.svc.OnDisconnect(c, c.err)
 		c.seg.Close()
 		c.srv.forget(c)

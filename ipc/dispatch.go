@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/ringipc/ringipc/ring"
 )
@@ -35,7 +36,15 @@ func (d *deque) push(it qitem) {
 	d.n++
 }
 
-func (d *deque) front() qitem { return d.items[d.head] }
+func (d *deque) first() qitem { return d.items[d.head] }
+
+// front appends up to n entries from the front to dst.
+func (d *deque) front(dst []qitem, n int) []qitem {
+	for i := range min(d.n, n) {
+		dst = append(dst, d.items[(d.head+i)%len(d.items)])
+	}
+	return dst
+}
 
 func (d *deque) pop() qitem {
 	it := d.items[d.head]
@@ -46,7 +55,9 @@ func (d *deque) pop() qitem {
 }
 
 // Dispatch sends an asynchronous message to the client. It may be called
-// from any goroutine at any time. When the dispatch ring is full the
+// from any goroutine at any time. When the dispatch ring is full, Dispatch
+// waits briefly for the client to make room (a reader hands space back in
+// batches, so a full ring is often full for a moment only), then the
 // message waits in the connection's queue (Config.DispatchQueue entries);
 // when that is full too, Config.DispatchPolicy decides: wait until ctx
 // ends, drop (ErrDropped), or disconnect the client (ErrSlowConsumer).
@@ -63,18 +74,9 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 		}
 		if c.q.len() == 0 {
 			// The queue is empty: the producer is ours while we hold qMu.
-			err := c.dispP.TryWrite(uint32(id), body)
-			if err == ring.ErrFull {
-				// Announce that we wait for space, then look again
-				// (the ring's Dekker pattern): either the client's next
-				// Release sees the word and sends a token, or this
-				// retry sees its space.
-				c.waker.arm(wDispProd)
-				if err = c.dispP.TryWrite(uint32(id), body); err == nil {
-					c.waker.disarm(wDispProd)
-				}
-			}
+			err := c.writeDirect(id, body)
 			if err == nil {
+				c.passRoom()
 				c.qMu.Unlock()
 				c.stats.dispatches.Add(1)
 				c.stats.bytesOut.Add(uint64(len(body)))
@@ -100,17 +102,21 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 			c.kill(err)
 			return err
 		}
-		if c.room == nil {
-			c.room = make(chan struct{})
-		}
-		room := c.room
+		c.waiting++
 		c.qMu.Unlock()
+		var err error
 		select {
-		case <-room:
+		case <-c.room:
 		case <-ctx.Done():
-			return fmt.Errorf("dispatch: %w", ctx.Err())
+			err = fmt.Errorf("dispatch: %w", ctx.Err())
 		}
 		c.qMu.Lock()
+		c.waiting--
+		if err != nil {
+			// A token we did not take stays for the next waiter.
+			c.qMu.Unlock()
+			return err
+		}
 	}
 	// Queue a copy. The ring was full a moment ago (or older entries are
 	// still waiting), so this message goes behind them.
@@ -129,6 +135,7 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 		atomic.StoreUint32(word32(c.ctl, ctlFlow), 1)
 	}
 	atomic.StoreUint32(word32(c.ctl, ctlQueued), uint32(c.q.len()))
+	c.passRoom()
 	if !c.external && !c.flushing {
 		c.flushing = true
 		c.wg.Add(1)
@@ -138,27 +145,86 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 	return nil
 }
 
-// popped finishes a queue entry the flusher has committed; qMu held.
-func (c *Conn) popped() {
-	it := c.q.pop()
-	if len(c.free) < 64 {
-		c.free = append(c.free, it.b)
+// dispatchSpin bounds how long Dispatch polls a full ring before it
+// queues; qMu is held meanwhile.
+const dispatchSpin = 20 * time.Microsecond
+
+// writeDirect writes one message straight into the ring; qMu held and the
+// queue empty. A full ring is polled for up to dispatchSpin (not in
+// external mode, whose loop must not wait); ErrFull then means the
+// caller queues the message, with the producer word armed so that the
+// client's next release wakes the flusher.
+func (c *Conn) writeDirect(id uint16, body []byte) error {
+	err := c.dispP.TryWrite(uint32(id), body)
+	if err != ring.ErrFull {
+		return err
 	}
-	c.stats.dispatches.Add(1)
-	c.stats.bytesOut.Add(uint64(len(it.b)))
+	if !c.external && c.waker.spin > 0 {
+		r, err := c.waker.pollReserve(c.dispP, uint32(id), len(body), min(c.waker.spin, dispatchSpin))
+		if err == nil {
+			copy(r.Bytes(), body)
+			return r.Commit()
+		}
+		if err != ring.ErrFull {
+			return err
+		}
+	}
+	// Announce that we wait for space, then look again (the ring's
+	// Dekker pattern): either the client's next Release sees the word
+	// and sends a token, or this retry sees its space.
+	c.waker.arm(wDispProd)
+	if err = c.dispP.TryWrite(uint32(id), body); err != ring.ErrFull {
+		c.waker.disarm(wDispProd)
+	}
+	return err
+}
+
+// passRoom hands the room token on to a Dispatch waiting for queue room,
+// if there is room and a waiter; qMu held. Each waiter that gets in
+// passes it on, so one token wakes them all in turn without a channel
+// per wait.
+func (c *Conn) passRoom() {
+	if c.waiting > 0 && !c.qDead && c.q.len() < c.qLimit {
+		select {
+		case c.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// popped finishes the first n queue entries, which the flusher has
+// committed; qMu held.
+func (c *Conn) popped(n int) {
+	for range n {
+		it := c.q.pop()
+		if len(c.free) < maxFreeBufs && cap(it.b) <= maxFreeBuf {
+			c.free = append(c.free, it.b)
+		}
+		c.stats.dispatches.Add(1)
+		c.stats.bytesOut.Add(uint64(len(it.b)))
+	}
 	if c.q.len() == 0 {
 		atomic.StoreUint32(word32(c.ctl, ctlFlow), 0)
 	}
 	atomic.StoreUint32(word32(c.ctl, ctlQueued), uint32(c.q.len()))
-	if c.room != nil {
-		close(c.room)
-		c.room = nil
-	}
+	c.passRoom()
 }
+
+// Queue buffers kept for reuse: enough that a queue cycling between full
+// and empty does not allocate for small messages, few enough that an
+// idle connection does not hoard memory.
+const (
+	maxFreeBufs = 256
+	maxFreeBuf  = 4096
+)
+
+// flushBatch is how many queue entries the flusher writes per lock.
+const flushBatch = 64
 
 // flushLoop writes queued messages into the dispatch ring as the client
 // makes room, sleeping on the socket meanwhile. It owns the producer
-// until the queue is empty.
+// until the queue is empty. Entries leave the queue only once committed,
+// so that a non-empty queue keeps every Dispatch away from the producer.
 func (c *Conn) flushLoop() {
 	defer c.wg.Done()
 	for {
@@ -168,18 +234,21 @@ func (c *Conn) flushLoop() {
 			c.qMu.Unlock()
 			return
 		}
-		it := c.q.front()
+		c.batch = c.q.front(c.batch[:0], flushBatch)
 		c.qMu.Unlock()
-		if err := c.dispP.Write(c.ctx, uint32(it.id), it.b); err != nil {
-			c.kill(c.ringErr("dispatch", err))
-			c.qMu.Lock()
-			c.flushing = false
-			c.qMu.Unlock()
-			return
+		for _, it := range c.batch {
+			if err := c.waker.write(c.ctx, c.dispP, wDispProd, uint32(it.id), it.b); err != nil {
+				c.kill(c.ringErr("dispatch", err))
+				c.qMu.Lock()
+				c.flushing = false
+				c.qMu.Unlock()
+				return
+			}
 		}
 		c.qMu.Lock()
-		c.popped()
+		c.popped(len(c.batch))
 		c.qMu.Unlock()
+		clear(c.batch)
 	}
 }
 
@@ -192,7 +261,7 @@ func (c *Conn) flushQueueNow() {
 			c.qMu.Unlock()
 			return
 		}
-		it := c.q.front()
+		it := c.q.first()
 		c.qMu.Unlock()
 		err := c.dispP.TryWrite(uint32(it.id), it.b)
 		if err == ring.ErrFull {
@@ -207,7 +276,7 @@ func (c *Conn) flushQueueNow() {
 			return
 		}
 		c.qMu.Lock()
-		c.popped()
+		c.popped(1)
 		c.qMu.Unlock()
 	}
 }

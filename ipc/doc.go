@@ -63,9 +63,14 @@
 // order.
 //
 // Abandoned calls. A call whose context ends stops waiting; its response
-// is discarded when it arrives. If a client abandons calls while the
-// response ring is full and no other call is waiting, the server blocks on
-// that ring until the next call reads it.
+// is discarded when it arrives. While no other call waits, a goroutine of
+// the Client reads the responses of abandoned calls, so that they cannot
+// fill the response ring and block the server.
+//
+// Panics. A handler that panics is recovered: its call fails with
+// ErrHandlerPanic (unless the handler had already answered), the panic
+// and its stack are logged (Config.Logger) and counted (Stats.Panics), and
+// the connection goes on serving.
 //
 // External loop. In EventLoop mode nothing blocks inside Process except
 // handlers: responses that do not fit are kept aside until the client

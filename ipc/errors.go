@@ -26,6 +26,9 @@ var (
 	// ErrHandler: the handler answered with an error; a *HandlerError
 	// carries its code and text.
 	ErrHandler = errors.New("ipc: handler error")
+	// ErrHandlerPanic: the handler panicked before it answered. The
+	// server recovered, logged it and goes on serving the connection.
+	ErrHandlerPanic = errors.New("ipc: handler panicked")
 	// ErrTooLarge: the message can never fit in the ring it must cross.
 	// Nothing was sent.
 	ErrTooLarge = errors.New("ipc: message too large")
@@ -119,4 +122,5 @@ func (e *HandlerError) Is(target error) bool { return target == ErrHandler }
 var (
 	errUnknownMessage = fmt.Errorf("call: %w", ErrUnknownMessage)
 	errRespTooLarge   = fmt.Errorf("call: response %w for the response ring", ErrTooLarge)
+	errHandlerPanic   = fmt.Errorf("call: %w", ErrHandlerPanic)
 )

@@ -93,6 +93,7 @@ type ResponseWriter struct {
 	done     bool
 	reserved bool
 	tooLarge bool
+	panicked bool // the handler panicked: finish answers respPanic
 	res      ring.Reservation
 	pend     *pendingResp // external mode: the response ring was full
 }
@@ -163,7 +164,7 @@ func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, erro
 			p = w.pend.b
 		}
 	} else {
-		r, err := c.respP.Reserve(c.ctx, status, total)
+		r, err := c.waker.reserve(c.ctx, c.respP, wRespProd, status, total)
 		if err != nil {
 			return nil, c.ringErr("respond", err)
 		}
@@ -221,7 +222,10 @@ func (w *ResponseWriter) finish() {
 		return
 	}
 	status := uint32(respOK)
-	if w.tooLarge {
+	switch {
+	case w.panicked:
+		status = respPanic
+	case w.tooLarge:
 		status = respTooLarge
 	}
 	if _, err := w.reserve(status, 0, 0); err == nil {

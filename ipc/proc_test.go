@@ -95,6 +95,7 @@ func runChild(role, addr string) int {
 			return exitFailed
 		}
 		svc := echoService()
+		svc.Handlers[msgFlood] = floodHandler
 		svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) {
 			r.Conn.Dispatch(r.Context(), 1, nil) // tell the client we are in
 			<-r.Context().Done()

@@ -446,7 +446,7 @@ func (s *Server) serveHandshake(uc *net.UnixConn) *Conn {
 	c.reply.encode(rb[:])
 	if _, _, err := uc.WriteMsgUnix(rb[:], unix.UnixRights(int(c.seg.File().Fd())), nil); err != nil {
 		log.Info("ipc: handshake: send reply", "err", err)
-		c.kill(fmt.Errorf("send handshake reply: %w", err))
+		c.kill(fmt.Errorf("%w: send handshake reply: %w", ErrDisconnected, err))
 		c.teardown()
 		return nil
 	}

@@ -12,6 +12,7 @@ type Stats struct {
 	Calls             uint64 // requests received
 	Responses         uint64 // responses sent (errors included)
 	ErrorResponses    uint64 // responses with an error status
+	Panics            uint64 // handler panics recovered
 	Dispatches        uint64 // dispatch messages written to the ring
 	Dropped           uint64 // dispatch messages dropped (PolicyDrop)
 	FlowEvents        uint64 // times a dispatch queue started filling
@@ -25,7 +26,7 @@ type Stats struct {
 
 type connCounters struct {
 	calls, responses, errResponses, dispatches, dropped, flowEvents atomic.Uint64
-	bytesIn, bytesOut, errors                                       atomic.Uint64
+	bytesIn, bytesOut, errors, panics                               atomic.Uint64
 }
 
 func (k *connCounters) addTo(s *Stats) {
@@ -38,6 +39,7 @@ func (k *connCounters) addTo(s *Stats) {
 	s.BytesIn += k.bytesIn.Load()
 	s.BytesOut += k.bytesOut.Load()
 	s.Errors += k.errors.Load()
+	s.Panics += k.panics.Load()
 }
 
 // serverCounters: the server's own counters plus the totals of the
@@ -59,6 +61,7 @@ func (s *serverCounters) retire(k *connCounters) {
 	r.bytesIn.Add(k.bytesIn.Load())
 	r.bytesOut.Add(k.bytesOut.Load())
 	r.errors.Add(k.errors.Load())
+	r.panics.Add(k.panics.Load())
 }
 
 // Stats returns the connection's counters.
@@ -95,6 +98,7 @@ func (s *Server) Stats() Stats {
 		st.BytesIn += cs.BytesIn
 		st.BytesOut += cs.BytesOut
 		st.Errors += cs.Errors
+		st.Panics += cs.Panics
 		st.TokensIn += cs.TokensIn
 		st.TokensOut += cs.TokensOut
 	}

@@ -44,17 +44,22 @@ func rawFd(rc syscall.RawConn) int {
 	return fd
 }
 
-// writeToken writes one wake token without waiting. A full socket buffer
-// means the peer has a backlog of unread tokens, so it will wake anyway;
-// a peer that never reads is not allowed to stall this side. It reports
-// whether the byte went out.
-func writeToken(fd uintptr, b []byte) bool {
+// writeToken writes one wake token without waiting: a peer that does not
+// read its socket must not stall this side. It returns nil once the byte
+// went out, unix.EAGAIN if the socket buffer is full, or another error if
+// the socket is broken.
+func writeToken(fd uintptr, b []byte) error {
 	for {
 		n, err := unix.Write(int(fd), b)
-		if err == unix.EINTR {
+		switch {
+		case err == unix.EINTR:
 			continue
+		case err != nil:
+			return err
+		case n != 1:
+			return unix.EAGAIN
 		}
-		return n == 1
+		return nil
 	}
 }
 

@@ -3,11 +3,13 @@ package ipc
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/ringipc/ringipc/ring"
+	"golang.org/x/sys/unix"
 )
 
 // sockWaker is the ring.Waker of one side of a connection. It carries
@@ -21,29 +23,49 @@ import (
 // hands it to deliver, which wakes the local sleeper through its channel.
 // Wake on a local word (the ring does that when this side closes it)
 // signals the channel directly.
+//
+// No token is ever dropped. A token is written without waiting; if the
+// socket buffer is full (the peer has not read what we sent), the token
+// is remembered in pending and a goroutine writes it as soon as the socket
+// drains. A peer that never reads only parks that one goroutine, and the
+// pending set holds at most one token per word.
 type sockWaker struct {
-	// words and local are set up before the waker is used and never
-	// change: read-only, shared by every goroutine of the connection.
+	// words, local, done, rc, spin and tok are set up before the waker
+	// is used and never change: read-only, shared by every goroutine of
+	// the connection.
 	words [numWakeWords]*uint32
 	local [numWakeWords]chan struct{} // buffered 1; nil for the peer's words
 	done  <-chan struct{}             // closed once the connection ends
-
-	rc   syscall.RawConn // the socket, for raw non-blocking token writes
-	send [numWakeWords]func(uintptr) bool
-	tok  [numWakeWords][1]byte
+	rc    syscall.RawConn             // the socket, for raw non-blocking token writes
+	spin  time.Duration               // polling budget before sleeping (> 0 polls)
+	send  [numWakeWords]func(uintptr)
 
 	tokensOut atomic.Uint64
 	tokensIn  atomic.Uint64
-	lost      atomic.Uint64 // tokens the socket buffer had no room for
+	deferred  atomic.Uint64 // tokens that found the socket buffer full
+
+	// mu guards the deferred-token state: pending is the set of words
+	// (bit i: word i) whose token waits for socket space; flushing is
+	// true while a flushPending goroutine runs; closed (set by close)
+	// forbids starting one. wg counts that goroutine.
+	mu       sync.Mutex
+	pending  uint32
+	flushing bool
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 var _ ring.Waker = (*sockWaker)(nil)
 
 // newSockWaker prepares a waker over the payload mem of a connection
 // segment with rings at offs. localWords lists the word indices this side
-// sleeps on.
-func newSockWaker(mem []byte, offs [3]uint64, localWords []int, rc syscall.RawConn, done <-chan struct{}) *sockWaker {
-	w := &sockWaker{rc: rc, done: done}
+// sleeps on; spin is the polling budget of peek and reserve (0 means
+// DefaultSpin, negative none).
+func newSockWaker(mem []byte, offs [3]uint64, localWords []int, rc syscall.RawConn, done <-chan struct{}, spin time.Duration) *sockWaker {
+	if spin == 0 {
+		spin = DefaultSpin
+	}
+	w := &sockWaker{rc: rc, done: done, spin: spin}
 	for r := range 3 {
 		w.words[2*r] = word32(mem, offs[r]+ringConsWait)
 		w.words[2*r+1] = word32(mem, offs[r]+ringProdWait)
@@ -52,16 +74,16 @@ func newSockWaker(mem []byte, offs [3]uint64, localWords []int, rc syscall.RawCo
 		w.local[i] = make(chan struct{}, 1)
 	}
 	for i := range numWakeWords {
-		w.tok[i][0] = tokens[i]
-		buf := w.tok[i][:]
+		buf := []byte{tokens[i]}
 		// Built once so that a wake-up allocates nothing.
-		w.send[i] = func(fd uintptr) bool {
-			if writeToken(fd, buf) {
+		w.send[i] = func(fd uintptr) {
+			switch err := writeToken(fd, buf); err {
+			case nil:
 				w.tokensOut.Add(1)
-			} else {
-				w.lost.Add(1)
+			case unix.EAGAIN:
+				w.deferToken(i)
 			}
-			return true
+			// Other errors: the socket is broken, the connection ends.
 		}
 	}
 	return w
@@ -95,9 +117,100 @@ func (w *sockWaker) Wake(word *uint32) {
 		return // nobody listens any more
 	default:
 	}
-	// Errors mean the socket is closed: the connection is ending and its
-	// reader reports that.
-	w.rc.Write(w.send[i]) //nolint:errcheck
+	// Control, not Write: Write holds the descriptor's write lock, which
+	// flushPending may hold while it waits for buffer space. Errors mean
+	// the socket is closed: the connection is ending and its reader
+	// reports that.
+	w.rc.Control(w.send[i]) //nolint:errcheck
+}
+
+// deferToken remembers word i's token, which did not fit in the socket
+// buffer, and makes sure a goroutine sends it once the buffer drains.
+func (w *sockWaker) deferToken(i int) {
+	w.deferred.Add(1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pending |= 1 << i
+	if w.flushing || w.closed {
+		return
+	}
+	w.flushing = true
+	w.wg.Add(1)
+	go w.flushPending()
+}
+
+// flushPending writes the deferred tokens, waiting in the netpoller for
+// the socket to take them, until none is left or the socket is closed.
+func (w *sockWaker) flushPending() {
+	defer w.wg.Done()
+	var buf [numWakeWords]byte
+	for {
+		w.mu.Lock()
+		p := w.pending
+		w.pending = 0
+		if p == 0 || w.closed {
+			w.flushing = false
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Unlock()
+		n := 0
+		for i := range numWakeWords {
+			if p&(1<<i) != 0 {
+				buf[n] = tokens[i]
+				n++
+			}
+		}
+		off := 0
+		var werr error
+		err := w.rc.Write(func(fd uintptr) bool {
+			for off < n {
+				k, err := unix.Write(int(fd), buf[off:n])
+				switch {
+				case err == unix.EINTR:
+					continue
+				case err == unix.EAGAIN:
+					return false // wait until writable
+				case err != nil:
+					werr = err
+					return true
+				}
+				off += k
+				w.tokensOut.Add(uint64(k))
+			}
+			return true
+		})
+		if err != nil || werr != nil {
+			// The socket is closed or broken: the connection is ending,
+			// and its reader reports why.
+			w.mu.Lock()
+			w.flushing = false
+			w.mu.Unlock()
+			return
+		}
+	}
+}
+
+// close stops deferred-token delivery and waits for its goroutine. Call it
+// after closing the socket (which ends a wait for buffer space).
+func (w *sockWaker) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.wg.Wait()
+}
+
+// sleep waits for a token for local word i, ctx, or the end of the
+// connection (see Sleep).
+func (w *sockWaker) sleep(ctx context.Context, i int) error {
+	select {
+	case <-w.local[i]:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.done:
+		return nil
+	}
 }
 
 // Sleep waits for a token for word, ctx, or the end of the connection. The
@@ -147,7 +260,12 @@ func (w *sockWaker) deliver(b byte) error {
 // arm announces, as the ring does before it sleeps, that this side waits
 // on word i, for callers (the external poll loop) that wait outside the
 // ring. They re-check the ring after arming.
-func (w *sockWaker) arm(i int) { atomic.StoreUint32(w.words[i], 1) }
+func (w *sockWaker) arm(i int) {
+	// Swap, not Store: arming is the store half of a Dekker pair (arm,
+	// then re-check the ring), and under the race detector Store is only
+	// a release store that may pass the re-check (see ring's publishWord).
+	atomic.SwapUint32(w.words[i], 1)
+}
 
 // disarm withdraws an announcement that turned out needless.
 func (w *sockWaker) disarm(i int) { atomic.StoreUint32(w.words[i], 0) }

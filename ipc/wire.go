@@ -188,6 +188,7 @@ const (
 	respUnknownMessage = 1 // the selector had no handler
 	respHandlerError   = 2 // the handler failed with a code
 	respTooLarge       = 3 // the response did not fit the response ring
+	respPanic          = 4 // the handler panicked before it answered
 )
 
 // hello is the decoded client hello.

@@ -51,6 +51,7 @@ func TestWireConstants(t *testing.T) {
 		{"respUnknownMessage", respUnknownMessage, 1},
 		{"respHandlerError", respHandlerError, 2},
 		{"respTooLarge", respTooLarge, 3},
+		{"respPanic", respPanic, 4},
 		{"MinRingSize", MinRingSize, 4096},
 		{"DefaultRingSize", DefaultRingSize, 65536},
 		{"shmseg.HeaderSize", shmseg.HeaderSize, 4096},
