@@ -102,6 +102,20 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 			c.kill(err)
 			return err
 		}
+		if c.qLimit == 0 {
+			// No queue (DispatchQueue < 0): nothing will ever signal
+			// queue room, so wait for ring space itself, keeping qMu so
+			// the producer stays ours. The client's next release wakes us.
+			err := c.writeBlocking(ctx, id, body)
+			c.passRoom()
+			c.qMu.Unlock()
+			if err != nil {
+				return err
+			}
+			c.stats.dispatches.Add(1)
+			c.stats.bytesOut.Add(uint64(len(body)))
+			return nil
+		}
 		c.waiting++
 		c.qMu.Unlock()
 		var err error
@@ -177,6 +191,23 @@ func (c *Conn) writeDirect(id uint16, body []byte) error {
 		c.waker.disarm(wDispProd)
 	}
 	return err
+}
+
+// writeBlocking writes one message, sleeping until the ring has room,
+// ctx ends or the connection does; qMu held and the queue empty.
+func (c *Conn) writeBlocking(ctx context.Context, id uint16, body []byte) error {
+	r, err := c.waker.reserve(ctx, c.dispP, wDispProd, uint32(id), len(body))
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("dispatch: %w", ctx.Err())
+		}
+		return c.ringErr("dispatch", err)
+	}
+	copy(r.Bytes(), body)
+	if err := r.Commit(); err != nil {
+		return c.ringErr("dispatch", err)
+	}
+	return nil
 }
 
 // passRoom hands the room token on to a Dispatch waiting for queue room,

@@ -178,3 +178,34 @@ func TestDispatchHandler(t *testing.T) {
 		t.Fatal("Recv worked with OnDispatch set")
 	}
 }
+
+// With no queue (DispatchQueue < 0) a blocked Dispatch waits for ring
+// space itself, and completes once the client reads.
+func TestDispatchBlockWithoutQueue(t *testing.T) {
+	srv, addr := startServer(t, &Config{DispatchQueue: -1, DispatchPolicy: PolicyBlock}, echoService())
+	cl := dial(t, addr, &ClientOptions{DispatchRingSize: MinRingSize})
+	c := srv.Conns()[0]
+	ctx := testCtx(t)
+	sent := 0
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		err := c.Dispatch(dctx, 9, seq(sent))
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent++
+	}
+	if fc := cl.FlowControl(); fc.Queued != 0 {
+		t.Errorf("flow control %+v: nothing may be queued", fc)
+	}
+	blocked := make(chan error)
+	go func() { blocked <- c.Dispatch(ctx, 9, seq(sent)) }()
+	recvAll(t, cl, sent+1)
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -58,7 +58,7 @@ const (
 	DefaultMaxRing  = 16 << 20
 )
 
-// Config tunes a Server. The zero value is usable; see DefaultConfig for
+// Config tunes a Server. The zero value is usable; NewServer fills in
 // the values its zero fields stand for.
 type Config struct {
 	// Authorize decides whether a peer may connect. Nil accepts only
