@@ -26,6 +26,25 @@ func dispatchSetup(t *testing.T, policy Policy, onDisc func(*Conn, error)) (*Cli
 	return cl, conns[0]
 }
 
+// fillUntilBlocked dispatches numbered messages until one blocks (a short
+// deadline ends its wait) and returns how many went through.
+func fillUntilBlocked(t *testing.T, ctx context.Context, c *Conn) int {
+	t.Helper()
+	sent := 0
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		err := c.Dispatch(dctx, 9, seq(sent))
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			return sent
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent++
+	}
+}
+
 func seq(i int) []byte {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], uint64(i))
@@ -50,20 +69,7 @@ func recvAll(t *testing.T, cl *Client, n int) {
 func TestDispatchBlock(t *testing.T) {
 	cl, c := dispatchSetup(t, PolicyBlock, nil)
 	ctx := testCtx(t)
-	sent := 0
-	for {
-		// A short deadline ends the wait once ring and queue are full.
-		dctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-		err := c.Dispatch(dctx, 9, seq(sent))
-		cancel()
-		if errors.Is(err, context.DeadlineExceeded) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		sent++
-	}
+	sent := fillUntilBlocked(t, ctx, c)
 	fc := cl.FlowControl()
 	if !fc.Active || fc.Queued != 4 || fc.Events != 1 {
 		t.Errorf("flow control %+v, want active with 4 queued", fc)
@@ -186,19 +192,7 @@ func TestDispatchBlockWithoutQueue(t *testing.T) {
 	cl := dial(t, addr, &ClientOptions{DispatchRingSize: MinRingSize})
 	c := srv.Conns()[0]
 	ctx := testCtx(t)
-	sent := 0
-	for {
-		dctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-		err := c.Dispatch(dctx, 9, seq(sent))
-		cancel()
-		if errors.Is(err, context.DeadlineExceeded) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		sent++
-	}
+	sent := fillUntilBlocked(t, ctx, c)
 	if fc := cl.FlowControl(); fc.Queued != 0 {
 		t.Errorf("flow control %+v: nothing may be queued", fc)
 	}
