@@ -3,6 +3,7 @@ package ring
 import (
 	"errors"
 	"os"
+	"strconv"
 )
 
 // Errors returned by the ring. They are wrapped with context; test them
@@ -51,24 +52,11 @@ type CorruptError struct {
 }
 
 func (e *CorruptError) Error() string {
-	return "ring: corrupt: " + e.What + " at position " + utoa(e.Pos) + " (read " + utoa(e.Got) + ")"
+	return "ring: corrupt: " + e.What + " at position " + strconv.FormatUint(e.Pos, 10) + " (read " + strconv.FormatUint(e.Got, 10) + ")"
 }
 
 func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 
 func corrupt(what string, pos, got uint64) error {
 	return &CorruptError{What: what, Pos: pos, Got: got}
-}
-
-func utoa(v uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			return string(b[i:])
-		}
-	}
 }

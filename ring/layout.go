@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"math/bits"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -216,4 +215,3 @@ func ReadGeometry(mem []byte) (Geometry, error) {
 
 func alignUp(n, a int) int { return (n + a - 1) &^ (a - 1) }
 
-func log2(n uint64) int { return bits.Len64(n) - 1 }
