@@ -214,4 +214,3 @@ func ReadGeometry(mem []byte) (Geometry, error) {
 }
 
 func alignUp(n, a int) int { return (n + a - 1) &^ (a - 1) }
-
