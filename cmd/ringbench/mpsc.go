@@ -132,19 +132,9 @@ func receiveTagged(h *harness, r frameReader, buf []byte, first int, next []uint
 }
 
 func mpscRingChild(cc *childCtx) (uint64, error) {
-	seg, err := openRingSegment(cc.files[0], false, cc.p.RingSize)
-	if err != nil {
-		return 0, err
-	}
-	defer seg.Close()
-	p, err := ring.NewProducer(seg.Payload(), cc.ringOptions())
-	if err != nil {
-		return 0, err
-	}
-	cc.ready()
 	buf := payload(cc.p.Size)
 	binary.LittleEndian.PutUint64(buf, uint64(cc.p.ID))
-	return sendStream(ringWriter{p}, buf, 8)
+	return streamRingChild(cc, buf, 8)
 }
 
 func mpscUDSChild(cc *childCtx) (uint64, error) {

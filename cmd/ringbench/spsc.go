@@ -112,6 +112,13 @@ func payload(size int) []byte {
 }
 
 func spscRingChild(cc *childCtx) (uint64, error) {
+	return streamRingChild(cc, payload(cc.p.Size), 0)
+}
+
+// streamRingChild attaches a producer to the ring segment the child was
+// handed and streams buf, whose sequence number sits at seqOff, until told
+// to stop (spsc and mpsc children alike).
+func streamRingChild(cc *childCtx, buf []byte, seqOff int) (uint64, error) {
 	seg, err := openRingSegment(cc.files[0], false, cc.p.RingSize)
 	if err != nil {
 		return 0, err
@@ -122,7 +129,7 @@ func spscRingChild(cc *childCtx) (uint64, error) {
 		return 0, err
 	}
 	cc.ready()
-	return sendStream(ringWriter{p}, payload(cc.p.Size), 0)
+	return sendStream(ringWriter{p}, buf, seqOff)
 }
 
 func spscUDSChild(cc *childCtx) (uint64, error) {
