@@ -94,6 +94,14 @@ func callIPC(rc *runConfig) (measurement, error) {
 }
 
 func callUDS(rc *runConfig) (measurement, error) {
+	return withRPCUDSChild(rc, func(h *harness, conn net.Conn) (measurement, error) {
+		return runCalls(h, []caller{newUDSCaller(conn, rc.size)}, func() { conn.Close() })
+	})
+}
+
+// withRPCUDSChild starts the Unix-socket echo server child on a socket
+// pair and, once it is ready, runs f with the parent's end.
+func withRPCUDSChild(rc *runConfig, f func(h *harness, conn net.Conn) (measurement, error)) (measurement, error) {
 	conn, theirs, err := socketPair()
 	if err != nil {
 		return measurement{}, err
@@ -111,7 +119,7 @@ func callUDS(rc *runConfig) (measurement, error) {
 	if err := h.waitReady(); err != nil {
 		return measurement{}, err
 	}
-	return runCalls(h, []caller{newUDSCaller(conn, rc.size)}, func() { conn.Close() })
+	return f(h, conn)
 }
 
 // runCalls runs one call loop per caller, each on its own goroutine (the

@@ -54,33 +54,18 @@ func pipelineIPC(rc *runConfig) (measurement, error) {
 }
 
 func pipelineUDS(rc *runConfig) (measurement, error) {
-	conn, theirs, err := socketPair()
-	if err != nil {
-		return measurement{}, err
-	}
-	defer theirs.Close()
-	defer conn.Close()
-	h := newHarness(rc)
-	defer h.cleanup()
-	h.onAbort(func() { conn.Close() })
-	err = h.spawn("rpc-uds", rc.childParams(0), theirs)
-	theirs.Close() // so that the child's death reads as EOF here
-	if err != nil {
-		return measurement{}, err
-	}
-	if err := h.waitReady(); err != nil {
-		return measurement{}, err
-	}
-	mux := newUDSMux(conn, rc.goroutines, rc.size)
-	go mux.demux(h)
-	callers := make([]caller, rc.goroutines)
-	for g := range callers {
-		callers[g] = muxCaller{mux, g}
-	}
-	return runCalls(h, callers, func() {
-		mux.closing.Store(true)
-		conn.Close() // ends the demultiplexer and the server's loop
-		<-mux.dead
+	return withRPCUDSChild(rc, func(h *harness, conn net.Conn) (measurement, error) {
+		mux := newUDSMux(conn, rc.goroutines, rc.size)
+		go mux.demux(h)
+		callers := make([]caller, rc.goroutines)
+		for g := range callers {
+			callers[g] = muxCaller{mux, g}
+		}
+		return runCalls(h, callers, func() {
+			mux.closing.Store(true)
+			conn.Close() // ends the demultiplexer and the server's loop
+			<-mux.dead
+		})
 	})
 }
 
