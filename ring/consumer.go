@@ -236,9 +236,7 @@ func (c *Consumer) publish() {
 	}
 	c.published = to
 	publishWord(c.s.head, to)
-	if atomic.LoadUint32(c.s.prodWait) != 0 {
-		c.s.wake(c.s.prodWait)
-	}
+	c.s.wake(c.s.prodWait)
 }
 
 // ReadInto copies the next record's payload into buf and releases it,

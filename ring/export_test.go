@@ -24,12 +24,6 @@ func newMem(tb testing.TB, g Geometry, pos uint64) []byte {
 	return mem
 }
 
-// Offsets for tests that scribble on shared memory.
-const (
-	TestOffTail = offTail
-	TestOffHead = offHead
-)
-
 func dataOff(mem []byte) int {
 	m, err := readMeta(mem)
 	if err != nil {

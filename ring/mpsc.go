@@ -206,16 +206,10 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 		}
 		if word&flagPad != 0 {
 			p.writeHeader(t, word&^(0xF<<stateShift)|stateCommitted<<stateShift, 0, nil)
-			s.wakeConsumer()
+			s.wake(s.consWait)
 			continue
 		}
 		return Reservation{p: p, pos: t, word: word, typ: typ}, nil
-	}
-}
-
-func (s *shared) wakeConsumer() {
-	if atomic.LoadUint32(s.consWait) != 0 {
-		s.wake(s.consWait)
 	}
 }
 
@@ -249,7 +243,7 @@ func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload 
 	if !atomic.CompareAndSwapUint64(wp, r.word, word) {
 		return ErrAbandoned
 	}
-	s.wakeConsumer()
+	s.wake(s.consWait)
 	return nil
 }
 

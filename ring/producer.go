@@ -132,9 +132,7 @@ func (p *Producer) commitSPSC(pos uint64, typ uint32, n uint64) {
 	p.tail = pos + recordSize(n)
 	p.pending = false
 	publishWord(p.s.tail, p.tail)
-	if atomic.LoadUint32(p.s.consWait) != 0 {
-		p.s.wake(p.s.consWait)
-	}
+	p.s.wake(p.s.consWait)
 }
 
 // Reserve is TryReserve that waits for room until ctx ends or the ring is

@@ -122,11 +122,15 @@ func attach(mem []byte, opts *Options) (shared, error) {
 // barrier in both builds and costs the same as Store in a normal one.
 func publishWord(w *uint64, v uint64) { atomic.SwapUint64(w, v) }
 
-// wake clears a futex word that a sleeper set and, if it was set, wakes
-// that sleeper. Clearing first means a sleeper that has announced itself
-// but not yet blocked finds the word changed and does not sleep.
+// wake wakes whoever announced on a futex word that it sleeps. Callers
+// have just published (the store half of the Dekker pair), so the load
+// below is the other half. A plain load first: while nobody sleeps, which
+// is always while both sides are busy, waking costs no locked instruction
+// and no system call. Clearing the word before waking means a sleeper that
+// has announced itself but not yet blocked finds it changed and does not
+// sleep.
 func (s *shared) wake(w *uint32) {
-	if atomic.SwapUint32(w, 0) == 0 {
+	if atomic.LoadUint32(w) == 0 || atomic.SwapUint32(w, 0) == 0 {
 		return
 	}
 	if s.opts.Waker != nil {
