@@ -67,13 +67,18 @@ func (s *serverCounters) retire(k *connCounters) {
 // Stats returns the connection's counters.
 func (c *Conn) Stats() Stats {
 	var s Stats
-	c.stats.addTo(&s)
-	c.qMu.Lock()
-	s.QueueDepth = uint64(c.q.len())
-	c.qMu.Unlock()
-	s.TokensIn = c.waker.tokensIn.Load()
-	s.TokensOut = c.waker.tokensOut.Load()
+	c.addStats(&s)
 	return s
+}
+
+// addStats adds the connection's counters to s.
+func (c *Conn) addStats(s *Stats) {
+	c.stats.addTo(s)
+	c.qMu.Lock()
+	s.QueueDepth += uint64(c.q.len())
+	c.qMu.Unlock()
+	s.TokensIn += c.waker.tokensIn.Load()
+	s.TokensOut += c.waker.tokensOut.Load()
 }
 
 // Stats returns the server's counters: its own, and the sums over live
@@ -87,20 +92,7 @@ func (s *Server) Stats() Stats {
 	st.TokensIn = s.stats.tokensIn.Load()
 	st.TokensOut = s.stats.tokensOut.Load()
 	for _, c := range s.Conns() {
-		cs := c.Stats()
-		st.Calls += cs.Calls
-		st.Responses += cs.Responses
-		st.ErrorResponses += cs.ErrorResponses
-		st.Dispatches += cs.Dispatches
-		st.Dropped += cs.Dropped
-		st.FlowEvents += cs.FlowEvents
-		st.QueueDepth += cs.QueueDepth
-		st.BytesIn += cs.BytesIn
-		st.BytesOut += cs.BytesOut
-		st.Errors += cs.Errors
-		st.Panics += cs.Panics
-		st.TokensIn += cs.TokensIn
-		st.TokensOut += cs.TokensOut
+		c.addStats(&st)
 	}
 	return st
 }
