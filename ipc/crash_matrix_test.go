@@ -1,14 +1,11 @@
 package ipc
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -111,22 +108,7 @@ func startCrashChild(t *testing.T, addr string) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envCrashChild+"=crash-client", envAddr+"="+addr, "GORACE=atexit_sleep_ms=0")
-	cmd.Dir = filepath.Dir(exe)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return &child{cmd: cmd, lines: bufio.NewScanner(out), out: out}
+	return execChild(t, exe, nil, envCrashChild+"=crash-client", envAddr+"="+addr)
 }
 
 // skipLines reads n lines of the child's progress report.

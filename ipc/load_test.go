@@ -1,7 +1,6 @@
 package ipc
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -9,8 +8,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -230,28 +227,10 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type proc struct {
-		cmd   *exec.Cmd
-		lines *bufio.Scanner
-	}
-	var children []proc
+	var children []*child
 	for range procs {
-		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%v", envLoadChild, perProc, dur), envAddr+"="+addr, "GORACE=atexit_sleep_ms=0")
-		cmd.Dir = filepath.Dir(exe)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-		})
-		children = append(children, proc{cmd, bufio.NewScanner(out)})
+		children = append(children, execChild(t, exe, nil,
+			fmt.Sprintf("%s=%d,%v", envLoadChild, perProc, dur), envAddr+"="+addr))
 	}
 	ctx := testCtx(t)
 	var cls []*Client

@@ -145,13 +145,23 @@ func startChildTB(t testing.TB, role, addr string, cred *syscall.Credential) *ch
 	if cred != nil {
 		exe = worldExecutableCopy(t, exe)
 	}
+	var attr *syscall.SysProcAttr
+	if cred != nil {
+		attr = &syscall.SysProcAttr{Credential: cred}
+	}
+	return execChild(t, exe, attr, envChild+"="+role, envAddr+"="+addr)
+}
+
+// execChild starts the test binary exe again, its role and parameters in
+// env; the test reads the child's stdout line by line, and the child is
+// killed and reaped when the test ends.
+func execChild(t testing.TB, exe string, attr *syscall.SysProcAttr, env ...string) *child {
+	t.Helper()
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envChild+"="+role, envAddr+"="+addr, "GORACE=atexit_sleep_ms=0")
+	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
 	cmd.Dir = filepath.Dir(exe)
 	cmd.Stderr = os.Stderr
-	if cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	}
+	cmd.SysProcAttr = attr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -159,12 +169,11 @@ func startChildTB(t testing.TB, role, addr string, cred *syscall.Credential) *ch
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, lines: bufio.NewScanner(out), out: out}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	return c
+	return &child{cmd: cmd, lines: bufio.NewScanner(out), out: out}
 }
 
 // expect reads the child's next line of output and checks it.
