@@ -26,23 +26,7 @@ func init() {
 		about: "a server in a child sends dispatch messages to the parent as fast as it can; the parent checks " +
 			"every sequence number; msgs = messages received (ipc: Conn.Dispatch with PolicyBlock, received " +
 			"with ClientOptions.OnDispatch, in place: no copy, no allocation, where Recv allocates a copy of each; uds: as spsc)",
-		runs: map[string]runFunc{"ipc": dispatchIPC, "uds": dispatchUDS},
-	})
-	registerChild("dispatch-uds", spscUDSChild)
-}
-
-func dispatchUDS(rc *runConfig) (measurement, error) {
-	conn, theirs, err := socketPair()
-	if err != nil {
-		return measurement{}, err
-	}
-	defer theirs.Close()
-	r := newUDSReader(conn)
-	defer r.Close()
-	return runStream(rc, r, func(h *harness) error {
-		err := h.spawn("dispatch-uds", rc.childParams(0), theirs)
-		theirs.Close() // so that the child's death reads as EOF here
-		return err
+		runs: map[string]runFunc{"ipc": dispatchIPC, "uds": spscUDS}, // the uds baseline is spsc's
 	})
 }
 
