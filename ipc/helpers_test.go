@@ -123,6 +123,21 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
+// waitUntil polls cond until it holds, failing the test only if the
+// test's hang guard (testCtx) runs out first: the condition, not the
+// pause between looks, is what the test waits for.
+func waitUntil(t testing.TB, cond func() bool, what string) {
+	t.Helper()
+	ctx := testCtx(t)
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waited a minute for %s", what)
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
 func rawDial(t testing.TB, addr string) *net.UnixConn {
 	t.Helper()
 	c, err := net.Dial("unix", addr)

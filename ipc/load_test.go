@@ -277,11 +277,7 @@ func TestLoad(t *testing.T) {
 	<-sampled
 	// Every connection has ended; wait until the server has retired them
 	// all, so that its counters are complete.
-	for deadline := time.Now().Add(time.Minute); len(srv.Conns()) > 0; runtime.Gosched() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still up a minute after every client left", len(srv.Conns()))
-		}
-	}
+	waitUntil(t, func() bool { return len(srv.Conns()) == 0 }, "the server to retire every connection")
 	st := srv.Stats()
 	if st.Calls != total || st.Responses != total || st.ErrorResponses != 0 {
 		t.Errorf("clients completed %d calls; server counted %d calls, %d responses, %d errors",

@@ -201,19 +201,11 @@ func TestAbandonedCallsFullRing(t *testing.T) {
 		}()
 	}
 	// Abandon them only once every request is out.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitUntil(t, func() bool {
 		cl.mu.Lock()
-		n := len(cl.waiters)
-		cl.mu.Unlock()
-		if n == calls {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d calls in flight, want %d", n, calls)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer cl.mu.Unlock()
+		return len(cl.waiters) == calls
+	}, "every call in flight")
 	cancel()
 	for range calls {
 		if err := <-errs; !errors.Is(err, context.Canceled) {
@@ -222,25 +214,14 @@ func TestAbandonedCallsFullRing(t *testing.T) {
 	}
 	close(release)
 	conn := srv.Conns()[0]
-	for conn.Stats().Responses != calls {
-		if time.Now().After(deadline) {
-			t.Fatalf("server wrote %d of %d responses: blocked on the response ring", conn.Stats().Responses, calls)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, func() bool { return conn.Stats().Responses == calls },
+		"the server to write every response (not blocked on the response ring)")
 	// The drainer ends once every orphan has arrived.
-	for {
+	waitUntil(t, func() bool {
 		cl.mu.Lock()
-		orphans, draining := cl.orphans, cl.draining
-		cl.mu.Unlock()
-		if orphans == 0 && !draining {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("orphans %d, draining %v", orphans, draining)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer cl.mu.Unlock()
+		return cl.orphans == 0 && !cl.draining
+	}, "the orphaned responses to be drained")
 	if got, err := cl.Call(testCtx(t), msgEcho, []byte("next")); err != nil || string(got) != "next" {
 		t.Fatalf("next call: %q, %v", got, err)
 	}
