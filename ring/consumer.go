@@ -77,12 +77,12 @@ func (c *Consumer) Peek(ctx context.Context) (Record, error) {
 	if err != ErrEmpty && err != errInFlight {
 		return r, err
 	}
-	sp := newSpinner(c.s.opts.spin())
+	sp := newSpinner(c.s.opts.spin(), ctx.Done())
 	for {
-		if err := ctx.Err(); err != nil {
-			return Record{}, err
-		}
 		if !sp.again() {
+			if err := ctx.Err(); err != nil {
+				return Record{}, err
+			}
 			announce(c.s.consWait)
 			r, err = c.peek()
 			if err != ErrEmpty && err != errInFlight {

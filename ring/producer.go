@@ -142,12 +142,12 @@ func (p *Producer) Reserve(ctx context.Context, typ uint32, n int) (Reservation,
 	if err != ErrFull {
 		return r, err
 	}
-	sp := newSpinner(p.s.opts.spin())
+	sp := newSpinner(p.s.opts.spin(), ctx.Done())
 	for {
-		if err := ctx.Err(); err != nil {
-			return Reservation{}, err
-		}
 		if !sp.again() {
+			if err := ctx.Err(); err != nil {
+				return Reservation{}, err
+			}
 			announce(p.s.prodWait)
 			r, err = p.TryReserve(typ, n)
 			if err != ErrFull {

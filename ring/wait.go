@@ -18,12 +18,13 @@ import (
 // we spin on it.
 type spinner struct {
 	budget time.Duration
+	done   <-chan struct{} // the caller's ctx.Done(), looked at with the clock
 	start  time.Time
 	n      int
 }
 
-func newSpinner(budget time.Duration) spinner {
-	return spinner{budget: budget}
+func newSpinner(budget time.Duration, done <-chan struct{}) spinner {
+	return spinner{budget: budget, done: done}
 }
 
 // again reports whether the caller should poll once more.
@@ -34,6 +35,14 @@ func (s *spinner) again() bool {
 	s.n++
 	if s.n&63 != 0 {
 		return true
+	}
+	// Not ctx.Err(), which takes the context's lock: a receive attempt
+	// on Done, with the clock, every 64 polls.
+	select {
+	case <-s.done:
+		s.budget = 0
+		return false
+	default:
 	}
 	if s.n == 64 {
 		s.start = time.Now()
