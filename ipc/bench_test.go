@@ -1,7 +1,9 @@
 package ipc
 
 import (
+	"context"
 	"encoding/binary"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -194,4 +196,27 @@ func BenchmarkDispatchProcess(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkPipelineProcess is ringbench's pipeline: 16 goroutines call a
+// server in a child process over one Client, with contexts that never
+// end (as ringbench's callers), which spares parked callers a select.
+func BenchmarkPipelineProcess(b *testing.B) {
+	addr := abstractAddr()
+	startChildB(b, "server", addr)
+	cl := dial(b, addr, nil)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetParallelism(16 / runtime.GOMAXPROCS(0))
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		req, buf := make([]byte, 64), make([]byte, 64)
+		for pb.Next() {
+			if _, err := cl.CallInto(ctx, msgEcho, req, buf); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "calls/s")
 }

@@ -2,12 +2,10 @@ package ipc
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -62,25 +60,41 @@ type Client struct {
 	nonBlocking bool
 	onDispatch  func(uint16, []byte)
 
-	// Channel locks (buffered 1; a send acquires) so that waiting for
-	// them honours contexts. sendLock guards reqP and nextCorr; readLock
-	// is the reader role: it guards respC, and its holder matches
-	// responses to waiters; dispLock guards dispC. Teardown takes all
-	// three for good before it unmaps the rings.
-	sendLock chan struct{}
-	readLock chan struct{}
-	dispLock chan struct{}
+	// sendMu guards reqP and nextCorr. It is held to reserve, fill and
+	// commit one request (by a PendingCall, until Send or Abort), never
+	// while waiting for room: a caller that finds the request ring full
+	// lets go of it and waits as the holder of spaceLock. sendGone
+	// (set by teardown) says the request ring is unmapped.
+	sendMu   sync.Mutex
 	nextCorr uint64
+	sendGone bool
 
-	// mu guards waiters (calls sent and not yet answered, by correlation
-	// id), free (recycled waiters), orphans (responses still to come for
-	// calls abandoned after their request went out) and draining (a
-	// drainOrphans goroutine runs).
-	mu       sync.Mutex
-	waiters  map[uint64]*waiter
-	free     []*waiter
-	orphans  int
-	draining bool
+	// Channel locks (buffered 1; a send acquires), so that waiting for
+	// them honours contexts: spaceLock is held by the one caller that
+	// waits for room in the request ring, dispLock guards dispC.
+	spaceLock chan struct{}
+	dispLock  chan struct{}
+
+	// mu guards the call state (call.go): waiters (calls sent and not yet
+	// answered, by correlation id), orphans
+	// (responses still to come for calls abandoned after their request
+	// went out), reading (the reader role is held: see call.go) and dead
+	// (kill has failed every waiter; nothing registers any more).
+	mu      sync.Mutex
+	waiters callTable
+	orphans int
+	reading bool
+	dead    bool
+
+	// readerWake hands the reader role to the background reader; roleFreed
+	// tells teardown that the role was let go. Both buffered 1.
+	readerWake chan struct{}
+	roleFreed  chan struct{}
+
+	// woken counts callers signalled whose goroutines have not yet
+	// taken the signal: runnable, about to send their next call. A
+	// reader with nothing to read lets them run first (call.go).
+	woken atomic.Int64
 
 	// goMu guards goStopped, which teardown sets before it waits for wg:
 	// from then on no goroutine may be added to wg (a WaitGroup must not
@@ -102,20 +116,24 @@ type Client struct {
 	notifyErr  error
 }
 
-// waiter is one call in flight. The goroutine that removes it from
-// Client.waiters fills in the result and then signals ch; until then the
-// caller does not touch the result fields, afterwards only the caller does.
+// waiter is one call in flight. Whoever takes it out of Client.waiters
+// (the reader that found its response, or kill) fills in the result and
+// then signals ch, unless it is the caller itself; until then the caller
+// does not touch the result fields, afterwards only the caller does.
 type waiter struct {
-	ch   chan struct{} // buffered 1
-	into bool          // CallInto: copy into buf
-	zc   bool          // zero copy: hand over the reader role with the record
-	buf  []byte
-	out  []byte
-	n    int
-	err  error
-	view []byte
-	resp Response
-	pc   PendingCall
+	ch      chan struct{} // buffered 1
+	pending bool          // in Client.waiters; guarded by Client.mu
+	corr    uint64        // its correlation id while pending; guarded by Client.mu
+	reader  bool          // the caller holds the reader role
+	into    bool          // CallInto: copy into buf
+	zc      bool          // zero copy: hand over the reader role with the record
+	buf     []byte
+	out     []byte
+	n       int
+	err     error
+	view    []byte
+	resp    Response
+	pc      PendingCall
 }
 
 // Dial connects to the server at address (a path, or "@name" for an
@@ -282,10 +300,10 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 		maxDisp:     ring.MaxPayload(int(r.sizes[2])),
 		nonBlocking: opts.NonBlocking,
 		onDispatch:  opts.OnDispatch,
-		sendLock:    make(chan struct{}, 1),
-		readLock:    make(chan struct{}, 1),
+		spaceLock:   make(chan struct{}, 1),
 		dispLock:    make(chan struct{}, 1),
-		waiters:     make(map[uint64]*waiter),
+		readerWake:  make(chan struct{}, 1),
+		roleFreed:   make(chan struct{}, 1),
 		ctx:         ctx,
 		cancel:      cancel,
 		done:        make(chan struct{}),
@@ -320,8 +338,9 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 }
 
 func (cl *Client) start() {
-	cl.wg.Add(1)
+	cl.wg.Add(2)
 	go cl.readLoop()
+	go cl.backgroundReader()
 	if cl.onDispatch != nil {
 		cl.wg.Add(1)
 		go cl.dispatchLoop()
@@ -359,6 +378,7 @@ func (cl *Client) kill(err error) {
 		cl.dispC.Close() //nolint:errcheck
 		cl.cancel()
 		close(cl.done)
+		cl.failWaiters()
 		go cl.teardown()
 	})
 }
@@ -370,8 +390,19 @@ func (cl *Client) teardown() {
 	cl.goMu.Unlock()
 	cl.wg.Wait()
 	cl.waker.close()
-	cl.sendLock <- struct{}{}
-	cl.readLock <- struct{}{}
+	cl.sendMu.Lock()
+	cl.sendGone = true
+	cl.sendMu.Unlock()
+	select {
+	case <-cl.readerWake:
+		// Handed to the background reader just before kill, which then
+		// returned without it.
+		cl.mu.Lock()
+		cl.freeRole()
+		cl.mu.Unlock()
+	default:
+	}
+	cl.takeRoleForGood()
 	cl.dispLock <- struct{}{}
 	cl.seg.Close()
 	if fd := cl.efd.Load(); fd >= 0 {
@@ -479,320 +510,6 @@ func (cl *Client) lock(ctx context.Context, l chan struct{}) error {
 	}
 }
 
-func (cl *Client) getWaiter() *waiter {
-	cl.mu.Lock()
-	var w *waiter
-	if n := len(cl.free); n > 0 {
-		w = cl.free[n-1]
-		cl.free = cl.free[:n-1]
-	}
-	cl.mu.Unlock()
-	if w == nil {
-		w = &waiter{ch: make(chan struct{}, 1)}
-	}
-	return w
-}
-
-func (cl *Client) putWaiter(w *waiter) {
-	ch := w.ch
-	*w = waiter{ch: ch}
-	cl.mu.Lock()
-	if len(cl.free) < 256 {
-		cl.free = append(cl.free, w)
-	}
-	cl.mu.Unlock()
-}
-
-// Call sends req as message id and returns a copy of the response body.
-func (cl *Client) Call(ctx context.Context, id uint16, req []byte) ([]byte, error) {
-	w := cl.getWaiter()
-	err := cl.roundTrip(ctx, id, req, w)
-	out := w.out
-	cl.putWaiter(w)
-	return out, err
-}
-
-// CallInto is Call that copies the response body into buf and returns its
-// length; it allocates nothing. If buf is too small the response is
-// discarded and the error is ErrShortBuffer, with n the size needed.
-func (cl *Client) CallInto(ctx context.Context, id uint16, req, buf []byte) (n int, err error) {
-	w := cl.getWaiter()
-	w.into, w.buf = true, buf
-	err = cl.roundTrip(ctx, id, req, w)
-	n = w.n
-	cl.putWaiter(w)
-	return n, err
-}
-
-func (cl *Client) roundTrip(ctx context.Context, id uint16, req []byte, w *waiter) error {
-	corr, err := cl.send(ctx, id, req, w)
-	if err != nil {
-		return err
-	}
-	return cl.wait(ctx, corr, w)
-}
-
-// send writes one request, registered under a fresh correlation id.
-func (cl *Client) send(ctx context.Context, id uint16, body []byte, w *waiter) (uint64, error) {
-	if len(body) > cl.maxReq {
-		return 0, fmt.Errorf("call with %d bytes: %w (max %d)", len(body), ErrTooLarge, cl.maxReq)
-	}
-	if err := cl.lock(ctx, cl.sendLock); err != nil {
-		return 0, err
-	}
-	corr, r, err := cl.reserve(ctx, id, len(body), w)
-	if err != nil {
-		<-cl.sendLock
-		return 0, err
-	}
-	copy(r.Bytes()[reqHdrSize:], body)
-	err = r.Commit()
-	<-cl.sendLock
-	if err != nil {
-		cl.forget(corr)
-		return 0, cl.ringErr(err)
-	}
-	return corr, nil
-}
-
-// reserve claims the request record and registers w; sendLock held.
-func (cl *Client) reserve(ctx context.Context, id uint16, n int, w *waiter) (uint64, ring.Reservation, error) {
-	corr := cl.nextCorr
-	cl.nextCorr++
-	var r ring.Reservation
-	var err error
-	if cl.nonBlocking {
-		r, err = cl.reqP.TryReserve(uint32(id), reqHdrSize+n)
-		if err == ring.ErrFull {
-			return 0, r, ErrTryAgain
-		}
-	} else {
-		r, err = cl.waker.reserve(ctx, cl.reqP, wReqProd, uint32(id), reqHdrSize+n)
-	}
-	if err != nil {
-		return 0, r, cl.ringErr(err)
-	}
-	binary.LittleEndian.PutUint64(r.Bytes(), corr)
-	cl.mu.Lock()
-	cl.waiters[corr] = w
-	cl.mu.Unlock()
-	return corr, r, nil
-}
-
-func (cl *Client) forget(corr uint64) {
-	cl.mu.Lock()
-	delete(cl.waiters, corr)
-	cl.mu.Unlock()
-}
-
-// wait waits for the response to corr. While nobody else does, the caller
-// itself takes the reader role and reads the response ring, handing other
-// callers' responses to them; so a lone call needs no goroutine switch.
-func (cl *Client) wait(ctx context.Context, corr uint64, w *waiter) error {
-	for {
-		select {
-		case <-w.ch:
-			return w.err
-		case cl.readLock <- struct{}{}:
-		default:
-			select {
-			case <-w.ch:
-				return w.err
-			case cl.readLock <- struct{}{}:
-			case <-ctx.Done():
-				return cl.abandon(ctx.Err(), corr, w)
-			case <-cl.done:
-				return cl.abandon(cl.deadErr(), corr, w)
-			}
-		}
-		// We are the reader. The previous reader may have answered us
-		// just before it let go.
-		select {
-		case <-w.ch:
-			<-cl.readLock
-			return w.err
-		default:
-		}
-		mine, handed, err := cl.read(ctx, corr, w)
-		switch {
-		case handed:
-			// The role went to a zero-copy caller with its record.
-		case mine:
-			if !w.zc || w.err != nil {
-				<-cl.readLock
-			}
-			return w.err
-		default:
-			<-cl.readLock
-			return cl.abandon(err, corr, w)
-		}
-	}
-}
-
-// read is the reader role's loop: it consumes responses until it finds
-// corr's (mine), hands the role to a zero-copy caller (handed), or fails.
-// With w nil (drainOrphans) it returns once no orphan is outstanding.
-func (cl *Client) read(ctx context.Context, corr uint64, w *waiter) (mine, handed bool, err error) {
-	woke := false
-	for {
-		if woke {
-			// We made callers runnable, and each will send its next
-			// request as soon as it runs: with nothing to read yet, let
-			// them have this P rather than poll in their way. (On a
-			// machine with few CPUs this doubles pipelined throughput.)
-			woke = false
-			if _, err := cl.respC.TryPeek(); err == ring.ErrEmpty {
-				runtime.Gosched()
-			}
-		}
-		if w == nil {
-			cl.mu.Lock()
-			n := cl.orphans
-			cl.mu.Unlock()
-			if n == 0 {
-				return false, false, nil
-			}
-		}
-		rec, err := cl.waker.peek(ctx, cl.respC, wRespCons)
-		if err != nil {
-			return false, false, cl.ringErr(err)
-		}
-		if len(rec.Data) < respHdrSize {
-			err := fmt.Errorf("%w: response record of %d bytes", ErrProtocol, len(rec.Data))
-			cl.kill(err)
-			return false, false, err
-		}
-		c2 := binary.LittleEndian.Uint64(rec.Data)
-		cl.mu.Lock()
-		w2 := cl.waiters[c2]
-		if w2 != nil {
-			delete(cl.waiters, c2)
-		} else if cl.orphans > 0 {
-			cl.orphans--
-		}
-		cl.mu.Unlock()
-		if w2 == nil {
-			// An abandoned call's response.
-			if err := cl.respC.Release(); err != nil {
-				return false, false, cl.ringErr(err)
-			}
-			continue
-		}
-		cl.fill(w2, rec)
-		if w2.zc && w2.err == nil {
-			if w2 == w {
-				return true, false, nil
-			}
-			w2.ch <- struct{}{}
-			return false, true, nil
-		}
-		if err := cl.respC.Release(); err != nil {
-			return false, false, cl.ringErr(err)
-		}
-		if w2 == w {
-			return true, false, nil
-		}
-		w2.ch <- struct{}{}
-		woke = true
-	}
-}
-
-// fill stores a response in its waiter.
-func (cl *Client) fill(w *waiter, rec ring.Record) {
-	body := rec.Data[respHdrSize:]
-	switch rec.Type {
-	case respOK:
-		switch {
-		case w.zc:
-			w.view = body
-		case w.into:
-			w.n = len(body)
-			if len(w.buf) < len(body) {
-				w.err = ErrShortBuffer
-			} else {
-				copy(w.buf, body)
-			}
-		default:
-			w.out = append([]byte(nil), body...)
-		}
-	case respUnknownMessage:
-		w.err = errUnknownMessage
-	case respHandlerError:
-		w.err = &HandlerError{Code: int32(binary.LittleEndian.Uint32(rec.Data[8:])), Msg: string(body)}
-	case respTooLarge:
-		w.err = errRespTooLarge
-	case respPanic:
-		w.err = errHandlerPanic
-	default:
-		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, rec.Type)
-	}
-}
-
-// abandon gives up waiting. If the reader already took our response, it
-// is about to signal: take the response after all.
-//
-// The response of an abandoned call still comes and takes room in the
-// response ring, and the server blocks once that ring is full. Readers
-// skip such responses, but if no call waits there is no reader: so an
-// abandoned call counts as an orphan and, unless one runs, starts
-// drainOrphans, which reads until every orphan has arrived.
-func (cl *Client) abandon(why error, corr uint64, w *waiter) error {
-	cl.mu.Lock()
-	_, pending := cl.waiters[corr]
-	delete(cl.waiters, corr)
-	start := false
-	if pending {
-		cl.orphans++
-		start = !cl.draining
-		cl.draining = true
-	}
-	cl.mu.Unlock()
-	if pending {
-		if start && !cl.goTracked(nil, cl.drainOrphans) {
-			cl.mu.Lock()
-			cl.draining = false
-			cl.mu.Unlock()
-		}
-		return why
-	}
-	<-w.ch
-	return w.err
-}
-
-// drainOrphans takes the reader role, as a waiting call would, until no
-// orphaned response is outstanding; responses of live calls it meets on
-// the way go to their callers as usual. It ends with the connection.
-func (cl *Client) drainOrphans() {
-	defer func() {
-		cl.mu.Lock()
-		cl.draining = false
-		cl.mu.Unlock()
-	}()
-	for {
-		if err := cl.lock(cl.ctx, cl.readLock); err != nil {
-			return
-		}
-		_, handed, err := cl.read(cl.ctx, 0, nil)
-		if !handed {
-			<-cl.readLock
-		}
-		if err != nil {
-			return
-		}
-		// handed: a zero-copy caller holds the role with its record;
-		// wait for it to let go, then go on if orphans remain.
-		cl.mu.Lock()
-		done := cl.orphans == 0
-		if done {
-			cl.draining = false
-		}
-		cl.mu.Unlock()
-		if done {
-			return
-		}
-	}
-}
-
 // goTracked runs setup (if not nil) and starts f on a goroutine counted
 // in wg, unless teardown has begun; it reports whether it did. Both
 // happen under goMu, so teardown either waits for f or sees what setup
@@ -812,88 +529,6 @@ func (cl *Client) goTracked(setup func(), f func()) bool {
 		f()
 	}()
 	return true
-}
-
-// PendingCall is a request being written in place in the request ring
-// (Client.Reserve). It holds the request ring: fill it and Send or Abort
-// promptly, from the goroutine that reserved it.
-type PendingCall struct {
-	cl   *Client
-	w    *waiter
-	r    ring.Reservation
-	corr uint64
-}
-
-// Response is a zero-copy response: Data is a view of the response ring,
-// valid until Release. While it is held no other call of this Client can
-// receive its response, so release it promptly.
-type Response struct {
-	Data []byte
-	cl   *Client
-	w    *waiter
-}
-
-// Reserve starts a zero-copy call of message id with an n-byte body.
-func (cl *Client) Reserve(ctx context.Context, id uint16, n int) (*PendingCall, error) {
-	if n < 0 || n > cl.maxReq {
-		return nil, fmt.Errorf("call with %d bytes: %w (max %d)", n, ErrTooLarge, cl.maxReq)
-	}
-	if err := cl.lock(ctx, cl.sendLock); err != nil {
-		return nil, err
-	}
-	w := cl.getWaiter()
-	w.zc = true
-	corr, r, err := cl.reserve(ctx, id, n, w)
-	if err != nil {
-		<-cl.sendLock
-		cl.putWaiter(w)
-		return nil, err
-	}
-	w.pc = PendingCall{cl: cl, w: w, r: r, corr: corr}
-	return &w.pc, nil
-}
-
-// Bytes returns the request body to fill in.
-func (p *PendingCall) Bytes() []byte { return p.r.Bytes()[reqHdrSize:] }
-
-// Send publishes the request and waits for the response, returned as a
-// view that must be Released.
-func (p *PendingCall) Send(ctx context.Context) (*Response, error) {
-	cl, w := p.cl, p.w
-	err := p.r.Commit()
-	<-cl.sendLock
-	if err != nil {
-		cl.forget(p.corr)
-		cl.putWaiter(w)
-		return nil, cl.ringErr(err)
-	}
-	if err := cl.wait(ctx, p.corr, w); err != nil {
-		cl.putWaiter(w)
-		return nil, err
-	}
-	w.resp = Response{Data: w.view, cl: cl, w: w}
-	return &w.resp, nil
-}
-
-// Abort gives the reserved request back unsent.
-func (p *PendingCall) Abort() {
-	cl := p.cl
-	p.r.Abort() //nolint:errcheck // the only outstanding reservation
-	cl.forget(p.corr)
-	<-cl.sendLock
-	cl.putWaiter(p.w)
-}
-
-// Release ends the response's view and lets other calls read theirs.
-func (r *Response) Release() error {
-	cl := r.cl
-	err := cl.respC.Release()
-	<-cl.readLock
-	cl.putWaiter(r.w)
-	if err != nil {
-		return cl.ringErr(err)
-	}
-	return nil
 }
 
 // Message is a dispatch message.

@@ -23,8 +23,10 @@
 // closes the descriptors.
 //
 // Calls from many goroutines of a Client are pipelined: every request
-// carries a correlation id, and the caller that holds the reader role
-// matches responses to callers. Call copies the response, CallInto copies
+// carries a correlation id, and one reader (the lone caller itself, so
+// that a single call costs no goroutine switch, or a background goroutine
+// of the Client while several calls are in flight) matches responses to
+// callers. Call copies the response, CallInto copies
 // it into the caller's buffer without allocating, and Reserve/Send/Release
 // avoid copies altogether. A server handler answers with
 // ResponseWriter.Respond (a copy), Reserve and Commit (in place) or Fail
@@ -47,7 +49,8 @@
 // the handler returns; a slice from ResponseWriter.Reserve is valid until
 // Commit; a Response's Data is valid until Release. None may be kept.
 // While a Client holds an unreleased Response (or an unsent PendingCall),
-// no other call of that Client can receive its response (or send): release
+// no other call of that Client can receive its response (or send, and a
+// caller waiting to send then waits whatever its context says): release
 // promptly, and never start another call from the goroutine that holds
 // one.
 //
@@ -63,9 +66,9 @@
 // order.
 //
 // Abandoned calls. A call whose context ends stops waiting; its response
-// is discarded when it arrives. While no other call waits, a goroutine of
-// the Client reads the responses of abandoned calls, so that they cannot
-// fill the response ring and block the server.
+// is discarded when it arrives. The Client's background reader keeps
+// reading until the responses of abandoned calls have come, so that they
+// cannot fill the response ring and block the server.
 //
 // Panics. A handler that panics is recovered: its call fails with
 // ErrHandlerPanic (unless the handler had already answered), the panic

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -224,5 +225,108 @@ func TestAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, zc); n != 0 {
 		t.Errorf("%.2f allocations per zero-copy round trip, want 0", n)
+	}
+}
+
+// TestReaderGivesUp: the caller that holds the reader role abandons its
+// call while another caller waits behind it; the role must pass on, so
+// that the other call still gets its response (and the orphan is read).
+func TestReaderGivesUp(t *testing.T) {
+	release := make(chan struct{})
+	svc := echoService()
+	svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+		<-release
+		w.Respond([]byte("late"))
+	})
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error)
+	go func() {
+		_, err := cl.Call(ctx, msgBlock, nil)
+		first <- err
+	}()
+	// The first caller found the role free: it reads, parked in the
+	// response ring, while the server is held in its handler.
+	waitUntil(t, func() bool {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		return cl.waiters.len() == 1 && cl.reading
+	}, "the first call to take the reader role")
+	second := make(chan error)
+	go func() {
+		got, err := cl.Call(testCtx(t), msgEcho, []byte("second"))
+		if err == nil && string(got) != "second" {
+			err = fmt.Errorf("second call got %q", got)
+		}
+		second <- err
+	}()
+	waitUntil(t, func() bool {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		return cl.waiters.len() == 2
+	}, "the second call to wait behind the reader")
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned call: %v", err)
+	}
+	close(release)
+	if err := <-second; err != nil {
+		t.Fatalf("call behind the reader that gave up: %v", err)
+	}
+	waitUntil(t, func() bool {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		return cl.orphans == 0 && !cl.reading
+	}, "the orphan to be read and the role freed")
+}
+
+// TestZeroCopyHoldsRole: a zero-copy response holds the reader role until
+// Release; calls answered meanwhile get their responses after it.
+func TestZeroCopyHoldsRole(t *testing.T) {
+	_, addr := startServer(t, nil, echoService())
+	cl := dial(t, addr, nil)
+	ctx := testCtx(t)
+	p, err := cl.Reserve(ctx, msgEcho, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(p.Bytes(), "zc!")
+	r, err := p.Send(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const others = 8
+	done := make(chan error, others)
+	for i := range others {
+		go func() {
+			req := fmt.Appendf(nil, "call %d", i)
+			got, err := cl.Call(ctx, msgEcho, req)
+			if err == nil && string(got) != string(req) {
+				err = fmt.Errorf("got %q for %q", got, req)
+			}
+			done <- err
+		}()
+	}
+	waitUntil(t, func() bool {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		return cl.waiters.len() == others
+	}, "every other call to be sent")
+	select {
+	case err := <-done:
+		t.Fatalf("a call returned while a zero-copy response held the role: %v", err)
+	default:
+	}
+	if string(r.Data) != "zc!" {
+		t.Fatalf("zero-copy response %q", r.Data)
+	}
+	if err := r.Release(); err != nil {
+		t.Fatal(err)
+	}
+	for range others {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -204,7 +204,7 @@ func TestAbandonedCallsFullRing(t *testing.T) {
 	waitUntil(t, func() bool {
 		cl.mu.Lock()
 		defer cl.mu.Unlock()
-		return len(cl.waiters) == calls
+		return cl.waiters.len() == calls
 	}, "every call in flight")
 	cancel()
 	for range calls {
@@ -216,11 +216,11 @@ func TestAbandonedCallsFullRing(t *testing.T) {
 	conn := srv.Conns()[0]
 	waitUntil(t, func() bool { return conn.Stats().Responses == calls },
 		"the server to write every response (not blocked on the response ring)")
-	// The drainer ends once every orphan has arrived.
+	// The background reader stops once every orphan has arrived.
 	waitUntil(t, func() bool {
 		cl.mu.Lock()
 		defer cl.mu.Unlock()
-		return cl.orphans == 0 && !cl.draining
+		return cl.orphans == 0 && !cl.reading
 	}, "the orphaned responses to be drained")
 	if got, err := cl.Call(testCtx(t), msgEcho, []byte("next")); err != nil || string(got) != "next" {
 		t.Fatalf("next call: %q, %v", got, err)

@@ -24,7 +24,8 @@ type result struct {
 	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong, call, pipeline)
 	P99Ns       int64   `json:"p99_ns"`
 	P999Ns      int64   `json:"p999_ns"`
-	CPUSec      float64 `json:"cpu_sec"` // user+sys of all processes over the window
+	LatSamples  uint64  `json:"lat_samples"` // round trips timed for the percentiles (call, pipeline: a random 1 in 8)
+	CPUSec      float64 `json:"cpu_sec"`     // user+sys of all processes over the window
 	CPUPerMsgNs float64 `json:"cpu_per_msg_ns"`
 	RingSize    int     `json:"ring_size"` // data area bytes of a ring (ipc: of each of the three; 0 for uds)
 	SpinNs      int64   `json:"spin_ns"`   // spin budget in effect (0 for uds)
@@ -52,6 +53,7 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 	}
 	if m.lat != nil {
 		r.P50Ns, r.P99Ns, r.P999Ns = m.lat.quantile(0.50), m.lat.quantile(0.99), m.lat.quantile(0.999)
+		r.LatSamples = m.lat.total
 	}
 	switch transport {
 	case "ring":

@@ -1,0 +1,631 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// Calls. Sending is short: under sendMu a caller reserves its request,
+// registers its waiter under a fresh correlation id (taking the reader
+// role in the same hold of mu if it is free), fills and commits.
+//
+// Receiving is the reader role: one goroutine at a time reads the
+// response ring, takes each response's waiter out of Client.waiters,
+// fills in its result and signals it. Whoever holds the role is recorded
+// in Client.reading (under mu), and the role moves only under mu:
+//
+//   - A caller that finds the role free as it registers takes it and reads
+//     until its own response comes, so a lone call costs no goroutine
+//     switch. It then hands the role to the background reader if other
+//     calls (or orphans) are still outstanding, or frees it.
+//   - The background reader holds the role while anything is outstanding
+//     and frees it when the ring is empty and nothing is (a decision taken
+//     under mu, so a caller that registers later finds the role free).
+//   - A zero-copy response travels with the role: its caller holds the
+//     role (the record is the ring's next one) until Response.Release,
+//     which hands it on in the same way.
+//
+// Any other caller parks on its waiter's channel, listening to nothing
+// else but its context: the connection's end reaches it through kill,
+// which fails every registered waiter (failWaiters). So a pipelined call
+// costs one park and one wake, each on a channel no one else uses, and
+// the reader matches a run of responses under one hold of mu.
+//
+// A reader with nothing to read while callers it woke have not run yet
+// (Client.woken) yields its P to them: each will send its next call as
+// soon as it runs, and polling in their way sends the calls out one by
+// one.
+
+// waiterPool recycles waiters of every Client: a waiter is returned only
+// once no signal for it is pending, so it carries nothing over.
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan struct{}, 1)} }}
+
+func getWaiter() *waiter { return waiterPool.Get().(*waiter) }
+
+func putWaiter(w *waiter) {
+	ch := w.ch
+	*w = waiter{ch: ch}
+	waiterPool.Put(w)
+}
+
+// Call sends req as message id and returns a copy of the response body.
+func (cl *Client) Call(ctx context.Context, id uint16, req []byte) ([]byte, error) {
+	w := getWaiter()
+	err := cl.roundTrip(ctx, id, req, w)
+	out := w.out
+	putWaiter(w)
+	return out, err
+}
+
+// CallInto is Call that copies the response body into buf and returns its
+// length; it allocates nothing. If buf is too small the response is
+// discarded and the error is ErrShortBuffer, with n the size needed.
+func (cl *Client) CallInto(ctx context.Context, id uint16, req, buf []byte) (n int, err error) {
+	w := getWaiter()
+	w.into, w.buf = true, buf
+	err = cl.roundTrip(ctx, id, req, w)
+	n = w.n
+	putWaiter(w)
+	return n, err
+}
+
+func (cl *Client) roundTrip(ctx context.Context, id uint16, req []byte, w *waiter) error {
+	if len(req) > cl.maxReq {
+		return fmt.Errorf("call with %d bytes: %w (max %d)", len(req), ErrTooLarge, cl.maxReq)
+	}
+	r, err := cl.reserve(ctx, id, len(req), w, true)
+	if err != nil {
+		return err
+	}
+	copy(r.Bytes()[reqHdrSize:], req)
+	if err := cl.commit(r, w); err != nil {
+		return err
+	}
+	return cl.wait(ctx, w)
+}
+
+// reserve claims the room of a request with an n-byte body and registers
+// w under a fresh correlation id; with takeRole, the caller takes the
+// reader role too if it is free (w.reader), under the same lock. It
+// returns with sendMu held.
+func (cl *Client) reserve(ctx context.Context, id uint16, n int, w *waiter, takeRole bool) (ring.Reservation, error) {
+	r, err := cl.reserveRoom(ctx, id, reqHdrSize+n)
+	if err != nil {
+		return r, err
+	}
+	seq := cl.nextCorr
+	cl.nextCorr++
+	cl.mu.Lock()
+	if cl.dead {
+		cl.mu.Unlock()
+		r.Abort() //nolint:errcheck // the only outstanding reservation
+		cl.sendMu.Unlock()
+		return r, cl.deadErr()
+	}
+	corr := cl.waiters.add(w, seq)
+	w.pending = true
+	if takeRole && !cl.reading {
+		cl.reading = true
+		w.reader = true
+	}
+	cl.mu.Unlock()
+	binary.LittleEndian.PutUint64(r.Bytes(), corr)
+	return r, nil
+}
+
+// commit publishes a request reserve returned and lets go of sendMu.
+func (cl *Client) commit(r ring.Reservation, w *waiter) error {
+	err := r.Commit()
+	cl.sendMu.Unlock()
+	if err != nil {
+		cl.unregister(w)
+		if w.reader {
+			w.reader = false
+			cl.releaseRole()
+		}
+		return cl.ringErr(err)
+	}
+	return nil
+}
+
+// unregister takes w back out of waiters after its request failed to go
+// out; if kill took it first, it consumes kill's signal.
+func (cl *Client) unregister(w *waiter) {
+	cl.mu.Lock()
+	pending := w.pending
+	if pending {
+		cl.removeWaiter(w)
+	}
+	cl.mu.Unlock()
+	if !pending {
+		cl.received(w)
+	}
+}
+
+// removeWaiter takes w out of waiters; mu held.
+func (cl *Client) removeWaiter(w *waiter) {
+	cl.waiters.take(w.corr)
+	w.pending = false
+}
+
+// reserveRoom claims room for a size-byte request record and returns
+// with sendMu held; on error it is not held.
+func (cl *Client) reserveRoom(ctx context.Context, id uint16, size int) (ring.Reservation, error) {
+	r, err := cl.tryReserveRoom(id, size)
+	if err == nil {
+		return r, nil
+	}
+	switch {
+	case err != ring.ErrFull:
+		return r, cl.ringErr(err)
+	case cl.nonBlocking:
+		return r, ErrTryAgain
+	}
+	return cl.waitRoom(ctx, id, size)
+}
+
+// tryReserveRoom is reserveRoom without waiting.
+func (cl *Client) tryReserveRoom(id uint16, size int) (ring.Reservation, error) {
+	cl.sendMu.Lock()
+	if cl.sendGone {
+		cl.sendMu.Unlock()
+		return ring.Reservation{}, cl.deadErr()
+	}
+	r, err := cl.reqP.TryReserve(uint32(id), size)
+	if err != nil {
+		cl.sendMu.Unlock()
+	}
+	return r, err
+}
+
+// waitRoom is reserveRoom's waiting part. One caller at a time waits for
+// room, the holder of spaceLock, so that one wake-up token (the server's,
+// for the request ring's producer word) serves one sleeper; others wait
+// for spaceLock, honouring their contexts.
+func (cl *Client) waitRoom(ctx context.Context, id uint16, size int) (ring.Reservation, error) {
+	if err := cl.lock(ctx, cl.spaceLock); err != nil {
+		return ring.Reservation{}, err
+	}
+	defer func() { <-cl.spaceLock }()
+	for sp := newSpinner(ctx, cl.waker.spin); sp.again(); {
+		if r, err := cl.tryReserveRoom(id, size); err != ring.ErrFull {
+			return r, cl.ringErr(err)
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return ring.Reservation{}, err
+		}
+		// The ring's protocol (docs/ipc.md §6): announce, re-check, sleep.
+		cl.waker.arm(wReqProd)
+		r, err := cl.tryReserveRoom(id, size)
+		if err != ring.ErrFull {
+			cl.waker.disarm(wReqProd)
+			return r, cl.ringErr(err)
+		}
+		if err := cl.waker.sleep(ctx, wReqProd); err != nil {
+			cl.waker.disarm(wReqProd)
+			return ring.Reservation{}, err
+		}
+	}
+}
+
+// wait waits for w's response: as the reader if w.reader, else
+// parked until the reader (or kill) signals.
+func (cl *Client) wait(ctx context.Context, w *waiter) error {
+	for {
+		if !w.reader {
+			done := ctx.Done()
+			if done == nil {
+				cl.received(w)
+				return w.err
+			}
+			select {
+			case <-w.ch:
+				cl.woken.Add(-1)
+				return w.err
+			case <-done:
+				return cl.abandon(ctx.Err(), w)
+			}
+		}
+		mine, err := cl.read(ctx, w)
+		if mine {
+			// Our own response: the role stays with a zero-copy view
+			// until Release.
+			if !w.zc || w.err != nil {
+				cl.releaseRole()
+			}
+			return w.err
+		}
+		w.reader = false
+		if err != nil {
+			cl.releaseRole()
+			return cl.abandon(err, w)
+		}
+		// The role went to a zero-copy caller with its record: wait for
+		// ours like anyone else.
+	}
+}
+
+// takeRoleIfFree makes w's caller the reader if the role is free and w
+// is still unanswered.
+func (cl *Client) takeRoleIfFree(w *waiter) {
+	cl.mu.Lock()
+	if w.pending && !cl.reading {
+		cl.reading = true
+		w.reader = true
+	}
+	cl.mu.Unlock()
+}
+
+// read is the reader role's loop. It consumes responses, handing each to
+// its waiter, until it finds own's (mine, with the role still held), or
+// until it hands the role to a zero-copy caller with its record (neither
+// mine nor an error), or fails (err; the role is still held). With own
+// nil (the background reader) it returns, the role freed, once nothing
+// is outstanding.
+func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) {
+	// Responses that come in a run are matched under one hold of mu, and
+	// their callers signalled together after it: one lock per run, not
+	// per response. Large bodies are copied outside mu.
+	var b readBatch
+	defer b.flush(cl)
+	for {
+		rec, err := cl.respC.TryPeek()
+		if err == ring.ErrEmpty {
+			b.flush(cl)
+			if own == nil && cl.idle() {
+				return false, nil
+			}
+			if cl.woken.Load() > 0 {
+				// Callers we (or an earlier reader) made runnable have
+				// not run yet, and each will send its next request as
+				// soon as it does: with nothing to read yet, let them
+				// have this P rather than poll in their way. Else the
+				// calls go out one by one.
+				runtime.Gosched()
+			}
+			rec, err = cl.waker.peek(ctx, cl.respC, wRespCons)
+		}
+		if err != nil {
+			b.flush(cl)
+			if errors.Is(err, ring.ErrClosed) || errors.Is(err, ring.ErrCorrupt) {
+				// No response can come any more: end the connection,
+				// which fails every call.
+				cl.kill(fmt.Errorf("%w: response ring: %w", ErrDisconnected, err))
+			}
+			return false, cl.ringErr(err)
+		}
+		if len(rec.Data) < respHdrSize {
+			b.flush(cl)
+			err := fmt.Errorf("%w: response record of %d bytes", ErrProtocol, len(rec.Data))
+			cl.kill(err)
+			return false, err
+		}
+		c := binary.LittleEndian.Uint64(rec.Data)
+		b.lock(cl)
+		w := cl.waiters.take(c)
+		if w != nil {
+			w.pending = false
+		} else if cl.orphans > 0 {
+			cl.orphans--
+		}
+		if w == nil {
+			// An abandoned call's response.
+			if err := cl.respC.Release(); err != nil {
+				b.flush(cl)
+				return false, cl.ringErr(err)
+			}
+			continue
+		}
+		if len(rec.Data) > bigResponse {
+			b.unlock(cl)
+		}
+		cl.fill(w, rec)
+		if w.zc && w.err == nil {
+			// The record stays in the ring for the caller's view, and
+			// the role goes with it.
+			b.flush(cl)
+			if w == own {
+				return true, nil
+			}
+			cl.signal(w)
+			return false, nil
+		}
+		if err := cl.respC.Release(); err != nil {
+			b.flush(cl)
+			return false, cl.ringErr(err)
+		}
+		if w == own {
+			return true, nil // the deferred flush signals the others
+		}
+		b.add(cl, w)
+	}
+}
+
+// bigResponse is the body size above which the reader copies a response
+// out without holding mu, which callers need to register.
+const bigResponse = 1024
+
+// readBatch is a run of responses the reader matched: whether it holds
+// mu, and the callers to signal once it lets go.
+type readBatch struct {
+	locked bool
+	n      int
+	ws     [16]*waiter
+}
+
+func (b *readBatch) lock(cl *Client) {
+	if !b.locked {
+		cl.mu.Lock()
+		b.locked = true
+	}
+}
+
+func (b *readBatch) unlock(cl *Client) {
+	if b.locked {
+		cl.mu.Unlock()
+		b.locked = false
+	}
+}
+
+// add queues w's signal, flushing first if the batch is full.
+func (b *readBatch) add(cl *Client, w *waiter) {
+	if b.n == len(b.ws) {
+		b.flush(cl)
+	}
+	b.ws[b.n] = w
+	b.n++
+}
+
+// flush lets go of mu and signals the queued callers.
+func (b *readBatch) flush(cl *Client) {
+	b.unlock(cl)
+	for i := range b.n {
+		cl.signal(b.ws[i])
+		b.ws[i] = nil
+	}
+	b.n = 0
+}
+
+// signal tells w's caller that its result is in, or that it holds the
+// reader role with its zero-copy response.
+func (cl *Client) signal(w *waiter) {
+	cl.woken.Add(1)
+	w.ch <- struct{}{}
+}
+
+// received waits for signal.
+func (cl *Client) received(w *waiter) {
+	<-w.ch
+	cl.woken.Add(-1)
+}
+
+// idle frees the background reader's role if nothing is outstanding.
+func (cl *Client) idle() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.waiters.len() != 0 || cl.orphans != 0 {
+		return false
+	}
+	cl.freeRole()
+	return true
+}
+
+// releaseRole lets go of the reader role: to the background reader if
+// responses are still expected, else free.
+func (cl *Client) releaseRole() {
+	cl.mu.Lock()
+	if (cl.waiters.len() != 0 || cl.orphans != 0) && !cl.dead {
+		cl.readerWake <- struct{}{}
+	} else {
+		cl.freeRole()
+	}
+	cl.mu.Unlock()
+}
+
+// freeRole marks the reader role free; mu held.
+func (cl *Client) freeRole() {
+	cl.reading = false
+	if cl.dead {
+		select {
+		case cl.roleFreed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// backgroundReader reads responses whenever the role is handed to it,
+// until nothing is outstanding, and ends with the connection.
+func (cl *Client) backgroundReader() {
+	defer cl.wg.Done()
+	for {
+		select {
+		case <-cl.readerWake:
+		case <-cl.done:
+			return
+		}
+		mine, err := cl.read(cl.ctx, nil)
+		if mine || err != nil {
+			// err: the connection is ending (every cause of a read
+			// error kills it). mine cannot happen with no own waiter.
+			cl.mu.Lock()
+			cl.freeRole()
+			cl.mu.Unlock()
+			return
+		}
+	}
+}
+
+// takeRoleForGood waits until the reader role is free and keeps it, for
+// teardown, which then unmaps the response ring.
+func (cl *Client) takeRoleForGood() {
+	for {
+		cl.mu.Lock()
+		if !cl.reading {
+			cl.reading = true
+			cl.mu.Unlock()
+			return
+		}
+		cl.mu.Unlock()
+		<-cl.roleFreed
+	}
+}
+
+// failWaiters fails every registered call, for kill (done is closed).
+func (cl *Client) failWaiters() {
+	err := cl.deadErr()
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	cl.dead = true
+	cl.waiters.takeAll(func(w *waiter) {
+		w.pending = false
+		w.err = err
+		cl.signal(w)
+	})
+	if !cl.reading {
+		cl.freeRole() // wakes a teardown that waits already
+	}
+}
+
+// fill stores a response in its waiter.
+func (cl *Client) fill(w *waiter, rec ring.Record) {
+	body := rec.Data[respHdrSize:]
+	switch rec.Type {
+	case respOK:
+		switch {
+		case w.zc:
+			w.view = body
+		case w.into:
+			w.n = len(body)
+			if len(w.buf) < len(body) {
+				w.err = ErrShortBuffer
+			} else {
+				copy(w.buf, body)
+			}
+		default:
+			w.out = append([]byte(nil), body...)
+		}
+	case respUnknownMessage:
+		w.err = errUnknownMessage
+	case respHandlerError:
+		w.err = &HandlerError{Code: int32(binary.LittleEndian.Uint32(rec.Data[8:])), Msg: string(body)}
+	case respTooLarge:
+		w.err = errRespTooLarge
+	case respPanic:
+		w.err = errHandlerPanic
+	default:
+		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, rec.Type)
+	}
+}
+
+// abandon gives up waiting. If the reader already took our response, it
+// is about to signal: take the response after all.
+//
+// The response of an abandoned call still comes and takes room in the
+// response ring, and the server blocks once that ring is full: so an
+// abandoned call counts as an orphan, which keeps the background reader
+// reading until it has arrived.
+func (cl *Client) abandon(why error, w *waiter) error {
+	cl.mu.Lock()
+	pending := w.pending
+	if pending {
+		cl.removeWaiter(w)
+		cl.orphans++
+		if !cl.reading && !cl.dead {
+			cl.reading = true
+			cl.readerWake <- struct{}{}
+		}
+	}
+	cl.mu.Unlock()
+	if pending {
+		return why
+	}
+	cl.received(w)
+	return w.err
+}
+
+// PendingCall is a request being written in place in the request ring
+// (Client.Reserve). It holds the request ring: fill it and Send or Abort
+// promptly, from the goroutine that reserved it; other calls of the
+// Client wait for it whatever their contexts say.
+type PendingCall struct {
+	cl *Client
+	w  *waiter
+	r  ring.Reservation
+}
+
+// Response is a zero-copy response: Data is a view of the response ring,
+// valid until Release. While it is held no other call of this Client can
+// receive its response, so release it promptly.
+type Response struct {
+	Data []byte
+	cl   *Client
+	w    *waiter
+}
+
+// Reserve starts a zero-copy call of message id with an n-byte body.
+func (cl *Client) Reserve(ctx context.Context, id uint16, n int) (*PendingCall, error) {
+	if n < 0 || n > cl.maxReq {
+		return nil, fmt.Errorf("call with %d bytes: %w (max %d)", n, ErrTooLarge, cl.maxReq)
+	}
+	w := getWaiter()
+	w.zc = true
+	r, err := cl.reserve(ctx, id, n, w, false)
+	if err != nil {
+		putWaiter(w)
+		return nil, err
+	}
+	w.pc = PendingCall{cl: cl, w: w, r: r}
+	return &w.pc, nil
+}
+
+// Bytes returns the request body to fill in.
+func (p *PendingCall) Bytes() []byte { return p.r.Bytes()[reqHdrSize:] }
+
+// Send publishes the request and waits for the response, returned as a
+// view that must be Released.
+func (p *PendingCall) Send(ctx context.Context) (*Response, error) {
+	cl, w := p.cl, p.w
+	if err := cl.commit(p.r, w); err != nil {
+		putWaiter(w)
+		return nil, err
+	}
+	// Not taken in Reserve: holding the role while the caller fills in
+	// the request would hold up every other caller's response.
+	cl.takeRoleIfFree(w)
+	if err := cl.wait(ctx, w); err != nil {
+		putWaiter(w)
+		return nil, err
+	}
+	w.resp = Response{Data: w.view, cl: cl, w: w}
+	return &w.resp, nil
+}
+
+// Abort gives the reserved request back unsent.
+func (p *PendingCall) Abort() {
+	cl := p.cl
+	p.r.Abort() //nolint:errcheck // the only outstanding reservation
+	cl.sendMu.Unlock()
+	cl.unregister(p.w)
+	putWaiter(p.w)
+}
+
+// Release ends the response's view and lets other calls read theirs.
+func (r *Response) Release() error {
+	cl := r.cl
+	err := cl.respC.Release()
+	cl.releaseRole()
+	putWaiter(r.w)
+	if err != nil {
+		return cl.ringErr(err)
+	}
+	return nil
+}
+
