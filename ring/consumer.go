@@ -122,7 +122,18 @@ func (c *Consumer) peek() (Record, error) {
 	m := &c.s.m
 	for {
 		h := c.head
-		if h == c.tailCache {
+		off := h & m.mask
+		// Multi-producer: look at the word at the head before the tail.
+		// Consumed bytes are zeroed, so a non-zero word there was
+		// claimed and the tail is past it: reading the tail (the line
+		// every producer CASes) for each record would pull that line
+		// away from them. The length checks below read the tail all the
+		// same when a record seems to reach past the tail seen.
+		var w uint64
+		if c.multi || h != c.tailCache {
+			w = atomic.LoadUint64(word64(c.s.data, int(off)))
+		}
+		if h == c.tailCache && w == 0 {
 			t := atomic.LoadUint64(c.s.tail)
 			if t-h > m.size || t%recordAlign != 0 {
 				return Record{}, c.fail(corrupt("tail outside [head, head+size]", h, t))
@@ -137,10 +148,10 @@ func (c *Consumer) peek() (Record, error) {
 				}
 				return Record{}, ErrEmpty
 			}
+			// The word is read after the tail, whose load synchronizes
+			// with the store that published it.
+			w = atomic.LoadUint64(word64(c.s.data, int(off)))
 		}
-		avail := c.tailCache - h
-		off := h & m.mask
-		w := atomic.LoadUint64(word64(c.s.data, int(off)))
 		if wordState(w) != stateCommitted {
 			if c.multi && (w == 0 || wordState(w) == stateClaimed) {
 				// Claimed (tail is past it) but not committed yet.
@@ -160,10 +171,10 @@ func (c *Consumer) peek() (Record, error) {
 			// Padding only where a wrap is due: it must end exactly at the
 			// end of the data area.
 			rs = headerSize + n
-			if off+rs != m.size || rs > avail {
+			if off+rs != m.size || !c.within(h, rs) {
 				return Record{}, c.fail(corrupt("padding", h, w))
 			}
-		} else if n > m.maxP || rs > avail || off+rs > m.size {
+		} else if n > m.maxP || off+rs > m.size || !c.within(h, rs) {
 			return Record{}, c.fail(corrupt("record length", h, w))
 		}
 		if fl&flagSkip != 0 {
@@ -189,6 +200,30 @@ func (c *Consumer) peek() (Record, error) {
 		c.curSize = rs
 		return c.cur, nil
 	}
+}
+
+// within reports whether the rs bytes at h lie below the tail, reading
+// the tail again if they reach past the one seen.
+//
+// Multi-producer rings take a committed word's word for it instead (peek
+// reads their words before the tail): an honest record lies below the
+// tail, and a forged one ahead of it is caught, without reading out of
+// bounds, when the consumer next reads the tail and finds it behind its
+// head ("tail outside [head, head+size]").
+func (c *Consumer) within(h, rs uint64) bool {
+	if rs <= c.tailCache-h {
+		return true
+	}
+	if c.multi {
+		c.tailCache = h + rs
+		return true
+	}
+	t := atomic.LoadUint64(c.s.tail)
+	if t-h > c.s.m.size || t%recordAlign != 0 {
+		return false
+	}
+	c.tailCache = t
+	return rs <= t-h
 }
 
 func (c *Consumer) fail(err error) error {

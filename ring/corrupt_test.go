@@ -72,6 +72,18 @@ func TestCorruption(t *testing.T) {
 		{"mpsc tail past head+size", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
 			le.PutUint64(mem[offTail:], le.Uint64(mem[offHead:])+1<<20)
 		}, true},
+		{"mpsc record forged ahead of the tail", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
+			// A committed header with a valid checksum where nothing was
+			// claimed: the consumer reads an MPSC ring's words before its
+			// tail, and must notice when it next reads the tail.
+			seed := le.Uint64(mem[offSeed:])
+			pos := le.Uint64(mem[offTail:])
+			at := dataOff(mem) + int(pos&4095)
+			w := makeWord(stateCommitted, 0, 1, 1, 20)
+			le.PutUint64(mem[at:], w)
+			le.PutUint32(mem[at+8:], 9)
+			le.PutUint32(mem[at+12:], headerSum(seed, pos, w, 9, 0))
+		}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
