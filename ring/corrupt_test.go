@@ -357,7 +357,7 @@ func TestDeadLoserDoesNotSkipLiveClaim(t *testing.T) {
 	}()
 	<-parked
 	testHookClaimWindow = nil
-	setIntent(mem, loser.slotIndex(), 0, 64)
+	setIntent(mem, loser.slotIndex(), 0)
 	setSlotPID(mem, loser.slotIndex(), 1<<30) // dead
 	ctx, cancel := context.WithTimeout(context.Background(), 5*recoverySlice)
 	defer cancel()

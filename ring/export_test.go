@@ -45,7 +45,6 @@ func (p *Producer) slotIndex() int { return int(p.mp.slot) - 1 }
 
 // setIntent writes a slot's claim intent, as a producer that lost the
 // tail CAS for pos would have left it.
-func setIntent(mem []byte, slot int, pos, need uint64) {
-	atomic.StoreUint64(word64(mem, offSlotTable+slot*slotSize+slotIntentLen), need)
+func setIntent(mem []byte, slot int, pos uint64) {
 	atomic.StoreUint64(word64(mem, offSlotTable+slot*slotSize+slotIntentPos), pos|1)
 }

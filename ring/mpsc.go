@@ -17,19 +17,19 @@ import (
 //	               2 attached)
 //	+8  u64 owner's start time (clock ticks after boot, /proc/PID/stat
 //	        field 22), so a recycled pid is not taken for the owner
-//	+16 u64 intent length: bytes the slot is about to claim
+//	+16 u64 reserved, 0 (was the intent length: recovery finds it)
 //	+24 u64 intent position | 1 (positions are 16-aligned, so bit 0 marks
 //	        the word valid; 0: no intent)
 //
-// A producer stores its intent (length, then position) before it CASes
-// the tail, and stores a claimed header word, naming its slot and
-// generation, right after. Every claim in the ring is therefore
-// attributable: by its header once claimed, by the intent in between.
-// One handle serializes that short window among its goroutines.
+// A producer stores its intent (the position) before it CASes the tail,
+// and stores a claimed header word, naming its slot and generation, right
+// after. Every claim in the ring is therefore attributable: by its header
+// once claimed, by the intent in between. One handle serializes that
+// short window among its goroutines.
 const (
 	slotOwner     = 0
 	slotStart     = 8
-	slotIntentLen = 16
+	slotReserved  = 16
 	slotIntentPos = 24
 
 	slotFree      = 0
@@ -118,7 +118,7 @@ func (mp *mpscProducer) attachSlot(s *shared) error {
 			continue
 		}
 		atomic.StoreUint64(word64(s.mem, off+slotIntentPos), 0)
-		atomic.StoreUint64(word64(s.mem, off+slotIntentLen), 0)
+		atomic.StoreUint64(word64(s.mem, off+slotReserved), 0)
 		atomic.StoreUint64(word64(s.mem, off+slotStart), start)
 		atomic.StoreUint64(word64(s.mem, off+slotOwner), ownerWord(slotAttached, uint32(gen), pid))
 		mp.slot, mp.gen, mp.pid = uint32(i+1), uint32(gen), pid
@@ -153,11 +153,11 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 	}
 	rs := recordSize(uint64(n))
 	slotOff := s.slotOff(int(mp.slot - 1))
-	intentLen := word64(s.mem, slotOff+slotIntentLen)
 	intentPos := word64(s.mem, slotOff+slotIntentPos)
 
+	// Unlocked on every return below; not deferred, which costs a
+	// visible share of a claim.
 	mp.claimMu.Lock()
-	defer mp.claimMu.Unlock()
 	for {
 		t := atomic.LoadUint64(s.tail)
 		off := t & m.mask
@@ -177,19 +177,21 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 				// consumed since), unless the tail has not moved: then
 				// the head is past it, which no honest consumer does.
 				if atomic.LoadUint64(s.tail) == t {
+					mp.claimMu.Unlock()
 					return Reservation{}, corrupt("head beyond tail", t, h)
 				}
 				continue
 			}
 			if t-h > m.size || h%recordAlign != 0 {
+				mp.claimMu.Unlock()
 				return Reservation{}, corrupt("head outside [tail-size, tail]", t, h)
 			}
 			mp.headCache.Store(h)
 			if t+need-h > m.size {
+				mp.claimMu.Unlock()
 				return Reservation{}, ErrFull
 			}
 		}
-		atomic.StoreUint64(intentLen, need)
 		publishWord(intentPos, t|1)
 		if !atomic.CompareAndSwapUint64(s.tail, t, t+need) {
 			continue
@@ -209,6 +211,7 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 			s.wake(s.consWait)
 			continue
 		}
+		mp.claimMu.Unlock()
 		return Reservation{p: p, pos: t, word: word, typ: typ}, nil
 	}
 }
@@ -301,31 +304,22 @@ func (c *Consumer) recoverStuck() error {
 		}
 		// A producer that lost the tail CAS for this position and died
 		// before writing a new intent also names it; so wait while any
-		// owner naming it lives, and skip only when all are dead. Dead
-		// candidates with different lengths: the shortest one that ends
-		// at the tail or at a claimed or committed word.
-		var need uint64
-		found := false
+		// owner naming it lives, and skip only when all are dead.
+		named := false
 		for i := 0; i < m.geo.Producers; i++ {
-			so := s.slotOff(i)
-			if atomic.LoadUint64(word64(s.mem, so+slotIntentPos)) != h|1 {
+			if atomic.LoadUint64(word64(s.mem, s.slotOff(i)+slotIntentPos)) != h|1 {
 				continue
 			}
-			n := atomic.LoadUint64(word64(s.mem, so+slotIntentLen))
 			ow, o := s.readOwner(i)
 			if ow>>60 != slotFree && s.alive(o) {
 				return nil
 			}
-			if n < headerSize || n%recordAlign != 0 || n > t-h || off+n > m.size {
-				continue // not a claim this position can hold
-			}
-			if !found || (n < need && c.claimEndsAt(h+n, t)) || !c.claimEndsAt(h+need, t) {
-				need, found = n, true
-			}
+			named = true
 		}
-		if !found {
+		if !named {
 			return nil
 		}
+		need := c.claimEnd(h, t) - h
 		flags := uint64(flagSkip)
 		if off+need == m.size && need-headerSize > m.maxP {
 			flags |= flagPad
@@ -335,13 +329,24 @@ func (c *Consumer) recoverStuck() error {
 	return nil
 }
 
-// claimEndsAt reports whether a claim ending at position e is plausible:
-// e is the tail, or the word there has been claimed or committed.
-func (c *Consumer) claimEndsAt(e, tail uint64) bool {
-	if e == tail {
-		return true
+// claimEnd finds where the claim at h, still in its intent window, ends:
+// at the next claim boundary, which is the first position after h that
+// is the tail, the end of the data area, a non-zero word (a header:
+// nothing of this claim has been written, and consumed bytes are zeroed)
+// or a position some intent names (a later claim in its own window). The
+// tail never stands inside a claim, so the scan stops at the true end;
+// it runs only for a dead producer's claim.
+func (c *Consumer) claimEnd(h, tail uint64) uint64 {
+	s := &c.s
+	m := &s.m
+	for e := h + recordAlign; ; e += recordAlign {
+		if e == tail || e&m.mask == 0 || atomic.LoadUint64(word64(s.data, int(e&m.mask))) != 0 {
+			return e
+		}
+		for i := 0; i < m.geo.Producers; i++ {
+			if atomic.LoadUint64(word64(s.mem, s.slotOff(i)+slotIntentPos)) == e|1 {
+				return e
+			}
+		}
 	}
-	w := atomic.LoadUint64(word64(c.s.data, int(e&c.s.m.mask)))
-	st := wordState(w)
-	return st == stateClaimed || st == stateCommitted
 }
