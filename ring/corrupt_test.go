@@ -375,3 +375,39 @@ func TestDeadLoserDoesNotSkipLiveClaim(t *testing.T) {
 		t.Fatalf("got %v %q %v", rec.Type, rec.Data, err)
 	}
 }
+
+// Garbage in a producer's intent lanes costs lanes, not the producer:
+// with one lane left it still claims, and with none its claim fails with
+// ErrCorrupt once laneWaitLimit has passed, instead of waiting forever.
+func TestScribbledLanes(t *testing.T) {
+	mem := newMem(t, Geometry{DataSize: 4096, Producers: 1}, 0)
+	p, err := NewProducer(mem, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConsumer(mem, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lane := func(l int) []byte {
+		off := offSlotTable + p.slotIndex()*slotSize + slotLanes + 8*l
+		return mem[off : off+8]
+	}
+	for l := range numLanes - 1 {
+		binary.LittleEndian.PutUint64(lane(l), 0xDEAD_BEEF_0000_0001+uint64(l)<<4)
+	}
+	if err := p.TryWrite(7, []byte("one lane left")); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := c.TryPeek(); err != nil || string(rec.Data) != "one lane left" {
+		t.Fatalf("peek: %q %v", rec.Data, err)
+	}
+	c.Release()
+	binary.LittleEndian.PutUint64(lane(numLanes-1), 0xDEAD_BEEF_0000_0001)
+	old := laneWaitLimit
+	laneWaitLimit = 10 * time.Millisecond
+	t.Cleanup(func() { laneWaitLimit = old })
+	if err := p.TryWrite(7, []byte("no lane")); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("every lane scribbled: %v, want ErrCorrupt", err)
+	}
+}

@@ -43,8 +43,8 @@ func setSlotPID(mem []byte, slot int, pid uint32) {
 
 func (p *Producer) slotIndex() int { return int(p.mp.slot) - 1 }
 
-// setIntent writes a slot's claim intent, as a producer that lost the
-// tail CAS for pos would have left it.
+// setIntent writes a claim intent into lane 0 of a slot, as a producer
+// that lost the tail CAS for pos would have left it.
 func setIntent(mem []byte, slot int, pos uint64) {
-	atomic.StoreUint64(word64(mem, offSlotTable+slot*slotSize+slotIntentPos), pos|1)
+	atomic.StoreUint64(word64(mem, offSlotTable+slot*slotSize+slotLanes), pos|1)
 }

@@ -53,7 +53,7 @@ const (
 	offConsWait  = 384
 	offProdWait  = 512
 	offSlotTable = 640
-	slotSize     = 128 // one line per producer: each stores its intent on every claim
+	slotSize     = 128 // one line per producer: each writes an intent lane on every claim
 	lineSize     = 128
 
 	magic   = 0x52434950474e4952 // "RINGIPCR" read little-endian

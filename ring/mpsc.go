@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"sync"
+	"runtime"
 	"sync/atomic"
 	"time"
 )
@@ -17,20 +17,21 @@ import (
 //	               2 attached)
 //	+8  u64 owner's start time (clock ticks after boot, /proc/PID/stat
 //	        field 22), so a recycled pid is not taken for the owner
-//	+16 u64 reserved, 0 (was the intent length: recovery finds it)
-//	+24 u64 intent position | 1 (positions are 16-aligned, so bit 0 marks
-//	        the word valid; 0: no intent)
+//	+16 14 x u64 intent lanes: a claim's position | 1 (positions are
+//	        16-aligned, so bit 0 marks the word valid; 0: lane free)
 //
-// A producer stores its intent (the position) before it CASes the tail,
-// and stores a claimed header word, naming its slot and generation, right
-// after. Every claim in the ring is therefore attributable: by its header
-// once claimed, by the intent in between. One handle serializes that
-// short window among its goroutines.
+// A producer takes a free lane by CAS from 0 to the position it is about
+// to claim, CASes the tail, stores a claimed header word naming its slot
+// and generation, and frees the lane. Every claim in the ring is
+// therefore attributable: by its header once claimed, by a lane in
+// between. The lane CAS is also what keeps the goroutines sharing a handle
+// apart: each claim in its window holds its own lane, so no lock is
+// needed, and a lane a hostile peer scribbled on only costs a lane.
 const (
-	slotOwner     = 0
-	slotStart     = 8
-	slotReserved  = 16
-	slotIntentPos = 24
+	slotOwner = 0
+	slotStart = 8
+	slotLanes = 16
+	numLanes  = (slotSize - slotLanes) / 8
 
 	slotFree      = 0
 	slotAttaching = 1
@@ -40,6 +41,12 @@ const (
 	// in flight: a dead producer never wakes it, so it looks again.
 	recoverySlice = 10 * time.Millisecond
 )
+
+// laneWaitLimit bounds how long a claim waits for a free lane. Lanes are
+// held for a few dozen instructions, so every lane of a slot busy for that
+// long means they hold garbage (ErrCorrupt), not 14 claims in flight.
+// Tests shorten it.
+var laneWaitLimit = time.Second
 
 // Owner identifies the process holding a producer slot.
 type Owner struct {
@@ -57,7 +64,6 @@ type mpscProducer struct {
 	pid  int
 
 	headCache atomic.Uint64 // a head seen; only a lower bound of the real one
-	claimMu   sync.Mutex    // serializes intent, tail CAS and claim store
 	detached  atomic.Bool
 }
 
@@ -66,6 +72,19 @@ type mpscProducer struct {
 var testHookClaimWindow func()
 
 func (s *shared) slotOff(i int) int { return offSlotTable + i*slotSize }
+
+// lane returns intent lane l of slot i.
+func (s *shared) lane(i, l int) *uint64 { return word64(s.mem, s.slotOff(i)+slotLanes+8*l) }
+
+// namesPos reports whether a lane of slot i names position pos.
+func (s *shared) namesPos(i int, pos uint64) bool {
+	for l := range numLanes {
+		if atomic.LoadUint64(s.lane(i, l)) == pos|1 {
+			return true
+		}
+	}
+	return false
+}
 
 func (s *shared) alive(o Owner) bool {
 	if s.opts.Liveness != nil {
@@ -81,6 +100,23 @@ func (s *shared) readOwner(i int) (word uint64, o Owner) {
 	o.PID = int(uint32(word))
 	o.StartTime = atomic.LoadUint64(word64(s.mem, off+slotStart))
 	return word, o
+}
+
+// laneAhead reports whether a lane of slot i names a position at or
+// past h.
+func (s *shared) laneAhead(i int, h uint64) bool {
+	for l := range numLanes {
+		if ip := atomic.LoadUint64(s.lane(i, l)); ip != 0 && int64(ip&^1-h) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *shared) clearLanes(i int) {
+	for l := range numLanes {
+		atomic.StoreUint64(s.lane(i, l), 0)
+	}
 }
 
 func (mp *mpscProducer) attachSlot(s *shared) error {
@@ -102,8 +138,7 @@ func (mp *mpscProducer) attachSlot(s *shared) error {
 			// generation, which the new one will not match; but a claim
 			// still in its intent window is known only by the intent,
 			// so keep the slot until the consumer is past it.
-			ip := atomic.LoadUint64(word64(s.mem, s.slotOff(i)+slotIntentPos))
-			if ip != 0 && int64(ip&^1-h) >= 0 {
+			if s.laneAhead(i, h) {
 				continue
 			}
 		default:
@@ -117,8 +152,7 @@ func (mp *mpscProducer) attachSlot(s *shared) error {
 		if !atomic.CompareAndSwapUint64(word64(s.mem, off+slotOwner), w, ownerWord(slotAttaching, uint32(gen), pid)) {
 			continue
 		}
-		atomic.StoreUint64(word64(s.mem, off+slotIntentPos), 0)
-		atomic.StoreUint64(word64(s.mem, off+slotReserved), 0)
+		s.clearLanes(i)
 		atomic.StoreUint64(word64(s.mem, off+slotStart), start)
 		atomic.StoreUint64(word64(s.mem, off+slotOwner), ownerWord(slotAttached, uint32(gen), pid))
 		mp.slot, mp.gen, mp.pid = uint32(i+1), uint32(gen), pid
@@ -137,7 +171,7 @@ func (mp *mpscProducer) detach(s *shared) error {
 	}
 	off := s.slotOff(int(mp.slot - 1))
 	mine := ownerWord(slotAttached, mp.gen, mp.pid)
-	atomic.StoreUint64(word64(s.mem, off+slotIntentPos), 0)
+	s.clearLanes(int(mp.slot - 1))
 	atomic.CompareAndSwapUint64(word64(s.mem, off+slotOwner), mine, ownerWord(slotFree, mp.gen, 0))
 	return nil
 }
@@ -152,12 +186,14 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 		return Reservation{}, fmt.Errorf("reserve %d bytes: %w (max %d)", n, ErrTooLarge, m.maxP)
 	}
 	rs := recordSize(uint64(n))
-	slotOff := s.slotOff(int(mp.slot - 1))
-	intentPos := word64(s.mem, slotOff+slotIntentPos)
-
-	// Unlocked on every return below; not deferred, which costs a
-	// visible share of a claim.
-	mp.claimMu.Lock()
+	var lane *uint64 // held from its CAS until the claim word is stored
+	var waited time.Time
+	fail := func(err error) (Reservation, error) {
+		if lane != nil {
+			atomic.StoreUint64(lane, 0)
+		}
+		return Reservation{}, err
+	}
 	for {
 		t := atomic.LoadUint64(s.tail)
 		off := t & m.mask
@@ -177,22 +213,34 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 				// consumed since), unless the tail has not moved: then
 				// the head is past it, which no honest consumer does.
 				if atomic.LoadUint64(s.tail) == t {
-					mp.claimMu.Unlock()
-					return Reservation{}, corrupt("head beyond tail", t, h)
+					return fail(corrupt("head beyond tail", t, h))
 				}
 				continue
 			}
 			if t-h > m.size || h%recordAlign != 0 {
-				mp.claimMu.Unlock()
-				return Reservation{}, corrupt("head outside [tail-size, tail]", t, h)
+				return fail(corrupt("head outside [tail-size, tail]", t, h))
 			}
 			mp.headCache.Store(h)
 			if t+need-h > m.size {
-				mp.claimMu.Unlock()
-				return Reservation{}, ErrFull
+				return fail(ErrFull)
 			}
 		}
-		publishWord(intentPos, t|1)
+		// The intent (t|1 in our lane) must be visible before the tail
+		// CAS: taking a lane by CAS does both, and so does publishWord
+		// for a lane already held.
+		if lane == nil {
+			if lane = mp.takeLane(s, t|1); lane == nil {
+				if waited.IsZero() {
+					waited = time.Now()
+				} else if time.Since(waited) > laneWaitLimit {
+					return fail(corrupt("every intent lane of the slot busy", uint64(mp.slot), 0))
+				}
+				runtime.Gosched()
+				continue
+			}
+		} else {
+			publishWord(lane, t|1)
+		}
 		if !atomic.CompareAndSwapUint64(s.tail, t, t+need) {
 			continue
 		}
@@ -211,9 +259,22 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 			s.wake(s.consWait)
 			continue
 		}
-		mp.claimMu.Unlock()
+		// The claim word names us now: the lane is free again.
+		atomic.StoreUint64(lane, 0)
 		return Reservation{p: p, pos: t, word: word, typ: typ}, nil
 	}
+}
+
+// takeLane takes a free intent lane of our slot for intent v, or returns
+// nil if none is free.
+func (mp *mpscProducer) takeLane(s *shared, v uint64) *uint64 {
+	for l := range numLanes {
+		w := s.lane(int(mp.slot-1), l)
+		if atomic.LoadUint64(w) == 0 && atomic.CompareAndSwapUint64(w, 0, v) {
+			return w
+		}
+	}
+	return nil
 }
 
 // commit replaces the claim word by the committed one. The CAS fails only
@@ -307,7 +368,7 @@ func (c *Consumer) recoverStuck() error {
 		// owner naming it lives, and skip only when all are dead.
 		named := false
 		for i := 0; i < m.geo.Producers; i++ {
-			if atomic.LoadUint64(word64(s.mem, s.slotOff(i)+slotIntentPos)) != h|1 {
+			if !s.namesPos(i, h) {
 				continue
 			}
 			ow, o := s.readOwner(i)
@@ -344,7 +405,7 @@ func (c *Consumer) claimEnd(h, tail uint64) uint64 {
 			return e
 		}
 		for i := 0; i < m.geo.Producers; i++ {
-			if atomic.LoadUint64(word64(s.mem, s.slotOff(i)+slotIntentPos)) == e|1 {
+			if s.namesPos(i, e) {
 				return e
 			}
 		}
