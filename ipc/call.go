@@ -419,14 +419,34 @@ func (cl *Client) idle() bool {
 }
 
 // releaseRole lets go of the reader role: to the background reader if
-// responses are still expected, else free.
+// responses are still expected, else free. Once the connection has ended
+// (dead), whoever lets go drains the response ring instead: responses
+// the server committed before the end still reach their callers, and the
+// rest fail.
 func (cl *Client) releaseRole() {
 	cl.mu.Lock()
-	if (cl.waiters.len() != 0 || cl.orphans != 0) && !cl.dead {
+	outstanding := cl.waiters.len() != 0 || cl.orphans != 0
+	switch {
+	case outstanding && cl.dead:
+		cl.mu.Unlock()
+		cl.drainAndFail()
+		return
+	case outstanding:
 		cl.readerWake <- struct{}{}
-	} else {
+	default:
 		cl.freeRole()
 	}
+	cl.mu.Unlock()
+}
+
+// drainAndFail, by the holder of the reader role once the connection has
+// ended (its rings are closed, so reading cannot block), hands out every
+// response still in the ring, fails the calls left and frees the role.
+func (cl *Client) drainAndFail() {
+	cl.read(context.Background(), nil) //nolint:errcheck // ends at the closed ring's end
+	cl.mu.Lock()
+	cl.failAll()
+	cl.freeRole()
 	cl.mu.Unlock()
 }
 
@@ -451,13 +471,9 @@ func (cl *Client) backgroundReader() {
 		case <-cl.done:
 			return
 		}
-		mine, err := cl.read(cl.ctx, nil)
-		if mine || err != nil {
-			// err: the connection is ending (every cause of a read
-			// error kills it). mine cannot happen with no own waiter.
-			cl.mu.Lock()
-			cl.freeRole()
-			cl.mu.Unlock()
+		if _, err := cl.read(cl.ctx, nil); err != nil {
+			// Every cause of a read error ends the connection.
+			cl.drainAndFail()
 			return
 		}
 	}
@@ -478,20 +494,30 @@ func (cl *Client) takeRoleForGood() {
 	}
 }
 
-// failWaiters fails every registered call, for kill (done is closed).
+// failWaiters is kill's (done is closed, the rings too): from now on no
+// call registers. With no reader, it fails every call in flight; else the
+// reader does, once it has drained the response ring (releaseRole).
 func (cl *Client) failWaiters() {
-	err := cl.deadErr()
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	cl.dead = true
+	if !cl.reading {
+		cl.failAll()
+		cl.freeRole() // wakes a teardown that waits already
+	}
+}
+
+// failAll fails every call in flight; mu held, dead.
+func (cl *Client) failAll() {
+	if cl.waiters.len() == 0 {
+		return
+	}
+	err := cl.deadErr()
 	cl.waiters.takeAll(func(w *waiter) {
 		w.pending = false
 		w.err = err
 		cl.signal(w)
 	})
-	if !cl.reading {
-		cl.freeRole() // wakes a teardown that waits already
-	}
 }
 
 // fill stores a response in its waiter.
@@ -628,4 +654,3 @@ func (r *Response) Release() error {
 	}
 	return nil
 }
-

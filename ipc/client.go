@@ -396,10 +396,8 @@ func (cl *Client) teardown() {
 	select {
 	case <-cl.readerWake:
 		// Handed to the background reader just before kill, which then
-		// returned without it.
-		cl.mu.Lock()
-		cl.freeRole()
-		cl.mu.Unlock()
+		// returned without it: do its last duty.
+		cl.drainAndFail()
 	default:
 	}
 	cl.takeRoleForGood()
