@@ -87,11 +87,14 @@ type Conn struct {
 	batch    []qitem       // the flusher's: entries being written, still queued
 
 	// External mode lifecycle, under pmu: started once EventLoop.AddConn
-	// returned; running while Process runs. Teardown happens only when
-	// neither Process runs nor can start.
-	pmu     sync.Mutex
-	started bool
-	running bool
+	// returned; running while Process runs; pendingOut when the last
+	// Process left responses waiting for room (Shutdown then lets a later
+	// Process send them before it ends the connection). Teardown happens
+	// only when neither Process runs nor can start.
+	pmu        sync.Mutex
+	started    bool
+	running    bool
+	pendingOut bool
 
 	wg           sync.WaitGroup // reader and flusher goroutines
 	teardownOnce sync.Once
@@ -343,7 +346,12 @@ func (c *Conn) Process() error {
 
 	c.pmu.Lock()
 	c.running = false
+	c.pendingOut = len(c.pending) > 0
+	end := c.draining.Load() && !c.pendingOut
 	c.pmu.Unlock()
+	if end {
+		c.kill(ErrServerClosed) // Shutdown, and nothing left to answer
+	}
 	if c.isDead() {
 		c.teardown()
 		return c.endErr()
@@ -511,13 +519,25 @@ func (c *Conn) kill(err error) {
 	})
 }
 
-// drain asks the loop to stop after the request it is handling.
+// drain asks the loop to stop once it finds the request ring empty. In
+// external mode requests are handled only inside Process: if no Process
+// runs and no response waits for room, the connection ends now (requests
+// that came since the last Process are not handled); else Process ends it
+// once it has handled what it found and every response is out (draining
+// is set under pmu, which Process holds to start and to finish, so one of
+// the two sees it).
 func (c *Conn) drain() {
-	c.draining.Store(true)
 	if c.external {
-		c.kill(ErrServerClosed)
+		c.pmu.Lock()
+		c.draining.Store(true)
+		idle := !c.running && !c.pendingOut
+		c.pmu.Unlock()
+		if idle {
+			c.kill(ErrServerClosed)
+		}
 		return
 	}
+	c.draining.Store(true)
 	c.loopCancel()
 }
 

@@ -3,6 +3,7 @@ package ipc
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -95,12 +96,12 @@ func (e *epollLoop) run() {
 	}
 }
 
-func TestExternalLoop(t *testing.T) {
+// startEpollServer starts a server driven by an epollLoop on a fresh
+// abstract address; everything stops when the test ends.
+func startEpollServer(t *testing.T, cfg Config, svc *Service) (*Server, string, *epollLoop) {
 	loop := newEpollLoop(t)
-	svc := echoService()
-	disconnected := make(chan error, 10)
-	svc.OnDisconnect = func(c *Conn, err error) { disconnected <- err }
-	srv, err := NewServer(&Config{EventLoop: loop, DispatchQueue: 100000})
+	cfg.EventLoop = loop
+	srv, err := NewServer(&cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,14 +118,22 @@ func TestExternalLoop(t *testing.T) {
 	loop.add(loop.lfd)
 	var loopDone sync.WaitGroup
 	loopDone.Go(loop.run)
-	defer func() {
+	t.Cleanup(func() {
 		srv.Close()
 		unix.Write(loop.stop, []byte{1, 0, 0, 0, 0, 0, 0, 0})
 		loopDone.Wait()
 		l.Close()
 		unix.Close(loop.epfd)
 		unix.Close(loop.stop)
-	}()
+	})
+	return srv, addr, loop
+}
+
+func TestExternalLoop(t *testing.T) {
+	svc := echoService()
+	disconnected := make(chan error, 10)
+	svc.OnDisconnect = func(c *Conn, err error) { disconnected <- err }
+	srv, addr, loop := startEpollServer(t, Config{DispatchQueue: 100000}, svc)
 
 	ctx := testCtx(t)
 	// Small response ring: responses of concurrent calls overflow it and
@@ -187,5 +196,54 @@ func TestExternalLoop(t *testing.T) {
 	}
 	if n := len(srv.Conns()); n != 0 {
 		t.Errorf("%d connections left", n)
+	}
+}
+
+// TestShutdownFinishesCall: Shutdown lets the request being handled finish
+// and its response reach the caller, then ends the connection, whether
+// the server runs on goroutines or in an external poll loop.
+func TestShutdownFinishesCall(t *testing.T) {
+	for _, external := range []bool{false, true} {
+		t.Run(map[bool]string{false: "goroutines", true: "external"}[external], func(t *testing.T) {
+			entered, release := make(chan struct{}), make(chan struct{})
+			svc := echoService()
+			svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+				close(entered)
+				<-release
+				w.Respond([]byte("finished"))
+			})
+			var srv *Server
+			var addr string
+			if external {
+				srv, addr, _ = startEpollServer(t, Config{}, svc)
+			} else {
+				srv, addr = startServer(t, nil, svc)
+			}
+			cl := dial(t, addr, nil)
+			ctx := testCtx(t)
+			got := make(chan error, 1)
+			go func() {
+				b, err := cl.Call(ctx, msgBlock, nil)
+				if err == nil && string(b) != "finished" {
+					err = fmt.Errorf("response %q", b)
+				}
+				got <- err
+			}()
+			<-entered
+			shut := make(chan error, 1)
+			go func() { shut <- srv.Shutdown(ctx) }()
+			waitUntil(t, srv.isClosing, "Shutdown to begin")
+			close(release)
+			if err := <-got; err != nil {
+				t.Fatalf("call in progress at Shutdown: %v", err)
+			}
+			if err := <-shut; err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			<-cl.Done()
+			if _, err := cl.Call(ctx, msgEcho, nil); !errors.Is(err, ErrDisconnected) {
+				t.Fatalf("call after Shutdown: %v", err)
+			}
+		})
 	}
 }

@@ -467,9 +467,13 @@ func (s *Server) reject(uc *net.UnixConn, log *slog.Logger, status, code uint32,
 	uc.Close()
 }
 
-// Shutdown stops accepting, lets every connection finish the request it
-// is handling, then closes them all, and waits until they are torn down
-// (OnDisconnect has run) or ctx ends; then it falls back to Close.
+// Shutdown stops accepting, lets every connection handle the requests
+// waiting in its request ring until it finds the ring empty (with an
+// external poll loop: the request in hand, or those the running Process
+// finds) and send their responses, then closes them all, and waits until
+// they are torn down (OnDisconnect has run) or ctx ends; then it falls
+// back to Close. Calls whose requests were not handled fail with
+// ErrDisconnected.
 func (s *Server) Shutdown(ctx context.Context) error {
 	conns := s.stop()
 	for _, c := range conns {
