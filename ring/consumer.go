@@ -164,8 +164,15 @@ func (c *Consumer) peek() (Record, error) {
 		n := wordLen(w)
 		rs := recordSize(n)
 		fl := wordFlags(w)
-		if fl&^(flagPad|flagSkip) != 0 {
+		if fl&^(flagPad|flagSkip|flagSlack) != 0 || fl&(flagPad|flagSlack) == flagPad|flagSlack {
 			return Record{}, c.fail(corrupt("record flags", h, w))
+		}
+		if fl&flagSlack != 0 {
+			if !c.multi {
+				// Only MPSC producers write slack.
+				return Record{}, c.fail(corrupt("record flags", h, w))
+			}
+			rs = slackedSize(off, rs)
 		}
 		if fl&flagPad != 0 {
 			// Padding only where a wrap is due: it must end exactly at the

@@ -72,6 +72,9 @@ func TestCorruption(t *testing.T) {
 		{"mpsc tail past head+size", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
 			le.PutUint64(mem[offTail:], le.Uint64(mem[offHead:])+1<<20)
 		}, true},
+		{"mpsc slack on padding", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
+			mem[d+7] |= 0x05 // padding and slack: a combination no producer writes
+		}, false},
 		{"mpsc record forged ahead of the tail", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
 			// A committed header with a valid checksum where nothing was
 			// claimed: the consumer reads an MPSC ring's words before its
@@ -409,5 +412,54 @@ func TestScribbledLanes(t *testing.T) {
 	t.Cleanup(func() { laneWaitLimit = old })
 	if err := p.TryWrite(7, []byte("no lane")); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("every lane scribbled: %v, want ErrCorrupt", err)
+	}
+}
+
+// MPSC claims end on a cache-line boundary (flagSlack), except when the
+// claim could then not be skipped as one record; the consumer skips the
+// slack and delivers the records as written.
+func TestMPSCSlack(t *testing.T) {
+	le := binary.LittleEndian
+	p, c, mem := newPair(t, Geometry{DataSize: 4096, Producers: 1}, 0, nil)
+	tail := func() uint64 { return le.Uint64(mem[offTail:]) }
+	if err := p.TryWrite(1, make([]byte, 20)); err != nil {
+		t.Fatal(err)
+	}
+	if tail() != 64 {
+		t.Fatalf("tail %d after a 20-byte record, want 64 (36 bytes and slack)", tail())
+	}
+	if err := p.TryWrite(2, make([]byte, 48)); err != nil {
+		t.Fatal(err)
+	}
+	if tail() != 128 {
+		t.Fatalf("tail %d after a 48-byte record, want 128 (no slack needed)", tail())
+	}
+	for _, want := range []uint32{1, 2} {
+		rec, err := c.TryPeek()
+		if err != nil || rec.Type != want {
+			t.Fatalf("record %d: type %d, %v", want, rec.Type, err)
+		}
+		c.Release()
+	}
+	if _, err := c.TryPeek(); err != ErrEmpty {
+		t.Fatalf("after the records: %v", err)
+	}
+}
+
+// A claim that slack would make too long to skip as one record (2,032
+// bytes at data offset 32: 48 bytes of slack, 2,064 after the header,
+// above the 2,032-byte maximum payload) gets none.
+func TestMPSCNoSlackNearMax(t *testing.T) {
+	le := binary.LittleEndian
+	p, c, mem := newPair(t, Geometry{DataSize: 4096, Producers: 1}, 32, nil)
+	n := p.MaxPayload() - 16
+	if err := p.TryWrite(3, make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := le.Uint64(mem[offTail:]), 32+recordSize(uint64(n)); got != want {
+		t.Fatalf("tail %d after a %d-byte record at 32, want %d", got, n, want)
+	}
+	if rec, err := c.TryPeek(); err != nil || rec.Type != 3 || len(rec.Data) != n {
+		t.Fatalf("record: type %d, %d bytes, %v", rec.Type, len(rec.Data), err)
 	}
 }

@@ -202,6 +202,14 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 			// Claim the padding up to the end first, then go round.
 			need = m.size - off
 			word = makeWord(stateClaimed, flagPad, mp.slot, mp.gen, need-headerSize)
+		} else if sl := slackedSize(off, rs); sl != rs && sl-headerSize <= m.maxP {
+			// Claim up to the next cache line, so that the next claim,
+			// likely another producer's, starts on a line of its own:
+			// producers writing records that share a line pulled it
+			// between them. Not when the claim could then no longer be
+			// skipped as one record (recovery from a dead producer).
+			need = sl
+			word |= flagSlack
 		}
 		h := mp.headCache.Load()
 		if int64(h-t) > 0 || t+need-h > m.size {

@@ -15,7 +15,10 @@ import (
 //	              bits 44..55 that slot's generation at claim time
 //	              bits 56..59 flags (bit 56: padding; bit 57: skip,
 //	                          a claim given up by Abort or by the
-//	                          consumer for a dead producer)
+//	                          consumer for a dead producer; bit 58:
+//	                          slack, the record is followed by zero
+//	                          bytes up to the next 64-byte boundary of
+//	                          the data area, set by MPSC producers)
 //	              bits 60..63 state: 0 not claimed yet, 0x5 claimed
 //	                          (MPSC, between claim and commit), 0xA committed
 //	+8  u32 type: the user's record type
@@ -36,6 +39,7 @@ const (
 	stateCommitted = 0xA
 	flagPad        = 1 << 56
 	flagSkip       = 1 << 57
+	flagSlack      = 1 << 58
 	flagMask       = 0xF << 56
 	slotShift      = 32
 	slotMask       = 0xFFF
@@ -46,6 +50,16 @@ const (
 
 func recordSize(payload uint64) uint64 {
 	return (headerSize + payload + recordAlign - 1) &^ (recordAlign - 1)
+}
+
+// slackAlign is the boundary a record with flagSlack extends to: a cache
+// line, so that records claimed by different producers never share one.
+const slackAlign = 64
+
+// slackedSize is the bytes a record of rs bytes at data offset off
+// occupies with flagSlack.
+func slackedSize(off, rs uint64) uint64 {
+	return (off+rs+slackAlign-1)&^(slackAlign-1) - off
 }
 
 func makeWord(state uint64, flags uint64, slot, gen uint32, n uint64) uint64 {
