@@ -89,8 +89,14 @@ func BenchmarkPipeline(b *testing.B) {
 	_, addr := startServer(b, nil, echoService())
 	cl := dial(b, addr, nil)
 	ctx := testCtx(b)
+	callParallel(b, cl, ctx, 8)
+}
+
+// callParallel runs b.N echo calls of 64 bytes on cl from parallelism x
+// GOMAXPROCS goroutines and reports calls/s.
+func callParallel(b *testing.B, cl *Client, ctx context.Context, parallelism int) {
 	b.ReportAllocs()
-	b.SetParallelism(8)
+	b.SetParallelism(parallelism)
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
 		req, buf := make([]byte, 64), make([]byte, 64)
@@ -205,18 +211,5 @@ func BenchmarkPipelineProcess(b *testing.B) {
 	addr := abstractAddr()
 	startChildB(b, "server", addr)
 	cl := dial(b, addr, nil)
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.SetParallelism(16 / runtime.GOMAXPROCS(0))
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		req, buf := make([]byte, 64), make([]byte, 64)
-		for pb.Next() {
-			if _, err := cl.CallInto(ctx, msgEcho, req, buf); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "calls/s")
+	callParallel(b, cl, context.Background(), 16/runtime.GOMAXPROCS(0))
 }

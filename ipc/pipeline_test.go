@@ -67,15 +67,22 @@ func TestPipelining(t *testing.T) {
 	}
 }
 
-// TestAbandonedCall: a call whose context ends is abandoned; its late
-// response is skipped by the next reader.
-func TestAbandonedCall(t *testing.T) {
+// lateService is echoService whose msgBlock handler answers "late" once
+// release is closed.
+func lateService() (*Service, chan struct{}) {
 	release := make(chan struct{})
 	svc := echoService()
 	svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) {
 		<-release
 		w.Respond([]byte("late"))
 	})
+	return svc, release
+}
+
+// TestAbandonedCall: a call whose context ends is abandoned; its late
+// response is skipped by the next reader.
+func TestAbandonedCall(t *testing.T) {
+	svc, release := lateService()
 	_, addr := startServer(t, nil, svc)
 	cl := dial(t, addr, nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -232,12 +239,7 @@ func TestAllocs(t *testing.T) {
 // call while another caller waits behind it; the role must pass on, so
 // that the other call still gets its response (and the orphan is read).
 func TestReaderGivesUp(t *testing.T) {
-	release := make(chan struct{})
-	svc := echoService()
-	svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) {
-		<-release
-		w.Respond([]byte("late"))
-	})
+	svc, release := lateService()
 	_, addr := startServer(t, nil, svc)
 	cl := dial(t, addr, nil)
 	ctx, cancel := context.WithCancel(context.Background())
