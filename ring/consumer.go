@@ -28,7 +28,8 @@ type Consumer struct {
 	head      uint64 // next position to read
 	published uint64 // head as last stored in shared memory
 	batch     uint64 // publish once head is this far past published
-	tailCache uint64 // last tail read; only ever moves forward
+	tailCache uint64 // last tail read (MPSC: or the end of a record taken on trust)
+	tailSeen  uint64 // MPSC: last tail actually read
 	peeked    bool
 	cur       Record
 	curSize   uint64 // bytes Release frees
@@ -53,7 +54,7 @@ func NewConsumer(mem []byte, opts *Options) (*Consumer, error) {
 	if t-h > s.m.size || t%recordAlign != 0 || h%recordAlign != 0 {
 		return nil, fmt.Errorf("attach consumer: %w", corrupt("tail - head", h, t-h))
 	}
-	c.head, c.published, c.tailCache = h, h, t
+	c.head, c.published, c.tailCache, c.tailSeen = h, h, t, t
 	c.batch = s.m.size / 8
 	return c, nil
 }
@@ -138,7 +139,7 @@ func (c *Consumer) peek() (Record, error) {
 			if t-h > m.size || t%recordAlign != 0 {
 				return Record{}, c.fail(corrupt("tail outside [head, head+size]", h, t))
 			}
-			c.tailCache = t
+			c.tailCache, c.tailSeen = t, t
 			if t == h {
 				// Caught up: hand back everything consumed, so that a
 				// producer waiting for space never waits on us.
@@ -214,14 +215,15 @@ func (c *Consumer) peek() (Record, error) {
 //
 // Multi-producer rings take a committed word's word for it instead (peek
 // reads their words before the tail): an honest record lies below the
-// tail, and a forged one ahead of it is caught, without reading out of
-// bounds, when the consumer next reads the tail and finds it behind its
-// head ("tail outside [head, head+size]").
+// tail. But never for more than a ring's worth past the tail last read:
+// then the tail is read, and a record beyond it, forged, is corrupt. So a
+// ring scribbled full of plausible words costs at most one lap of them,
+// not an endless walk, and is found without any access out of bounds.
 func (c *Consumer) within(h, rs uint64) bool {
 	if rs <= c.tailCache-h {
 		return true
 	}
-	if c.multi {
+	if c.multi && h+rs-c.tailSeen <= c.s.m.size {
 		c.tailCache = h + rs
 		return true
 	}
@@ -229,7 +231,7 @@ func (c *Consumer) within(h, rs uint64) bool {
 	if t-h > c.s.m.size || t%recordAlign != 0 {
 		return false
 	}
-	c.tailCache = t
+	c.tailCache, c.tailSeen = t, t
 	return rs <= t-h
 }
 

@@ -463,3 +463,19 @@ func TestMPSCNoSlackNearMax(t *testing.T) {
 		t.Fatalf("record: type %d, %d bytes, %v", rec.Type, len(rec.Data), err)
 	}
 }
+
+// An MPSC consumer takes a committed word at its head on trust, without
+// reading the tail, but for one lap at most: a data area scribbled full
+// of plausible skip records ahead of the tail is found corrupt, not
+// walked round forever.
+func TestMPSCTrustBoundedToALap(t *testing.T) {
+	le := binary.LittleEndian
+	_, c, mem := newPair(t, Geometry{DataSize: 4096, Producers: 1}, 0, nil)
+	d := dataOff(mem)
+	for off := 0; off < 4096; off += 16 {
+		le.PutUint64(mem[d+off:], makeWord(stateCommitted, flagSkip, 0, 0, 0))
+	}
+	if _, err := c.TryPeek(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("peek over a lap of forged skip records: %v, want ErrCorrupt", err)
+	}
+}
