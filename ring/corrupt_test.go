@@ -72,6 +72,16 @@ func TestCorruption(t *testing.T) {
 		{"mpsc tail past head+size", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
 			le.PutUint64(mem[offTail:], le.Uint64(mem[offHead:])+1<<20)
 		}, true},
+		{"mpsc tail misaligned", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
+			le.PutUint64(mem[offTail:], le.Uint64(mem[offTail:])+8)
+		}, true},
+		{"mpsc tail misaligned near the end", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
+			// 8 bytes before the end of the data area: a padding claim
+			// there would be shorter than its own header.
+			tail := le.Uint64(mem[offTail:])
+			le.PutUint64(mem[offTail:], tail-tail%4096+4096-8)
+			le.PutUint64(mem[offHead:], tail-tail%4096+4096-8-1024)
+		}, true},
 		{"mpsc slack on padding", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
 			mem[d+7] |= 0x05 // padding and slack: a combination no producer writes
 		}, false},

@@ -196,6 +196,11 @@ func (mp *mpscProducer) tryReserve(p *Producer, typ uint32, n int) (Reservation,
 	}
 	for {
 		t := atomic.LoadUint64(s.tail)
+		if t%recordAlign != 0 {
+			// Every claim is a multiple of 16 bytes: a misaligned tail
+			// is a scribble, and a claim there could reach past the end.
+			return fail(corrupt("tail misaligned", t, 0))
+		}
 		off := t & m.mask
 		need, word := rs, makeWord(stateClaimed, 0, mp.slot, mp.gen, uint64(n))
 		if off+rs > m.size {
