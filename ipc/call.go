@@ -193,27 +193,8 @@ func (cl *Client) waitRoom(ctx context.Context, id uint16, size int) (ring.Reser
 		return ring.Reservation{}, err
 	}
 	defer func() { <-cl.spaceLock }()
-	for sp := newSpinner(ctx, cl.waker.spin); sp.again(); {
-		if r, err := cl.tryReserveRoom(id, size); err != ring.ErrFull {
-			return r, cl.ringErr(err)
-		}
-	}
-	for {
-		if err := ctx.Err(); err != nil {
-			return ring.Reservation{}, err
-		}
-		// The ring's protocol (docs/ipc.md §6): announce, re-check, sleep.
-		cl.waker.arm(wReqProd)
-		r, err := cl.tryReserveRoom(id, size)
-		if err != ring.ErrFull {
-			cl.waker.disarm(wReqProd)
-			return r, cl.ringErr(err)
-		}
-		if err := cl.waker.sleep(ctx, wReqProd); err != nil {
-			cl.waker.disarm(wReqProd)
-			return ring.Reservation{}, err
-		}
-	}
+	r, err := cl.waker.waitRoom(ctx, wReqProd, func() (ring.Reservation, error) { return cl.tryReserveRoom(id, size) })
+	return r, cl.ringErr(err)
 }
 
 // wait waits for w's response: as the reader if w.reader, else

@@ -118,15 +118,16 @@ func (w *sockWaker) reserve(ctx context.Context, p *ring.Producer, i int, typ ui
 	if err != ring.ErrFull {
 		return r, err
 	}
-	return w.reserveSlow(ctx, p, i, typ, n, w.spin)
+	return w.waitRoom(ctx, i, func() (ring.Reservation, error) { return p.TryReserve(typ, n) })
 }
 
-// reserveSlow is reserve's waiting part, with its own spin budget.
-func (w *sockWaker) reserveSlow(ctx context.Context, p *ring.Producer, i int, typ uint32, n int, spin time.Duration) (ring.Reservation, error) {
-	var r ring.Reservation
-	var err error
-	for sp := newSpinner(ctx, spin); sp.again(); {
-		if r, err = p.TryReserve(typ, n); err != ring.ErrFull {
+// waitRoom is the waiting part of a reservation: it calls try (a
+// TryReserve, however the caller guards its producer) until it no longer
+// reports ErrFull, spinning, then sleeping on local word i by the ring's
+// protocol (docs/ipc.md §6: announce, re-check, sleep), until ctx ends.
+func (w *sockWaker) waitRoom(ctx context.Context, i int, try func() (ring.Reservation, error)) (ring.Reservation, error) {
+	for sp := newSpinner(ctx, w.spin); sp.again(); {
+		if r, err := try(); err != ring.ErrFull {
 			return r, err
 		}
 	}
@@ -135,7 +136,7 @@ func (w *sockWaker) reserveSlow(ctx context.Context, p *ring.Producer, i int, ty
 			return ring.Reservation{}, err
 		}
 		w.arm(i)
-		if r, err = p.TryReserve(typ, n); err != ring.ErrFull {
+		if r, err := try(); err != ring.ErrFull {
 			w.disarm(i)
 			return r, err
 		}
