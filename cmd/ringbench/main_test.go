@@ -265,15 +265,7 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 		return ringWriter{p}, ringReader{c}
 	}
 	udsLink := func(t *testing.T) (frameWriter, frameReader, frameWriter, frameReader) {
-		a, f, err := socketPair()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := openSocket(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { a.Close(); b.Close() })
+		a, b := connectedPair(t)
 		return udsWriter{a}, newUDSReader(b), udsWriter{b}, newUDSReader(a)
 	}
 	// Each case wires both ends of its links: the near side runs the
@@ -371,15 +363,7 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 				far, func() { cl.Close() }
 		}},
 		{"call/uds", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
-			a, f, err := socketPair()
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := openSocket(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { a.Close(); b.Close() })
+			a, b := connectedPair(t)
 			lat := newHistogram()
 			return func(h *harness, m *meter) error {
 					return callLoop(h, newUDSCaller(a, size), 0, payload(size), make([]byte, size), lat, m)
@@ -388,15 +372,7 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 				func() { a.Close() }
 		}},
 		{"pipeline/uds", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
-			a, f, err := socketPair()
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := openSocket(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { a.Close(); b.Close() })
+			a, b := connectedPair(t)
 			mux := newUDSMux(a, 2, size)
 			lat := newHistogram()
 			return func(h *harness, m *meter) error {
@@ -487,4 +463,19 @@ func TestDispatchSinkDoesNotAllocate(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%v allocations per message", allocs)
 	}
+}
+
+// connectedPair returns both ends of a socket pair as the parent and a
+// child would hold them, closed when the test ends.
+func connectedPair(t *testing.T) (net.Conn, net.Conn) {
+	a, f, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := openSocket(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
