@@ -103,7 +103,10 @@ func (c ipcCaller) call(req, resp []byte) error {
 	return err
 }
 
-func callIPC(rc *runConfig) (measurement, error) {
+func callIPC(rc *runConfig) (measurement, error) { return ipcCalls(rc, 1) }
+
+// ipcCalls runs goroutines callers sharing one Client of a server child.
+func ipcCalls(rc *runConfig, goroutines int) (measurement, error) {
 	h := newHarness(rc)
 	defer h.cleanup()
 	cl, err := startIPC(h, nil)
@@ -111,7 +114,11 @@ func callIPC(rc *runConfig) (measurement, error) {
 		return measurement{}, err
 	}
 	defer cl.Close()
-	return runCalls(h, []caller{ipcCaller{cl}}, func() { cl.Close() })
+	callers := make([]caller, goroutines)
+	for g := range callers {
+		callers[g] = ipcCaller{cl}
+	}
+	return runCalls(h, callers, func() { cl.Close() })
 }
 
 func callUDS(rc *runConfig) (measurement, error) {

@@ -38,20 +38,7 @@ func init() {
 	})
 }
 
-func pipelineIPC(rc *runConfig) (measurement, error) {
-	h := newHarness(rc)
-	defer h.cleanup()
-	cl, err := startIPC(h, nil)
-	if err != nil {
-		return measurement{}, err
-	}
-	defer cl.Close()
-	callers := make([]caller, rc.goroutines)
-	for g := range callers {
-		callers[g] = ipcCaller{cl}
-	}
-	return runCalls(h, callers, func() { cl.Close() })
-}
+func pipelineIPC(rc *runConfig) (measurement, error) { return ipcCalls(rc, rc.goroutines) }
 
 func pipelineUDS(rc *runConfig) (measurement, error) {
 	return withRPCUDSChild(rc, func(h *harness, conn net.Conn) (measurement, error) {
