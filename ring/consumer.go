@@ -36,6 +36,10 @@ type Consumer struct {
 	err       error  // sticky: once corrupt, always corrupt
 
 	stuck stuckClaim // MPSC: the claim at head that has not committed
+
+	// testHookEmpty, set only by tests, runs between the load of the
+	// tail that found the ring empty and the load of closed.
+	testHookEmpty func()
 }
 
 // errInFlight: an MPSC claim at head is not committed yet. Blocking calls
@@ -144,10 +148,20 @@ func (c *Consumer) peek() (Record, error) {
 				// Caught up: hand back everything consumed, so that a
 				// producer waiting for space never waits on us.
 				c.publish()
-				if c.s.isClosed() {
+				if c.testHookEmpty != nil {
+					c.testHookEmpty()
+				}
+				if !c.s.isClosed() {
+					return Record{}, ErrEmpty
+				}
+				// Closed, but a producer may have committed and then
+				// closed between our load of the tail and that of
+				// closed: the record is owed to us (a commit before a
+				// close is delivered), so look at the tail once more.
+				if atomic.LoadUint64(c.s.tail) == h {
 					return Record{}, ErrClosed
 				}
-				return Record{}, ErrEmpty
+				continue
 			}
 			// The word is read after the tail, whose load synchronizes
 			// with the store that published it.

@@ -48,3 +48,7 @@ func (p *Producer) slotIndex() int { return int(p.mp.slot) - 1 }
 func setIntent(mem []byte, slot int, pos uint64) {
 	atomic.StoreUint64(word64(mem, offSlotTable+slot*slotSize+slotLanes), pos|1)
 }
+
+// onEmpty makes fn run each time the consumer has found the ring empty,
+// between its load of the tail and its load of closed.
+func (c *Consumer) onEmpty(fn func()) { c.testHookEmpty = fn }

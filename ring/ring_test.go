@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -238,6 +239,51 @@ func TestCloseDrainsThenErrClosed(t *testing.T) {
 	}
 	if _, err := c.Peek(context.Background()); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("after drain: %v", err)
+	}
+}
+
+// TestCommitThenCloseNotLost: a producer commits a record and closes the
+// ring between the consumer's load of the tail (which found the ring
+// empty) and its load of closed. The record was committed before the
+// close, so it must be delivered, and ErrClosed come only after it.
+func TestCommitThenCloseNotLost(t *testing.T) {
+	peeks := map[string]func(*Consumer) (Record, error){
+		"TryPeek": (*Consumer).TryPeek,
+		"Peek":    func(c *Consumer) (Record, error) { return c.Peek(context.Background()) },
+	}
+	for _, g := range []Geometry{{DataSize: 1024}, {DataSize: 1024, Producers: 2}} {
+		for name, peek := range peeks {
+			t.Run(fmt.Sprintf("producers=%d/%s", g.Producers, name), func(t *testing.T) {
+				p, c, _ := newPair(t, g, 0, nil)
+				fired := false
+				c.onEmpty(func() {
+					if fired {
+						return
+					}
+					fired = true
+					if err := p.TryWrite(7, []byte("last words")); err != nil {
+						t.Errorf("write: %v", err)
+					}
+					p.Close()
+				})
+				r, err := peek(c)
+				if !fired {
+					t.Fatal("the hook never ran")
+				}
+				if err != nil {
+					t.Fatalf("record committed before the close: %v, want it delivered", err)
+				}
+				if r.Type != 7 || string(r.Data) != "last words" {
+					t.Fatalf("got type %d %q", r.Type, r.Data)
+				}
+				if err := c.Release(); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := peek(c); !errors.Is(err, ErrClosed) {
+					t.Fatalf("after the drain: %v, want ErrClosed", err)
+				}
+			})
+		}
 	}
 }
 
