@@ -15,4 +15,9 @@
 //
 // The word must be 4-byte aligned. Wait and Wake are safe for concurrent use
 // by any number of goroutines and processes.
+//
+// Off Linux, and on Linux when built with the tag ringipc_futexpoll (which
+// CI uses to run the ring tests the way other systems would), Wait polls
+// the word with growing naps of up to a millisecond and Wake does nothing:
+// correct, only slower to notice a change.
 package futex

@@ -1,3 +1,5 @@
+//go:build linux && !ringipc_futexpoll
+
 package futex
 
 import (

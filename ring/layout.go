@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -62,9 +63,11 @@ const (
 	flagPayloadSum = 1 << 0
 	knownFlags     = flagPayloadSum
 
-	// MinDataSize and MaxDataSize bound Geometry.DataSize.
+	// MinDataSize and MaxDataSize bound Geometry.DataSize. MaxDataSize is
+	// 1 TiB where int has 64 bits and 1 GiB where it has 32, so that a
+	// data size and the ring's total size always fit in an int.
 	MinDataSize = 1 << 10
-	MaxDataSize = 1 << 40
+	MaxDataSize = 1 << (30 + 10*(bits.UintSize/64))
 	// MaxProducers bounds Geometry.Producers: slot numbers are 12 bits
 	// in a claim word, and 0 means "no slot".
 	MaxProducers = 1<<12 - 1

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -301,7 +303,9 @@ func parseBytes(s string) (int, error) {
 		}
 	}
 	n, err := strconv.Atoi(t)
-	if err != nil || n <= 0 || n > (1<<40)/mult {
+	// No byte count this tool takes exceeds a ring's largest data area, and
+	// the bound keeps n*mult from overflowing an int.
+	if err != nil || n <= 0 || n > ring.MaxDataSize/mult {
 		return 0, fmt.Errorf("%q is not a positive byte count", s)
 	}
 	return n * mult, nil
