@@ -1,3 +1,5 @@
+//go:build linux
+
 package ipc
 
 // callTable holds the calls in flight of a Client, under Client.mu. A

@@ -89,4 +89,9 @@
 // Socket files. Listen creates a path socket with the umask's mode and
 // then narrows it to the requested mode; in between a peer may connect if
 // the umask is lax, and Authorize still judges it.
+//
+// Linux only. The package rests on SO_PEERCRED, sealed memfds, eventfds
+// and futexes; every file but this one carries a linux build constraint,
+// so on other systems ipc is an empty package that only documents itself.
+// The ring, shmseg and futex packages build everywhere.
 package ipc

@@ -1,3 +1,5 @@
+//go:build linux
+
 package ipc
 
 // A client that speaks the protocol of docs/ipc.md from the bytes up,

@@ -16,6 +16,9 @@
 // Waiting spins for a bounded time (Options.Spin), then sleeps on a futex.
 // A side wakes the other only after that side has announced that it
 // sleeps, so two busy processes exchange records without system calls.
+// Off Linux the package builds and works with stand-ins: the futex
+// package polls instead of sleeping, and ProcessAlive cannot tell a dead
+// MPSC producer from a live one (see its doc).
 //
 // In an MPSC ring, every claim names its producer slot. A producer that dies
 // between claim and commit does not block the ring: once the operating

@@ -61,5 +61,7 @@
 // runFunc per transport) and its child roles, the parent's side written
 // against frameWriter and frameReader (or, for calls, a caller run by
 // runCalls), and the children's sides. ipclink.go starts the ipc server
-// child and dials it.
+// child and dials it. Like ipc, ringbench is Linux-only: every file but
+// this one and main_other.go carries a linux build constraint, and a new
+// scenario's file needs one too (TestLinuxOnly checks).
 package main
