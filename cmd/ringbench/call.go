@@ -21,13 +21,17 @@ import (
 
 func init() {
 	register(&scenario{
-		name:    "call",
-		order:   40,
-		minSize: 8,
+		name:         "call",
+		rpc:          true,
+		order:        40,
+		minSize:      8,
+		paced:        true,
+		defaultRates: []int{0, 1000, 10000},
 		about: "one goroutine of the parent calls an echo server in a child and waits for each response; " +
-			"msgs = calls, p50/p99/p999 = call time of a random 1 in 8 calls (ipc: Client.CallInto, handler ResponseWriter.Respond; " +
-			"uds: a length-prefixed request written with one write(2), the response read back through a bufio.Reader)",
-		runs: map[string]runFunc{"ipc": callIPC, "uds": callUDS},
+			"msgs = calls, p50/p99/p999 = call time of a random 1 in 8 calls, of every call when paced (ipc: Client.CallInto, handler ResponseWriter.Respond; " +
+			"uds: a length-prefixed request written with one write(2), the response read back through a bufio.Reader; " +
+			"futex: the floor, see futex above)",
+		runs: map[string]runFunc{"ipc": callIPC, "uds": callUDS, "futex": callFutex},
 	})
 	registerChild("rpc-uds", rpcUDSChild)
 }
@@ -47,32 +51,37 @@ func putTag(b []byte, tag uint64) { binary.LittleEndian.PutUint64(b, tag) }
 func getTag(b []byte) uint64      { return binary.LittleEndian.Uint64(b) }
 
 // callLoop calls c until the run ends, as goroutine g, and records the
-// round trips of the window in lat: a uniform random sample of one call
-// in latencyStride. Timing every call would read the clock twice per call
-// (~25 ns each on the development VM), a sixth of a pipelined ipc call,
-// and that cost would be counted as the transport's; a sample of one in
-// eight still holds hundreds of thousands of calls per result (JSON
-// lat_samples).
-func callLoop(h *harness, c caller, g int, req, resp []byte, lat *histogram, m *meter) error {
-	base := time.Now()
+// round trips of the window in lat. Paced by pc, it waits for each call's
+// slot first and times every call, from the moment it is sent (the clock
+// is read for the schedule anyway). Unpaced, it calls back to back and
+// times a uniform random sample of one call in latencyStride: timing
+// every call would read the clock twice per call (~25 ns each on the
+// development VM), a sixth of a pipelined ipc call, and that cost would
+// be counted as the transport's; a sample of one in eight still holds
+// hundreds of thousands of calls per result (JSON lat_samples).
+func callLoop(h *harness, c caller, g int, req, resp []byte, lat *histogram, m *meter, pc *pacer) error {
 	rng := uint64(g)*0x9e3779b97f4a7c15 | 1
+	paced := pc.paced()
 	for seq := uint64(0); ; seq++ {
 		tag := callTag(g, seq)
 		putTag(req, tag)
 		rng ^= rng << 13 // xorshift64
 		rng ^= rng >> 7
 		rng ^= rng << 17
-		timed := rng%latencyStride == 0
+		timed := paced || rng%latencyStride == 0
 		var t0 time.Duration
+		if paced {
+			pc.wait()
+		}
 		if timed {
-			t0 = time.Since(base)
+			t0 = pc.since()
 		}
 		if err := c.call(req, resp); err != nil {
 			return fmt.Errorf("call %d of goroutine %d: %w", seq, g, err)
 		}
 		var rtt time.Duration
 		if timed {
-			rtt = time.Since(base) - t0
+			rtt = pc.since() - t0
 		}
 		if got := getTag(resp); got != tag {
 			return fmt.Errorf("call %d of goroutine %d: response tagged %#x, want %#x", seq, g, got, tag)
@@ -89,6 +98,18 @@ func callLoop(h *harness, c caller, g int, req, resp []byte, lat *histogram, m *
 			return nil
 		}
 	}
+}
+
+// callPacer is the schedule of calling goroutine g of n at rate calls/s
+// each: their first slots are spread over one period, so that they do not
+// all call at the same instant.
+func callPacer(rate, g, n int) *pacer {
+	var offset time.Duration
+	if rate > 0 {
+		offset = time.Second / time.Duration(rate) * time.Duration(g) / time.Duration(max(n, 1))
+	}
+	pc := newPacer(rate, offset)
+	return &pc
 }
 
 // latencyStride: callLoop times one call in this many.
@@ -170,7 +191,8 @@ func runCalls(h *harness, callers []caller, stop func()) (measurement, error) {
 	}
 	run := func(g int) {
 		l := loops[g]
-		l.err = callLoop(h, callers[g], g, payload(size), make([]byte, size), l.lat, &l.m)
+		l.err = callLoop(h, callers[g], g, payload(size), make([]byte, size), l.lat, &l.m,
+			callPacer(h.rc.rate, g, len(callers)))
 		h.failIf(l.err) // ends every other loop too
 	}
 	h.startClock()

@@ -42,8 +42,11 @@ type childParams struct {
 	Size     int           `json:"size"`      // frame bytes
 	RingSize int           `json:"ring_size"` // ring data area bytes
 	Spin     time.Duration `json:"spin"`      // ring.Options.Spin
-	ID       int           `json:"id"`        // producer number, from 0
+	ID       int           `json:"id"`        // producer or client number, from 0
 	Files    int           `json:"files"`     // descriptors from fd 3 on
+	Rate     int           `json:"rate"`      // a sender's messages or calls per second; 0: unpaced
+	Clients  int           `json:"clients"`   // fanin: client processes the server serves
+	Addr     string        `json:"addr"`      // fanin: the ipc server's address
 }
 
 // A childFunc is one role's side of a measurement. It calls cc.ready once
@@ -64,6 +67,14 @@ type childCtx struct {
 	p     childParams
 	files []*os.File
 	out   *eventWriter
+	// h carries the run's phase as the parent's marks tell it, for roles
+	// that measure a window themselves (fanin clients): the first mark
+	// starts the window, the second ends it.
+	h *harness
+	// A role that measures sets these before it returns: its messages
+	// in the window and their latencies, sent with "done".
+	window uint64
+	lat    *histogram
 }
 
 func (cc *childCtx) ready() { cc.out.send(event{Ev: "ready"}) }
@@ -76,6 +87,9 @@ type event struct {
 	CPUNs int64  `json:"cpu_ns"`
 	Sent  uint64 `json:"sent"`
 	Err   string `json:"err,omitempty"`
+	// Roles that measure a window (see childCtx) add it to "done".
+	Window uint64    `json:"window,omitempty"`
+	Lat    *histWire `json:"lat,omitempty"`
 }
 
 type eventWriter struct {
@@ -110,10 +124,14 @@ func childMain(role string) int {
 	}
 	out := &eventWriter{enc: json.NewEncoder(os.Stdout)}
 	exit := make(chan struct{})
-	go serveControl(os.Stdin, out, exit)
+	cc := &childCtx{p: p, files: files, out: out, h: newHarness(&runConfig{})}
+	go serveControl(os.Stdin, out, cc.h, exit)
 
-	sent, err := fn(&childCtx{p: p, files: files, out: out})
-	e := event{Ev: "done", Sent: sent}
+	sent, err := fn(cc)
+	e := event{Ev: "done", Sent: sent, Window: cc.window}
+	if cc.lat != nil {
+		e.Lat = cc.lat.wire()
+	}
 	if err != nil {
 		e.Err = err.Error()
 	}
@@ -125,14 +143,18 @@ func childMain(role string) int {
 	return 0
 }
 
-// serveControl answers the parent's commands until "exit". EOF before it
+// serveControl answers the parent's commands until "exit", and moves h's
+// phase on at each mark, after sampling the CPU time. EOF before "exit"
 // means the parent died; the child follows.
-func serveControl(r io.Reader, out *eventWriter, exit chan<- struct{}) {
+func serveControl(r io.Reader, out *eventWriter, h *harness, exit chan<- struct{}) {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		switch sc.Text() {
 		case "mark":
 			out.send(event{Ev: "mark", CPUNs: int64(cpuTime())})
+			if p := h.phase.Load(); p < phaseDone {
+				h.phase.Store(p + 1)
+			}
 		case "exit":
 			close(exit)
 			return
@@ -167,6 +189,8 @@ type child struct {
 	mu      sync.Mutex
 	marks   []time.Duration // CPU time at each mark
 	sent    uint64          // frames the child's loop wrote
+	window  uint64          // messages in the window, if it measured them
+	lat     *histogram      // their latencies, if it measured them
 	waitErr error           // set before exited is closed
 }
 
@@ -270,14 +294,21 @@ func (c *child) readEvents(r *os.File, h *harness) {
 				continue
 			}
 			doneDone = true
+			var lat *histogram
+			var latErr error
+			if e.Lat != nil {
+				lat, latErr = e.Lat.histogram()
+			}
 			c.mu.Lock()
-			c.sent = e.Sent
+			c.sent, c.window, c.lat = e.Sent, e.Window, lat
 			c.mu.Unlock()
 			close(c.done)
 			switch {
 			case e.Err != "":
 				h.abort(fmt.Errorf("%s: %s", c.role, e.Err))
-			case h.phase.Load() != phaseDone:
+			case latErr != nil:
+				h.abort(fmt.Errorf("%s: %v", c.role, latErr))
+			case !h.ending.Load():
 				// Only the parent ends a run.
 				h.abort(fmt.Errorf("%s stopped after %d frames, before the run ended", c.role, e.Sent))
 			}

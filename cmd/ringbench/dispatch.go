@@ -23,6 +23,7 @@ import (
 func init() {
 	register(&scenario{
 		name:    "dispatch",
+		rpc:     true,
 		order:   60,
 		minSize: 8,
 		about: "a server in a child sends dispatch messages to the parent as fast as it can; the parent checks " +

@@ -4,22 +4,53 @@
 //
 // Usage:
 //
-//	ringbench [-scenario spsc,pingpong,mpsc,call,pipeline,dispatch|all]
-//	          [-size 64,4KiB] [-duration 1.5s] [-producers 2,8]
-//	          [-goroutines 16] [-spin 50us] [-ring-size 1MiB]
-//	          [-transport ring,ipc,uds] [-json]
+//	ringbench [-scenario spsc,pingpong,mpsc,call,pipeline,dispatch,fanin|all]
+//	          [-size 64,4KiB] [-rate 0,1000,10000] [-duration 1.5s]
+//	          [-producers 2,8] [-goroutines 16] [-clients 32]
+//	          [-spin 50us] [-ring-size 1MiB]
+//	          [-transport ring,ipc,uds,futex] [-json]
 //
-// The default suite, every scenario, takes about 25 seconds.
+// The default suite, every scenario, takes about 45 seconds: call runs at
+// its three default rates (as fast as it can, 1,000/s and 10,000/s) and
+// fanin with 32 clients at 1,000/s each.
 //
-// Every scenario runs for each size (and, for mpsc, each producer count;
-// for pipeline, each goroutine count) over each transport it has, ring
-// or ipc first, so that the table can show the ring/uds or ipc/uds ratio
-// under each pair of rows. spsc, pingpong and mpsc measure the bare ring;
-// call, pipeline and dispatch the ipc package (an ipc server in a child,
-// its client in the parent). Each measurement starts fresh processes:
-// ringbench re-executes itself for every side but the parent's, handing
-// over the shared memory (a memfd), the socket or the ipc listener as
-// fd 3.
+// Every scenario runs for each size and rate (and, for mpsc, each
+// producer count; for pipeline, each goroutine count; for fanin, each
+// client count) over each transport it has, ring or ipc first, so that
+// the table can show the ring/uds or ipc/uds ratio under each pair of
+// rows, and the ipc/futex ratio under call's futex row. spsc, pingpong
+// and mpsc measure the bare ring; call, pipeline, dispatch and fanin the
+// ipc package (an ipc server in a child, its clients in the parent or, for
+// fanin, in -clients child processes). Each measurement starts fresh
+// processes: ringbench re-executes itself for every side but the
+// parent's, handing over the shared memory (a memfd), the socket or the
+// ipc listener as fd 3.
+//
+// # Regimes
+//
+// Unpaced (-rate 0), every sender sends as fast as it can: the best case
+// of a shared-memory transport, both sides awake. Paced (-rate R), each
+// sender follows an absolute schedule of R messages or calls per second,
+// the life of a cluster daemon: sparse calls, a peer asleep between them,
+// so the cost of waking up dominates. fanin (-clients N) is dozens of
+// processes on few CPUs: N client processes calling one server, each at
+// -rate, where spinning steals the CPU others need. Without -rate, call
+// runs at 0, 1,000 and 10,000/s, fanin at 1,000/s, the rest unpaced;
+// -rate applies its list to every selected scenario, and refuses a
+// nonzero rate for a scenario whose senders are not paced (spsc, mpsc,
+// dispatch).
+//
+// A paced sender sleeps until its slot in one
+// clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) system call, which costs
+// no CPU while it waits (time.Sleep is not used: Go's timers wake through
+// epoll_wait, whose one-millisecond granularity would turn 10,000/s into
+// bursts). A late sender sends at once and keeps its schedule; a call is
+// timed from its actual send, and every paced call is timed.
+//
+// The futex transport (call only) is the floor of a sleeping call: a raw
+// futex ping-pong between the same two processes over a request word and
+// a response word in a shared memfd, each side sleeping in FUTEX_WAIT at
+// once, without spinning, and woken by FUTEX_WAKE.
 //
 // # Method
 //
@@ -30,7 +61,9 @@
 // socketpair, written the way a naive user writes it: one write(2) per
 // message, a bufio.Reader and io.ReadFull per message on the other side.
 // cpu_sec sums the user and system time of every process over the window,
-// each process sampling its own getrusage at the window's edges. No loop
+// each process sampling its own getrusage at the window's edges. fanin's
+// clients measure their own calls between the parent's two CPU marks and
+// send their counts and histograms to the parent, which merges them. No loop
 // allocates per message (the ipc server's Conn.Dispatch may, inside the
 // package, when it queues messages for a full ring).
 //
@@ -46,14 +79,19 @@
 // With -json, stdout carries one JSON object per result and nothing else.
 // Scripts read these names; they may gain company but never change:
 //
-//	scenario, transport ("ring", "ipc" or "uds"), size (payload bytes),
+//	scenario, transport ("ring", "ipc", "uds" or "futex"), size (payload bytes),
 //	producers, goroutines (calling goroutines: -goroutines for pipeline,
 //	else 1), duration_sec, msgs (pingpong: round trips; call, pipeline:
 //	calls), msgs_per_sec, bytes_per_sec (msgs_per_sec * size),
 //	p50_ns, p99_ns, p999_ns (round-trip percentiles: pingpong, call,
-//	pipeline; 0 where not measured), cpu_sec, cpu_per_msg_ns,
-//	ring_size (ipc: of each of a connection's rings) and spin_ns (0 for
-//	uds), cpu_model, cores, go_version, goos, goarch, load_avg_1m.
+//	pipeline, fanin; 0 where not measured), lat_samples (calls timed:
+//	every one when paced, else a random 1 in 8 for call, pipeline and
+//	fanin), cpu_sec, cpu_per_msg_ns, ring_size (ipc: of each of a
+//	connection's rings) and spin_ns (0 for uds and futex), rate (each
+//	sender's messages or calls per second; 0 unpaced), clients (client
+//	processes calling a server: fanin's -clients, 1 for call, pipeline
+//	and dispatch, 0 for the ring scenarios), cpu_model, cores,
+//	go_version, goos, goarch, load_avg_1m.
 //
 // # Adding a scenario
 //

@@ -40,6 +40,9 @@ type measurement struct {
 	lat     *histogram    // round-trip times, or nil
 }
 
+// Children that measure their own window (fanin's clients) report its
+// messages and latencies with "done"; finish adds them to the parent's.
+
 // harness is the parent's side of one measurement: its children, the clock
 // that cuts the window, CPU accounting and teardown.
 //
@@ -65,6 +68,12 @@ type harness struct {
 	clockStop chan struct{}
 	stopOnce  sync.Once
 
+	// ending: the parent is ending the window (set before the last marks
+	// go out), so a child may end its loop; windowEnd is closed once the
+	// phase is phaseDone.
+	ending    atomic.Bool
+	windowEnd chan struct{}
+
 	// stopping: the parent has ended the run and lets children exit;
 	// until then a child's exit is a failure.
 	stopping atomic.Bool
@@ -75,7 +84,7 @@ type harness struct {
 }
 
 func newHarness(rc *runConfig) *harness {
-	return &harness{rc: rc, clockStop: make(chan struct{}), aborted: make(chan struct{})}
+	return &harness{rc: rc, clockStop: make(chan struct{}), aborted: make(chan struct{}), windowEnd: make(chan struct{})}
 }
 
 // onAbort registers f to run when the measurement fails, from whichever
@@ -172,6 +181,10 @@ func (h *harness) flip(p int32) {
 	h.mu.Lock()
 	h.at[p-1], h.selfCPU[p-1] = now, cpu
 	h.mu.Unlock()
+	if p == phaseDone {
+		// Children that measure their own window end on this mark.
+		h.ending.Store(true)
+	}
 	// Marks go out before the phase changes: finish sends "exit" only
 	// after the loops have seen the last phase, so the last mark is ahead
 	// of it in every child's stdin.
@@ -179,6 +192,20 @@ func (h *harness) flip(p int32) {
 		c.command("mark")
 	}
 	h.phase.Store(p)
+	if p == phaseDone {
+		close(h.windowEnd)
+	}
+}
+
+// waitWindow waits until the window is over, for a parent with no loop
+// of its own (the children measure it).
+func (h *harness) waitWindow() error {
+	select {
+	case <-h.windowEnd:
+		return nil
+	case <-h.aborted:
+		return h.err()
+	}
 }
 
 func (h *harness) stopClock() { h.stopOnce.Do(func() { close(h.clockStop) }) }
@@ -238,6 +265,13 @@ func (h *harness) finish(loopErr error, meters ...*meter) (measurement, error) {
 		c.mu.Lock()
 		werr, marks := c.waitErr, c.marks
 		sent += c.sent
+		m.msgs += c.window
+		if c.lat != nil {
+			if m.lat == nil {
+				m.lat = newHistogram()
+			}
+			m.lat.merge(c.lat)
+		}
 		c.mu.Unlock()
 		if werr != nil {
 			return measurement{}, fmt.Errorf("%s: %v", c.role, werr)

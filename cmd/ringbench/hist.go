@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"math/bits"
 	"time"
@@ -127,4 +128,40 @@ func (h *histogram) merge(o *histogram) {
 	h.overflow += o.overflow
 	h.min = min(h.min, o.min)
 	h.max = max(h.max, o.max)
+}
+
+// histWire is a histogram as a child sends it to the parent: its non-empty
+// buckets as (index, count) pairs.
+type histWire struct {
+	Buckets  [][2]uint64 `json:"buckets"`
+	Overflow uint64      `json:"overflow"`
+	Min      int64       `json:"min"`
+	Max      int64       `json:"max"`
+}
+
+func (h *histogram) wire() *histWire {
+	w := &histWire{Overflow: h.overflow, Min: h.min, Max: h.max}
+	for i, c := range h.counts {
+		if c != 0 {
+			w.Buckets = append(w.Buckets, [2]uint64{uint64(i), c})
+		}
+	}
+	return w
+}
+
+// histogram rebuilds the histogram, refusing a bucket out of range.
+func (w *histWire) histogram() (*histogram, error) {
+	h := newHistogram()
+	for _, b := range w.Buckets {
+		if b[0] >= uint64(len(h.counts)) {
+			return nil, fmt.Errorf("histogram bucket %d out of range", b[0])
+		}
+		h.counts[b[0]] += b[1]
+		h.total += b[1]
+	}
+	h.overflow = w.Overflow
+	if h.total > 0 {
+		h.min, h.max = w.Min, w.Max
+	}
+	return h, nil
 }

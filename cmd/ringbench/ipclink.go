@@ -121,7 +121,8 @@ func ipcServerChild(cc *childCtx) (uint64, error) {
 }
 
 // serveBench serves the bench service on ln, calls ready, and returns
-// once the first connection has ended.
+// once p.Clients connections (at least one) have ended: the parent's, or
+// fanin's clients.
 func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 	srv, err := ipc.NewServer(&ipc.Config{
 		RingSize:    p.RingSize,
@@ -138,8 +139,11 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 		streamMu  sync.Mutex
 		streamN   uint64
 		streamErr error
-		gone      = make(chan error, 1)
+		gone      = make(chan struct{})
+		goneOnce  sync.Once
+		left      atomic.Int64
 	)
+	left.Store(int64(max(p.Clients, 1)))
 	stream := func(c *ipc.Conn) {
 		n, err := dispatchStream(c, payload(p.Size))
 		streamMu.Lock()
@@ -151,9 +155,8 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 		ID:   benchService,
 		Name: "ringbench",
 		OnDisconnect: func(c *ipc.Conn, err error) {
-			select {
-			case gone <- err:
-			default:
+			if left.Add(-1) == 0 {
+				goneOnce.Do(func() { close(gone) })
 			}
 		},
 		Handlers: map[uint16]ipc.Handler{
@@ -178,7 +181,7 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 	ready()
 	var runErr error
 	select {
-	case <-gone: // the parent closed its client: the run is over
+	case <-gone: // the parent, or every fanin client, closed: the run is over
 	case err := <-served:
 		runErr = fmt.Errorf("serve: %w", err)
 	}

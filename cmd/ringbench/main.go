@@ -34,6 +34,10 @@ type scenario struct {
 	minSize      int    // smallest frame: what the checks carry
 	perProducers bool   // run once per -producers value
 	perGoroutine bool   // run once per -goroutines value
+	perClients   bool   // run once per -clients value
+	rpc          bool   // a client calls a server (JSON clients >= 1)
+	paced        bool   // its senders follow -rate (else only rate 0)
+	defaultRates []int  // rates without -rate; nil: {0}
 	runs         map[string]runFunc
 }
 
@@ -63,14 +67,18 @@ func scenarioNames() []string {
 // transports in the order they run: ring (or ipc) before uds, so that a
 // uds row can be compared with the row above it. A scenario runs over ring
 // or ipc, never both: the ring scenarios measure the bare ring, the ipc
-// ones the request/response and dispatch layer built on it.
-var transports = []string{"ring", "ipc", "uds"}
+// ones the request/response and dispatch layer built on it. futex, last,
+// is the floor of a paced call: a bare futex ping-pong, next to the ipc
+// row it bounds.
+var transports = []string{"ring", "ipc", "uds", "futex"}
 
 // runConfig is one measurement's parameters.
 type runConfig struct {
 	size       int
 	producers  int
 	goroutines int // calling goroutines of the parent (pipeline; 1 otherwise)
+	clients    int // client processes (fanin; 0 otherwise)
+	rate       int // each sender's messages or calls per second; 0: unpaced
 	ringSize   int
 	spin       time.Duration // ring.Options.Spin, ipc Config.Spin: 0 default, < 0 none
 	duration   time.Duration
@@ -80,7 +88,7 @@ type runConfig struct {
 func (rc *runConfig) ringOptions() *ring.Options { return &ring.Options{Spin: rc.spin} }
 
 func (rc *runConfig) childParams(id int) childParams {
-	return childParams{Size: rc.size, RingSize: rc.ringSize, Spin: rc.spin, ID: id}
+	return childParams{Size: rc.size, RingSize: rc.ringSize, Spin: rc.spin, ID: id, Rate: rc.rate, Clients: rc.clients}
 }
 
 // effectiveSpin is the spin budget the ring uses for rc.spin.
@@ -111,6 +119,8 @@ type config struct {
 	sizes      []int
 	producers  []int
 	goroutines []int
+	clients    []int
+	rates      []int // -rate; nil: each scenario's defaultRates
 	transports []string
 	duration   time.Duration
 	warmup     time.Duration
@@ -135,6 +145,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		js    = fs.Bool("json", false, "print one JSON object per result on stdout, and nothing else")
 		prods = fs.String("producers", "2", "comma-separated `counts` of mpsc producer processes; each is run")
 		gors  = fs.String("goroutines", "16", "comma-separated `counts` of pipeline goroutines calling on one connection; each is run")
+		clis  = fs.String("clients", "32", "comma-separated `counts` of fanin client processes calling one server; each is run")
+		rates = fs.String("rate", "", "comma-separated `rates`: messages or calls per second of each sender, on an absolute schedule; 0 is as fast as it can; each is run (default: 0, 1000 and 10000 for call, 1000 for fanin, 0 for the rest)")
 		spin  = fs.Duration("spin", 0, "spin budget before sleeping (0: the default, "+ring.DefaultSpin.String()+" for the ring, "+ipc.DefaultSpin.String()+" for ipc; negative: sleep at once)")
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
@@ -241,15 +253,72 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if len(cfg.goroutines) == 0 {
 		return nil, errors.New("-goroutines: none given")
 	}
+
+	for _, s := range splitList(*clis) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxClients {
+			return nil, fmt.Errorf("-clients: %q is not a count in 1..%d", s, maxClients)
+		}
+		cfg.clients = append(cfg.clients, n)
+	}
+	if len(cfg.clients) == 0 {
+		return nil, errors.New("-clients: none given")
+	}
+
+	if strings.TrimSpace(*rates) != "" {
+		cfg.rates = []int{} // given: not the defaults
+		for _, s := range splitList(*rates) {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 0 || n > maxRate {
+				return nil, fmt.Errorf("-rate: %q is not a rate in 0..%d per second", s, maxRate)
+			}
+			cfg.rates = append(cfg.rates, n)
+		}
+		if len(cfg.rates) == 0 {
+			return nil, errors.New("-rate: none given")
+		}
+		for _, sc := range cfg.scenarios {
+			if !sc.paced && slices.ContainsFunc(cfg.rates, func(r int) bool { return r > 0 }) {
+				return nil, fmt.Errorf("-rate: %s is not paced (paced: %s)", sc.name, strings.Join(pacedNames(), ", "))
+			}
+		}
+	}
 	return cfg, nil
 }
 
-// Defaults of -scenario and -duration: the default suite (12 results)
-// takes about 25 s.
+// Defaults of -scenario and -duration: the default suite (21 results)
+// takes about 45 s.
 const (
-	defaultScenarios = "spsc,pingpong,mpsc,call,pipeline,dispatch"
+	defaultScenarios = "spsc,pingpong,mpsc,call,pipeline,dispatch,fanin"
 	defaultDuration  = 1500 * time.Millisecond
 )
+
+// maxClients bounds -clients: each is a process.
+const maxClients = 1024
+
+// maxRate bounds -rate: a sender has at least 1 µs between slots.
+const maxRate = 1_000_000
+
+// ratesFor returns the rates sc runs at.
+func (cfg *config) ratesFor(sc *scenario) []int {
+	switch {
+	case cfg.rates != nil:
+		return cfg.rates
+	case sc.defaultRates != nil:
+		return sc.defaultRates
+	}
+	return []int{0}
+}
+
+func pacedNames() []string {
+	var names []string
+	for _, s := range scenarios {
+		if s.paced {
+			names = append(names, s.name)
+		}
+	}
+	return names
+}
 
 // maxGoroutines bounds -goroutines, generously: a call's tag has 16 bits
 // for its goroutine.
@@ -326,7 +395,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	rep.begin()
 	status := 0
 	for _, sc := range cfg.scenarios {
-		prods, gors := []int{1}, []int{1}
+		prods, gors, clis := []int{1}, []int{1}, []int{0}
+		if sc.perClients {
+			clis = cfg.clients
+		}
 		if sc.perProducers {
 			prods = cfg.producers
 		}
@@ -334,24 +406,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 			gors = cfg.goroutines
 		}
 		for _, size := range cfg.sizes {
-			for _, np := range prods {
-				for _, ng := range gors {
-					for _, tr := range cfg.transports {
-						fn := sc.runs[tr]
-						if fn == nil {
-							continue
+			for _, rate := range cfg.ratesFor(sc) {
+				for _, np := range prods {
+					for _, ng := range gors {
+						for _, nc := range clis {
+							for _, tr := range cfg.transports {
+								fn := sc.runs[tr]
+								if fn == nil {
+									continue
+								}
+								rc := &runConfig{
+									size: size, producers: np, goroutines: ng, clients: nc, rate: rate,
+									ringSize: cfg.ringSize, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
+								}
+								m, err := fn(rc)
+								if err != nil {
+									fmt.Fprintf(stderr, "ringbench: %s over %s, %d bytes, rate %d/s, %d producer(s), %d goroutine(s), %d client(s): %v\n",
+										sc.name, tr, size, rate, np, ng, nc, err)
+									status = 1
+									continue
+								}
+								rep.add(sc, tr, rc, m)
+							}
 						}
-						rc := &runConfig{
-							size: size, producers: np, goroutines: ng, ringSize: cfg.ringSize, spin: cfg.spin,
-							duration: cfg.duration, warmup: cfg.warmup,
-						}
-						m, err := fn(rc)
-						if err != nil {
-							fmt.Fprintf(stderr, "ringbench: %s over %s, %d bytes, %d producer(s), %d goroutine(s): %v\n", sc.name, tr, size, np, ng, err)
-							status = 1
-							continue
-						}
-						rep.add(sc, tr, rc, m)
 					}
 				}
 			}

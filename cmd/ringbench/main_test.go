@@ -40,40 +40,51 @@ var requiredFields = []string{
 	"scenario", "transport", "size", "msgs_per_sec", "bytes_per_sec",
 	"p50_ns", "p99_ns", "p999_ns", "cpu_sec", "producers", "duration_sec",
 	"msgs", "cpu_per_msg_ns", "cpu_model", "cores", "go_version", "goos", "goarch",
-	"ring_size", "spin_ns", "load_avg_1m", "goroutines",
+	"ring_size", "spin_ns", "load_avg_1m", "goroutines", "rate", "clients",
 }
 
 // latencyScenarios are the scenarios that measure round trips.
-var latencyScenarios = []string{"pingpong", "call", "pipeline"}
+var latencyScenarios = []string{"pingpong", "call", "pipeline", "fanin"}
 
 // TestEndToEnd runs every scenario over each of its transports, briefly,
-// through the re-exec path, and checks the JSON lines. It asserts nothing
-// about speed: the machine may be loaded.
+// through the re-exec path, at its default rates, and checks the JSON
+// lines. It asserts nothing about speed: the machine may be loaded.
 func TestEndToEnd(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	args := []string{"-json", "-scenario", "all", "-duration", "200ms", "-size", "16",
-		"-producers", "1,3", "-goroutines", "3", "-ring-size", "64KiB"}
+		"-producers", "1,3", "-goroutines", "3", "-ring-size", "64KiB", "-clients", "2"}
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
 	}
 	var want []string
 	for _, s := range scenarios {
-		prods, gors := []int{1}, 1
+		prods, gors, clients := []int{1}, 1, 0
 		if s.perProducers {
 			prods = []int{1, 3}
 		}
 		if s.perGoroutine {
 			gors = 3
 		}
-		for _, p := range prods {
-			for _, tr := range transports {
-				if s.runs[tr] != nil {
-					want = append(want, fmt.Sprintf("%s/%s/%d/%d", s.name, tr, p, gors))
+		if s.perClients {
+			clients = 2
+		} else if s.rpc {
+			clients = 1
+		}
+		rates := s.defaultRates
+		if rates == nil {
+			rates = []int{0}
+		}
+		for _, rate := range rates {
+			for _, p := range prods {
+				for _, tr := range transports {
+					if s.runs[tr] != nil {
+						want = append(want, fmt.Sprintf("%s/%s/%d/%d/%d/%d", s.name, tr, p, gors, clients, rate))
+					}
 				}
 			}
 		}
 	}
-	for _, name := range []string{"spsc", "pingpong", "mpsc", "call", "pipeline", "dispatch"} {
+	for _, name := range []string{"spsc", "pingpong", "mpsc", "call", "pipeline", "dispatch", "fanin"} {
 		if !slices.Contains(scenarioNames(), name) {
 			t.Errorf("scenario %s is not registered", name)
 		}
@@ -93,7 +104,12 @@ func TestEndToEnd(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("line %d: %v", i+1, err)
 		}
-		got = append(got, fmt.Sprintf("%s/%s/%d/%d", r.Scenario, r.Transport, r.Producers, r.Goroutines))
+		got = append(got, fmt.Sprintf("%s/%s/%d/%d/%d/%d", r.Scenario, r.Transport, r.Producers, r.Goroutines, r.Clients, r.Rate))
+		if r.Rate > 0 && (r.LatSamples < r.Msgs || r.LatSamples > r.Msgs+uint64(max(r.Goroutines, r.Clients))) {
+			// Paced, every call of the window is timed (and the one
+			// that opened it).
+			t.Errorf("line %d: %d latency samples for %d calls at rate %d", i+1, r.LatSamples, r.Msgs, r.Rate)
+		}
 		if r.Msgs == 0 || r.MsgsPerSec <= 0 || r.BytesPerSec != r.MsgsPerSec*16 || r.Size != 16 {
 			t.Errorf("line %d: msgs %d, %v msgs/s, %v bytes/s, size %d", i+1, r.Msgs, r.MsgsPerSec, r.BytesPerSec, r.Size)
 		}
@@ -118,7 +134,7 @@ func TestEndToEnd(t *testing.T) {
 			wantRing, wantSpin = 64<<10, ring.DefaultSpin.Nanoseconds()
 		case "ipc":
 			wantRing, wantSpin = 64<<10, ipc.DefaultSpin.Nanoseconds()
-		case "uds":
+		case "uds", "futex":
 		default:
 			t.Errorf("line %d: transport %q", i+1, r.Transport)
 		}
@@ -145,6 +161,7 @@ func TestTable(t *testing.T) {
 		"machine:  ", fmt.Sprintf("%d cores", runtime.NumCPU()), runtime.Version(),
 		"spin 0s", "\nspsc ", " ring ", " uds ", "ring/uds", "one write(2) per",
 		"ipc spin 0s", "\ncall ", " ipc ", "ipc/uds", "Client.CallInto",
+		" max  ", " 1k  ", " 10k  ", " futex ", "ipc/futex", "FUTEX_WAIT", "clock_nanosleep",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
@@ -163,8 +180,12 @@ func TestFlags(t *testing.T) {
 			for _, s := range c.scenarios {
 				names = append(names, s.name)
 			}
-			return slices.Equal(names, []string{"spsc", "pingpong", "mpsc", "call", "pipeline", "dispatch"}) &&
+			return slices.Equal(names, []string{"spsc", "pingpong", "mpsc", "call", "pipeline", "dispatch", "fanin"}) &&
 				slices.Equal(c.sizes, []int{64}) && slices.Equal(c.producers, []int{2}) &&
+				slices.Equal(c.clients, []int{32}) && c.rates == nil &&
+				slices.Equal(c.ratesFor(c.scenarios[3]), []int{0, 1000, 10000}) &&
+				slices.Equal(c.ratesFor(c.scenarios[6]), []int{1000}) &&
+				slices.Equal(c.ratesFor(c.scenarios[0]), []int{0}) &&
 				slices.Equal(c.goroutines, []int{16}) &&
 				c.duration == 1500*time.Millisecond && c.warmup == 150*time.Millisecond && c.ringSize == 1<<20 &&
 				slices.Equal(c.transports, transports) && c.spin == 0 && !c.json
@@ -195,6 +216,22 @@ func TestFlags(t *testing.T) {
 		{[]string{"-producers", "0"}, "count", nil},
 		{[]string{"-duration", "0s"}, "positive", nil},
 		{[]string{"extra"}, "unexpected", nil},
+		{[]string{"-rate", "0,500", "-scenario", "call,fanin"}, "", func(c *config) bool {
+			return slices.Equal(c.ratesFor(c.scenarios[0]), []int{0, 500}) && slices.Equal(c.ratesFor(c.scenarios[1]), []int{0, 500})
+		}},
+		{[]string{"-rate", "0"}, "", func(c *config) bool { return slices.Equal(c.ratesFor(c.scenarios[0]), []int{0}) }},
+		{[]string{"-clients", "1,8"}, "", func(c *config) bool { return slices.Equal(c.clients, []int{1, 8}) }},
+		{[]string{"-rate", "-5"}, "-rate", nil},
+		{[]string{"-rate", "fast"}, "-rate", nil},
+		{[]string{"-rate", "1.5"}, "-rate", nil},
+		{[]string{"-rate", "2000000"}, "-rate", nil},
+		{[]string{"-rate", ","}, "none given", nil},
+		{[]string{"-rate", "1000", "-scenario", "spsc"}, "not paced", nil},
+		{[]string{"-rate", "0", "-scenario", "spsc"}, "", nil},
+		{[]string{"-clients", "0"}, "-clients", nil},
+		{[]string{"-clients", "x"}, "-clients", nil},
+		{[]string{"-clients", "5000"}, "-clients", nil},
+		{[]string{"-clients", ""}, "none given", nil},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -305,7 +342,7 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 			w2, r2 := ringLink(t, 0)
 			lat := newHistogram()
 			return func(h *harness, m *meter) error {
-					return ping(h, w1, r2, make([]byte, size), make([]byte, size), lat, m)
+					return ping(h, w1, r2, make([]byte, size), make([]byte, size), lat, m, callPacer(0, 0, 1))
 				},
 				func() (uint64, error) { return echo(r1, w2, make([]byte, size)) },
 				func() { w1.Close(); r2.Close() }
@@ -314,7 +351,7 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 			w1, r1, w2, r2 := udsLink(t)
 			lat := newHistogram()
 			return func(h *harness, m *meter) error {
-					return ping(h, w1, r2, make([]byte, size), make([]byte, size), lat, m)
+					return ping(h, w1, r2, make([]byte, size), make([]byte, size), lat, m, callPacer(0, 0, 1))
 				},
 				func() (uint64, error) { return echo(r1, w2, make([]byte, size)) },
 				func() { w1.Close() }
@@ -360,7 +397,7 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 			cl, far := ipcLink(t, nil)
 			lat := newHistogram()
 			return func(h *harness, m *meter) error {
-					return callLoop(h, ipcCaller{cl}, 0, payload(size), make([]byte, size), lat, m)
+					return callLoop(h, ipcCaller{cl}, 0, payload(size), make([]byte, size), lat, m, callPacer(0, 0, 1))
 				},
 				far, func() { cl.Close() }
 		}},
@@ -368,10 +405,31 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 			a, b := connectedPair(t)
 			lat := newHistogram()
 			return func(h *harness, m *meter) error {
-					return callLoop(h, newUDSCaller(a, size), 0, payload(size), make([]byte, size), lat, m)
+					return callLoop(h, newUDSCaller(a, size), 0, payload(size), make([]byte, size), lat, m, callPacer(0, 0, 1))
 				},
 				func() (uint64, error) { return echoRPC(b, size) },
 				func() { a.Close() }
+		}},
+		{"call/uds/paced", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
+			a, b := connectedPair(t)
+			lat := newHistogram()
+			return func(h *harness, m *meter) error {
+					return callLoop(h, newUDSCaller(a, size), 0, payload(size), make([]byte, size), lat, m, callPacer(20000, 0, 1))
+				},
+				func() (uint64, error) { return echoRPC(b, size) },
+				func() { a.Close() }
+		}},
+		{"call/futex", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
+			l, err := newFutexLink(make([]byte, futexMemSize(size)), size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lat := newHistogram()
+			return func(h *harness, m *meter) error {
+					return callLoop(h, &futexCaller{l: l}, 0, payload(size), make([]byte, size), lat, m, callPacer(0, 0, 1))
+				},
+				func() (uint64, error) { return futexEcho(l) },
+				l.close
 		}},
 		{"pipeline/uds", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
 			a, b := connectedPair(t)
@@ -379,7 +437,7 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 			lat := newHistogram()
 			return func(h *harness, m *meter) error {
 					go mux.demux(h)
-					return callLoop(h, muxCaller{mux, 1}, 1, payload(size), make([]byte, size), lat, m)
+					return callLoop(h, muxCaller{mux, 1}, 1, payload(size), make([]byte, size), lat, m, callPacer(0, 0, 1))
 				},
 				func() (uint64, error) { return echoRPC(b, size) },
 				func() { mux.closing.Store(true); a.Close(); <-mux.dead }

@@ -5,7 +5,6 @@ package main
 import (
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	"github.com/ringipc/ringipc/ring"
 )
@@ -19,7 +18,8 @@ func init() {
 		name:    "pingpong",
 		order:   20,
 		minSize: 8,
-		about:   "the parent sends a frame and waits for a child's echo before the next; msgs = round trips, p50/p99/p999 = round-trip time",
+		paced:   true,
+		about:   "the parent sends a frame and waits for a child's echo before the next; msgs = round trips, p50/p99/p999 = round-trip time (paced: from the actual send)",
 		runs:    map[string]runFunc{"ring": pingpongRing, "uds": pingpongUDS},
 	})
 	registerChild("pingpong-ring", pingpongRingChild)
@@ -74,7 +74,7 @@ func runPingPong(rc *runConfig, w frameWriter, r frameReader, spawn func(*harnes
 	lat := newHistogram()
 	h.startClock()
 	var m meter
-	err := ping(h, w, r, make([]byte, rc.size), make([]byte, rc.size), lat, &m)
+	err := ping(h, w, r, make([]byte, rc.size), make([]byte, rc.size), lat, &m, callPacer(rc.rate, 0, 1))
 	h.failIf(err)
 	w.Close() // ends the echo loop
 	r.Close()
@@ -83,22 +83,25 @@ func runPingPong(rc *runConfig, w frameWriter, r frameReader, spawn func(*harnes
 	return res, err
 }
 
-// ping sends frames carrying sequence numbers and records the time until
-// each comes back, keeping only the round trips inside the window.
-func ping(h *harness, w frameWriter, r frameReader, out, in []byte, lat *histogram, m *meter) error {
-	// time.Since on a time with a monotonic reading reads one clock;
-	// time.Now reads two.
-	base := time.Now()
+// ping sends frames carrying sequence numbers, each in its slot when pc
+// paces it, and records the time from each send until the echo is back,
+// keeping only the round trips inside the window.
+func ping(h *harness, w frameWriter, r frameReader, out, in []byte, lat *histogram, m *meter, pc *pacer) error {
+	// pc.since reads one clock (time.Since on a time with a monotonic
+	// reading); time.Now reads two.
 	for seq := uint64(0); ; seq++ {
 		binary.LittleEndian.PutUint64(out, seq)
-		t0 := time.Since(base)
+		if pc.paced() {
+			pc.wait()
+		}
+		t0 := pc.since()
 		if err := w.writeFrame(out); err != nil {
 			return fmt.Errorf("send frame %d: %w", seq, err)
 		}
 		if err := r.readFrame(in); err != nil {
 			return fmt.Errorf("read echo %d: %w", seq, err)
 		}
-		rtt := time.Since(base) - t0
+		rtt := pc.since() - t0
 		if got := binary.LittleEndian.Uint64(in); got != seq {
 			return fmt.Errorf("echo of frame %d carries sequence number %d", seq, got)
 		}

@@ -28,11 +28,14 @@ import (
 func init() {
 	register(&scenario{
 		name:         "pipeline",
+		rpc:          true,
 		order:        50,
 		minSize:      8,
 		perGoroutine: true,
+		paced:        true,
 		about: "N goroutines (-goroutines, column gor) of the parent call an echo server in a child concurrently " +
-			"over one connection; msgs = calls completed by all, p50/p99/p999 = call time under that load (a random 1 in 8 calls) " +
+			"over one connection (paced: each at -rate, their slots spread over a period); " +
+			"msgs = calls completed by all, p50/p99/p999 = call time under that load (a random 1 in 8 calls, every call when paced) " +
 			"(ipc: one Client shared, CallInto; uds: one socket shared, requests tagged with a correlation id and " +
 			"written with one write(2) each, one goroutine reading and handing out the responses, the server " +
 			"answering in order with one write(2) each)",

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -23,14 +24,16 @@ type result struct {
 	Msgs        uint64  `json:"msgs"` // messages in the window (pingpong: round trips; call, pipeline: calls)
 	MsgsPerSec  float64 `json:"msgs_per_sec"`
 	BytesPerSec float64 `json:"bytes_per_sec"` // msgs_per_sec * size
-	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong, call, pipeline)
+	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong, call, pipeline, fanin)
 	P99Ns       int64   `json:"p99_ns"`
 	P999Ns      int64   `json:"p999_ns"`
-	LatSamples  uint64  `json:"lat_samples"` // round trips timed for the percentiles (call, pipeline: a random 1 in 8)
+	LatSamples  uint64  `json:"lat_samples"` // round trips timed for the percentiles (call, pipeline, fanin: a random 1 in 8, or every one when paced)
 	CPUSec      float64 `json:"cpu_sec"`     // user+sys of all processes over the window
 	CPUPerMsgNs float64 `json:"cpu_per_msg_ns"`
 	RingSize    int     `json:"ring_size"` // data area bytes of a ring (ipc: of each of the three; 0 for uds)
 	SpinNs      int64   `json:"spin_ns"`   // spin budget in effect (0 for uds)
+	Rate        int     `json:"rate"`      // each sender's messages or calls per second (-rate); 0: unpaced
+	Clients     int     `json:"clients"`   // client processes calling a server: fanin's -clients; 1 for call, pipeline, dispatch; 0 for spsc, pingpong, mpsc
 	machine
 }
 
@@ -44,7 +47,12 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 		DurationSec: m.elapsed.Seconds(),
 		Msgs:        m.msgs,
 		CPUSec:      m.cpu.Seconds(),
+		Rate:        rc.rate,
+		Clients:     rc.clients,
 		machine:     mach,
+	}
+	if r.Clients == 0 && sc.rpc {
+		r.Clients = 1 // the parent
 	}
 	if s := m.elapsed.Seconds(); s > 0 {
 		r.MsgsPerSec = float64(m.msgs) / s
@@ -69,13 +77,15 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 }
 
 // reporter prints results as they come: JSON lines, or a table whose rows
-// pair each uds result with the ring result above it.
+// come in groups, one per set of parameters: under the uds row, the ring
+// (or ipc) row divided by it; under the futex row, the ipc row divided by
+// it.
 type reporter struct {
 	w     io.Writer
 	cfg   *config
 	mach  machine
 	start time.Time
-	prev  *result // the last row, for the ratio line
+	group []result // the rows of the current group, for the ratio lines
 }
 
 func newReporter(w io.Writer, cfg *config, mach machine, start time.Time) *reporter {
@@ -83,8 +93,8 @@ func newReporter(w io.Writer, cfg *config, mach machine, start time.Time) *repor
 }
 
 const (
-	tableHead = "%-9s %7s %4s %4s  %-9s %10s %9s %9s %9s %9s %7s %10s\n"
-	tableRow  = "%-9s %7d %4d %4d  %-9s %10s %9.1f %9s %9s %9s %7.2f %10.1f\n"
+	tableHead = "%-9s %7s %4s %4s %4s %5s  %-9s %10s %9s %9s %9s %9s %7s %10s\n"
+	tableRow  = "%-9s %7d %4d %4d %4d %5s  %-9s %10s %9.1f %9s %9s %9s %7.2f %10.1f\n"
 )
 
 func (r *reporter) begin() {
@@ -112,7 +122,7 @@ func (r *reporter) begin() {
 	}
 	fmt.Fprintf(r.w, "settings: %v per result after %v warm-up; ring data area %s, spin %s\n\n",
 		r.cfg.duration, r.cfg.warmup, byteSize(r.cfg.ringSize), spin)
-	fmt.Fprintf(r.w, tableHead, "scenario", "size", "prod", "gor", "transport", "msgs/s", "MB/s", "p50 ns", "p99 ns", "p999 ns", "cpu s", "cpu/msg ns")
+	fmt.Fprintf(r.w, tableHead, "scenario", "size", "prod", "gor", "cli", "rate", "transport", "msgs/s", "MB/s", "p50 ns", "p99 ns", "p999 ns", "cpu s", "cpu/msg ns")
 }
 
 func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurement) {
@@ -131,13 +141,23 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 		}
 		return fmt.Sprint(v)
 	}
-	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Goroutines, res.Transport,
-		si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
+	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Goroutines, res.Clients, rateText(res.Rate),
+		res.Transport, si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
 		res.CPUSec, res.CPUPerMsgNs)
-	p := r.prev
-	if p != nil && p.Transport != "uds" && res.Transport == "uds" &&
-		p.Scenario == res.Scenario && p.Size == res.Size && p.Producers == res.Producers &&
-		p.Goroutines == res.Goroutines {
+	if len(r.group) > 0 && !sameGroup(r.group[0], res) {
+		r.group = r.group[:0]
+	}
+	var over []string // the transports whose row to divide by this one
+	switch res.Transport {
+	case "uds":
+		over = []string{"ring", "ipc"}
+	case "futex":
+		over = []string{"ipc"}
+	}
+	for _, p := range r.group {
+		if !slices.Contains(over, p.Transport) {
+			continue
+		}
 		ratio := func(a, b float64) string {
 			if a == 0 || b == 0 {
 				return "-"
@@ -150,12 +170,32 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 			}
 			return ratio(float64(a), float64(b))
 		}
-		fmt.Fprintf(r.w, tableHead, "", "", "", "", p.Transport+"/uds",
+		fmt.Fprintf(r.w, tableHead, "", "", "", "", "", "", p.Transport+"/"+res.Transport,
 			ratio(p.MsgsPerSec, res.MsgsPerSec), ratio(p.BytesPerSec, res.BytesPerSec),
 			latRatio(p.P50Ns, res.P50Ns), latRatio(p.P99Ns, res.P99Ns), latRatio(p.P999Ns, res.P999Ns),
 			ratio(p.CPUSec, res.CPUSec), ratio(p.CPUPerMsgNs, res.CPUPerMsgNs))
 	}
-	r.prev = &res
+	r.group = append(r.group, res)
+}
+
+// sameGroup reports whether two rows measure the same parameters over
+// different transports.
+func sameGroup(a, b result) bool {
+	return a.Scenario == b.Scenario && a.Size == b.Size && a.Producers == b.Producers &&
+		a.Goroutines == b.Goroutines && a.Clients == b.Clients && a.Rate == b.Rate
+}
+
+// rateText shows a rate per second, "max" for unpaced.
+func rateText(r int) string {
+	switch {
+	case r == 0:
+		return "max"
+	case r >= 1e6 && r%1e5 == 0:
+		return strings.TrimSuffix(fmt.Sprintf("%.1f", float64(r)/1e6), ".0") + "M"
+	case r >= 1e3 && r%100 == 0:
+		return strings.TrimSuffix(fmt.Sprintf("%.1f", float64(r)/1e3), ".0") + "k"
+	}
+	return fmt.Sprint(r)
 }
 
 func (r *reporter) end() {
@@ -166,18 +206,32 @@ func (r *reporter) end() {
 	b.WriteString("\n")
 	b.WriteString("msgs/s   messages received per second in the window (call, pipeline: calls completed);\n")
 	b.WriteString("         MB/s = msgs/s x size (10^6 bytes), one way\n")
-	b.WriteString("prod     producer processes (mpsc); gor: calling goroutines of the parent (pipeline)\n")
-	b.WriteString("p50..    round-trip time, nanoseconds (pingpong, call, pipeline; log-linear histogram,\n")
-	b.WriteString("         < 0.4% error; pipeline: every goroutine's calls in one histogram)\n")
+	b.WriteString("prod     producer processes (mpsc); gor: calling goroutines of the parent (pipeline);\n")
+	b.WriteString("         cli: client processes calling a server (fanin; 1 for call, pipeline, dispatch)\n")
+	b.WriteString(wrap("rate     ", "each sender's messages or calls per second, on an absolute schedule (max: back to back). "+
+		"A paced sender sleeps until its slot with one clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) "+
+		"system call, so the pause costs no CPU (no spinning; Go's time.Sleep would wake up to 1 ms late); "+
+		"a late sender sends at once and keeps the schedule; a call is timed from its actual send. "+
+		"Paced rows stand for the life of a cluster daemon: sparse calls to a peer that sleeps between "+
+		"them, where waking up is the cost; fanin stands for dozens of processes on few CPUs", 96))
+	b.WriteString("p50..    round-trip time, nanoseconds (pingpong, call, pipeline, fanin; log-linear histogram,\n")
+	b.WriteString("         < 0.4% error; pipeline, fanin: every goroutine's or client's calls in one histogram)\n")
 	b.WriteString("cpu s    user+sys CPU of every process of the measurement over the window (each samples\n")
 	b.WriteString("         its own getrusage at the window's edges); cpu/msg ns = cpu s / messages\n")
-	b.WriteString("ring/uds each column of the ring (or ipc) row divided by the uds row's\n")
+	b.WriteString("ring/uds each column of the ring (or ipc) row divided by the uds row's; ipc/futex: by the\n")
+	b.WriteString("         futex row's, the floor of a sleeping call\n")
 	b.WriteString("ring     ringipc ring in a shared memfd; a frame is copied in (Producer.Write) and out\n")
 	b.WriteString("         (Consumer.ReadInto); a waiting side spins, then sleeps on a futex\n")
 	b.WriteString(wrap("ipc      ", "the ipc package: the parent is the client, a child the server, connected over an abstract "+
 		"Unix socket; requests, responses and dispatch messages cross the connection's three rings (each of "+
 		"the ring data area's size) in a sealed memfd, and a waiting side spins, then sleeps on the socket "+
 		"until the other sends a one-byte wake token", 96))
+	if r.cfg.uses("futex") {
+		b.WriteString(wrap("futex    ", "the floor of a call that sleeps (call only): a raw futex ping-pong between "+
+			"the same two processes, a request word and a response word in a shared memfd, each side "+
+			"sleeping at once in FUTEX_WAIT (no spinning) and woken by FUTEX_WAKE from the other, the "+
+			"body copied in and back; the same pacing as the other rows", 96))
+	}
 	fmt.Fprintf(&b, "uds      AF_UNIX SOCK_STREAM socketpair used as a naive user would: one write(2) per\n")
 	fmt.Fprintf(&b, "         message of exactly size bytes (a %d-byte frame per write), no batching; the\n", r.cfg.sizes[0])
 	fmt.Fprintf(&b, "         reader uses a %s bufio.Reader and one io.ReadFull per message (call and\n", byteSize(udsReadBuffer))
