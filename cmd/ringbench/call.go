@@ -25,7 +25,6 @@ func init() {
 		rpc:          true,
 		order:        40,
 		minSize:      8,
-		paced:        true,
 		defaultRates: []int{0, 1000, 10000},
 		about: "one goroutine of the parent calls an echo server in a child and waits for each response; " +
 			"msgs = calls, p50/p99/p999 = call time of a random 1 in 8 calls, of every call when paced (ipc: Client.CallInto, handler ResponseWriter.Respond; " +

@@ -22,12 +22,13 @@ import (
 
 func init() {
 	register(&scenario{
-		name:    "dispatch",
-		rpc:     true,
-		order:   60,
-		minSize: 8,
-		about: "a server in a child sends dispatch messages to the parent as fast as it can; the parent checks " +
-			"every sequence number; msgs = messages received (ipc: Conn.Dispatch with PolicyBlock, received " +
+		name:         "dispatch",
+		rpc:          true,
+		order:        60,
+		minSize:      8,
+		pacedMinSize: 16,
+		about: "a server in a child sends dispatch messages to the parent as fast as it can (paced: at -rate); the parent checks " +
+			"every sequence number; msgs = messages received, paced: p50/p99/p999 = from each message's slot to its receipt (ipc: Conn.Dispatch with PolicyBlock, received " +
 			"with ClientOptions.OnDispatch, in place: no copy, no allocation, where Recv allocates a copy of each; uds: as spsc)",
 		runs: map[string]runFunc{"ipc": dispatchIPC, "uds": spscUDS}, // the uds baseline is spsc's
 	})
@@ -40,6 +41,7 @@ type dispatchSink struct {
 	h    *harness
 	size int
 	m    meter
+	st   *stamps // times a paced stream; nil when unpaced
 	next uint64
 	over bool
 	err  error         // why the loop stopped early
@@ -57,7 +59,10 @@ func (s *dispatchSink) receive(id uint16, body []byte) {
 		s.err = fmt.Errorf("dispatch message %d carries sequence number %d", s.next, getTag(body))
 	default:
 		s.next++
-		if s.m.tick(s.h) {
+		was := s.m.seen
+		more := s.m.tick(s.h)
+		s.st.observe(body, was, s.m.seen)
+		if more {
 			return
 		}
 	}
@@ -68,7 +73,7 @@ func (s *dispatchSink) receive(id uint16, body []byte) {
 func dispatchIPC(rc *runConfig) (measurement, error) {
 	h := newHarness(rc)
 	defer h.cleanup()
-	sink := &dispatchSink{h: h, size: rc.size, done: make(chan struct{})}
+	sink := &dispatchSink{h: h, size: rc.size, st: newStamps(rc.rate, 8), done: make(chan struct{})}
 	cl, err := startIPC(h, &ipc.ClientOptions{OnDispatch: sink.receive})
 	if err != nil {
 		return measurement{}, err
@@ -98,5 +103,7 @@ func dispatchIPC(rc *runConfig) (measurement, error) {
 	// Close waits for the dispatch goroutine to return: the sink is
 	// this goroutine's from here on.
 	cl.Close() // ends the server's stream
-	return h.finish(loopErr, &sink.m)
+	res, err := h.finish(loopErr, &sink.m)
+	res.lat = sink.st.histogram()
+	return res, err
 }

@@ -36,16 +36,21 @@
 // processes on few CPUs: N client processes calling one server, each at
 // -rate, where spinning steals the CPU others need. Without -rate, call
 // runs at 0, 1,000 and 10,000/s, fanin at 1,000/s, the rest unpaced;
-// -rate applies its list to every selected scenario, and refuses a
-// nonzero rate for a scenario whose senders are not paced (spsc, mpsc,
-// dispatch).
+// -rate applies its list to every selected scenario.
 //
-// A paced sender sleeps until its slot in one
+// The senders are: the parent's calling goroutines (call, pipeline; their
+// slots spread over a period), the parent's pinging loop (pingpong), the
+// producer children (spsc, mpsc), the server's stream (dispatch) and the
+// client children (fanin). A paced sender sleeps until its slot in one
 // clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) system call, which costs
 // no CPU while it waits (time.Sleep is not used: Go's timers wake through
 // epoll_wait, whose one-millisecond granularity would turn 10,000/s into
-// bursts). A late sender sends at once and keeps its schedule; a call is
-// timed from its actual send, and every paced call is timed.
+// bursts). A late sender sends at once and keeps its schedule. A call or
+// ping is timed from its actual send, every one when paced. A paced
+// stream's frame carries its slot's CLOCK_MONOTONIC instant (from byte 8,
+// after the checks; mpsc from byte 16), and the receiver times it from
+// there to its receipt, so a late sender's lateness shows; paced spsc and
+// dispatch frames need 16 bytes, mpsc frames 24.
 //
 // The futex transport (call only) is the floor of a sleeping call: a raw
 // futex ping-pong between the same two processes over a request word and
@@ -84,7 +89,8 @@
 //	else 1), duration_sec, msgs (pingpong: round trips; call, pipeline:
 //	calls), msgs_per_sec, bytes_per_sec (msgs_per_sec * size),
 //	p50_ns, p99_ns, p999_ns (round-trip percentiles: pingpong, call,
-//	pipeline, fanin; 0 where not measured), lat_samples (calls timed:
+//	pipeline, fanin; paced spsc, mpsc, dispatch: from each frame's slot
+//	to its receipt; 0 where not measured), lat_samples (messages timed:
 //	every one when paced, else a random 1 in 8 for call, pipeline and
 //	fanin), cpu_sec, cpu_per_msg_ns, ring_size (ipc: of each of a
 //	connection's rings) and spin_ns (0 for uds and futex), rate (each

@@ -29,7 +29,6 @@ func init() {
 		minSize:      8,
 		perClients:   true,
 		rpc:          true,
-		paced:        true,
 		defaultRates: []int{1000},
 		about: "N client processes (-clients, column cli) each call one echo server process at -rate, one call at a time; " +
 			"msgs = calls of all clients, p50/p99/p999 = call time of every call (paced) or 1 in 8 (unpaced) " +

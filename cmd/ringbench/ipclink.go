@@ -145,7 +145,7 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 	)
 	left.Store(int64(max(p.Clients, 1)))
 	stream := func(c *ipc.Conn) {
-		n, err := dispatchStream(c, payload(p.Size))
+		n, err := dispatchStream(c, payload(p.Size), callPacer(p.Rate, 0, 1))
 		streamMu.Lock()
 		streamN += n
 		streamErr = errors.Join(streamErr, err)
@@ -194,11 +194,15 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 
 // dispatchStream dispatches body with sequence numbers 0, 1, ... in its
 // first 8 bytes until the connection ends, and returns how many it sent.
+// Paced by pc, it sends each in its slot, stamped at byte 8 (see stamps).
 // Dispatch waits (Config.DispatchPolicy is PolicyBlock) when the ring and
 // the connection's queue are full.
-func dispatchStream(c *ipc.Conn, body []byte) (uint64, error) {
+func dispatchStream(c *ipc.Conn, body []byte, pc *pacer) (uint64, error) {
 	for seq := uint64(0); ; seq++ {
 		putTag(body, seq)
+		if pc.paced() {
+			putTag(body[8:], uint64(pc.monoSlot(pc.wait())))
+		}
 		if err := c.Dispatch(bg, benchFrame, body); err != nil {
 			select {
 			case <-c.Done(): // the parent closed its client

@@ -36,7 +36,7 @@ type scenario struct {
 	perGoroutine bool   // run once per -goroutines value
 	perClients   bool   // run once per -clients value
 	rpc          bool   // a client calls a server (JSON clients >= 1)
-	paced        bool   // its senders follow -rate (else only rate 0)
+	pacedMinSize int    // smallest frame when paced: checks and the slot's stamp
 	defaultRates []int  // rates without -rate; nil: {0}
 	runs         map[string]runFunc
 }
@@ -277,9 +277,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		if len(cfg.rates) == 0 {
 			return nil, errors.New("-rate: none given")
 		}
-		for _, sc := range cfg.scenarios {
-			if !sc.paced && slices.ContainsFunc(cfg.rates, func(r int) bool { return r > 0 }) {
-				return nil, fmt.Errorf("-rate: %s is not paced (paced: %s)", sc.name, strings.Join(pacedNames(), ", "))
+	}
+	for _, sc := range cfg.scenarios {
+		if !slices.ContainsFunc(cfg.ratesFor(sc), func(r int) bool { return r > 0 }) {
+			continue
+		}
+		for _, n := range cfg.sizes {
+			if n < sc.pacedMinSize {
+				return nil, fmt.Errorf("-size %d: paced %s frames carry %d bytes of checks and stamps", n, sc.name, sc.pacedMinSize)
 			}
 		}
 	}
@@ -308,16 +313,6 @@ func (cfg *config) ratesFor(sc *scenario) []int {
 		return sc.defaultRates
 	}
 	return []int{0}
-}
-
-func pacedNames() []string {
-	var names []string
-	for _, s := range scenarios {
-		if s.paced {
-			names = append(names, s.name)
-		}
-	}
-	return names
 }
 
 // maxGoroutines bounds -goroutines, generously: a call's tag has 16 bits

@@ -226,8 +226,11 @@ func TestFlags(t *testing.T) {
 		{[]string{"-rate", "1.5"}, "-rate", nil},
 		{[]string{"-rate", "2000000"}, "-rate", nil},
 		{[]string{"-rate", ","}, "none given", nil},
-		{[]string{"-rate", "1000", "-scenario", "spsc"}, "not paced", nil},
-		{[]string{"-rate", "0", "-scenario", "spsc"}, "", nil},
+		{[]string{"-rate", "1000", "-scenario", "spsc", "-size", "15"}, "stamps", nil},
+		{[]string{"-rate", "0", "-scenario", "spsc", "-size", "15"}, "", nil},
+		{[]string{"-rate", "1000", "-scenario", "mpsc", "-size", "23"}, "stamps", nil},
+		{[]string{"-rate", "1000", "-scenario", "dispatch", "-size", "16"}, "", nil},
+		{[]string{"-scenario", "call", "-size", "8"}, "", nil},
 		{[]string{"-clients", "0"}, "-clients", nil},
 		{[]string{"-clients", "x"}, "-clients", nil},
 		{[]string{"-clients", "5000"}, "-clients", nil},
@@ -315,25 +318,25 @@ func TestLoopsDoNotAllocate(t *testing.T) {
 	}{
 		{"stream/ring", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
 			w, r := ringLink(t, 0)
-			return func(h *harness, m *meter) error { return receiveStream(h, r, make([]byte, size), m) },
-				func() (uint64, error) { return sendStream(w, payload(size), 0) },
+			return func(h *harness, m *meter) error { return receiveStream(h, r, make([]byte, size), m, nil) },
+				func() (uint64, error) { return sendStream(w, payload(size), 0, callPacer(0, 0, 1)) },
 				func() { r.Close() }
 		}},
 		{"stream/uds", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
 			w, r, _, _ := udsLink(t)
-			return func(h *harness, m *meter) error { return receiveStream(h, r, make([]byte, size), m) },
-				func() (uint64, error) { return sendStream(w, payload(size), 0) },
+			return func(h *harness, m *meter) error { return receiveStream(h, r, make([]byte, size), m, nil) },
+				func() (uint64, error) { return sendStream(w, payload(size), 0, callPacer(0, 0, 1)) },
 				func() { r.Close() }
 		}},
 		{"mpsc/ring", func(t *testing.T) (func(*harness, *meter) error, func() (uint64, error), func()) {
 			w, r := ringLink(t, 1)
 			return func(h *harness, m *meter) error {
-					return receiveTagged(h, r, make([]byte, size), 0, make([]uint64, 1), m)
+					return receiveTagged(h, r, make([]byte, size), 0, make([]uint64, 1), m, nil)
 				},
 				func() (uint64, error) {
 					buf := payload(size)
 					binary.LittleEndian.PutUint64(buf, 0) // producer id
-					return sendStream(w, buf, 8)
+					return sendStream(w, buf, 8, callPacer(0, 0, 1))
 				},
 				func() { r.Close() }
 		}},

@@ -23,8 +23,11 @@ func init() {
 		order:        30,
 		minSize:      16,
 		perProducers: true,
-		about:        "N producer processes stream to the parent, which checks each producer's order; msgs = frames received from all (ring: one shared MPSC ring; uds: one socket and one reading goroutine per producer)",
-		runs:         map[string]runFunc{"ring": mpscRing, "uds": mpscUDS},
+		pacedMinSize: 24,
+		about: "N producer processes stream to the parent, which checks each producer's order; msgs = frames received from all, " +
+			"paced: each producer at -rate, p50/p99/p999 = from each frame's slot to its receipt " +
+			"(ring: one shared MPSC ring; uds: one socket and one reading goroutine per producer)",
+		runs: map[string]runFunc{"ring": mpscRing, "uds": mpscUDS},
 	})
 	registerChild("mpsc-ring", mpscRingChild)
 	registerChild("mpsc-uds", mpscUDSChild)
@@ -54,10 +57,13 @@ func mpscRing(rc *runConfig) (measurement, error) {
 	}
 	h.startClock()
 	var m meter
-	err = receiveTagged(h, r, make([]byte, rc.size), 0, make([]uint64, rc.producers), &m)
+	st := newStamps(rc.rate, 16)
+	err = receiveTagged(h, r, make([]byte, rc.size), 0, make([]uint64, rc.producers), &m, st)
 	h.failIf(err)
 	r.Close() // ends every producer's loop
-	return h.finish(err, &m)
+	res, err := h.finish(err, &m)
+	res.lat = st.histogram()
+	return res, err
 }
 
 func mpscUDS(rc *runConfig) (measurement, error) {
@@ -91,13 +97,16 @@ func mpscUDS(rc *runConfig) (measurement, error) {
 	h.startClock()
 	meters := make([]meter, len(readers))
 	errs := make([]error, len(readers))
+	sts := make([]*stamps, len(readers))
 	var wg sync.WaitGroup
 	for id, r := range readers {
 		wg.Go(func() {
 			// A meter on this goroutine's stack: the loops' counters
 			// must not share a cache line.
 			var m meter
-			err := receiveTagged(h, r, make([]byte, rc.size), id, make([]uint64, 1), &m)
+			st := newStamps(rc.rate, 16)
+			err := receiveTagged(h, r, make([]byte, rc.size), id, make([]uint64, 1), &m, st)
+			sts[id] = st
 			h.failIf(err) // ends every other loop too
 			r.Close()     // ends this producer's loop
 			meters[id], errs[id] = m, err
@@ -108,12 +117,20 @@ func mpscUDS(rc *runConfig) (measurement, error) {
 	for i := range meters {
 		ms[i] = &meters[i]
 	}
-	return h.finish(errors.Join(errs...), ms...)
+	res, err := h.finish(errors.Join(errs...), ms...)
+	if rc.rate > 0 {
+		res.lat = newHistogram()
+		for _, st := range sts {
+			res.lat.merge(st.histogram())
+		}
+	}
+	return res, err
 }
 
 // receiveTagged reads frames until the run ends. Each carries a producer id
-// in [first, first+len(next)) and that producer's next sequence number.
-func receiveTagged(h *harness, r frameReader, buf []byte, first int, next []uint64, m *meter) error {
+// in [first, first+len(next)) and that producer's next sequence number;
+// st times the frames of paced producers (nil: unpaced).
+func receiveTagged(h *harness, r frameReader, buf []byte, first int, next []uint64, m *meter, st *stamps) error {
 	for {
 		if err := r.readFrame(buf); err != nil {
 			return fmt.Errorf("read frame: %w", err)
@@ -127,7 +144,10 @@ func receiveTagged(h *harness, r frameReader, buf []byte, first int, next []uint
 			return fmt.Errorf("producer %d: frame %d carries sequence number %d", int(id)+first, next[id], seq)
 		}
 		next[id]++
-		if !m.tick(h) {
+		was := m.seen
+		more := m.tick(h)
+		st.observe(buf, was, m.seen)
+		if !more {
 			return nil
 		}
 	}
@@ -148,5 +168,5 @@ func mpscUDSChild(cc *childCtx) (uint64, error) {
 	cc.ready()
 	buf := payload(cc.p.Size)
 	binary.LittleEndian.PutUint64(buf, uint64(cc.p.ID))
-	return sendStream(udsWriter{conn}, buf, 8)
+	return sendStream(udsWriter{conn}, buf, 8, callPacer(cc.p.Rate, 0, 1))
 }

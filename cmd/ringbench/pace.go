@@ -2,7 +2,10 @@
 
 package main
 
-import "time"
+import (
+	"encoding/binary"
+	"time"
+)
 
 // pacer keeps one sender on an absolute schedule of rate messages (or
 // calls) per second: slot k is at base + offset + k/rate. A sender ahead
@@ -61,4 +64,53 @@ func (p *pacer) wait() time.Duration {
 		sleepUntil(p.mono + int64(slot))
 	}
 	return slot
+}
+
+// monoSlot returns the slot's instant on CLOCK_MONOTONIC, in ns: what a
+// paced stream stamps into each frame, so that the receiver, in another
+// process, can time the frame from the moment it was due.
+func (p *pacer) monoSlot(slot time.Duration) int64 { return p.mono + int64(slot) }
+
+// stamps is a stream receiver's latency meter: each frame of a paced
+// stream carries its slot's CLOCK_MONOTONIC instant at byte off, and its
+// latency runs from there to its receipt, so a late sender's lateness
+// counts. It belongs to the receiving loop's goroutine.
+type stamps struct {
+	off  int
+	base time.Time
+	mono int64 // CLOCK_MONOTONIC at base
+	lat  *histogram
+}
+
+// newStamps returns the meter of a stream sent at rate (nil when
+// unpaced: its frames carry no stamp).
+func newStamps(rate, off int) *stamps {
+	if rate == 0 {
+		return nil
+	}
+	s := &stamps{off: off, base: time.Now(), lat: newHistogram()}
+	s.mono = monoAt(s.base)
+	return s
+}
+
+// observe records frame's latency, forgetting the warm-up's when the
+// window has just started (was is the meter's phase before its tick,
+// now after). A nil meter observes nothing.
+func (s *stamps) observe(frame []byte, was, now int32) {
+	if s == nil {
+		return
+	}
+	t := s.mono + int64(time.Since(s.base))
+	if was == phaseWarmup && now != phaseWarmup {
+		s.lat.reset()
+	}
+	s.lat.record(t - int64(binary.LittleEndian.Uint64(frame[s.off:])))
+}
+
+// histogram returns the latencies, nil for an unpaced stream.
+func (s *stamps) histogram() *histogram {
+	if s == nil {
+		return nil
+	}
+	return s.lat
 }

@@ -64,18 +64,18 @@ func TestRateText(t *testing.T) {
 	}
 }
 
-// TestPacedRows runs the paced scenarios through the re-exec path, each
+// TestPacedRows runs every scenario paced through the re-exec path, each
 // over every transport, at a rate low enough for any machine, and checks
-// that no row made more calls than its schedule allows: a sender never
-// calls before its slot, and its slots start after run was called, so
-// whatever the machine's speed, a row holds at most rate x senders x
-// (the time run took) calls, plus one per sender. Unpaced, the same
-// window would hold thousands.
+// that no row moved more messages than its schedule allows: a sender
+// never sends before its slot, and its slots start after run was called,
+// so whatever the machine's speed, a row holds at most rate x senders x
+// (the time run took) messages, plus one per sender. Unpaced, the same
+// window would hold thousands. Every message of the window is timed.
 func TestPacedRows(t *testing.T) {
 	const rate = 200
 	var stdout, stderr bytes.Buffer
-	args := []string{"-json", "-scenario", "pingpong,call,pipeline,fanin", "-rate", "200", "-duration", "200ms",
-		"-goroutines", "2", "-clients", "3", "-ring-size", "64KiB"}
+	args := []string{"-json", "-scenario", "all", "-rate", "200", "-duration", "200ms", "-size", "32",
+		"-producers", "2", "-goroutines", "2", "-clients", "3", "-ring-size", "64KiB"}
 	start := time.Now()
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
@@ -90,6 +90,8 @@ func TestPacedRows(t *testing.T) {
 		seen[r.Scenario+"/"+r.Transport] = true
 		senders := 1
 		switch r.Scenario {
+		case "mpsc":
+			senders = 2
 		case "pipeline":
 			senders = 2
 		case "fanin":
@@ -98,17 +100,22 @@ func TestPacedRows(t *testing.T) {
 				t.Errorf("line %d: clients %d, want 3", i+1, r.Clients)
 			}
 		}
-		if r.Rate != rate || r.Msgs == 0 || r.CPUSec < 0 || r.CPUPerMsgNs < 0 || r.P50Ns <= 0 {
-			t.Errorf("line %d: rate %d, msgs %d, cpu %v s, %v ns/msg, p50 %d", i+1, r.Rate, r.Msgs, r.CPUSec, r.CPUPerMsgNs, r.P50Ns)
+		if r.Rate != rate || r.Msgs == 0 || r.CPUSec < 0 || r.CPUPerMsgNs < 0 {
+			t.Errorf("line %d: rate %d, msgs %d, cpu %v s, %v ns/msg", i+1, r.Rate, r.Msgs, r.CPUSec, r.CPUPerMsgNs)
+		}
+		if r.LatSamples < r.Msgs || r.LatSamples > r.Msgs+uint64(senders) || r.P99Ns < r.P50Ns || r.P999Ns < r.P99Ns {
+			t.Errorf("line %d: %s/%s timed %d of %d messages: p50 %d, p99 %d, p999 %d",
+				i+1, r.Scenario, r.Transport, r.LatSamples, r.Msgs, r.P50Ns, r.P99Ns, r.P999Ns)
 		}
 		if bound := uint64(rate*float64(senders)*took) + uint64(senders); r.Msgs > bound {
-			t.Errorf("line %d: %s/%s made %d calls, its schedule allows %d in %.2f s", i+1, r.Scenario, r.Transport, r.Msgs, bound, took)
+			t.Errorf("line %d: %s/%s moved %d messages, its schedule allows %d in %.2f s", i+1, r.Scenario, r.Transport, r.Msgs, bound, took)
 		}
 	}
-	for _, want := range []string{"pingpong/ring", "pingpong/uds", "call/ipc", "call/uds", "call/futex",
-		"pipeline/ipc", "pipeline/uds", "fanin/ipc", "fanin/uds"} {
-		if !seen[want] {
-			t.Errorf("no %s row in\n%s", want, stdout.String())
+	for _, sc := range scenarios {
+		for tr := range sc.runs {
+			if !seen[sc.name+"/"+tr] {
+				t.Errorf("no %s/%s row in\n%s", sc.name, tr, stdout.String())
+			}
 		}
 	}
 }

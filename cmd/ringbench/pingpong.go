@@ -18,7 +18,6 @@ func init() {
 		name:    "pingpong",
 		order:   20,
 		minSize: 8,
-		paced:   true,
 		about:   "the parent sends a frame and waits for a child's echo before the next; msgs = round trips, p50/p99/p999 = round-trip time (paced: from the actual send)",
 		runs:    map[string]runFunc{"ring": pingpongRing, "uds": pingpongUDS},
 	})

@@ -32,7 +32,6 @@ func init() {
 		order:        50,
 		minSize:      8,
 		perGoroutine: true,
-		paced:        true,
 		about: "N goroutines (-goroutines, column gor) of the parent call an echo server in a child concurrently " +
 			"over one connection (paced: each at -rate, their slots spread over a period); " +
 			"msgs = calls completed by all, p50/p99/p999 = call time under that load (a random 1 in 8 calls, every call when paced) " +

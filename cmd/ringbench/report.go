@@ -24,10 +24,10 @@ type result struct {
 	Msgs        uint64  `json:"msgs"` // messages in the window (pingpong: round trips; call, pipeline: calls)
 	MsgsPerSec  float64 `json:"msgs_per_sec"`
 	BytesPerSec float64 `json:"bytes_per_sec"` // msgs_per_sec * size
-	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong, call, pipeline, fanin)
+	P50Ns       int64   `json:"p50_ns"`        // round-trip percentiles (pingpong, call, pipeline, fanin); paced spsc, mpsc, dispatch: slot to receipt
 	P99Ns       int64   `json:"p99_ns"`
 	P999Ns      int64   `json:"p999_ns"`
-	LatSamples  uint64  `json:"lat_samples"` // round trips timed for the percentiles (call, pipeline, fanin: a random 1 in 8, or every one when paced)
+	LatSamples  uint64  `json:"lat_samples"` // messages timed for the percentiles (call, pipeline, fanin: a random 1 in 8; every one when paced)
 	CPUSec      float64 `json:"cpu_sec"`     // user+sys of all processes over the window
 	CPUPerMsgNs float64 `json:"cpu_per_msg_ns"`
 	RingSize    int     `json:"ring_size"` // data area bytes of a ring (ipc: of each of the three; 0 for uds)
@@ -211,11 +211,13 @@ func (r *reporter) end() {
 	b.WriteString(wrap("rate     ", "each sender's messages or calls per second, on an absolute schedule (max: back to back). "+
 		"A paced sender sleeps until its slot with one clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) "+
 		"system call, so the pause costs no CPU (no spinning; Go's time.Sleep would wake up to 1 ms late); "+
-		"a late sender sends at once and keeps the schedule; a call is timed from its actual send. "+
+		"a late sender sends at once and keeps the schedule; a call is timed from its actual send, "+
+		"a paced stream's frame from its slot. "+
 		"Paced rows stand for the life of a cluster daemon: sparse calls to a peer that sleeps between "+
 		"them, where waking up is the cost; fanin stands for dozens of processes on few CPUs", 96))
 	b.WriteString("p50..    round-trip time, nanoseconds (pingpong, call, pipeline, fanin; log-linear histogram,\n")
-	b.WriteString("         < 0.4% error; pipeline, fanin: every goroutine's or client's calls in one histogram)\n")
+	b.WriteString("         < 0.4% error; pipeline, fanin: every goroutine's or client's calls in one histogram);\n")
+	b.WriteString("         paced spsc, mpsc, dispatch: from each frame's slot (stamped in it) to its receipt\n")
 	b.WriteString("cpu s    user+sys CPU of every process of the measurement over the window (each samples\n")
 	b.WriteString("         its own getrusage at the window's edges); cpu/msg ns = cpu s / messages\n")
 	b.WriteString("ring/uds each column of the ring (or ipc) row divided by the uds row's; ipc/futex: by the\n")

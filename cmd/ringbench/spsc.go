@@ -14,11 +14,13 @@ import (
 
 func init() {
 	register(&scenario{
-		name:    "spsc",
-		order:   10,
-		minSize: 8,
-		about:   "one producer process streams frames to the parent, which checks every sequence number; msgs = frames received",
-		runs:    map[string]runFunc{"ring": spscRing, "uds": spscUDS},
+		name:         "spsc",
+		order:        10,
+		minSize:      8,
+		pacedMinSize: 16,
+		about: "one producer process streams frames to the parent, which checks every sequence number; msgs = frames received " +
+			"(paced: p50/p99/p999 = from each frame's slot to its receipt)",
+		runs: map[string]runFunc{"ring": spscRing, "uds": spscUDS},
 	})
 	registerChild("spsc-ring", spscRingChild)
 	registerChild("spsc-uds", spscUDSChild)
@@ -67,15 +69,19 @@ func runStream(rc *runConfig, r frameReader, spawn func(*harness) error) (measur
 	}
 	h.startClock()
 	var m meter
-	err := receiveStream(h, r, make([]byte, rc.size), &m)
+	st := newStamps(rc.rate, 8)
+	err := receiveStream(h, r, make([]byte, rc.size), &m, st)
 	h.failIf(err)
 	r.Close() // ends the producer's loop
-	return h.finish(err, &m)
+	res, err := h.finish(err, &m)
+	res.lat = st.histogram()
+	return res, err
 }
 
 // receiveStream reads frames until the run ends; frame i must carry
-// sequence number i in its first 8 bytes.
-func receiveStream(h *harness, r frameReader, buf []byte, m *meter) error {
+// sequence number i in its first 8 bytes. st times the frames of a paced
+// stream (nil: unpaced).
+func receiveStream(h *harness, r frameReader, buf []byte, m *meter, st *stamps) error {
 	for next := uint64(0); ; next++ {
 		if err := r.readFrame(buf); err != nil {
 			return fmt.Errorf("read frame %d: %w", next, err)
@@ -83,18 +89,25 @@ func receiveStream(h *harness, r frameReader, buf []byte, m *meter) error {
 		if got := binary.LittleEndian.Uint64(buf); got != next {
 			return fmt.Errorf("frame %d carries sequence number %d", next, got)
 		}
-		if !m.tick(h) {
+		was := m.seen
+		more := m.tick(h)
+		st.observe(buf, was, m.seen)
+		if !more {
 			return nil
 		}
 	}
 }
 
 // sendStream writes frames until the run ends, with sequence numbers 0,
-// 1, ... at byte seqOff of buf; the rest of buf is sent as it is. It
-// returns the frames sent.
-func sendStream(w frameWriter, buf []byte, seqOff int) (uint64, error) {
+// 1, ... at byte seqOff of buf; the rest of buf is sent as it is. Paced by
+// pc, it sends each frame in its slot, with the slot's CLOCK_MONOTONIC
+// instant at byte seqOff+8 (see stamps). It returns the frames sent.
+func sendStream(w frameWriter, buf []byte, seqOff int, pc *pacer) (uint64, error) {
 	for seq := uint64(0); ; seq++ {
 		binary.LittleEndian.PutUint64(buf[seqOff:], seq)
+		if pc.paced() {
+			binary.LittleEndian.PutUint64(buf[seqOff+8:], uint64(pc.monoSlot(pc.wait())))
+		}
 		if err := w.writeFrame(buf); err != nil {
 			if endOfRun(err) {
 				return seq, nil
@@ -131,7 +144,7 @@ func streamRingChild(cc *childCtx, buf []byte, seqOff int) (uint64, error) {
 		return 0, err
 	}
 	cc.ready()
-	return sendStream(ringWriter{p}, buf, seqOff)
+	return sendStream(ringWriter{p}, buf, seqOff, callPacer(cc.p.Rate, 0, 1))
 }
 
 func spscUDSChild(cc *childCtx) (uint64, error) {
@@ -141,5 +154,5 @@ func spscUDSChild(cc *childCtx) (uint64, error) {
 	}
 	defer conn.Close()
 	cc.ready()
-	return sendStream(udsWriter{conn}, payload(cc.p.Size), 0)
+	return sendStream(udsWriter{conn}, payload(cc.p.Size), 0, callPacer(cc.p.Rate, 0, 1))
 }
