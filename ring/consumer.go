@@ -182,6 +182,10 @@ func (c *Consumer) peek() (Record, error) {
 		if fl&^(flagPad|flagSkip|flagSlack) != 0 || fl&(flagPad|flagSlack) == flagPad|flagSlack {
 			return Record{}, c.fail(corrupt("record flags", h, w))
 		}
+		if !c.multi && w&(slotMask<<slotShift|genMask<<genShift) != 0 {
+			// An SPSC record names no producer slot.
+			return Record{}, c.fail(corrupt("record slot bits", h, w))
+		}
 		if fl&flagSlack != 0 {
 			if !c.multi {
 				// Only MPSC producers write slack.

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Every scribble on shared memory gives ErrCorrupt (or a clean error),
@@ -84,6 +86,15 @@ func TestCorruption(t *testing.T) {
 		}, true},
 		{"mpsc slack on padding", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
 			mem[d+7] |= 0x05 // padding and slack: a combination no producer writes
+		}, false},
+		{"spsc record naming a producer slot", Geometry{DataSize: 4096}, func(t *testing.T, mem []byte, d int) {
+			// Record 0 re-signed with slot and generation bits, which an
+			// SPSC producer never writes: the checksum verifies, the
+			// word does not.
+			seed := le.Uint64(mem[offSeed:])
+			w := le.Uint64(mem[d:]) | uint64(1)<<slotShift | uint64(1)<<genShift
+			le.PutUint64(mem[d:], w)
+			le.PutUint32(mem[d+12:], headerSum(seed, nearWrap, w, le.Uint32(mem[d+8:]), 0))
 		}, false},
 		{"mpsc record forged ahead of the tail", Geometry{DataSize: 4096, Producers: 1}, func(t *testing.T, mem []byte, d int) {
 			// A committed header with a valid checksum where nothing was
@@ -487,5 +498,21 @@ func TestMPSCTrustBoundedToALap(t *testing.T) {
 	}
 	if _, err := c.TryPeek(); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("peek over a lap of forged skip records: %v, want ErrCorrupt", err)
+	}
+}
+
+// Reserved meta bytes must be zero: a ring whose creator wrote something
+// there, even under a valid checksum, is refused on attach.
+func TestReservedMetaRefused(t *testing.T) {
+	for _, off := range []int{offReserved, offReserved2, offReserved2 + 15} {
+		mem := newMem(t, Geometry{DataSize: 4096}, 0)
+		mem[off] = 1
+		binary.LittleEndian.PutUint64(mem[offMetaSum:], xxhash.Sum64(mem[:metaSumEnd]))
+		if _, err := NewConsumer(mem, nil); !errors.Is(err, ErrBadLayout) {
+			t.Errorf("reserved byte %d set: NewConsumer says %v, want ErrBadLayout", off, err)
+		}
+		if _, err := ReadGeometry(mem); !errors.Is(err, ErrBadLayout) {
+			t.Errorf("reserved byte %d set: ReadGeometry says %v, want ErrBadLayout", off, err)
+		}
 	}
 }

@@ -34,7 +34,7 @@ import (
 //
 // Meta, little-endian:
 //
-//	 0 u64 magic "RINGIPCR"    24 u32 producer slots (0 = SPSC)
+//	 0 u64 magic "RINGPICR"    24 u32 producer slots (0 = SPSC)
 //	 8 u32 version (1)         28 u32 reserved, zero
 //	12 u32 flags               32 u64 seed (random, per ring)
 //	16 u64 data size           40..56 reserved, zero
@@ -45,7 +45,9 @@ const (
 	offFlags     = 12
 	offDataSize  = 16
 	offSlots     = 24
+	offReserved  = 28
 	offSeed      = 32
+	offReserved2 = 40
 	offMetaSum   = 56
 	metaSumEnd   = 56
 	offClosed    = 64
@@ -57,7 +59,7 @@ const (
 	slotSize     = 128 // one line per producer: each writes an intent lane on every claim
 	lineSize     = 128
 
-	magic   = 0x52434950474e4952 // "RINGIPCR" read little-endian
+	magic   = 0x52434950474e4952 // the bytes "RINGPICR" (a u64 read little-endian)
 	version = 1
 
 	flagPayloadSum = 1 << 0
@@ -183,6 +185,12 @@ func readMeta(mem []byte) (meta, error) {
 	}
 	if got, want := le.Uint64(hdr[offMetaSum:]), xxhash.Sum64(hdr[:metaSumEnd]); got != want {
 		return m, fmt.Errorf("%w: meta checksum %#x, want %#x", ErrBadLayout, got, want)
+	}
+	// Reserved bytes are zero in version 1: a peer that writes something
+	// there speaks another dialect, and a later version can only give
+	// them a meaning if today's readers refuse them.
+	if le.Uint32(hdr[offReserved:]) != 0 || le.Uint64(hdr[offReserved2:]) != 0 || le.Uint64(hdr[offReserved2+8:]) != 0 {
+		return m, fmt.Errorf("%w: reserved meta bytes are not zero", ErrBadLayout)
 	}
 	m.flags = le.Uint32(hdr[offFlags:])
 	if m.flags&^knownFlags != 0 {
