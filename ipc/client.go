@@ -278,7 +278,7 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 	end := uint64(ctlSize)
 	for i := range 3 {
 		s, off := r.sizes[i], r.offs[i]
-		if !isPow2(s) || s < MinRingSize || s > ring.MaxDataSize || off%ringAlign != 0 || off < end {
+		if !isPow2(s) || s < MinRingSize || s > RingSizeLimit || off%ringAlign != 0 || off < end {
 			return nil, fmt.Errorf("%w: ring %d: size %d at offset %d", ErrProtocol, i, s, off)
 		}
 		end = off + ringBytes(s)
@@ -335,6 +335,10 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 			cancel()
 			return nil, fmt.Errorf("%w: ring %d geometry %+v, reply says %d bytes", ErrProtocol, i, g, r.sizes[i])
 		}
+	}
+	if err := checkGrant(r, opts.Features, region); err != nil {
+		cancel()
+		return nil, err
 	}
 	return cl, nil
 }

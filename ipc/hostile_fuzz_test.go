@@ -219,12 +219,12 @@ func fuzzClientHandshake(t *testing.T, replyXor, segXor []byte, fdMode uint8) {
 	var rb [replySize]byte
 	r.encode(rb[:])
 
-	// What the client checks; the rest (reserved, features, detail) it
-	// may accept changed.
+	// What the client checks; the rest (reserved, detail) it may accept
+	// changed. It asked for no feature, so any granted one is refused.
 	changed := false
 	for i, x := range replyXor[:min(len(replyXor), replySize)] {
 		rb[i] ^= x
-		if x != 0 && (i < 10 || (i >= 12 && i < 16) || i >= 24) {
+		if x != 0 && (i < 10 || (i >= 12 && i < 20) || i >= 24) {
 			changed = true
 		}
 	}

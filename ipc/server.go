@@ -136,8 +136,8 @@ func (cfg *Config) withDefaults() Config {
 
 func (cfg *Config) validate() error {
 	for _, s := range []int{cfg.RingSize, cfg.MaxRingSize} {
-		if s < MinRingSize || s&(s-1) != 0 {
-			return fmt.Errorf("ipc: ring size %d is not a power of two >= %d", s, MinRingSize)
+		if s < MinRingSize || s > RingSizeLimit || s&(s-1) != 0 {
+			return fmt.Errorf("ipc: ring size %d is not a power of two in [%d, %d]", s, MinRingSize, RingSizeLimit)
 		}
 	}
 	if cfg.RingSize > cfg.MaxRingSize {

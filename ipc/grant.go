@@ -1,0 +1,37 @@
+//go:build linux
+
+package ipc
+
+import (
+	"fmt"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// RingSizeLimit is the largest ring data size a connection may have, on
+// both sides: Config.MaxRingSize may not exceed it, and a client refuses
+// a reply granting more. It keeps every number the protocol carries in 32
+// bits: the reply's max_req and max_disp, and a record's payload length
+// (docs/ipc.md §3, docs/design.md §2.3).
+const RingSizeLimit = 1 << 32
+
+// checkGrant checks what the rings of an accepted connection say against
+// the reply and the features the client asked for (docs/ipc.md §3.2): the
+// server grants no feature it was not asked for, and every ring's payload
+// checksum flag is the granted feature bit. ring(i) is ring i's memory.
+func checkGrant(r *reply, asked uint32, ringMem func(int) []byte) error {
+	if r.features&^asked != 0 {
+		return fmt.Errorf("%w: server granted features %#x, asked for %#x", ErrProtocol, r.features, asked)
+	}
+	want := r.features&FeaturePayloadChecksum != 0
+	for i := range 3 {
+		g, err := ring.ReadGeometry(ringMem(i))
+		if err != nil {
+			return fmt.Errorf("%w: ring %d: %w", ErrProtocol, i, err)
+		}
+		if g.PayloadChecksum != want {
+			return fmt.Errorf("%w: ring %d payload checksums %v, reply grants %v", ErrProtocol, i, g.PayloadChecksum, want)
+		}
+	}
+	return nil
+}
