@@ -16,7 +16,9 @@
 //
 // Prefer memfd segments. They are sealed against shrinking and growing, so
 // no peer can truncate them under a mapping, and they disappear with the
-// last descriptor and mapping, so a crash leaves nothing behind.
+// last descriptor and mapping, so a crash leaves nothing behind. OpenFile
+// accepts only tmpfs/shmem files: a hugetlbfs memfd, sealed or not, lets
+// its sender take the pages back and raise SIGBUS in the receiver.
 //
 // # Caveats
 //

@@ -41,6 +41,12 @@ var (
 	// memfd sealed against both shrinking and growing. Mapping it would let
 	// the sender truncate the file and raise SIGBUS in this process.
 	ErrNotSealed = errors.New("memfd not sealed against resizing")
+
+	// ErrNotShmem reports a descriptor passed to OpenFile whose file is
+	// not on tmpfs/shmem: a hugetlbfs memfd (its sender can take its
+	// pages away by punching a hole, and this process dies of SIGBUS at
+	// its next access), or a file of a disk or pseudo file system.
+	ErrNotShmem = errors.New("segment file not on tmpfs/shmem")
 )
 
 // A HeaderError reports which header field failed validation. Its Err is

@@ -70,12 +70,17 @@ func sealMemfd(f *os.File) error {
 }
 
 // OpenFile attaches to a segment whose descriptor was received from
-// another process (SCM_RIGHTS or exec.Cmd.ExtraFiles). It requires a memfd
-// sealed against shrinking and growing (ErrNotSealed otherwise), a file
-// size of at least HeaderSize that matches the size in the header, and a
-// valid header. On success the Segment owns f and Close closes it; on error
-// f is left open and remains the caller's.
+// another process (SCM_RIGHTS or exec.Cmd.ExtraFiles). It requires a file
+// of the kernel's shared memory file system (tmpfs/shmem, what
+// memfd_create makes without MFD_HUGETLB; ErrNotShmem otherwise), sealed
+// against shrinking and growing (ErrNotSealed otherwise), a file size of
+// at least HeaderSize that matches the size in the header, and a valid
+// header. On success the Segment owns f and Close closes it; on error f is
+// left open and remains the caller's.
 func OpenFile(f *os.File) (*Segment, error) {
+	if err := checkShmem(f); err != nil {
+		return nil, err
+	}
 	var seals int
 	err := control(f, func(fd uintptr) error {
 		var err error
@@ -192,6 +197,27 @@ func Unlink(name string) error {
 	path := shmDir + name
 	if err := unix.Unlink(path); err != nil {
 		return fmt.Errorf("shmseg: unlink %s: %w", path, err)
+	}
+	return nil
+}
+
+// checkShmem refuses a descriptor whose file is not on tmpfs/shmem, the
+// file system of every memfd made without MFD_HUGETLB. Seals fix a file's
+// size, but on hugetlbfs (which supports them too) the sender can still
+// punch a hole with fallocate and let the huge pages go to someone else:
+// the kernel then has no page to give our next access and raises SIGBUS.
+// A shmem page is allocated on demand, from ordinary memory, so a hole
+// reads as zeros. Anything else (a disk file, a procfs file) has no
+// business being a shared segment either.
+func checkShmem(f *os.File) error {
+	var st unix.Statfs_t
+	err := control(f, func(fd uintptr) error { return unix.Fstatfs(int(fd), &st) })
+	if err != nil {
+		return fmt.Errorf("shmseg: open %s: statfs: %w", f.Name(), err)
+	}
+	if st.Type != unix.TMPFS_MAGIC {
+		return fmt.Errorf("shmseg: open %s: file system magic %#x, want tmpfs %#x: %w",
+			f.Name(), st.Type, unix.TMPFS_MAGIC, ErrNotShmem)
 	}
 	return nil
 }

@@ -225,21 +225,6 @@ func assertOpen(t testing.TB, f *os.File) {
 
 func TestOpenFileRejectsUnsealed(t *testing.T) {
 	const total = HeaderSize + 8192
-	regular := func(t testing.TB) *os.File {
-		f, err := os.Create(filepath.Join(t.TempDir(), "segment"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		h := encodeHeader(testGeometry, total)
-		if err := f.Truncate(total); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteAt(h[:], 0); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
 	named := func(t testing.TB) *os.File {
 		s := newNamed(t, testName(t), 8192, nil)
 		f, err := os.OpenFile(shmDir+s.Name(), os.O_RDWR, 0)
@@ -265,7 +250,6 @@ func TestOpenFileRejectsUnsealed(t *testing.T) {
 		{"sealing not allowed", func(t testing.TB) *os.File {
 			return validMemfd(t, 0, 0, total)
 		}},
-		{"regular file", regular},
 		{"named segment", named},
 	}
 	for _, tt := range tests {
