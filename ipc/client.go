@@ -38,6 +38,49 @@ type ClientOptions struct {
 	// of the client; body is valid only during the call. Recv is then
 	// unavailable.
 	OnDispatch func(id uint16, body []byte)
+	// AuthorizeServer judges the server's credentials (SO_PEERCRED of the
+	// socket, as of the server's listen) right after connect, before the
+	// client sends anything; an error ends Dial with
+	// ErrUnauthorizedServer. Nil means DefaultAuthorizeServer. Whoever
+	// can bind the address first is "the server": see docs/ipc.md,
+	// Security and limits, for when a path socket in a protected
+	// directory is the better guard.
+	AuthorizeServer func(Cred) error
+	// MaxRingSize bounds the ring sizes the client accepts from the
+	// server (a power of two, at most RingSizeLimit; 0 means
+	// DefaultMaxRing). A ring size asked
+	// for above it is an error; the server may grant no more than was
+	// asked (or MinRingSize if less was asked), and for a size left to
+	// the server, no more than MaxRingSize. A larger grant fails Dial
+	// before the segment is mapped.
+	MaxRingSize int
+}
+
+// DefaultAuthorizeServer is the server check of a client whose
+// ClientOptions.AuthorizeServer is nil. A client running as root (euid
+// 0) talks only to a server running as root: any local user can bind an
+// abstract name, or a path in a directory it can write, before the real
+// server does, and a root client would then hand requests (and trust the
+// answers of) that user. Other clients accept any server: they have no
+// privilege an impostor could borrow, and services commonly run as their
+// own user. Set AuthorizeServer to pin the server's uid.
+func DefaultAuthorizeServer(c Cred) error {
+	if os.Geteuid() == 0 && c.UID != 0 {
+		return fmt.Errorf("a root client accepts only a root server, not uid %d", c.UID)
+	}
+	return nil
+}
+
+// maxRing returns the largest ring size the client accepts.
+func (o *ClientOptions) maxRing() (uint64, error) {
+	if o.MaxRingSize == 0 {
+		return DefaultMaxRing, nil
+	}
+	m := o.MaxRingSize
+	if m < MinRingSize || !isPow2(uint64(m)) || uint64(m) > RingSizeLimit {
+		return 0, fmt.Errorf("MaxRingSize %d is not a power of two in [%d, %d]", m, MinRingSize, uint64(RingSizeLimit))
+	}
+	return uint64(m), nil
 }
 
 // Client is a connection to a service.
@@ -145,10 +188,17 @@ func Dial(ctx context.Context, address string, service uint16, opts *ClientOptio
 	if opts == nil {
 		opts = &ClientOptions{}
 	}
+	maxRing, err := opts.maxRing()
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
 	var sizes [3]uint64
 	for i, s := range []int{opts.RequestRingSize, opts.ResponseRingSize, opts.DispatchRingSize} {
 		if s < 0 || (s != 0 && !isPow2(uint64(s))) {
 			return nil, fmt.Errorf("dial: ring size %d is not a power of two", s)
+		}
+		if uint64(s) > maxRing {
+			return nil, fmt.Errorf("dial: ring size %d above MaxRingSize %d", s, maxRing)
 		}
 		sizes[i] = uint64(s)
 	}
@@ -173,6 +223,17 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
 	defer stop()
 	cred, err := peerCred(uc)
+	if err != nil {
+		return nil, err
+	}
+	authorize := opts.AuthorizeServer
+	if authorize == nil {
+		authorize = DefaultAuthorizeServer
+	}
+	if err := authorize(cred); err != nil {
+		return nil, fmt.Errorf("%w: pid %d uid %d gid %d: %w", ErrUnauthorizedServer, cred.PID, cred.UID, cred.GID, err)
+	}
+	limits, err := grantLimits(sizes, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -222,6 +283,12 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 		return nil, fmt.Errorf("%w: %d descriptors with the reply, want 1", ErrProtocol, len(fds))
 	}
 	f := os.NewFile(uintptr(fds[0]), "ringipc-conn")
+	// Judged before mapping: a segment of whatever size the server chose
+	// would cost address space, and rings of that size memory.
+	if err := checkSizes(&r, limits, f); err != nil {
+		f.Close()
+		return nil, err
+	}
 	seg, err := shmseg.OpenFile(f)
 	if err != nil {
 		f.Close()
@@ -235,6 +302,53 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 	uc.SetDeadline(time.Time{}) //nolint:errcheck
 	cl.start()
 	return cl, nil
+}
+
+// grantLimits returns the largest size of each ring the client accepts
+// in the reply: what it asked for (raised to MinRingSize, as the server
+// raises it), or MaxRingSize where it left the choice to the server.
+func grantLimits(asked [3]uint64, opts *ClientOptions) ([3]uint64, error) {
+	maxRing, err := opts.maxRing()
+	if err != nil {
+		return asked, err
+	}
+	var lim [3]uint64
+	for i, a := range asked {
+		lim[i] = maxRing
+		if a != 0 {
+			lim[i] = min(max(a, MinRingSize), maxRing)
+		}
+	}
+	return lim, nil
+}
+
+// checkSizes refuses ring sizes above the client's limits and a segment
+// larger than the granted rings need, from the reply and the size of f
+// (fstat): nothing of the segment is mapped yet.
+func checkSizes(r *reply, limits [3]uint64, f *os.File) error {
+	names := [3]string{"request", "response", "dispatch"}
+	for i, s := range r.sizes {
+		if s > limits[i] {
+			return fmt.Errorf("%w: server granted a %d-byte %s ring, above the %d bytes this client accepts",
+				ErrTooLarge, s, names[i], limits[i])
+		}
+		if !isPow2(s) || s < MinRingSize {
+			return fmt.Errorf("%w: %s ring size %d", ErrProtocol, names[i], s)
+		}
+	}
+	_, need := layout(r.sizes, ringBytes)
+	need = alignUp(need, uint64(os.Getpagesize()))
+	if r.payload > need {
+		return fmt.Errorf("%w: segment payload %d bytes, the granted rings need %d", ErrProtocol, r.payload, need)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("attach connection segment: %w", err)
+	}
+	if fi.Size() != int64(shmseg.HeaderSize+r.payload) {
+		return fmt.Errorf("%w: segment of %d bytes, the reply says %d of payload", ErrProtocol, fi.Size(), r.payload)
+	}
+	return nil
 }
 
 func ctxErr(ctx context.Context, err error) error {
@@ -555,8 +669,7 @@ func (cl *Client) Recv(ctx context.Context) (Message, error) {
 	rec, err := cl.waker.peek(ctx, cl.dispC, wDispCons)
 	var m Message
 	if err == nil {
-		m = Message{ID: uint16(rec.Type), Data: append([]byte(nil), rec.Data...)}
-		err = cl.dispC.Release()
+		m, err = cl.takeMessage(rec)
 	}
 	<-cl.dispLock
 	if err != nil {
@@ -578,8 +691,7 @@ func (cl *Client) TryRecv() (Message, error) {
 	rec, err := cl.dispC.TryPeek()
 	var m Message
 	if err == nil {
-		m = Message{ID: uint16(rec.Type), Data: append([]byte(nil), rec.Data...)}
-		err = cl.dispC.Release()
+		m, err = cl.takeMessage(rec)
 	}
 	<-cl.dispLock
 	if err == ring.ErrEmpty {
@@ -592,6 +704,30 @@ func (cl *Client) TryRecv() (Message, error) {
 	return m, nil
 }
 
+// dispatchID returns the message id of a dispatch record. The type's
+// bits 16..31 must be zero (docs/ipc.md 5.3): a record with any of them
+// set is not a message of this protocol, and delivering it under its
+// low 16 bits would hand the application something the server never
+// meant. It ends the connection instead, with ErrProtocol.
+func (cl *Client) dispatchID(rec ring.Record) (uint16, error) {
+	if rec.Type>>16 != 0 {
+		err := fmt.Errorf("%w: dispatch record type %#x", ErrProtocol, rec.Type)
+		cl.kill(err)
+		return 0, err
+	}
+	return uint16(rec.Type), nil
+}
+
+// takeMessage copies a dispatch record out and releases it; dispLock held.
+func (cl *Client) takeMessage(rec ring.Record) (Message, error) {
+	id, err := cl.dispatchID(rec)
+	if err != nil {
+		return Message{}, err
+	}
+	m := Message{ID: id, Data: append([]byte(nil), rec.Data...)}
+	return m, cl.dispC.Release()
+}
+
 func (cl *Client) dispatchLoop() {
 	defer cl.wg.Done()
 	for {
@@ -600,8 +736,11 @@ func (cl *Client) dispatchLoop() {
 		}
 		rec, err := cl.waker.peek(cl.ctx, cl.dispC, wDispCons)
 		if err == nil {
-			cl.onDispatch(uint16(rec.Type), rec.Data)
-			err = cl.dispC.Release()
+			var id uint16
+			if id, err = cl.dispatchID(rec); err == nil {
+				cl.onDispatch(id, rec.Data)
+				err = cl.dispC.Release()
+			}
 		}
 		<-cl.dispLock
 		if err != nil {

@@ -58,7 +58,12 @@
 // Every header word is read once and validated, and corruption ends the
 // connection with ErrProtocol rather than a panic, but the bytes of a
 // request can change while its handler reads them: copy before validating
-// what matters.
+// what matters. A client trusts a server only after
+// ClientOptions.AuthorizeServer has judged its credentials (by default, a
+// root client accepts only a root server), and accepts no ring larger
+// than it asked for; see docs/ipc.md, Security and limits, for what each
+// side bounds and when a path socket in a protected directory is the
+// right address.
 //
 // Ordering. A connection's requests are handled one at a time, in order;
 // a slow handler delays the calls queued behind it on the same connection

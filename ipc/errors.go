@@ -32,7 +32,8 @@ var (
 	// server recovered, logged it and goes on serving the connection.
 	ErrHandlerPanic = errors.New("ipc: handler panicked")
 	// ErrTooLarge: the message can never fit in the ring it must cross.
-	// Nothing was sent.
+	// Nothing was sent. From Dial: the server granted a ring larger than
+	// the client accepts (ClientOptions.MaxRingSize, docs/ipc.md 3.2).
 	ErrTooLarge = errors.New("ipc: message too large")
 	// ErrTryAgain: a non-blocking call found the ring full; nothing was
 	// sent.
@@ -55,6 +56,10 @@ var (
 	// ErrClosed is returned by operations on a Client or Conn after
 	// Close; it is os.ErrClosed.
 	ErrClosed = os.ErrClosed
+	// ErrUnauthorizedServer: Dial refused the server's credentials
+	// (ClientOptions.AuthorizeServer, or DefaultAuthorizeServer) before
+	// sending it anything.
+	ErrUnauthorizedServer = errors.New("ipc: server not authorized")
 )
 
 // RejectError is the reason a server turned a connection away.

@@ -175,8 +175,9 @@ func TestZeroCopyCall(t *testing.T) {
 func TestHelloValidation(t *testing.T) {
 	_, addr := startServer(t, &Config{MaxRingSize: 8192}, echoService())
 	ctx := testCtx(t)
-	// Sizes are clamped to the server's limits.
-	cl, err := Dial(ctx, addr, testService, &ClientOptions{RequestRingSize: 1 << 30, ResponseRingSize: 1024})
+	// Sizes are clamped to the server's limits (the client's own limit
+	// raised so that it may ask).
+	cl, err := Dial(ctx, addr, testService, &ClientOptions{RequestRingSize: 1 << 30, ResponseRingSize: 1024, MaxRingSize: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
