@@ -152,7 +152,9 @@ func TestEndToEnd(t *testing.T) {
 
 func TestTable(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	args := []string{"-scenario", "spsc,call", "-duration", "100ms", "-spin", "-1ns"}
+	// call runs at its default rates; at 1,000/s a window of 300 ms
+	// holds 300 calls, enough to survive a loaded machine's stalls.
+	args := []string{"-scenario", "spsc,call", "-duration", "300ms", "-spin", "-1ns"}
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
 	}

@@ -17,7 +17,10 @@ import (
 // call to the slot's instant (sleepUntil): the calling thread blocks in
 // the kernel, the goroutine keeps its place, and no CPU is spent waiting.
 // A paced message costs its sender one system call and one wake-up more,
-// alike for every transport, so CPU per message stays comparable.
+// alike for every transport, so CPU per message stays comparable, if not
+// the transport's alone: on the development VM, a loop doing nothing but
+// wait took 43 µs of CPU per wait at 1,000/s and 22 µs at 10,000/s, about
+// what time.Sleep costs there.
 // time.Sleep is not used: with the netpoller in use, Go's timers wake
 // through epoll_wait, whose timeout has a granularity of one millisecond,
 // so a 100 µs pause takes about 1.1 ms (measured on the development VM)

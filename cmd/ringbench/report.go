@@ -210,7 +210,7 @@ func (r *reporter) end() {
 	b.WriteString("         cli: client processes calling a server (fanin; 1 for call, pipeline, dispatch)\n")
 	b.WriteString(wrap("rate     ", "each sender's messages or calls per second, on an absolute schedule (max: back to back). "+
 		"A paced sender sleeps until its slot with one clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) "+
-		"system call: no CPU while it waits, one system call and one wake-up per message, alike on every row "+
+		"system call: no CPU while it waits, but each wake-up (tens of µs of CPU on a VM) is in cpu/msg, alike on every row "+
 		"(no spinning; Go's time.Sleep would wake up to 1 ms late); "+
 		"a late sender sends at once and keeps the schedule; a call is timed from its actual send, "+
 		"a paced stream's frame from its slot. "+
