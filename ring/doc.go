@@ -20,6 +20,11 @@
 // package polls instead of sleeping, and ProcessAlive cannot tell a dead
 // MPSC producer from a live one (see its doc).
 //
+// A producer's Close says that producer is done. On an SPSC ring that ends
+// the stream: the consumer drains what was committed, then sees ErrClosed.
+// On an MPSC ring it only frees the producer's slot and the others go on;
+// Producer.CloseRing (or Consumer.Close) ends the stream for everybody.
+//
 // In an MPSC ring, every claim names its producer slot. A producer that dies
 // between claim and commit does not block the ring: once the operating
 // system reports the owner gone, the consumer turns the claim into padding.

@@ -164,7 +164,9 @@ func (mp *mpscProducer) attachSlot(s *shared) error {
 
 // detach frees the slot. Reservations still outstanding on this handle
 // must have been committed or aborted: the consumer would otherwise
-// skip them once it sees the slot re-used.
+// skip them once it sees the slot re-used. Goroutines of this handle
+// asleep in Reserve must end with ErrClosed, so detach wakes the ring's
+// sleeping producers; those of other handles re-check and sleep again.
 func (mp *mpscProducer) detach(s *shared) error {
 	if mp.detached.Swap(true) {
 		return nil
@@ -173,6 +175,7 @@ func (mp *mpscProducer) detach(s *shared) error {
 	mine := ownerWord(slotAttached, mp.gen, mp.pid)
 	s.clearLanes(int(mp.slot - 1))
 	atomic.CompareAndSwapUint64(word64(s.mem, off+slotOwner), mine, ownerWord(slotFree, mp.gen, 0))
+	s.wake(s.prodWait)
 	return nil
 }
 

@@ -123,7 +123,7 @@ func runChild(role string) error {
 		if err := errors.Join(errs...); err != nil {
 			return err
 		}
-		return p.Detach()
+		return p.Close() // detaches: the other producers go on
 	case "die-claimed", "die-intent":
 		if err := produce(ctx, p, id, n, 9); err != nil {
 			return err

@@ -264,11 +264,11 @@ func (p *Producer) Write(ctx context.Context, typ uint32, b []byte) error {
 	return r.Commit()
 }
 
-// Detach leaves a multi-producer ring without closing it: the producer
-// slot becomes free for another process, and this handle's later
-// reservations fail with ErrClosed. Every reservation of this handle must
-// have been committed or aborted first. On a single-producer ring Detach
-// does nothing: the producer's position lives in the ring.
+// Detach is what Close does on a multi-producer ring; on a
+// single-producer ring it does nothing.
+//
+// Deprecated: use Close, which on a multi-producer ring now leaves the
+// ring open for the other producers.
 func (p *Producer) Detach() error {
 	if p.multi {
 		return p.mp.detach(&p.s)
@@ -279,11 +279,28 @@ func (p *Producer) Detach() error {
 // MaxPayload returns the largest payload this ring accepts.
 func (p *Producer) MaxPayload() int { return int(p.s.m.maxP) }
 
-// Close closes the ring for every side: waiters wake, later reservations
-// fail with ErrClosed, and the consumer drains what was committed. On a
-// multi-producer ring use Detach to leave without closing it. Close is
+// Close says this producer is done, and is what a deferred cleanup
+// should call. On a single-producer ring that ends the stream, as
+// CloseRing does: waiters wake, later reservations fail with ErrClosed,
+// and the consumer drains what was committed, then sees ErrClosed. On a
+// multi-producer ring the other producers go on: Close frees this
+// handle's producer slot for another process and leaves the ring open;
+// this handle's later reservations fail with ErrClosed. Every reservation
+// of this handle must have been committed or aborted first. Close is
 // idempotent and safe to call concurrently.
 func (p *Producer) Close() error {
+	if p.multi {
+		return p.mp.detach(&p.s)
+	}
+	p.s.markClosed()
+	return nil
+}
+
+// CloseRing closes the ring for every side, including the other
+// producers of a multi-producer ring, and detaches this producer: it is
+// how one producer ends the stream for everybody. Idempotent and safe to
+// call concurrently.
+func (p *Producer) CloseRing() error {
 	p.s.markClosed()
 	if p.multi {
 		return p.mp.detach(&p.s)

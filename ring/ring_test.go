@@ -264,7 +264,7 @@ func TestCommitThenCloseNotLost(t *testing.T) {
 					if err := p.TryWrite(7, []byte("last words")); err != nil {
 						t.Errorf("write: %v", err)
 					}
-					p.Close()
+					p.CloseRing()
 				})
 				r, err := peek(c)
 				if !fired {

@@ -47,8 +47,9 @@ type ringWriter struct{ p *ring.Producer }
 
 func (w ringWriter) writeFrame(b []byte) error { return w.p.Write(bg, ringFrameType, b) }
 
-// Close closes the ring for every side, which is how a run ends.
-func (w ringWriter) Close() error { return w.p.Close() }
+// Close closes the ring for every side, which is how a run ends (an
+// mpsc child's too).
+func (w ringWriter) Close() error { return w.p.CloseRing() }
 
 // ringReader copies each frame out of the ring (ReadInto), as a socket
 // read copies it out of the kernel.
