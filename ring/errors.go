@@ -6,8 +6,14 @@ import (
 	"strconv"
 )
 
-// Errors returned by the ring. They are wrapped with context; test them
-// with errors.Is.
+// Errors returned by the ring. Test them with errors.Is, which holds for
+// every error the package returns. The three states a loop meets on every
+// turn come bare, so that returning them allocates nothing and a hot loop
+// may compare them with ==: ErrFull from TryReserve and TryWrite, ErrEmpty
+// from TryPeek and TryReadInto, and ErrClosed from every method that
+// reserves, writes, peeks or reads. Every other error wraps its sentinel
+// with context (ErrCorrupt through a *CorruptError). TestErrorContract
+// pins this.
 var (
 	// ErrFull: the ring has no room for the record now (non-blocking forms).
 	ErrFull = errors.New("ring: full")

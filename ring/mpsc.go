@@ -311,7 +311,7 @@ func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload 
 	// Look before writing type and checksum: if the claim is no longer
 	// ours, those bytes may belong to someone else by now.
 	if atomic.LoadUint64(wp) != r.word {
-		return ErrAbandoned
+		return fmt.Errorf("claim at position %d: %w", r.pos, ErrAbandoned)
 	}
 	if word&flagSkip == 0 {
 		sum := headerSum(s.m.seed, r.pos, word, r.typ, payloadHash(&s.m, payload))
@@ -321,7 +321,7 @@ func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload 
 	// The CAS publishes the record (it synchronizes before the consumer's
 	// load of the word) and fails only if the consumer skipped the claim.
 	if !atomic.CompareAndSwapUint64(wp, r.word, word) {
-		return ErrAbandoned
+		return fmt.Errorf("claim at position %d: %w", r.pos, ErrAbandoned)
 	}
 	s.wake(s.consWait)
 	return nil

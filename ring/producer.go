@@ -90,7 +90,7 @@ func (p *Producer) reserveSPSC(n int) (uint64, error) {
 		return 0, p.err
 	}
 	if p.pending {
-		return 0, ErrPending
+		return 0, fmt.Errorf("reserve: %w: a reservation is outstanding", ErrPending)
 	}
 	if n < 0 || uint64(n) > p.s.m.maxP {
 		return 0, fmt.Errorf("reserve %d bytes: %w (max %d)", n, ErrTooLarge, p.s.m.maxP)
@@ -197,7 +197,10 @@ func (p *Producer) writeHeader(pos, word uint64, typ uint32, payload []byte) {
 }
 
 // Commit publishes the record: the consumer's Peek that returns it
-// happens after Commit (the tail store synchronizes before its load).
+// happens after Commit. On an SPSC ring the store of the tail
+// synchronizes before the consumer's load of it; on an MPSC ring the CAS
+// that commits the record's word does, before the consumer's load of that
+// word.
 func (r Reservation) Commit() error {
 	p := r.p
 	if p == nil {
