@@ -12,8 +12,9 @@ import (
 // both sides: Config.MaxRingSize may not exceed it, and a client refuses
 // a reply granting more. It keeps every number the protocol carries in 32
 // bits: the reply's max_req and max_disp, and a record's payload length
-// (docs/ipc.md §3, docs/design.md §2.3).
-const RingSizeLimit = 1 << 32
+// (docs/ipc.md §3, docs/design.md §2.3). Where int has 32 bits it is
+// ring.MaxDataSize (1 GiB), the largest ring such a process can hold.
+const RingSizeLimit = min(1<<32, ring.MaxDataSize)
 
 // checkGrant checks what the rings of an accepted connection say against
 // the reply and the features the client asked for (docs/ipc.md §3.2): the

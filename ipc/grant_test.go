@@ -5,6 +5,7 @@ package ipc
 import (
 	"context"
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -88,8 +89,11 @@ func TestRingSizeLimit(t *testing.T) {
 	if _, err := NewServer(&Config{MaxRingSize: RingSizeLimit}); err != nil {
 		t.Fatalf("MaxRingSize = RingSizeLimit: %v", err)
 	}
-	if _, err := NewServer(&Config{MaxRingSize: 2 * RingSizeLimit}); err == nil {
-		t.Fatal("MaxRingSize above RingSizeLimit accepted")
+	// Twice the limit, where an int holds it.
+	if over := uint64(RingSizeLimit) * 2; over <= math.MaxInt {
+		if _, err := NewServer(&Config{MaxRingSize: int(over)}); err == nil {
+			t.Fatal("MaxRingSize above RingSizeLimit accepted")
+		}
 	}
 	if max := ring.MaxPayload(RingSizeLimit); uint64(max) > 1<<32-1 {
 		t.Fatalf("a ring of RingSizeLimit bytes takes %d-byte payloads, more than a record's 32-bit length", max)
