@@ -1,6 +1,6 @@
 // Package shmseg creates and attaches to shared-memory segments: a region
 // of memory that several processes map at once, with a small checksummed
-// header in front of a page-aligned payload.
+// header in front of a 4096-byte aligned payload.
 //
 // A segment is either an anonymous memfd (CreateMemfd), whose descriptor is
 // handed to the peer over a Unix socket (SCM_RIGHTS) or through

@@ -18,6 +18,13 @@ import (
 // may add.
 const maxNameLen = 200
 
+// NamedOptions configures CreateNamed.
+type NamedOptions struct {
+	// Mode holds the permission bits of the new file; 0 means 0600. It is
+	// applied exactly, regardless of the process umask.
+	Mode os.FileMode
+}
+
 // A Segment is a mapped shared-memory segment. Its methods are safe for
 // concurrent use; see the package Caveats for the lifetime of Payload.
 type Segment struct {
@@ -36,8 +43,8 @@ type Segment struct {
 var _ io.Closer = (*Segment)(nil)
 
 // Payload returns the mapped bytes after the header. Its length is the
-// payload size rounded up to the page size, and it starts 4096-byte (page)
-// aligned. The slice is valid until Close; Payload returns nil once Close
+// payload size rounded up to the page size, and it starts 4096-byte
+// aligned (page aligned only where pages are 4 KiB; see the package doc). The slice is valid until Close; Payload returns nil once Close
 // has begun.
 func (s *Segment) Payload() []byte {
 	if s.closed.Load() {
@@ -96,8 +103,10 @@ func checkName(name string) error {
 }
 
 // totalSize returns the size of a segment holding payloadSize bytes:
-// the header plus the payload rounded up to whole pages, so the mapping
-// ends on a page boundary and the payload can be used to its last byte.
+// the header plus the payload rounded up to whole pages, so that the
+// payload's length is a whole number of pages and it can be used to its
+// last byte. (The mapping ends on a page boundary only where pages are
+// 4 KiB, since the header is 4096 bytes everywhere.)
 func totalSize(payloadSize int) (int, error) {
 	if payloadSize <= 0 {
 		return 0, fmt.Errorf("shmseg: payload size %d: %w", payloadSize, ErrTooSmall)
@@ -160,6 +169,10 @@ func attachFile(f *os.File, size int64, name string) (*Segment, error) {
 	return newSegment(f, m, g, name), nil
 }
 
+// mapFile is the one place where the project maps memory: ipc's
+// connection segments, ringbench's rings and examples/ringpair all come
+// through shmseg. (The hostile-peer tests map with their own system calls
+// on purpose: they share no code with what they attack.)
 func mapFile(f *os.File, size int) (mmap.MMap, error) {
 	m, err := mmap.MapRegion(f, size, mmap.RDWR, 0, 0)
 	if err != nil {

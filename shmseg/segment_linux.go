@@ -20,13 +20,6 @@ const requiredSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW
 // the file is created, to exercise the clean-up of a failed constructor.
 var testHookCreateNamed func(*os.File) error
 
-// NamedOptions configures CreateNamed.
-type NamedOptions struct {
-	// Mode holds the permission bits of the new file; 0 means 0600. It is
-	// applied exactly, regardless of the process umask.
-	Mode os.FileMode
-}
-
 // CreateMemfd creates an anonymous memfd segment (MFD_CLOEXEC|
 // MFD_ALLOW_SEALING) of HeaderSize+payloadSize bytes, payloadSize > 0
 // rounded up to the page size. It writes the header, seals the memfd with

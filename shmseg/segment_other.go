@@ -8,12 +8,6 @@ import (
 	"os"
 )
 
-// NamedOptions configures CreateNamed.
-type NamedOptions struct {
-	// Mode holds the permission bits of the new file; 0 means 0600.
-	Mode os.FileMode
-}
-
 // Segments rely on memfd seals and /dev/shm, which only Linux provides.
 // These stubs let portable code that mentions the API still compile.
 
