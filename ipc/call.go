@@ -259,7 +259,17 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 	// per response. Large bodies are copied outside mu.
 	var b readBatch
 	defer b.flush(cl)
+	// Looked at before every record, not only when the ring is empty: a
+	// server that keeps the ring full (of orphans, or of other callers'
+	// responses) must not hold the reader past its deadline.
+	done := ctx.Done()
 	for {
+		select {
+		case <-done:
+			b.flush(cl)
+			return false, ctx.Err()
+		default:
+		}
 		rec, err := cl.respC.TryPeek()
 		if err == ring.ErrEmpty {
 			b.flush(cl)

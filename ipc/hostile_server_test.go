@@ -4,6 +4,7 @@ package ipc
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -158,8 +159,12 @@ type fakeWaker struct {
 }
 
 func (w *fakeWaker) Wake(word *uint32) {
+	tok := w.tok[word]
+	if tok != tokReqProd && tok != tokRespCons && tok != tokDispCons {
+		return // a word of the server's own: nobody sleeps on it here
+	}
 	if c := w.f.conn; c != nil {
-		c.Write([]byte{w.tok[word]}) //nolint:errcheck // a gone client needs no wake-up
+		c.Write([]byte{tok}) //nolint:errcheck // a gone client needs no wake-up
 	}
 }
 
@@ -375,6 +380,54 @@ func TestHostileServerIdentity(t *testing.T) {
 		defer cl.Close()
 		if got, err := cl.Call(testCtx(t), msgEcho, []byte("hi")); err != nil || string(got) != "hi" {
 			t.Errorf("call: %q, %v", got, err)
+		}
+	})
+}
+
+// orphanCorr is a correlation id no call of a fresh client has: slot
+// 1<<20, which its table never reaches in these tests.
+const orphanCorr = 1<<20 | 7<<32
+
+// writeResponse commits a response record for corr into the fake
+// server's response ring, without waiting.
+func (f *fakeServer) writeResponse(corr uint64, body []byte) error {
+	pl := make([]byte, respHdrSize+len(body))
+	binary.LittleEndian.PutUint64(pl, corr)
+	copy(pl[respHdrSize:], body)
+	return f.resp.TryWrite(respOK, pl)
+}
+
+// TestHostileServerOrphanFlood: a server that keeps the response ring
+// full of responses nobody waits for must not hold a caller past its
+// deadline; the reader looks at it before every record.
+func TestHostileServerOrphanFlood(t *testing.T) {
+	small := [3]uint64{4096, 4096, 4096}
+	t.Run("deadline passed, ring full", func(t *testing.T) {
+		// The ring holds orphans, then the answer to the first call
+		// (correlation id 0), before the call is made with a deadline
+		// already past. The reader never finds the ring empty, so only a
+		// look at the deadline per record can stop it. (A live flood
+		// leaves the ring empty now and then, where the reader looked at
+		// the deadline all along: it cannot tell the fix from the bug.)
+		f := newFakeServer(t, small, nil)
+		cl, err := f.dial(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := int(small[1]/rawRecordSize(respHdrSize)) - 2 // and room for the answer
+		for i := range n {
+			if err := f.writeResponse(orphanCorr, nil); err != nil {
+				t.Fatalf("orphan %d: %v", i, err)
+			}
+		}
+		if err := f.writeResponse(0, []byte("late")); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), time.Unix(1, 0))
+		defer cancel()
+		got, err := cl.Call(ctx, msgEcho, []byte("late"))
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("call past its deadline behind %d orphans: %q, %v; want context.DeadlineExceeded", n, got, err)
 		}
 	})
 }
