@@ -122,7 +122,17 @@ func MaxPayload(dataSize int) int { return dataSize/2 - headerSize }
 // before any handle attaches, and the memory must be handed to other
 // processes only after it returns (mapping a segment after Init is such
 // a hand-over).
-func Init(mem []byte, g Geometry) error {
+func Init(mem []byte, g Geometry) error { return initRing(mem, g, false) }
+
+// InitZeroed is Init for memory known to be all zero already, such as a
+// freshly created memfd or anonymous mapping: it writes only the ring's
+// control area and leaves the data area untouched. Clearing it would
+// fault in every page of the data area (megabytes per ring) that the
+// kernel otherwise allocates only once records are written there.
+// Memory that is not all zero gives a ring that reports corruption.
+func InitZeroed(mem []byte, g Geometry) error { return initRing(mem, g, true) }
+
+func initRing(mem []byte, g Geometry, zeroed bool) error {
 	size, err := Size(g)
 	if err != nil {
 		return err
@@ -137,7 +147,11 @@ func Init(mem []byte, g Geometry) error {
 	if _, err := rand.Read(seed[:]); err != nil {
 		return fmt.Errorf("init ring seed: %w", err)
 	}
-	clear(mem[:size])
+	if zeroed {
+		clear(mem[:dataOffset(g.Producers)])
+	} else {
+		clear(mem[:size])
+	}
 	var flags uint32
 	if g.PayloadChecksum {
 		flags |= flagPayloadSum
