@@ -240,9 +240,10 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 	h := hello{version: Version, service: service, features: opts.Features, sizes: sizes}
 	var hb [helloSize]byte
 	h.encode(hb[:])
-	if _, err := uc.Write(hb[:]); err != nil {
-		return nil, ctxErr(ctx, fmt.Errorf("send hello: %w", err))
-	}
+	// A server judges the client's credentials at accept, before the
+	// hello: it may have refused and closed already, and then the write
+	// fails while its reject reply waits to be read. Read it first.
+	_, helloErr := uc.Write(hb[:])
 	var rb [replySize]byte
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	var fds []int
@@ -250,6 +251,10 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 		n, oobn, _, _, err := uc.ReadMsgUnix(rb[got:], oob)
 		if oobn > 0 {
 			fds = append(fds, parseRights(oob[:oobn])...)
+		}
+		if (err != nil || n == 0) && helloErr != nil {
+			closeFds(fds)
+			return nil, ctxErr(ctx, fmt.Errorf("send hello: %w", helloErr))
 		}
 		if err != nil {
 			closeFds(fds)

@@ -47,6 +47,7 @@ type Conn struct {
 	policy   Policy
 	external bool
 	log      *slog.Logger
+	adm      *admission // the server's limits this connection holds; nil until the handshake charged it
 
 	// ctx ends when the connection is killed: handlers and blocking ring
 	// calls stop. loopCtx also ends at drain, which only stops the loop
@@ -145,7 +146,11 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 	c.ctl = mem[:ctlSize:ctlSize]
 	for i := range 3 {
 		g := ring.Geometry{DataSize: int(sizes[i]), PayloadChecksum: features&FeaturePayloadChecksum != 0}
-		if err := ring.Init(mem[offs[i]:], g); err != nil {
+		// A fresh memfd reads as zeros: writing only the control areas
+		// keeps the data areas unallocated until records are written
+		// (48 MiB of server memory for a client asking for the largest
+		// rings, before OnConnect could even refuse it).
+		if err := ring.InitZeroed(mem[offs[i]:], g); err != nil {
 			seg.Close()
 			return nil, fmt.Errorf("init ring: %w", err)
 		}

@@ -23,6 +23,11 @@ var (
 	// ErrRejected: the server refused the connection: its authorization
 	// callback or the service's OnConnect said no. A *RejectError says why.
 	ErrRejected = errors.New("ipc: connection rejected")
+	// ErrLimit: the server refused the connection because one of its
+	// limits is reached (too many connections or handshakes, in all or
+	// for the client's uid, or the shared-memory budget); it also matches
+	// ErrRejected. RejectError.Code says which (Limit... constants).
+	ErrLimit = errors.New("ipc: server limit reached")
 	// ErrVersion: the peers speak different protocol versions.
 	ErrVersion = errors.New("ipc: protocol version mismatch")
 	// ErrHandler: the handler answered with an error; a *HandlerError
@@ -65,7 +70,7 @@ var (
 // RejectError is the reason a server turned a connection away.
 type RejectError struct {
 	Status uint32 // the reply's status code
-	Code   uint32 // the code returned by the service's OnConnect, if any
+	Code   uint32 // the service's OnConnect code, or the Limit... code of ErrLimit
 }
 
 func (e *RejectError) Error() string {
@@ -82,6 +87,8 @@ func (e *RejectError) Error() string {
 		return "ipc: connection rejected: malformed hello"
 	case statusUnavailable:
 		return "ipc: connection rejected: server unavailable"
+	case statusLimit:
+		return fmt.Sprintf("ipc: connection rejected: server limit %d reached", e.Code)
 	}
 	return fmt.Sprintf("ipc: connection rejected (status %d)", e.Status)
 }
@@ -97,6 +104,8 @@ func (e *RejectError) Is(target error) bool {
 		return e.Status == statusBadVersion
 	case ErrProtocol:
 		return e.Status == statusBadHello
+	case ErrLimit:
+		return e.Status == statusLimit
 	}
 	return false
 }

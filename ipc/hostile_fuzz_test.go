@@ -129,8 +129,11 @@ func fuzzServerHandshake(t *testing.T, srv *Server, hello []byte) {
 		}
 	}
 	unix.Shutdown(peer, unix.SHUT_WR) // a short hello ends here
-	c := srv.serveHandshake(uc)       // closes uc unless it returns a connection
-	if c != nil {
+	a := &admission{}
+	c := srv.serveHandshake(uc, selfCred(), srv.log, a) // closes uc unless it returns a connection
+	if c == nil {
+		srv.release(a) // as admit's goroutine does
+	} else {
 		c.kill(ErrDisconnected)
 		c.teardown()
 	}

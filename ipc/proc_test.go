@@ -112,6 +112,9 @@ func runChild(role, addr string) int {
 		srv.Serve(l)
 		return 0
 	}
+	if code, ok := runAdmitChild(role, addr); ok {
+		return code
+	}
 	fmt.Println("unknown role", role)
 	return exitFailed
 }

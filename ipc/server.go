@@ -64,14 +64,34 @@ const (
 // the values its zero fields stand for.
 type Config struct {
 	// Authorize decides whether a peer may connect. Nil accepts only
-	// the server's own effective uid and root.
+	// the server's own effective uid and root. It runs on the accepting
+	// goroutine (Serve, AcceptReady) as soon as a connection is
+	// accepted, before the peer has sent anything: keep it quick.
 	Authorize func(Cred) error
 	// HandshakeTimeout bounds the whole handshake of one client; one that
 	// has not finished by then is dropped. 0 means 5 s.
 	HandshakeTimeout time.Duration
-	// MaxHandshakes bounds handshakes in progress; Serve stops accepting
-	// while that many are. 0 means 64.
+	// MaxHandshakes bounds handshakes in progress: Serve stops accepting
+	// while that many are (the rest wait in the listen backlog);
+	// AcceptReady refuses the surplus (LimitHandshakes). 0 means
+	// DefaultMaxHandshakes.
 	MaxHandshakes int
+	// MaxHandshakesPerUID bounds the handshakes in progress of one uid,
+	// so that no authorized user can hold every slot with silent
+	// connections; one more is refused (LimitHandshakesPerUID). 0 means
+	// DefaultMaxHandshakesPerUID.
+	MaxHandshakesPerUID int
+	// MaxConns and MaxConnsPerUID bound the connections (in handshake or
+	// established) of the server and of one uid; one more is refused
+	// (LimitConns, LimitConnsPerUID). 0 means DefaultMaxConns and
+	// DefaultMaxConnsPerUID.
+	MaxConns       int
+	MaxConnsPerUID int
+	// MaxMemory bounds the shared memory of every connection together, in
+	// bytes (each connection's segment: its three rings and their
+	// headers); a handshake that would pass it is refused (LimitMemory).
+	// 0 means DefaultMaxMemory.
+	MaxMemory int64
 	// RingSize is a ring's data size when the client asks for 0;
 	// MaxRingSize clamps what clients ask for. Powers of two; 0 means
 	// DefaultRingSize and DefaultMaxRing.
@@ -115,7 +135,19 @@ func (cfg *Config) withDefaults() Config {
 		c.HandshakeTimeout = 5 * time.Second
 	}
 	if c.MaxHandshakes <= 0 {
-		c.MaxHandshakes = 64
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if c.MaxHandshakesPerUID <= 0 {
+		c.MaxHandshakesPerUID = DefaultMaxHandshakesPerUID
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConnsPerUID <= 0 {
+		c.MaxConnsPerUID = DefaultMaxConnsPerUID
+	}
+	if c.MaxMemory <= 0 {
+		c.MaxMemory = DefaultMaxMemory
 	}
 	if c.MaxRingSize == 0 {
 		c.MaxRingSize = DefaultMaxRing
@@ -175,6 +207,12 @@ type Server struct {
 	done      chan struct{} // closed with closing
 	wg        sync.WaitGroup
 
+	// Admission accounting (admit.go), under mu: connections admitted and
+	// not yet gone, what each uid holds, ring memory charged.
+	nconns int
+	uids   map[uint32]*uidUse
+	mem    uint64
+
 	hsSem  chan struct{}
 	nextID atomic.Uint64
 	stats  serverCounters
@@ -202,6 +240,7 @@ func NewServer(cfg *Config) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}),
 		handshake: make(map[net.Conn]struct{}),
 		conns:     make(map[*Conn]struct{}),
+		uids:      make(map[uint32]*uidUse),
 		done:      make(chan struct{}),
 		hsSem:     make(chan struct{}, c.MaxHandshakes),
 	}, nil
@@ -263,8 +302,12 @@ func (s *Server) ListenAndServe(address string) error {
 }
 
 // Serve accepts connections on l until Shutdown or Close, which make it
-// return ErrServerClosed, or until l fails. Each handshake runs in its own
-// goroutine. Serve closes l when it returns.
+// return ErrServerClosed, or until l fails. Each connection is judged as
+// soon as it is accepted (admit), and each handshake then runs in its own
+// goroutine. A temporary accept failure (out of descriptors: EMFILE,
+// ENFILE) does not end Serve: it waits, from 5 ms doubling up to 1 s, and
+// tries again, so the server recovers once connections go away. Serve
+// closes l when it returns.
 func (s *Server) Serve(l net.Listener) error {
 	if _, ok := l.(*net.UnixListener); !ok {
 		return fmt.Errorf("ipc: serve: need a *net.UnixListener, got %T", l)
@@ -275,6 +318,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	defer s.trackListener(l, false)
 	defer l.Close()
+	var delay time.Duration
 	for {
 		select {
 		case s.hsSem <- struct{}{}:
@@ -287,57 +331,55 @@ func (s *Server) Serve(l net.Listener) error {
 			if s.isClosing() {
 				return ErrServerClosed
 			}
-			return fmt.Errorf("ipc: accept: %w", err)
+			if !temporaryAccept(err) {
+				return fmt.Errorf("ipc: accept: %w", err)
+			}
+			s.stats.acceptErrors.Add(1)
+			s.log.Warn("ipc: accept failed; retrying", "err", err)
+			var open bool
+			if delay, open = s.backoff(delay); !open {
+				return ErrServerClosed
+			}
+			continue
 		}
-		s.startHandshake(nc.(*net.UnixConn))
+		delay = 0
+		s.admit(nc.(*net.UnixConn), true)
 	}
 }
 
-// AcceptReady accepts every connection pending on l without waiting, for an
-// external poll loop that found l's descriptor (ListenerFd) readable. Each
-// handshake still runs in its own goroutine, so a silent client cannot
-// stall the loop; past MaxHandshakes the surplus waits in the backlog.
+// AcceptReady accepts the connections pending on l without waiting, for
+// an external poll loop that found l's descriptor (ListenerFd) readable.
+// Each connection is judged at once (admit); each handshake runs in its
+// own goroutine, so a silent client cannot stall the loop. With every
+// handshake slot taken, AcceptReady still accepts and refuses the surplus
+// (LimitHandshakes) rather than leave it in the backlog: a level-triggered
+// loop would otherwise find the listener readable forever and spin. One
+// call takes at most 64 connections, so that a flood of connects cannot
+// keep the loop in it; the listener then stays readable and the loop
+// comes back. A temporary failure (EMFILE, ENFILE) is returned: the
+// connection stays in the backlog, so the loop should stop polling the
+// listener for a moment.
 func (s *Server) AcceptReady(l *net.UnixListener) error {
 	if s.isClosing() {
 		return ErrServerClosed
 	}
-	for {
-		select {
-		case s.hsSem <- struct{}{}:
-		default:
-			return nil
-		}
+	for range acceptBatch {
 		uc, err := acceptNow(l)
 		if err != nil || uc == nil {
-			<-s.hsSem
+			if err != nil {
+				s.stats.acceptErrors.Add(1)
+			}
 			return err
 		}
-		s.startHandshake(uc)
-	}
-}
-
-func (s *Server) startHandshake(uc *net.UnixConn) {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		<-s.hsSem
-		uc.Close()
-		return
-	}
-	s.handshake[uc] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		defer func() { <-s.hsSem }()
-		c := s.serveHandshake(uc)
-		s.mu.Lock()
-		delete(s.handshake, uc)
-		s.mu.Unlock()
-		if c != nil {
-			c.start()
+		slot := false
+		select {
+		case s.hsSem <- struct{}{}:
+			slot = true
+		default:
 		}
-	}()
+		s.admit(uc, slot)
+	}
+	return nil
 }
 
 func (s *Server) trackListener(l net.Listener, add bool) bool {
@@ -366,17 +408,9 @@ func (s *Server) isClosing() bool {
 // serveHandshake runs the handshake of one accepted socket. It returns
 // the established connection, registered with the server, or nil after
 // closing the socket.
-func (s *Server) serveHandshake(uc *net.UnixConn) *Conn {
-	log := s.log
+func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a *admission) *Conn {
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	uc.SetDeadline(deadline) //nolint:errcheck // a failure shows up as a read error
-	cred, err := peerCred(uc)
-	if err != nil {
-		log.Warn("ipc: handshake", "err", err)
-		uc.Close()
-		return nil
-	}
-	log = log.With("pid", cred.PID, "uid", cred.UID)
 	var hb [helloSize]byte
 	if _, err := io.ReadFull(uc, hb[:]); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -393,10 +427,6 @@ func (s *Server) serveHandshake(uc *net.UnixConn) *Conn {
 	}
 	if h.version != Version {
 		s.reject(uc, log, statusBadVersion, 0, fmt.Errorf("%w: client speaks %d, server %d", ErrVersion, h.version, Version))
-		return nil
-	}
-	if err := s.cfg.Authorize(cred); err != nil {
-		s.reject(uc, log, statusUnauthorized, 0, err)
 		return nil
 	}
 	s.mu.Lock()
@@ -418,11 +448,17 @@ func (s *Server) serveHandshake(uc *net.UnixConn) *Conn {
 			sizes[i] = min(max(want, MinRingSize), uint64(s.cfg.MaxRingSize))
 		}
 	}
+	if _, total := layout(sizes, ringBytes); !s.charge(a, total) {
+		s.stats.limited.Add(1)
+		s.reject(uc, log, statusLimit, LimitMemory, fmt.Errorf("%w: %d bytes of rings over the memory budget", ErrLimit, total))
+		return nil
+	}
 	c, err := newConn(s, uc, svc, cred, sizes, h.features&knownFeatures)
 	if err != nil {
 		s.reject(uc, log, statusUnavailable, 0, err)
 		return nil
 	}
+	c.adm = a
 	if err := svc.OnConnect(c); err != nil {
 		var code RejectCode
 		errors.As(err, &code)
@@ -525,14 +561,24 @@ func (s *Server) stop() []*Conn {
 	return conns
 }
 
+// forget retires a torn-down connection: its counters, its admission
+// (connection count, memory), and its place in Conns and the wait group
+// (only if it got there: a connection torn down inside its handshake
+// never did).
 func (s *Server) forget(c *Conn) {
 	s.mu.Lock()
+	_, registered := s.conns[c]
 	delete(s.conns, c)
 	s.mu.Unlock()
+	if c.adm != nil {
+		s.release(c.adm)
+	}
 	s.stats.retire(&c.stats)
 	s.stats.tokensIn.Add(c.waker.tokensIn.Load())
 	s.stats.tokensOut.Add(c.waker.tokensOut.Load())
-	s.wg.Done()
+	if registered {
+		s.wg.Done()
+	}
 }
 
 // Conns returns the established connections.

@@ -9,7 +9,9 @@ import "sync/atomic"
 // whole is not a consistent snapshot.
 type Stats struct {
 	Connections       uint64 // server: connections established
-	Rejected          uint64 // server: handshakes refused
+	Rejected          uint64 // server: connections refused (any reason, limits included)
+	Limited           uint64 // server: connections refused for a limit (ErrLimit)
+	AcceptErrors      uint64 // server: accepts that failed (EMFILE, ...) and were retried
 	HandshakeTimeouts uint64 // server: clients dropped for not finishing the handshake in time
 	Calls             uint64 // requests received
 	Responses         uint64 // responses sent (errors included)
@@ -48,6 +50,7 @@ func (k *connCounters) addTo(s *Stats) {
 // connections it has retired.
 type serverCounters struct {
 	connections, rejected, handshakeTimeouts atomic.Uint64
+	limited, acceptErrors                    atomic.Uint64
 	retired                                  connCounters
 	tokensIn, tokensOut                      atomic.Uint64
 }
@@ -90,6 +93,8 @@ func (s *Server) Stats() Stats {
 	st.Connections = s.stats.connections.Load()
 	st.Rejected = s.stats.rejected.Load()
 	st.HandshakeTimeouts = s.stats.handshakeTimeouts.Load()
+	st.Limited = s.stats.limited.Load()
+	st.AcceptErrors = s.stats.acceptErrors.Load()
 	s.stats.retired.addTo(&st)
 	st.TokensIn = s.stats.tokensIn.Load()
 	st.TokensOut = s.stats.tokensOut.Load()

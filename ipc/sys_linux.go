@@ -205,3 +205,29 @@ func ListenerFd(l *net.UnixListener) (int, error) {
 	}
 	return rawFd(rc), nil
 }
+
+// writeNow writes b with one non-blocking write: it never waits for
+// buffer space (used for reject replies on the accepting goroutine).
+func writeNow(c *net.UnixConn, b []byte) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var werr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			var n int
+			n, werr = unix.Write(int(fd), b)
+			if werr == unix.EINTR {
+				continue
+			}
+			if werr == nil && n < len(b) {
+				werr = unix.EAGAIN
+			}
+			return
+		}
+	}); err != nil {
+		return err
+	}
+	return werr
+}

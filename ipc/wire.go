@@ -70,6 +70,7 @@ const (
 	statusUnauthorized   = 4 // Config.Authorize refused the peer
 	statusRejected       = 5 // the service's OnConnect refused; detail = code
 	statusUnavailable    = 6 // server shutting down or out of resources
+	statusLimit          = 7 // a server limit is reached; detail = Limit... code
 )
 
 // Feature bits (hello byte 12, reply byte 16). The server grants the
