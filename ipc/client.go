@@ -155,6 +155,15 @@ type Client struct {
 	torn     chan struct{} // closed when teardown has finished
 	wg       sync.WaitGroup
 
+	// ctlMu keeps the segment mapped while FlowControl reads the control
+	// block: FlowControl holds it shared, and teardown takes it
+	// exclusively to set ctlGone before it unmaps.
+	ctlMu   sync.RWMutex
+	ctlGone bool
+	// testHookFlowControl, set only by tests, runs in FlowControl after
+	// its check of ctlGone, before it reads the control block.
+	testHookFlowControl func()
+
 	notifyOnce sync.Once
 	efd        atomic.Int32 // eventfd of DispatchFd, -1 until created
 	rearm      chan struct{}
@@ -527,6 +536,9 @@ func (cl *Client) teardown() {
 	}
 	cl.takeRoleForGood()
 	cl.dispLock <- struct{}{}
+	cl.ctlMu.Lock()
+	cl.ctlGone = true
+	cl.ctlMu.Unlock()
 	cl.seg.Close()
 	if fd := cl.efd.Load(); fd >= 0 {
 		unix.Close(int(fd))
@@ -601,11 +613,15 @@ type FlowControl struct {
 }
 
 // FlowControl reads the server's flow-control state for this connection.
+// Once the connection has been torn down it returns the zero value.
 func (cl *Client) FlowControl() FlowControl {
-	select {
-	case <-cl.torn:
+	cl.ctlMu.RLock()
+	defer cl.ctlMu.RUnlock()
+	if cl.ctlGone {
 		return FlowControl{}
-	default:
+	}
+	if cl.testHookFlowControl != nil {
+		cl.testHookFlowControl()
 	}
 	return FlowControl{
 		Active:  atomic.LoadUint32(word32(cl.ctl, ctlFlow)) != 0,
