@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/vfs.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,7 @@
 #ifndef F_GET_SEALS
 #define F_GET_SEALS 1034
 #endif
+#define TMPFS_MAGIC_ 0x01021994 /* statfs f_type of tmpfs/shmem (linux/magic.h) */
 
 /* ---- protocol constants (ipc §2-§6, design §2, segment.md) ---- */
 
@@ -678,66 +680,88 @@ static void close_fds(int *fds, int n)
 		close(fds[i]);
 }
 
-/* check_segment validates the mapped segment against the reply (ipc §3.2,
- * segment.md, design §2.1) and attaches the rings. */
-static int check_segment(ripc_client *c, const unsigned char *rb, const ripc_options *o, uint64_t file_size)
-{
-	const unsigned char *h = c->map;
-	unsigned char hdr[88];
-	memcpy(hdr, h, sizeof hdr); /* one read; check the copy */
-	uint64_t sizes[3], offs[3], asked[3] = {o->req_size, o->resp_size, o->disp_size};
-	for (int i = 0; i < 3; i++) {
-		sizes[i] = rd64(rb + 24 + 8 * i);
-		offs[i] = rd64(rb + 48 + 8 * i);
-	}
-	uint64_t ctl_off = rd64(rb + 72), payload = rd64(rb + 80);
-	uint32_t max_req = rd32(rb + 88), max_disp = rd32(rb + 92), features = rd32(rb + 16);
+/* The reply's numbers (ipc §3), decoded once. */
+struct grant {
+	uint64_t sizes[3], offs[3], payload;
+	uint32_t features, max_req, max_disp;
+};
 
+/* check_grant judges the reply before anything is mapped (ipc §3.2, §9.3):
+ * ring sizes within what was asked for (RIPC_ETOOLARGE otherwise), the
+ * layout, the limits, the features, and a payload no larger than the
+ * rings need, which is the file's size. */
+static int check_grant(struct grant *g, const unsigned char *rb, const ripc_options *o, uint64_t file_size)
+{
+	uint64_t asked[3] = {o->req_size, o->resp_size, o->disp_size};
+	for (int i = 0; i < 3; i++) {
+		g->sizes[i] = rd64(rb + 24 + 8 * i);
+		g->offs[i] = rd64(rb + 48 + 8 * i);
+	}
+	g->payload = rd64(rb + 80);
+	g->features = rd32(rb + 16);
+	g->max_req = rd32(rb + 88);
+	g->max_disp = rd32(rb + 92);
+	uint64_t max_ring = o->max_ring ? o->max_ring : DEFAULT_MAX_RING;
+	uint64_t end = CTL_SIZE, need = CTL_SIZE;
+	for (int i = 0; i < 3; i++) {
+		uint64_t s = g->sizes[i], off = g->offs[i];
+		uint64_t cap = asked[i] ? (asked[i] > MIN_RING ? asked[i] : MIN_RING) : max_ring;
+		if (!pow2(s) || s < MIN_RING)
+			return RIPC_EPROTO;
+		if (s > cap || s > RING_LIMIT)
+			return RIPC_ETOOLARGE;
+		if (off % 128 || off < end)
+			return RIPC_EPROTO;
+		end = off + RING_DATA + s;
+		need = (need + RING_DATA + s + 127) & ~127ull;
+	}
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+	if (page < SEG_HEADER)
+		page = SEG_HEADER;
+	need = (need + page - 1) / page * page;
+	if (rd64(rb + 72) != 0 || end > g->payload || g->payload > need || file_size != SEG_HEADER + g->payload)
+		return RIPC_EPROTO;
+	if (g->max_req != g->sizes[0] / 2 - 16 - REQ_HDR || g->max_disp != g->sizes[2] / 2 - 16)
+		return RIPC_EPROTO;
+	if (g->features & ~o->features)
+		return RIPC_EPROTO; /* granted what was not asked for */
+	return 0;
+}
+
+/* check_segment validates the mapped segment against the reply
+ * (segment.md, design §2.1) and attaches the rings. */
+static int check_segment(ripc_client *c, const struct grant *g, uint64_t file_size)
+{
+	unsigned char hdr[88];
+	memcpy(hdr, c->map, sizeof hdr); /* one read; check the copy */
 	if (rd64(hdr) != SEG_MAGIC || rd32(hdr + 8) != 1 || rd64(hdr + 80) != ripc_xxh64(hdr, 80, 0) ||
 	    rd32(hdr + 12) != SEG_HEADER || rd64(hdr + 16) != file_size || rd32(hdr + 24) != SEG_KIND_IPC)
 		return RIPC_EPROTO;
 	for (int i = 0; i < 3; i++)
-		if (rd64(hdr + 32 + 8 * i) != sizes[i] || rd64(hdr + 56 + 8 * i) != offs[i])
+		if (rd64(hdr + 32 + 8 * i) != g->sizes[i] || rd64(hdr + 56 + 8 * i) != g->offs[i])
 			return RIPC_EPROTO;
-	if (ctl_off != 0 || payload != file_size - SEG_HEADER)
-		return RIPC_EPROTO;
-	if (features & ~o->features)
-		return RIPC_EPROTO; /* granted what was not asked for */
-	uint64_t max_ring = o->max_ring ? o->max_ring : DEFAULT_MAX_RING;
-	uint64_t end = CTL_SIZE;
-	for (int i = 0; i < 3; i++) {
-		uint64_t s = sizes[i], off = offs[i];
-		uint64_t cap = asked[i] ? (asked[i] > MIN_RING ? asked[i] : MIN_RING) : max_ring;
-		if (!pow2(s) || s < MIN_RING || s > RING_LIMIT || s > cap || off % 128 || off < end)
-			return RIPC_EPROTO;
-		end = off + RING_DATA + s;
-		if (end > payload)
-			return RIPC_EPROTO;
-	}
-	if (max_req != sizes[0] / 2 - 16 - REQ_HDR || max_disp != sizes[2] / 2 - 16)
-		return RIPC_EPROTO;
-	bool sums = features & RIPC_FEATURE_PAYLOAD_CHECKSUM;
+	bool sums = g->features & RIPC_FEATURE_PAYLOAD_CHECKSUM;
 	unsigned char *pay = c->map + SEG_HEADER;
 	struct ring *rings[3] = {&c->rq, &c->rs, &c->ds};
 	for (int i = 0; i < 3; i++) {
 		unsigned char meta[64];
-		memcpy(meta, pay + offs[i], sizeof meta);
+		memcpy(meta, pay + g->offs[i], sizeof meta);
 		uint32_t flags = rd32(meta + 12);
 		if (rd64(meta) != RING_MAGIC || rd32(meta + 8) != RING_VERSION ||
 		    rd64(meta + 56) != ripc_xxh64(meta, 56, 0) || (flags & ~1u) ||
-		    (bool)(flags & 1) != sums || rd64(meta + 16) != sizes[i] || rd32(meta + 24) != 0 ||
+		    (bool)(flags & 1) != sums || rd64(meta + 16) != g->sizes[i] || rd32(meta + 24) != 0 ||
 		    rd32(meta + 28) != 0 || rd64(meta + 40) != 0 || rd64(meta + 48) != 0)
 			return RIPC_EPROTO;
-		if (ring_attach(rings[i], pay + offs[i], sizes[i], sums, 2 * i))
+		if (ring_attach(rings[i], pay + g->offs[i], g->sizes[i], sums, 2 * i))
 			return RIPC_EPROTO;
 	}
 	c->ctl = pay;
-	c->info.features = features;
-	c->info.req_size = sizes[0];
-	c->info.resp_size = sizes[1];
-	c->info.disp_size = sizes[2];
-	c->info.max_req = max_req;
-	c->info.max_disp = max_disp;
+	c->info.features = g->features;
+	c->info.req_size = g->sizes[0];
+	c->info.resp_size = g->sizes[1];
+	c->info.disp_size = g->sizes[2];
+	c->info.max_req = g->max_req;
+	c->info.max_disp = g->max_disp;
 	return 0;
 }
 
@@ -746,8 +770,9 @@ static int status_err(uint32_t st)
 	switch (st) {
 	case 1: return RIPC_EVERSION;
 	case 3: return RIPC_ESERVICE;
-	case 4: case 5: case 6: return RIPC_EREJECTED;
-	default: return RIPC_EPROTO;
+	case 2: case 4: case 5: case 6: return RIPC_EREJECTED;
+	case 7: return RIPC_ELIMIT;
+	default: return RIPC_EREJECTED; /* a status of a later version: still a refusal */
 	}
 }
 
@@ -799,7 +824,9 @@ int ripc_connect(const char *address, uint16_t service, const ripc_options *opts
 	wr64(hb + 16, o.req_size);
 	wr64(hb + 24, o.resp_size);
 	wr64(hb + 32, o.disp_size);
-	if ((rc = send_all(c->fd, hb, sizeof hb)))
+	/* A server that refuses at accept replies and closes before reading
+	 * the hello, which may then fail to send: the reply says why. */
+	if ((rc = send_all(c->fd, hb, sizeof hb)) && errno != EPIPE && errno != ECONNRESET)
 		goto fail_sock;
 	unsigned char rb[REPLY_SIZE];
 	if ((rc = recv_reply(c->fd, rb, fds, &nfds))) {
@@ -830,14 +857,22 @@ int ripc_connect(const char *address, uint16_t service, const ripc_options *opts
 		goto fail_sock;
 	}
 
-	/* The segment: a sealed memfd (segment.md), mapped whole. */
+	/* The segment: a sealed tmpfs memfd (segment.md), mapped whole once
+	 * the reply has been judged. */
 	int mfd = fds[0];
 	struct stat st;
+	struct statfs sfs;
 	int seals = fcntl(mfd, F_GET_SEALS);
-	if (fstat(mfd, &st) < 0 || seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW) ||
-	    !S_ISREG(st.st_mode) || st.st_size < SEG_HEADER + CTL_SIZE) {
+	if (fstatfs(mfd, &sfs) < 0 || sfs.f_type != TMPFS_MAGIC_ || fstat(mfd, &st) < 0 || seals < 0 ||
+	    (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW) || !S_ISREG(st.st_mode) ||
+	    st.st_size < SEG_HEADER + CTL_SIZE) {
 		close(mfd);
 		rc = RIPC_EPROTO;
+		goto fail_sock;
+	}
+	struct grant g;
+	if ((rc = check_grant(&g, rb, &o, (uint64_t)st.st_size))) {
+		close(mfd);
 		goto fail_sock;
 	}
 	c->map_len = (size_t)st.st_size;
@@ -848,7 +883,7 @@ int ripc_connect(const char *address, uint16_t service, const ripc_options *opts
 		rc = RIPC_ESYS;
 		goto fail_sock;
 	}
-	if ((rc = check_segment(c, rb, &o, (uint64_t)st.st_size)))
+	if ((rc = check_segment(c, &g, (uint64_t)st.st_size)))
 		goto fail_map;
 
 	/* From now on the socket carries only tokens, never waited on
@@ -1200,6 +1235,7 @@ const char *ripc_strerror(int err)
 	case RIPC_ESTATE: return "bad call sequence";
 	case RIPC_EBADSERVER: return "server refused";
 	case RIPC_EINVAL: return "invalid argument";
+	case RIPC_ELIMIT: return "server limit reached";
 	}
 	return "unknown error";
 }

@@ -41,10 +41,10 @@ enum {
 	RIPC_ESYS = -1,        /* a system call failed: see errno */
 	RIPC_EPROTO = -2,      /* the server broke the protocol, or shared memory is corrupt; the connection is dead */
 	RIPC_EVERSION = -3,    /* reply status 1: the server speaks another version */
-	RIPC_EREJECTED = -4,   /* reply status 4, 5 or 6: not authorized, refused by the service, unavailable */
+	RIPC_EREJECTED = -4,   /* reply status 2, 4, 5 or 6: malformed hello, not authorized, refused by the service, unavailable */
 	RIPC_ESERVICE = -5,    /* reply status 3: unknown service */
 	RIPC_EDISCONNECTED = -6, /* the connection has ended (closed by either side, or the server died) */
-	RIPC_ETOOLARGE = -7,   /* request above max_req (nothing sent), or response status 3 */
+	RIPC_ETOOLARGE = -7,   /* request above max_req (nothing sent), response status 3, or a ring granted larger than accepted */
 	RIPC_EAGAIN = -8,      /* nothing now: ring full (send) or empty (receive) and the timeout was 0 */
 	RIPC_ETIMEDOUT = -9,   /* the timeout passed */
 	RIPC_EUNKNOWNMSG = -10,/* response status 1: the service has no handler for the message id */
@@ -53,7 +53,8 @@ enum {
 	RIPC_ESHORTBUF = -13,  /* the response did not fit the caller's buffer; ripc_response.len says how much is needed */
 	RIPC_ESTATE = -14,     /* misuse: e.g. a reservation outstanding, or nothing to release */
 	RIPC_EBADSERVER = -15, /* the server's credentials were refused (see ripc_options.server_uid) */
-	RIPC_EINVAL = -16      /* a bad argument (address, option) */
+	RIPC_EINVAL = -16,     /* a bad argument (address, option) */
+	RIPC_ELIMIT = -17      /* reply status 7: a server limit is reached (ripc_info.detail says which); retry later */
 };
 
 /* Feature bits (docs/ipc.md §2.1). */
@@ -84,7 +85,7 @@ void ripc_options_init(ripc_options *o);
 /* What the handshake learnt; filled in on success and on rejection. */
 typedef struct ripc_info {
 	uint32_t status;        /* reply status (0 = accepted) */
-	uint32_t detail;        /* status 5: the service's reject code */
+	uint32_t detail;        /* status 5: the service's reject code; status 7: which limit */
 	uint16_t server_version;
 	uint32_t features;      /* granted */
 	uint64_t req_size, resp_size, disp_size;

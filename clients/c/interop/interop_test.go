@@ -243,6 +243,13 @@ func TestInterop(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
 				start(t, driver, driverArgs(s.addr, "reject")).finish()
 			})
+			t.Run("limit", func(t *testing.T) {
+				s := startServer(t, "", m.eventLoop, ipc.Config{MaxConnsPerUID: 1})
+				start(t, driver, driverArgs(s.addr, "limit")).finish()
+				if st := s.srv.Stats(); st.Limited == 0 {
+					t.Errorf("the server counted no limit refusal: %+v", st)
+				}
+			})
 			t.Run("client-close", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
 				p := start(t, driver, driverArgs(s.addr, "client-close"))

@@ -261,6 +261,21 @@ int main(int argc, char **argv)
 		ripc_options_init(&o);
 		o.server_uid = (int64_t)getuid() + 1;
 		expect(ripc_connect(addr, 1, &o, &c, &info), RIPC_EBADSERVER, "server of another uid");
+		ripc_options_init(&o);
+		o.max_ring = 8192; /* the server's default rings are larger */
+		expect(ripc_connect(addr, 1, &o, &c, &info), RIPC_ETOOLARGE, "rings larger than accepted");
+		step("ok");
+		return 0;
+	}
+	if (!strcmp(sc, "limit")) {
+		/* The server allows one connection per uid: the second is
+		 * refused at accept with status 7, detail 4. */
+		ripc_client *c1, *c2;
+		expect(ripc_connect(addr, 1, NULL, &c1, &info), 0, "first connection");
+		expect(ripc_connect(addr, 1, NULL, &c2, &info), RIPC_ELIMIT, "second connection");
+		if (info.status != 7 || info.detail != 4)
+			fail("limit: status %u detail %u", info.status, info.detail);
+		ripc_close(c1);
 		step("ok");
 		return 0;
 	}
