@@ -134,7 +134,8 @@ func acceptNow(l *net.UnixListener) (*net.UnixConn, error) {
 
 // Listen opens a Unix stream listener at address: a filesystem path, or a
 // Linux abstract socket name written "@name". A path gets file mode mode
-// (0 means 0600). An existing file at the path is removed only if it is a
+// (0 means 0600), set on the socket itself and never through a symlink
+// (see listenPath). An existing file at the path is removed only if it is a
 // socket that no one listens on any more; anything else is an error.
 func Listen(address string, mode os.FileMode) (*net.UnixListener, error) {
 	if address == "" {
@@ -153,18 +154,84 @@ func Listen(address string, mode os.FileMode) (*net.UnixListener, error) {
 	if err := removeStale(address); err != nil {
 		return nil, err
 	}
-	// The socket is created with the umask's mode, then narrowed. Between
-	// the two a peer might connect if the umask is lax; Authorize still
-	// judges it.
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: address, Net: "unix"})
+	l, err := listenPath(address, mode.Perm())
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", address, err)
 	}
-	if err := os.Chmod(address, mode.Perm()); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("listen %s: %w", address, err)
-	}
 	return l, nil
+}
+
+// testHookListenBound, set by tests, runs once the socket file exists and
+// before its mode is checked: where an attacker who can write the
+// directory would swap it.
+var testHookListenBound func(path string)
+
+// listenPath binds a Unix stream socket at path with file mode perm,
+// without ever following a symlink at path. The mode is set on the socket
+// before bind (Linux creates the file with the socket inode's mode, less
+// the umask), so the file is never more open than asked. To undo the
+// umask's narrowing, the path is then opened with O_PATH|O_NOFOLLOW, which
+// refers to a symlink itself rather than its target; the file must be a
+// socket, and only then is its mode set through that descriptor. The old
+// os.Chmod(path) followed a symlink an attacker put there and could open
+// any file of ours to everyone.
+func listenPath(path string, perm os.FileMode) (*net.UnixListener, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), "ipc-listener")
+	defer f.Close() // FileListener dups it
+	if err := unix.Fchmod(fd, uint32(perm)); err != nil {
+		return nil, os.NewSyscallError("fchmod", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, os.NewSyscallError("bind", err)
+	}
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		os.Remove(path)
+		return nil, os.NewSyscallError("listen", err)
+	}
+	if h := testHookListenBound; h != nil {
+		h(path)
+	}
+	if err := setSocketMode(path, perm); err != nil {
+		return nil, err // the path is not ours any more: leave it alone
+	}
+	fl, err := net.FileListener(f)
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	l := fl.(*net.UnixListener)
+	l.SetUnlinkOnClose(true)
+	return l, nil
+}
+
+// setSocketMode gives the socket file at path mode perm, refusing
+// anything at path that is not a socket (a symlink included).
+func setSocketMode(path string, perm os.FileMode) error {
+	pfd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("open", err)
+	}
+	defer unix.Close(pfd)
+	var st unix.Stat_t
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return os.NewSyscallError("fstat", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("%w: the socket file was replaced (mode %#o)", os.ErrExist, st.Mode)
+	}
+	if os.FileMode(st.Mode).Perm() == perm {
+		return nil
+	}
+	// fchmod does not work on an O_PATH descriptor; chmod of its
+	// /proc/self/fd entry reaches the inode it refers to, a socket.
+	if err := os.Chmod(fmt.Sprintf("/proc/self/fd/%d", pfd), perm); err != nil {
+		return err
+	}
+	return nil
 }
 
 // removeStale removes a socket file left by a server that is gone: it
