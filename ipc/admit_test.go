@@ -35,6 +35,8 @@ const (
 func runAdmitChild(role, addr string) (int, bool) {
 	n, _ := strconv.Atoi(os.Getenv(envN))
 	switch role {
+	case roleIdleClient:
+		return runIdleClient(addr), true
 	case roleSquat:
 		conns := make([]net.Conn, 0, n)
 		for range n {

@@ -481,24 +481,12 @@ func (cl *Client) start() {
 	}
 }
 
-// readLoop reads wake tokens; end of file or a reset means the server
-// closed the connection, exited or died, and every blocked call ends.
+// readLoop reads wake tokens (readTokenLoop); end of file or a reset
+// means the server closed the connection, exited or died, and every
+// blocked call ends.
 func (cl *Client) readLoop() {
 	defer cl.wg.Done()
-	var buf [64]byte
-	for {
-		n, err := cl.nc.Read(buf[:])
-		for _, b := range buf[:n] {
-			if derr := cl.waker.deliver(b); derr != nil {
-				cl.kill(derr)
-				return
-			}
-		}
-		if err != nil {
-			cl.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
-			return
-		}
-	}
+	cl.kill(readTokenLoop(cl.nc, cl.rc, cl.waker, cl.done))
 }
 
 // kill ends the connection: the rings are closed, which wakes everyone

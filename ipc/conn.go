@@ -71,7 +71,7 @@ type Conn struct {
 	// Process): never touched by anyone else.
 	req      Request
 	rw       ResponseWriter
-	tokBuf   [64]byte
+	tokBuf   [tokenSmall]byte
 	pending  []*pendingResp // external mode: responses awaiting ring space
 	pendFree []*pendingResp
 
@@ -213,24 +213,11 @@ func (c *Conn) start() {
 	go c.serveLoop()
 }
 
-// readLoop reads wake tokens; end of file (or a reset) is the client
-// leaving or dying, noticed here at once.
+// readLoop reads wake tokens (readTokenLoop); end of file (or a reset)
+// is the client leaving or dying, noticed here at once.
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
-	var buf [64]byte
-	for {
-		n, err := c.nc.Read(buf[:])
-		for _, b := range buf[:n] {
-			if derr := c.waker.deliver(b); derr != nil {
-				c.kill(derr)
-				return
-			}
-		}
-		if err != nil {
-			c.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
-			return
-		}
-	}
+	c.kill(readTokenLoop(c.nc, c.rc, c.waker, c.done))
 }
 
 // serveLoop handles requests one by one, draining the ring before it
@@ -375,24 +362,9 @@ func (c *Conn) endErr() error {
 }
 
 func (c *Conn) process() {
-	for {
-		n, eof, err := readTokens(c.rc, c.tokBuf[:])
-		for _, b := range c.tokBuf[:n] {
-			if derr := c.waker.deliver(b); derr != nil {
-				c.kill(derr)
-				return
-			}
-		}
-		if eof {
-			if err == nil {
-				err = errors.New("end of file")
-			}
-			c.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
-			return
-		}
-		if n < len(c.tokBuf) {
-			break
-		}
+	if err := c.readTokensTurn(); err != nil {
+		c.kill(err)
+		return
 	}
 	c.drainTokenChans()
 	if !c.flushPendingArmed() {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,9 @@ type epollLoop struct {
 	mu    sync.Mutex
 	conns map[int]*Conn
 	ended chan error // Process errors of ended connections
+	// afterProcess, if set, is called on the loop goroutine after every
+	// Process call.
+	afterProcess atomic.Pointer[func(*Conn)]
 }
 
 func newEpollLoop(t *testing.T) *epollLoop {
@@ -90,7 +94,11 @@ func (e *epollLoop) run() {
 				if c == nil {
 					continue
 				}
-				if err := c.Process(); err != nil {
+				err := c.Process()
+				if f := e.afterProcess.Load(); f != nil {
+					(*f)(c)
+				}
+				if err != nil {
 					e.ended <- err
 				}
 			}
