@@ -195,7 +195,15 @@ func (cl *Client) waitRoom(ctx context.Context, id uint16, size int) (ring.Reser
 		return ring.Reservation{}, err
 	}
 	defer func() { <-cl.spaceLock }()
-	r, err := cl.waker.waitRoom(ctx, wReqProd, func() (ring.Reservation, error) { return cl.tryReserveRoom(id, size) })
+	var r ring.Reservation
+	var err error
+	werr := cl.reqP.Waiter().Wait(ctx, func() bool {
+		r, err = cl.tryReserveRoom(id, size)
+		return err != ring.ErrFull
+	})
+	if werr != nil {
+		return r, cl.ringErr(werr)
+	}
 	return r, cl.ringErr(err)
 }
 
@@ -284,7 +292,7 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 				// calls go out one by one.
 				runtime.Gosched()
 			}
-			rec, err = cl.waker.peek(ctx, cl.respC, wRespCons)
+			rec, err = cl.respC.Peek(ctx)
 		}
 		if err != nil {
 			b.flush(cl)

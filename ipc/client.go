@@ -445,7 +445,7 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 		return nil, fmt.Errorf("%w: reply limits %d/%d disagree with the ring sizes", ErrProtocol, r.maxReq, r.maxDisp)
 	}
 	cl.efd.Store(-1)
-	cl.waker = newSockWaker(mem, r.offs, []int{wReqProd, wRespCons, wDispCons}, rc, cl.done, opts.Spin)
+	cl.waker = newSockWaker(mem, r.offs, []int{wReqProd, wRespCons, wDispCons}, rc, cl.done)
 	o := ringOptions(opts.Spin, cl.waker)
 	region := func(i int) []byte { return mem[r.offs[i] : r.offs[i]+ringBytes(r.sizes[i])] }
 	if cl.reqP, err = ring.NewProducer(region(0), o); err == nil {
@@ -675,7 +675,7 @@ func (cl *Client) Recv(ctx context.Context) (Message, error) {
 	if err := cl.lock(ctx, cl.dispLock); err != nil {
 		return Message{}, err
 	}
-	rec, err := cl.waker.peek(ctx, cl.dispC, wDispCons)
+	rec, err := cl.dispC.Peek(ctx)
 	var m Message
 	if err == nil {
 		m, err = cl.takeMessage(rec)
@@ -743,7 +743,7 @@ func (cl *Client) dispatchLoop() {
 		if err := cl.lock(cl.ctx, cl.dispLock); err != nil {
 			return
 		}
-		rec, err := cl.waker.peek(cl.ctx, cl.dispC, wDispCons)
+		rec, err := cl.dispC.Peek(cl.ctx)
 		if err == nil {
 			var id uint16
 			if id, err = cl.dispatchID(rec); err == nil {
@@ -793,7 +793,7 @@ func (cl *Client) notifyLoop() {
 		err := cl.lock(cl.ctx, cl.dispLock)
 		if err == nil {
 			// Peeking leaves the record in place for TryRecv.
-			_, err = cl.waker.peek(cl.ctx, cl.dispC, wDispCons)
+			_, err = cl.dispC.Peek(cl.ctx)
 			<-cl.dispLock
 		}
 		unix.Write(int(cl.efd.Load()), one) //nolint:errcheck // a full counter is still readable

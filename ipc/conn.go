@@ -155,7 +155,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 			return nil, fmt.Errorf("init ring: %w", err)
 		}
 	}
-	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done, s.cfg.Spin)
+	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done)
 	opts := ringOptions(s.cfg.Spin, c.waker)
 	// Attaching freshly initialised rings cannot fail.
 	c.reqC, _ = ring.NewConsumer(mem[offs[0]:], opts)
@@ -185,7 +185,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		// Nobody sleeps in the ring in external mode, so announce the
 		// wait for requests up front: the client's first Commit must
 		// send a token that makes the descriptor readable.
-		c.waker.arm(wReqCons)
+		c.reqC.Waiter().Arm()
 	}
 	return c, nil
 }
@@ -225,7 +225,7 @@ func (c *Conn) readLoop() {
 func (c *Conn) serveLoop() {
 	defer c.teardown()
 	for {
-		rec, err := c.waker.peek(c.loopCtx, c.reqC, wReqCons)
+		rec, err := c.reqC.Peek(c.loopCtx)
 		if err != nil {
 			c.kill(c.loopErr(err))
 			return
@@ -374,12 +374,12 @@ func (c *Conn) process() {
 	for !c.isDead() {
 		rec, err := c.reqC.TryPeek()
 		if err == ring.ErrEmpty {
-			c.waker.arm(wReqCons)
+			c.reqC.Waiter().Arm()
 			rec, err = c.reqC.TryPeek()
 			if err == ring.ErrEmpty {
 				break
 			}
-			c.waker.disarm(wReqCons)
+			c.reqC.Waiter().Disarm()
 		}
 		if err != nil {
 			c.kill(c.loopErr(err))
@@ -416,9 +416,9 @@ func (c *Conn) flushPendingArmed() bool {
 	if c.flushPending() {
 		return true
 	}
-	c.waker.arm(wRespProd)
+	c.respP.Waiter().Arm()
 	if c.flushPending() {
-		c.waker.disarm(wRespProd)
+		c.respP.Waiter().Disarm()
 		return true
 	}
 	return false

@@ -175,12 +175,11 @@ func (c *Conn) writeDirect(id uint16, body []byte) error {
 	if err != ring.ErrFull {
 		return err
 	}
-	if !c.external && c.waker.spin > 0 {
-		r, err := c.waker.pollReserve(c.dispP, uint32(id), len(body), min(c.waker.spin, dispatchSpin))
-		if err == nil {
-			copy(r.Bytes(), body)
-			return r.Commit()
-		}
+	if pol, budget := c.dispP.Waiter().Policy(); !c.external && pol != ring.WaitSleep {
+		c.dispP.Waiter().Poll(min(budget, dispatchSpin), func() bool {
+			err = c.dispP.TryWrite(uint32(id), body)
+			return err != ring.ErrFull
+		})
 		if err != ring.ErrFull {
 			return err
 		}
@@ -188,9 +187,9 @@ func (c *Conn) writeDirect(id uint16, body []byte) error {
 	// Announce that we wait for space, then look again (the ring's
 	// Dekker pattern): either the client's next Release sees the word
 	// and sends a token, or this retry sees its space.
-	c.waker.arm(wDispProd)
+	c.dispP.Waiter().Arm()
 	if err = c.dispP.TryWrite(uint32(id), body); err != ring.ErrFull {
-		c.waker.disarm(wDispProd)
+		c.dispP.Waiter().Disarm()
 	}
 	return err
 }
@@ -198,7 +197,7 @@ func (c *Conn) writeDirect(id uint16, body []byte) error {
 // writeBlocking writes one message, sleeping until the ring has room,
 // ctx ends or the connection does; qMu held and the queue empty.
 func (c *Conn) writeBlocking(ctx context.Context, id uint16, body []byte) error {
-	r, err := c.waker.reserve(ctx, c.dispP, wDispProd, uint32(id), len(body))
+	r, err := c.dispP.Reserve(ctx, uint32(id), len(body))
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("dispatch: %w", ctx.Err())
@@ -270,7 +269,7 @@ func (c *Conn) flushLoop() {
 		c.batch = c.q.front(c.batch[:0], flushBatch)
 		c.qMu.Unlock()
 		for _, it := range c.batch {
-			if err := c.waker.write(c.ctx, c.dispP, wDispProd, uint32(it.id), it.b); err != nil {
+			if err := c.dispP.Write(c.ctx, uint32(it.id), it.b); err != nil {
 				c.kill(c.ringErr("dispatch", err))
 				c.qMu.Lock()
 				c.flushing = false
@@ -298,11 +297,11 @@ func (c *Conn) flushQueueNow() {
 		c.qMu.Unlock()
 		err := c.dispP.TryWrite(uint32(it.id), it.b)
 		if err == ring.ErrFull {
-			c.waker.arm(wDispProd)
+			c.dispP.Waiter().Arm()
 			if err = c.dispP.TryWrite(uint32(it.id), it.b); err == ring.ErrFull {
 				return
 			}
-			c.waker.disarm(wDispProd)
+			c.dispP.Waiter().Disarm()
 		}
 		if err != nil {
 			c.kill(c.ringErr("dispatch", err))

@@ -166,7 +166,7 @@ func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, erro
 			p = w.pend.b
 		}
 	} else {
-		r, err := c.waker.reserve(c.ctx, c.respP, wRespProd, status, total)
+		r, err := c.respP.Reserve(c.ctx, status, total)
 		if err != nil {
 			return nil, c.ringErr("respond", err)
 		}

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/ringipc/ringipc/ring"
 	"golang.org/x/sys/unix"
 )
 
@@ -203,8 +204,8 @@ func (h *hostileHarness) honestState() string {
 		// The words sit at fixed offsets of each ring (docs/design.md):
 		// tail at 128, head at 256, consumer word at 384.
 		cons := cl.waker.words[2*i]
-		tail := (*uint64)(unsafe.Add(unsafe.Pointer(cons), 128-ringConsWait))
-		head := (*uint64)(unsafe.Add(unsafe.Pointer(cons), 256-ringConsWait))
+		tail := (*uint64)(unsafe.Add(unsafe.Pointer(cons), 128-ring.ConsumerWaitOffset))
+		head := (*uint64)(unsafe.Add(unsafe.Pointer(cons), 256-ring.ConsumerWaitOffset))
 		fmt.Fprintf(&b, "%s ring: tail %d head %d consWait %d prodWait %d; ", name,
 			atomic.LoadUint64(tail), atomic.LoadUint64(head), atomic.LoadUint32(cons), atomic.LoadUint32(cl.waker.words[2*i+1]))
 	}

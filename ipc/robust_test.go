@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringipc/ringipc/ring"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,8 +123,8 @@ func TestTokenBufferFull(t *testing.T) {
 	rcA, _ := a.SyscallConn()
 	rcB, _ := b.SyscallConn()
 	// a is the client's end, b the server's; both see the same words.
-	wa := newSockWaker(mem, offs, []int{wReqProd, wRespCons, wDispCons}, rcA, doneA, -1)
-	wb := newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rcB, doneB, -1)
+	wa := newSockWaker(mem, offs, []int{wReqProd, wRespCons, wDispCons}, rcA, doneA)
+	wb := newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rcB, doneB)
 	var readers sync.WaitGroup
 	t.Cleanup(func() {
 		a.Close()
@@ -143,7 +144,7 @@ func TestTokenBufferFull(t *testing.T) {
 		}
 	})
 	// b's loop announces that it sleeps on the request ring...
-	wb.arm(wReqCons)
+	atomic.SwapUint32(wb.words[wReqCons], ring.WordWaker)
 	ctx := testCtx(t)
 	woke := make(chan error, 1)
 	go func() { woke <- wb.sleep(ctx, wReqCons) }()

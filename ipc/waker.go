@@ -32,14 +32,13 @@ import (
 // drains. A peer that never reads only parks that one goroutine, and the
 // pending set holds at most one token per word.
 type sockWaker struct {
-	// words, local, done, rc, spin and tok are set up before the waker
-	// is used and never change: read-only, shared by every goroutine of
-	// the connection.
+	// words, local, done, rc and send are set up before the waker is
+	// used and never change: read-only, shared by every goroutine of the
+	// connection.
 	words [numWakeWords]*uint32
 	local [numWakeWords]chan struct{} // buffered 1; nil for the peer's words
 	done  <-chan struct{}             // closed once the connection ends
 	rc    syscall.RawConn             // the socket, for raw non-blocking token writes
-	spin  time.Duration               // polling budget before sleeping (> 0 polls)
 	send  [numWakeWords]func(uintptr)
 
 	tokensOut atomic.Uint64
@@ -61,16 +60,12 @@ var _ ring.Waker = (*sockWaker)(nil)
 
 // newSockWaker prepares a waker over the payload mem of a connection
 // segment with rings at offs. localWords lists the word indices this side
-// sleeps on; spin is the polling budget of peek and reserve (0 means
-// DefaultSpin, negative none).
-func newSockWaker(mem []byte, offs [3]uint64, localWords []int, rc syscall.RawConn, done <-chan struct{}, spin time.Duration) *sockWaker {
-	if spin == 0 {
-		spin = DefaultSpin
-	}
-	w := &sockWaker{rc: rc, done: done, spin: spin}
+// sleeps on.
+func newSockWaker(mem []byte, offs [3]uint64, localWords []int, rc syscall.RawConn, done <-chan struct{}) *sockWaker {
+	w := &sockWaker{rc: rc, done: done}
 	for r := range 3 {
-		w.words[2*r] = word32(mem, offs[r]+ringConsWait)
-		w.words[2*r+1] = word32(mem, offs[r]+ringProdWait)
+		w.words[2*r] = word32(mem, offs[r]+ring.ConsumerWaitOffset)
+		w.words[2*r+1] = word32(mem, offs[r]+ring.ProducerWaitOffset)
 	}
 	for _, i := range localWords {
 		w.local[i] = make(chan struct{}, 1)
@@ -258,16 +253,3 @@ func (w *sockWaker) deliver(b byte) error {
 	}
 	return nil
 }
-
-// arm announces, as the ring does before it sleeps, that this side waits
-// on word i, for callers (the external poll loop) that wait outside the
-// ring. They re-check the ring after arming.
-func (w *sockWaker) arm(i int) {
-	// Swap, not Store: arming is the store half of a Dekker pair (arm,
-	// then re-check the ring), and under the race detector Store is only
-	// a release store that may pass the re-check (see ring's publishWord).
-	atomic.SwapUint32(w.words[i], 1)
-}
-
-// disarm withdraws an announcement that turned out needless.
-func (w *sockWaker) disarm(i int) { atomic.StoreUint32(w.words[i], 0) }

@@ -118,15 +118,6 @@ const (
 	ringAlign     = 128
 )
 
-// Ring-internal word offsets (see the ring package's layout): the
-// consumer's and the producers' futex words. The external poll loop arms
-// them itself, since a ring handle only does so inside its blocking calls;
-// TestRingWordOffsets checks them against the ring's behaviour.
-const (
-	ringConsWait = 384
-	ringProdWait = 512
-)
-
 // Wake tokens: one byte on the socket, high nibble the ring, low nibble the
 // word. A side sends a token only after it found the word set by the peer
 // (and cleared it), so a busy stream sends none.

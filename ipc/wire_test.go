@@ -39,8 +39,8 @@ func TestWireConstants(t *testing.T) {
 		{"ctlDropped", ctlDropped, 8},
 		{"ctlFlowEvents", ctlFlowEvents, 16},
 		{"ringAlign", ringAlign, 128},
-		{"ringConsWait", ringConsWait, 384},
-		{"ringProdWait", ringProdWait, 512},
+		{"ring.ConsumerWaitOffset", ring.ConsumerWaitOffset, 384},
+		{"ring.ProducerWaitOffset", ring.ProducerWaitOffset, 512},
 		{"tokReqCons", tokReqCons, 0x01},
 		{"tokReqProd", tokReqProd, 0x02},
 		{"tokRespCons", tokRespCons, 0x11},
@@ -149,7 +149,7 @@ type recWaker struct{ woke []*uint32 }
 func (w *recWaker) Sleep(context.Context, *uint32, time.Duration) error { return nil }
 func (w *recWaker) Wake(word *uint32)                                   { w.woke = append(w.woke, word) }
 
-// TestRingWordOffsets checks ringConsWait and ringProdWait against what
+// TestRingWordOffsets checks the ring's exported word offsets against what
 // the ring does: a word armed at those offsets is the one it wakes.
 func TestRingWordOffsets(t *testing.T) {
 	mem := make([]byte, ringBytes(4096))
@@ -159,13 +159,13 @@ func TestRingWordOffsets(t *testing.T) {
 	w := &recWaker{}
 	p, _ := ring.NewProducer(mem, &ring.Options{Waker: w})
 	c, _ := ring.NewConsumer(mem, &ring.Options{Waker: w})
-	cons, prod := word32(mem, ringConsWait), word32(mem, ringProdWait)
+	cons, prod := word32(mem, ring.ConsumerWaitOffset), word32(mem, ring.ProducerWaitOffset)
 	*cons = 1
 	if err := p.TryWrite(1, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	if len(w.woke) != 1 || w.woke[0] != cons || *cons != 0 {
-		t.Fatalf("commit woke %v, want the consumer word at %d", w.woke, ringConsWait)
+		t.Fatalf("commit woke %v, want the consumer word at %d", w.woke, ring.ConsumerWaitOffset)
 	}
 	*prod = 1
 	if _, _, err := c.TryReadInto(make([]byte, 8)); err != nil {
@@ -177,7 +177,7 @@ func TestRingWordOffsets(t *testing.T) {
 		t.Fatalf("TryPeek on an empty ring: %v", err)
 	}
 	if len(w.woke) != 2 || w.woke[1] != prod || *prod != 0 {
-		t.Fatalf("release woke %v, want the producer word at %d", w.woke, ringProdWait)
+		t.Fatalf("release woke %v, want the producer word at %d", w.woke, ring.ProducerWaitOffset)
 	}
 }
 

@@ -40,6 +40,8 @@ type Consumer struct {
 	// testHookEmpty, set only by tests, runs between the load of the
 	// tail that found the ring empty and the load of closed.
 	testHookEmpty func()
+
+	w Waiter // on consWait
 }
 
 // errInFlight: an MPSC claim at head is not committed yet. Blocking calls
@@ -53,6 +55,7 @@ func NewConsumer(mem []byte, opts *Options) (*Consumer, error) {
 		return nil, fmt.Errorf("attach consumer: %w", err)
 	}
 	c := &Consumer{s: s, multi: s.m.geo.Producers > 0}
+	c.w.init(s.consWait, &s.opts, false)
 	h := atomic.LoadUint64(s.head)
 	t := atomic.LoadUint64(s.tail)
 	if t-h > s.m.size || t%recordAlign != 0 || h%recordAlign != 0 {
@@ -82,40 +85,52 @@ func (c *Consumer) Peek(ctx context.Context) (Record, error) {
 	if err != ErrEmpty && err != errInFlight {
 		return r, err
 	}
-	sp := newSpinner(c.s.opts.spin(), ctx.Done())
+	ready := func() bool {
+		r, err = c.peek()
+		return err != ErrEmpty && err != errInFlight
+	}
+	w := &c.w
+	if w.spin(ctx.Done(), ready) {
+		return r, err
+	}
+	start := w.sleepStart()
 	for {
-		if !sp.again() {
-			if err := ctx.Err(); err != nil {
-				return Record{}, err
-			}
-			announce(c.s.consWait)
-			r, err = c.peek()
-			if err != ErrEmpty && err != errInFlight {
-				unannounce(c.s.consWait)
-				return r, err
-			}
-			// A claim in flight may belong to a dead producer that will
-			// never wake us: sleep in slices and look after it.
-			var limit time.Duration
-			if err == errInFlight {
-				limit = recoverySlice
-			}
-			if err := c.s.sleep(ctx, c.s.consWait, limit); err != nil {
-				unannounce(c.s.consWait)
-				return Record{}, err
-			}
-			if err == errInFlight {
-				if rerr := c.recoverStuck(); rerr != nil {
-					return Record{}, rerr
-				}
+		if cerr := ctx.Err(); cerr != nil {
+			return Record{}, cerr
+		}
+		w.Arm()
+		if ready() {
+			w.Disarm()
+			w.slept(start)
+			return r, err
+		}
+		// A claim in flight may belong to a dead producer that will
+		// never wake us: sleep in slices and look after it.
+		inFlight := err == errInFlight
+		var limit time.Duration
+		if inFlight {
+			limit = recoverySlice
+		}
+		if serr := w.Sleep(ctx, limit); serr != nil {
+			w.Disarm()
+			return Record{}, serr
+		}
+		if inFlight {
+			if rerr := c.recoverStuck(); rerr != nil {
+				return Record{}, rerr
 			}
 		}
-		r, err = c.peek()
-		if err != ErrEmpty && err != errInFlight {
+		if ready() {
+			w.slept(start)
 			return r, err
 		}
 	}
 }
+
+// Waiter returns the consumer's Waiter, on the ring's consumer wait word,
+// for loops that wait for records outside Peek: see Waiter. It shares
+// the consumer's goroutine rule.
+func (c *Consumer) Waiter() *Waiter { return &c.w }
 
 func (c *Consumer) peek() (Record, error) {
 	if c.err != nil {

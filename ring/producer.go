@@ -24,6 +24,8 @@ type Producer struct {
 	err       error  // sticky corruption
 
 	mp mpscProducer
+
+	w Waiter // on prodWait, shared with the other producers (MPSC)
 }
 
 // Reservation is space claimed in the ring for one record. Fill Bytes,
@@ -55,6 +57,7 @@ func NewProducer(mem []byte, opts *Options) (*Producer, error) {
 		return nil, fmt.Errorf("attach producer: %w", err)
 	}
 	p := &Producer{s: s, multi: s.m.geo.Producers > 0}
+	p.w.init(s.prodWait, &s.opts, p.multi)
 	if p.multi {
 		if err := p.mp.attachSlot(&p.s); err != nil {
 			return nil, fmt.Errorf("attach producer: %w", err)
@@ -142,30 +145,20 @@ func (p *Producer) Reserve(ctx context.Context, typ uint32, n int) (Reservation,
 	if err != ErrFull {
 		return r, err
 	}
-	sp := newSpinner(p.s.opts.spin(), ctx.Done())
-	for {
-		if !sp.again() {
-			if err := ctx.Err(); err != nil {
-				return Reservation{}, err
-			}
-			announce(p.s.prodWait)
-			r, err = p.TryReserve(typ, n)
-			if err != ErrFull {
-				if !p.multi {
-					unannounce(p.s.prodWait)
-				}
-				return r, err
-			}
-			if err := p.s.sleep(ctx, p.s.prodWait, 0); err != nil {
-				return Reservation{}, err
-			}
-		}
+	werr := p.w.Wait(ctx, func() bool {
 		r, err = p.TryReserve(typ, n)
-		if err != ErrFull {
-			return r, err
-		}
+		return err != ErrFull
+	})
+	if werr != nil {
+		return Reservation{}, werr
 	}
+	return r, err
 }
+
+// Waiter returns the Waiter on the ring's producer wait word, for loops
+// that wait for room outside Reserve: see Waiter. On an MPSC ring every
+// producer sleeps on that one word, and Disarm does nothing.
+func (p *Producer) Waiter() *Waiter { return &p.w }
 
 // refreshHead re-reads the consumer's position, which must lie between
 // the last one seen and our tail.

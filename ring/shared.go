@@ -11,9 +11,14 @@ import (
 // Options tune a handle; they are local to the process, not part of the
 // ring's layout. The zero value is ready to use.
 type Options struct {
-	// Spin is how long a blocked call polls before it sleeps on a futex.
-	// While records flow faster than this, neither side makes a system
-	// call. 0 means DefaultSpin; a negative value sleeps at once.
+	// Wait is how a blocked call waits: whether it polls the ring before
+	// it sleeps (see WaitPolicy). The zero value, WaitDefault, lets Spin
+	// decide, as it did before Wait existed.
+	Wait WaitPolicy
+	// Spin is the polling budget: of WaitSpin (0 means DefaultSpin), and
+	// of WaitAdaptive (0 means AdaptiveSpin). With Wait left at
+	// WaitDefault, 0 means WaitAdaptive, a positive value WaitSpin with
+	// that budget, and a negative value WaitSleep (sleep at once).
 	Spin time.Duration
 	// Liveness decides whether the producer owning a stuck MPSC claim is
 	// still alive. Nil means ProcessAlive (the operating system's view).
@@ -26,11 +31,12 @@ type Options struct {
 }
 
 // Waker is how a side that has announced it sleeps is put to sleep and
-// woken. The ring decides when: a sleeper sets its futex word to 1 and
-// re-checks the ring before it calls Sleep; a waker clears the word and
-// calls Wake only if it was set. An implementation only moves the signal,
-// for example through a descriptor in Go's netpoller, so that a sleeping
-// side holds no OS thread.
+// woken. The ring decides when: a sleeper stores WordWaker in its wait
+// word and re-checks the ring before it calls Sleep; a waker swaps the
+// word to WordIdle and calls Wake only if it held WordWaker (or a value
+// the protocol does not know; WordFutex gets a FUTEX_WAKE instead). An
+// implementation only moves the signal, for example through a descriptor
+// in Go's netpoller, so that a sleeping side holds no OS thread.
 type Waker interface {
 	// Sleep blocks until Wake is called for word (or was called since
 	// the word was set), ctx ends, or limit passes (limit <= 0: no
@@ -39,24 +45,6 @@ type Waker interface {
 	Sleep(ctx context.Context, word *uint32, limit time.Duration) error
 	// Wake wakes whoever sleeps on word.
 	Wake(word *uint32)
-}
-
-// DefaultSpin is the spin budget of a zero Options. Waking a sleeping
-// peer costs 25-55 µs, sometimes more, on the virtual machines this was
-// tuned on. With a budget below that, two sides fall into a lockstep in
-// which each gives up just before the other answers, and every message
-// pays a full wake-up (measured: ping-pong p50 110 µs at a 50 µs budget,
-// 0.26 µs at 200 µs). An idle side spins this long once, then sleeps.
-const DefaultSpin = 200 * time.Microsecond
-
-func (o *Options) spin() time.Duration {
-	if o == nil || o.Spin == 0 {
-		return DefaultSpin
-	}
-	if o.Spin < 0 {
-		return 0
-	}
-	return o.Spin
 }
 
 // shared is a handle's view of the ring: the validated meta copy and
@@ -122,42 +110,44 @@ func attach(mem []byte, opts *Options) (shared, error) {
 // barrier in both builds and costs the same as Store in a normal one.
 func publishWord(w *uint64, v uint64) { atomic.SwapUint64(w, v) }
 
-// wake wakes whoever announced on a futex word that it sleeps. Callers
-// have just published (the store half of the Dekker pair), so the load
-// below is the other half. A plain load first: while nobody sleeps, which
-// is always while both sides are busy, waking costs no locked instruction
-// and no system call. Clearing the word before waking means a sleeper that
-// has announced itself but not yet blocked finds it changed and does not
+// wake wakes whoever announced on a wait word that it sleeps, in the way
+// the word's value names (see WordIdle). Callers have just published
+// (the store half of the Dekker pair), so the load below is the other
+// half. A plain load first: while nobody sleeps, which is always while
+// both sides are busy, waking costs no locked instruction and no system
+// call. Clearing the word before waking means a sleeper that has
+// announced itself but not yet blocked finds it changed and does not
 // sleep.
 func (s *shared) wake(w *uint32) {
-	if atomic.LoadUint32(w) == 0 || atomic.SwapUint32(w, 0) == 0 {
+	if atomic.LoadUint32(w) == WordIdle {
 		return
 	}
-	if s.opts.Waker != nil {
-		s.opts.Waker.Wake(w)
-		return
+	switch atomic.SwapUint32(w, WordIdle) {
+	case WordIdle:
+	case WordFutex:
+		futex.Wake(w, 0) //nolint:errcheck // the address is valid and aligned by construction
+	default:
+		if s.opts.Waker != nil {
+			s.opts.Waker.Wake(w)
+			return
+		}
+		futex.Wake(w, 0) //nolint:errcheck
 	}
-	futex.Wake(w, 0) //nolint:errcheck // the address is valid and aligned by construction
-}
-
-// sleep blocks on one of the ring's futex words after the caller announced
-// and re-checked.
-func (s *shared) sleep(ctx context.Context, w *uint32, limit time.Duration) error {
-	if s.opts.Waker != nil {
-		return s.opts.Waker.Sleep(ctx, w, limit)
-	}
-	return sleepFutex(ctx, w, limit)
 }
 
 func (s *shared) isClosed() bool { return atomic.LoadUint32(s.closed) != 0 }
 
-// markClosed closes the ring for everyone and wakes every sleeper.
+// markClosed closes the ring for every side and wakes every sleeper.
 func (s *shared) markClosed() {
 	atomic.SwapUint32(s.closed, 1) // a Dekker store: see publishWord
-	// Set the words first so that wake always signals: a sleeper that
-	// announced before the store above may be asleep in any Waker.
-	atomic.StoreUint32(s.consWait, 1)
-	atomic.StoreUint32(s.prodWait, 1)
-	s.wake(s.consWait)
-	s.wake(s.prodWait)
+	// Wake in every way whatever the words hold: a sleeper that announced
+	// before the store above may be asleep in the kernel or in any Waker,
+	// and a closing ring is worth a few needless wake-ups.
+	for _, w := range [2]*uint32{s.consWait, s.prodWait} {
+		atomic.StoreUint32(w, WordIdle)
+		futex.Wake(w, 0) //nolint:errcheck
+		if s.opts.Waker != nil {
+			s.opts.Waker.Wake(w)
+		}
+	}
 }

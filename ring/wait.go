@@ -10,21 +10,443 @@ import (
 	"github.com/ringipc/ringipc/futex"
 )
 
-// spinner bounds a polling loop by time. Reading the clock every poll
-// would cost more than the poll, so it looks every 64 iterations (a wait
-// shorter than that never reads the clock). And now and then it yields: the processor to other goroutines (two spinners in one process
-// with GOMAXPROCS=2 would starve everything else), and the OS thread to
-// other processes, since a peer waiting for our core cannot answer while
-// we spin on it.
-type spinner struct {
-	budget time.Duration
-	done   <-chan struct{} // the caller's ctx.Done(), looked at with the clock
-	start  time.Time
-	n      int
+// Waiting. Each side of a ring that finds nothing to do (a consumer with
+// no record, a producer with no room) waits on its wait word, and the
+// other side wakes it after it publishes. The protocol (docs/design.md,
+// "Sleeping and waking", holds the lost-wake-up argument):
+//
+//	sleeper: store a non-zero value in its word (Arm), re-check the
+//	         ring, sleep only if there is still nothing to do; the wake
+//	         clears the word.
+//	waker:   publish (tail or head), load the word; if non-zero, swap it
+//	         to zero and, if the swap returned non-zero, wake the sleeper
+//	         in the way that value names.
+//
+// Waiter is that protocol for one word, with the polling before it
+// (WaitPolicy). The ring's blocking calls use it; so may loops that wait
+// outside them (an event loop arms the word before it polls a descriptor,
+// ipc plugs in its socket tokens as a Waker).
+
+// Values of a wait word. A sleeper stores the value that names how it
+// wants to be woken; the waker swaps the word to WordIdle and acts on the
+// value it got back. Any other value (a peer scribbling) is treated as
+// WordWaker: it costs the peer a wake-up of its own, never a hang or a
+// spin on our side.
+const (
+	// WordIdle: nobody sleeps on the word.
+	WordIdle uint32 = 0
+	// WordWaker: the sleeper waits to be woken through the side's
+	// Options.Waker (a FUTEX_WAKE on the word when it has none).
+	WordWaker uint32 = 1
+	// WordFutex: the sleeper is (about to be) blocked in FUTEX_WAIT on
+	// the word itself, expecting the value WordFutex: the waker issues
+	// a FUTEX_WAKE on the word, whatever Waker it has.
+	WordFutex uint32 = 2
+)
+
+// Offsets of the two wait words from the start of a ring's memory, for
+// code that waits or wakes outside a handle (see Waiter). Both are
+// 32-bit little-endian words, each on a 128-byte line of its own.
+const (
+	// ConsumerWaitOffset is the consumer's word: it sleeps there for
+	// records, producers wake it after they publish a tail.
+	ConsumerWaitOffset = offConsWait
+	// ProducerWaitOffset is the producers' word: they sleep there for
+	// room, the consumer wakes them after it publishes a head.
+	ProducerWaitOffset = offProdWait
+)
+
+// WaitPolicy says whether a side polls before it sleeps.
+type WaitPolicy uint8
+
+const (
+	// WaitDefault leaves the choice to the Spin duration of the options
+	// that carry it, for compatibility: 0 means WaitAdaptive, a positive
+	// Spin means WaitSpin with that budget, a negative one WaitSleep.
+	WaitDefault WaitPolicy = iota
+	// WaitAdaptive polls only while the side's recent waits ended within
+	// the budget (AdaptiveSpin, or Spin when positive), and only while
+	// fewer goroutines of the process poll than it has CPUs to poll on;
+	// else it sleeps at once. A dense stream keeps both sides polling
+	// (no system call per record); a sparse one sleeps at once and pays
+	// one wake-up per record instead of a wasted poll.
+	WaitAdaptive
+	// WaitSpin polls for the whole budget (Spin, DefaultSpin when 0) on
+	// every wait before it sleeps.
+	WaitSpin
+	// WaitSleep never polls: it sleeps at once.
+	WaitSleep
+)
+
+func (p WaitPolicy) String() string {
+	switch p {
+	case WaitDefault:
+		return "default"
+	case WaitAdaptive:
+		return "adaptive"
+	case WaitSpin:
+		return "spin"
+	case WaitSleep:
+		return "sleep"
+	}
+	return "WaitPolicy(" + itoa(int(p)) + ")"
 }
 
-func newSpinner(budget time.Duration, done <-chan struct{}) spinner {
-	return spinner{budget: budget, done: done}
+func itoa(n int) string {
+	if n < 10 && n >= 0 {
+		return string(rune('0' + n))
+	}
+	return itoa(n/10) + itoa(n%10)
+}
+
+// Resolve returns the policy and budget that p and spin (an Options.Spin)
+// stand for: WaitDefault is replaced by what spin says, and the budget is
+// the one the policy polls for (0 for WaitSleep).
+func (p WaitPolicy) Resolve(spin time.Duration) (WaitPolicy, time.Duration) {
+	if p == WaitDefault {
+		switch {
+		case spin < 0:
+			p = WaitSleep
+		default:
+			p = WaitSpin
+		}
+	}
+	switch p {
+	case WaitSleep:
+		return p, 0
+	case WaitAdaptive:
+		if spin <= 0 {
+			spin = AdaptiveSpin
+		}
+		return p, spin
+	default:
+		if spin <= 0 {
+			spin = DefaultSpin
+		}
+		return WaitSpin, spin
+	}
+}
+
+// DefaultSpin is the budget of WaitSpin when Spin is 0. Waking a
+// sleeping peer costs 25-55 µs, sometimes more, on the virtual machines
+// this was tuned on. With a fixed budget below that, two sides fall into
+// a lockstep in which each gives up just before the other answers, and
+// every message pays a full wake-up (measured: ping-pong p50 110 µs at a
+// 50 µs budget, 0.26 µs at 200 µs).
+const DefaultSpin = 200 * time.Microsecond
+
+// AdaptiveSpin is the budget of WaitAdaptive when Spin is 0: how long a
+// side that expects its peer soon polls, and how soon a wait must end to
+// count as one that polling would have caught. docs/design.md
+// ("Waiting policy") has the measurements that chose it.
+const AdaptiveSpin = 50 * time.Microsecond
+
+// The adaptive policy's memory: credit is how many more waits may poll
+// after the last one whose end polling caught; every probeEvery-th wait
+// polls whatever the credit, so that two sides that both sleep at once
+// while records come densely find out (each sleeping wait then lasts a
+// wake-up of the peer, longer than the budget, and would never show it).
+const (
+	creditMax  = 4
+	probeEvery = 16
+)
+
+// adaptive is WaitAdaptive's state for one wait word. Its fields are
+// atomics because several goroutines may wait on one word (the producers
+// of an MPSC ring); races between them only blur the history.
+type adaptive struct {
+	credit atomic.Int32  // > 0: poll on the next wait
+	sleeps atomic.Uint32 // waits that slept at once, for probing
+}
+
+// shouldSpin decides whether the next wait polls first.
+func (a *adaptive) shouldSpin() bool {
+	if a.credit.Load() > 0 {
+		return true
+	}
+	return a.sleeps.Add(1)%probeEvery == 0
+}
+
+// spun records a wait that polled: hit if polling saw its end.
+func (a *adaptive) spun(hit bool) {
+	if hit {
+		a.credit.Store(creditMax)
+		return
+	}
+	a.credit.Store(a.credit.Load() / 2)
+}
+
+// slept records a wait that slept for d (from its start to its end):
+// one that ended within budget earns one polling wait.
+func (a *adaptive) slept(d, budget time.Duration) {
+	if d <= budget && a.credit.Load() == 0 {
+		a.credit.Store(1)
+	}
+}
+
+// Process-wide counts of the goroutines that poll (spinners) and that
+// sleep in FUTEX_WAIT holding their thread and P (kernelSleepers), and
+// the CPUs there are for them (cpus, refreshed by each new handle).
+var (
+	spinners       atomic.Int32
+	kernelSleepers atomic.Int32
+	cpus           atomic.Int32
+)
+
+func init() { refreshCPUs() }
+
+func refreshCPUs() {
+	cpus.Store(int32(min(runtime.GOMAXPROCS(0), runtime.NumCPU())))
+}
+
+// takeSpinner reserves one of the process's polling places: there are as
+// many as CPUs, since a poller beyond that only takes the CPU from the
+// goroutine (or process) that would end its wait.
+func takeSpinner() bool {
+	if spinners.Add(1) > cpus.Load() {
+		spinners.Add(-1)
+		return false
+	}
+	return true
+}
+
+// takeKernelSleeper reserves a place to sleep in FUTEX_WAIT. Such a
+// sleeper keeps its P until the runtime's monitor takes it back (up to
+// milliseconds when the process is idle), so one P is always left free of
+// them for the goroutines the netpoller and timers wake.
+func takeKernelSleeper() bool {
+	if kernelSleepers.Add(1) > cpus.Load()-1 {
+		kernelSleepers.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Waiter waits on one wait word of a ring by the ring's protocol, with
+// the handle's WaitPolicy and Waker. A Consumer's Waiter is its own
+// (Consumer.Waiter); a Producer's is shared by every producer of the
+// ring's word (Producer.Waiter).
+//
+// It is for loops that wait outside the ring's blocking calls. Either let
+// Wait run the whole protocol around a readiness check, or, in an event
+// loop that polls a descriptor the Waker signals: Arm, re-check the ring,
+// and only then poll; Disarm if the re-check found work.
+type Waiter struct {
+	word   *uint32
+	waker  Waker
+	policy WaitPolicy // resolved: WaitAdaptive, WaitSpin or WaitSleep
+	budget time.Duration
+	multi  bool // several sleepers share the word: never withdraw it
+	adapt  adaptive
+}
+
+func (w *Waiter) init(word *uint32, opts *Options, multi bool) {
+	refreshCPUs()
+	w.word, w.multi, w.waker = word, multi, opts.Waker
+	w.policy, w.budget = opts.Wait.Resolve(opts.Spin)
+	w.adapt.credit.Store(creditMax)
+}
+
+// Word returns the wait word.
+func (w *Waiter) Word() *uint32 { return w.word }
+
+// Policy returns the resolved policy (WaitAdaptive, WaitSpin or
+// WaitSleep) and its polling budget.
+func (w *Waiter) Policy() (WaitPolicy, time.Duration) { return w.policy, w.budget }
+
+// Poll calls ready until it reports true (true) or budget passes
+// (false), without sleeping and whatever the policy: for a caller that
+// has something else to do when the wait is not over soon.
+func (w *Waiter) Poll(budget time.Duration, ready func() bool) bool {
+	return pollFor(budget, nil, ready)
+}
+
+// Arm announces that the caller is about to sleep until woken through the
+// Waker (WordWaker). The caller must re-check the ring after Arm and
+// before it sleeps, and Disarm if the re-check found work.
+func (w *Waiter) Arm() {
+	// Swap, not Store: arming is the store half of a Dekker pair (arm,
+	// then re-check), and under the race detector Store is only a
+	// release store that may pass the re-check (see publishWord).
+	atomic.SwapUint32(w.word, WordWaker)
+}
+
+// Disarm withdraws an announcement that turned out needless, so the peer
+// does not pay for a wake-up (withdrawing late costs at most one
+// spurious wake-up, which the next sleep absorbs). On a word shared by
+// several sleepers (the producers of an MPSC ring) it does nothing: it
+// could erase another's announcement and lose its wake-up.
+func (w *Waiter) Disarm() {
+	if !w.multi {
+		atomic.StoreUint32(w.word, WordIdle)
+	}
+}
+
+// Sleep blocks after Arm and a re-check: through the Waker, or in
+// FUTEX_WAIT when there is none, until woken, ctx ends or limit passes
+// (limit <= 0: no limit). It returns ctx's error if ctx ended, else nil;
+// spurious returns are allowed, so callers re-check.
+func (w *Waiter) Sleep(ctx context.Context, limit time.Duration) error {
+	if w.waker != nil {
+		return w.waker.Sleep(ctx, w.word, limit)
+	}
+	return sleepFutex(ctx, w.word, WordWaker, limit)
+}
+
+// Wait returns once ready reports true, polling first as the policy says,
+// then sleeping by the protocol (Arm, ready, Sleep). It returns ctx's
+// error if ctx ends first. ready is called from the waiting goroutine
+// only; it should be cheap (one look at the ring) and must report true
+// when the ring is closed, or Wait sleeps until ctx ends.
+func (w *Waiter) Wait(ctx context.Context, ready func() bool) error {
+	return w.wait(ctx, ready, false)
+}
+
+// WaitKernel is Wait that sleeps blocked in FUTEX_WAIT on the word
+// (WordFutex), which the peer wakes with one system call and which wakes
+// the goroutine without the netpoller or a goroutine hand-off: the
+// cheapest wake-up there is. The sleeper holds an OS thread (and, until
+// the runtime takes it back, its P) while it sleeps, so use it only for
+// waits expected to end soon, such as a call's response. At most one
+// goroutine fewer than the process's CPUs sleeps so; beyond that, and
+// for a ready that stays false after repeated wake-ups (a peer that
+// scribbles the word), it sleeps as Wait does.
+func (w *Waiter) WaitKernel(ctx context.Context, ready func() bool) error {
+	return w.wait(ctx, ready, true)
+}
+
+func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool) error {
+	if ready() {
+		return nil
+	}
+	if w.spin(ctx.Done(), ready) {
+		return nil
+	}
+	start := w.sleepStart()
+	if kernel && takeKernelSleeper() {
+		done, err := w.sleepKernel(ctx, ready)
+		kernelSleepers.Add(-1)
+		if done {
+			w.slept(start)
+			return err
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		w.Arm()
+		if ready() {
+			w.Disarm()
+			w.slept(start)
+			return nil
+		}
+		if err := w.Sleep(ctx, 0); err != nil {
+			w.Disarm()
+			return err
+		}
+		if ready() {
+			w.slept(start)
+			return nil
+		}
+	}
+}
+
+// kernelTries bounds the FUTEX_WAITs of one WaitKernel that end without
+// ready: a genuine wake-up comes after the peer published, so only a
+// spurious wake-up or a scribbling peer gets here twice.
+const kernelTries = 3
+
+// sleepKernel is WaitKernel's sleep: done is false if it gave up, leaving
+// the word to the Waker sleep.
+func (w *Waiter) sleepKernel(ctx context.Context, ready func() bool) (done bool, err error) {
+	for range kernelTries {
+		if err := ctx.Err(); err != nil {
+			return true, err
+		}
+		atomic.SwapUint32(w.word, WordFutex) // a Dekker store: see publishWord
+		if ready() {
+			w.Disarm()
+			return true, nil
+		}
+		if err := sleepFutex(ctx, w.word, WordFutex, 0); err != nil {
+			w.Disarm()
+			return true, err
+		}
+		if ready() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// sleepStart notes when a wait started to sleep, for the adaptive policy:
+// one clock read per sleeping wait, none per poll.
+func (w *Waiter) sleepStart() time.Time {
+	if w.policy == WaitAdaptive {
+		return time.Now()
+	}
+	return time.Time{}
+}
+
+func (w *Waiter) slept(start time.Time) {
+	if w.policy == WaitAdaptive {
+		w.adapt.slept(time.Since(start), w.budget)
+	}
+}
+
+// spin polls ready as the policy says, and reports whether it saw true.
+func (w *Waiter) spin(done <-chan struct{}, ready func() bool) bool {
+	switch w.policy {
+	case WaitSleep:
+		return false
+	case WaitAdaptive:
+		if !w.adapt.shouldSpin() || !takeSpinner() {
+			return false
+		}
+		hit := pollFor(w.budget, done, ready)
+		spinners.Add(-1)
+		w.adapt.spun(hit)
+		return hit
+	}
+	return pollFor(w.budget, done, ready)
+}
+
+// pollFor calls ready until it reports true (true), or budget passes or
+// done is closed (false).
+func pollFor(budget time.Duration, done <-chan struct{}, ready func() bool) bool {
+	for sp := (spinner{budget: budget, done: done}); sp.again(); {
+		if ready() {
+			return true
+		}
+	}
+	return false
+}
+
+// The polling loop's cadence. Reading the clock every poll would cost
+// more than the poll (one atomic load of the peer's position), so it
+// looks at the clock and at the context every pollsPerCheck polls, and a
+// wait shorter than that never reads the clock. Now and then it yields:
+// the P to other goroutines (a connection is a handful of goroutines that
+// may all poll, and a poller that keeps its P starves the one that would
+// end its wait), not every poll either (Gosched takes the scheduler's
+// lock, and with an idle P wakes a thread); and more rarely the OS thread
+// to other processes, since a peer process waiting for our core cannot
+// answer while we poll on it.
+const (
+	pollsPerCheck = 64
+	yieldEvery    = 2 * time.Microsecond
+	osYieldEvery  = 16 // Goscheds per sched_yield
+)
+
+// spinner bounds a polling loop by time.
+type spinner struct {
+	budget time.Duration
+	done   <-chan struct{} // the caller's ctx.Done(): polling stops when closed
+	start  time.Time
+	yield  time.Duration // since start, when to yield next
+	n      int
+	yields int
 }
 
 // again reports whether the caller should poll once more.
@@ -33,35 +455,39 @@ func (s *spinner) again() bool {
 		return false
 	}
 	s.n++
-	if s.n&63 != 0 {
+	if s.n%pollsPerCheck != 0 {
 		return true
 	}
-	// Not ctx.Err(), which takes the context's lock: a receive attempt
-	// on Done, with the clock, every 64 polls.
+	// Not ctx.Err(), which takes the context's lock: a receive attempt.
 	select {
 	case <-s.done:
 		s.budget = 0
 		return false
 	default:
 	}
-	if s.n == 64 {
+	if s.n == pollsPerCheck {
 		s.start = time.Now()
+		s.yield = yieldEvery
 		return true
 	}
-	if s.n&1023 == 0 {
+	d := time.Since(s.start)
+	if d >= s.yield {
 		runtime.Gosched()
-		if s.n&4095 == 0 {
+		s.yields++
+		if s.yields%osYieldEvery == 0 {
 			osYield()
 		}
+		s.yield = d + yieldEvery
 	}
-	return time.Since(s.start) < s.budget
+	return d < s.budget
 }
 
-// sleepFutex waits on word (which the caller has set to 1 and re-checked)
-// until it is cleared, ctx ends, or limit passes (limit <= 0: no limit).
-// It returns ctx's error when ctx has ended and nil otherwise; callers
-// re-check their condition either way.
-func sleepFutex(ctx context.Context, word *uint32, limit time.Duration) error {
+// sleepFutex waits on word, which the caller has set to val and
+// re-checked, until it no longer holds val (a waker cleared it), ctx
+// ends, or limit passes (limit <= 0: no limit). It returns ctx's error
+// when ctx has ended and nil otherwise; callers re-check their condition
+// either way.
+func sleepFutex(ctx context.Context, word *uint32, val uint32, limit time.Duration) error {
 	timeout := futex.Forever
 	if limit > 0 {
 		timeout = limit
@@ -84,7 +510,7 @@ func sleepFutex(ctx context.Context, word *uint32, limit time.Duration) error {
 		ran := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
 			defer close(ran)
-			if atomic.SwapUint32(word, 0) != 0 {
+			if atomic.SwapUint32(word, WordIdle) != WordIdle {
 				futex.Wake(word, 0) //nolint:errcheck
 			}
 		})
@@ -94,7 +520,7 @@ func sleepFutex(ctx context.Context, word *uint32, limit time.Duration) error {
 			}
 		}()
 	}
-	err := futex.Wait(word, 1, timeout)
+	err := futex.Wait(word, val, timeout)
 	if err == os.ErrDeadlineExceeded {
 		err = nil
 	}
@@ -103,12 +529,3 @@ func sleepFutex(ctx context.Context, word *uint32, limit time.Duration) error {
 	}
 	return ctx.Err()
 }
-
-// announce sets a futex word to say "I am about to sleep".
-func announce(word *uint32) { atomic.SwapUint32(word, 1) } // a Dekker store: see publishWord
-
-// unannounce withdraws the announcement when the caller will not sleep
-// after all, so the peer does not pay for a needless wake-up. Only a word
-// with a single sleeper may be withdrawn: on the MPSC producers' word it
-// could erase another producer's announcement and lose its wake-up.
-func unannounce(word *uint32) { atomic.StoreUint32(word, 0) }
