@@ -292,7 +292,7 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 				// calls go out one by one.
 				runtime.Gosched()
 			}
-			rec, err = cl.respC.Peek(ctx)
+			rec, err = cl.waitResponse(ctx)
 		}
 		if err != nil {
 			b.flush(cl)
@@ -348,6 +348,28 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		}
 		b.add(cl, w)
 	}
+}
+
+// waitResponse waits for the next response record; the reader role
+// calls it only while calls are outstanding, so an answer is due. It
+// sleeps blocked in the kernel (ring.Waiter.WaitReply: the server's
+// commit wakes it with one FUTEX_WAKE, no token, no netpoller, no
+// goroutine hand-off), and it polls first only if the server was awake
+// when the last request went out (then the answer is a handler's time
+// away). A reader with nothing outstanding never gets here: it frees
+// the role, and the connection's idle goroutines all park in the
+// netpoller.
+func (cl *Client) waitResponse(ctx context.Context) (ring.Record, error) {
+	var rec ring.Record
+	var err error
+	werr := cl.respC.Waiter().WaitReply(ctx, func() bool {
+		rec, err = cl.respC.TryPeek()
+		return err != ring.ErrEmpty
+	}, cl.reqP.ConsumerWasAsleep())
+	if werr != nil {
+		return ring.Record{}, werr
+	}
+	return rec, err
 }
 
 // bigResponse is the body size above which the reader copies a response

@@ -28,8 +28,14 @@ type ClientOptions struct {
 	// Features to ask for (Feature... bits); Client.Features says what
 	// the server granted.
 	Features uint32
-	// Spin is how long the client polls a ring before it sleeps on the
-	// socket: 0 means DefaultSpin, negative sleeps at once.
+	// Wait is how the client waits on its rings (ring.WaitPolicy): the
+	// zero value lets Spin decide, and with Spin 0 that is
+	// ring.WaitAdaptive, which polls only while the server answers
+	// within the budget and sleeps at once otherwise.
+	Wait ring.WaitPolicy
+	// Spin is the polling budget (ring.Options.Spin): with Wait left 0, 0
+	// means adaptive, a positive value a fixed budget (ring.WaitSpin), a
+	// negative value sleep at once (ring.WaitSleep).
 	Spin time.Duration
 	// NonBlocking makes calls fail with ErrTryAgain instead of waiting
 	// when the request ring is full.
@@ -446,7 +452,7 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 	}
 	cl.efd.Store(-1)
 	cl.waker = newSockWaker(mem, r.offs, []int{wReqProd, wRespCons, wDispCons}, rc, cl.done)
-	o := ringOptions(opts.Spin, cl.waker)
+	o := ringOptions(opts.Wait, opts.Spin, cl.waker)
 	region := func(i int) []byte { return mem[r.offs[i] : r.offs[i]+ringBytes(r.sizes[i])] }
 	if cl.reqP, err = ring.NewProducer(region(0), o); err == nil {
 		if cl.respC, err = ring.NewConsumer(region(1), o); err == nil {

@@ -156,7 +156,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		}
 	}
 	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done)
-	opts := ringOptions(s.cfg.Spin, c.waker)
+	opts := ringOptions(s.cfg.Wait, s.cfg.Spin, c.waker)
 	// Attaching freshly initialised rings cannot fail.
 	c.reqC, _ = ring.NewConsumer(mem[offs[0]:], opts)
 	c.respP, _ = ring.NewProducer(mem[offs[1]:], opts)

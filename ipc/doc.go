@@ -12,10 +12,11 @@
 // file under /dev/shm is ever created, so a crash leaves nothing behind.
 //
 // From then on messages travel through the rings, and the socket carries
-// only one-byte wake tokens: a side that waits spins briefly
-// (Config.Spin, ClientOptions.Spin), then announces that it sleeps and
-// parks on the socket; the other side sends a token only to a side that
-// announced it. A busy stream therefore makes no system calls, and an idle
+// only one-byte wake tokens: a side that waits polls while its recent
+// waits were short and sleeps at once otherwise (ring.WaitAdaptive; see
+// Config.Wait and ClientOptions.Wait for the fixed alternatives), then
+// announces that it sleeps and parks on the socket; the other side sends
+// a token only to a side that announced it. A busy stream therefore makes no system calls, and an idle
 // connection is a few goroutines parked in Go's netpoller: no OS thread,
 // no CPU. End of file on the socket means the peer closed, exited or was
 // killed: every blocked operation of the connection ends at once with

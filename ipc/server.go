@@ -44,8 +44,9 @@ func (p Policy) String() string {
 	return fmt.Sprintf("Policy(%d)", int(p))
 }
 
-// DefaultSpin is the spin budget of both sides when the configuration
-// leaves it 0. It is longer than the ring's own default: a wake-up through
+// DefaultSpin is the polling budget of a side whose Wait is ring.WaitSpin
+// and whose Spin is 0 (the default is adaptive: ring.AdaptiveSpin). A
+// fixed budget must be long: a wake-up through
 // the socket and the netpoller costs about as much as a futex wake-up
 // (25-55 µs across CPUs on the machines this was tuned on) plus goroutine
 // hand-offs, and a budget close to that cost lets two sides fall into
@@ -102,9 +103,14 @@ type Config struct {
 	// 0 means 1024; negative means no queue.
 	DispatchQueue  int
 	DispatchPolicy Policy
-	// Spin is how long a connection polls its rings before it sleeps on
-	// the socket (ring.Options.Spin): 0 means DefaultSpin, negative
-	// sleeps at once.
+	// Wait is how a connection waits on its rings (ring.WaitPolicy):
+	// the zero value lets Spin decide, and with Spin 0 that is
+	// ring.WaitAdaptive, which polls only while the client's traffic is
+	// dense and sleeps at once otherwise.
+	Wait ring.WaitPolicy
+	// Spin is the polling budget (ring.Options.Spin): with Wait left 0, 0
+	// means adaptive, a positive value a fixed budget (ring.WaitSpin), a
+	// negative value sleep at once (ring.WaitSleep).
 	Spin time.Duration
 	// Selector routes requests; nil means the Handlers of the registered
 	// services.
@@ -593,11 +599,11 @@ func (s *Server) Conns() []*Conn {
 }
 
 // ringOptions are the options of every ring handle of a connection.
-func ringOptions(spin time.Duration, w ring.Waker) *ring.Options {
-	if spin == 0 {
+func ringOptions(wait ring.WaitPolicy, spin time.Duration, w ring.Waker) *ring.Options {
+	if wait == ring.WaitSpin && spin == 0 {
 		spin = DefaultSpin
 	}
-	return &ring.Options{Spin: spin, Waker: w}
+	return &ring.Options{Wait: wait, Spin: spin, Waker: w}
 }
 
 // segmentGeometry builds the shmseg header geometry of a connection.

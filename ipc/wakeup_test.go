@@ -7,17 +7,43 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ringipc/ringipc/ring"
 )
 
-// A client that sleeps on every wait (Spin -1) makes thousands of calls
-// while other connections come and go. Every call goes through the
-// announce / re-check / token protocol on both sides, so a lost wake-up
-// hangs a call, which its deadline turns into a failure. This caught the
-// race-detector build's release-only atomic stores reordering past the
-// re-check (see ring's publishWord): about one run in two failed.
+// A client that sleeps often makes thousands of calls while other
+// connections come and go, under every wait policy of both sides (with
+// WaitSleep every wait sleeps). Each sleeping wait goes through the
+// announce / re-check / token (or futex) protocol on both sides, so a
+// lost wake-up hangs a call, which its deadline turns into a failure.
+// This caught the race-detector build's release-only atomic stores
+// reordering past the re-check (see ring's publishWord): about one run in
+// two failed.
 func TestNoLostWakeupUnderChurn(t *testing.T) {
-	_, addr := startServer(t, nil, echoService())
-	cl := dial(t, addr, &ClientOptions{Spin: -1})
+	for _, pol := range []struct {
+		name string
+		wait ring.WaitPolicy
+		spin time.Duration
+		n    int
+	}{
+		{"sleep", ring.WaitSleep, 0, 20000},
+		{"adaptive", ring.WaitAdaptive, 0, 10000},
+		{"spin", ring.WaitSpin, time.Microsecond, 10000},
+	} {
+		t.Run(pol.name, func(t *testing.T) {
+			n := pol.n
+			if testing.Short() {
+				n /= 4
+			}
+			testNoLostWakeupUnderChurn(t, &Config{Wait: pol.wait, Spin: pol.spin},
+				&ClientOptions{Wait: pol.wait, Spin: pol.spin}, n)
+		})
+	}
+}
+
+func testNoLostWakeupUnderChurn(t *testing.T, cfg *Config, opts *ClientOptions, n int) {
+	_, addr := startServer(t, cfg, echoService())
+	cl := dial(t, addr, opts)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 2 {
@@ -28,7 +54,7 @@ func TestNoLostWakeupUnderChurn(t *testing.T) {
 					return
 				default:
 				}
-				c2, err := Dial(context.Background(), addr, testService, nil)
+				c2, err := Dial(context.Background(), addr, testService, opts)
 				if err != nil {
 					t.Error(err)
 					return
@@ -42,10 +68,6 @@ func TestNoLostWakeupUnderChurn(t *testing.T) {
 		close(stop)
 		wg.Wait()
 	}()
-	n := 20000
-	if testing.Short() {
-		n = 5000
-	}
 	for i := 0; i < n; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		_, err := cl.Call(ctx, msgEcho, []byte("x"))

@@ -90,7 +90,7 @@ func (c *Consumer) Peek(ctx context.Context) (Record, error) {
 		return err != ErrEmpty && err != errInFlight
 	}
 	w := &c.w
-	if w.spin(ctx.Done(), ready) {
+	if w.spin(ctx.Done(), ready, spinHistory) {
 		return r, err
 	}
 	start := w.sleepStart()

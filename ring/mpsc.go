@@ -323,7 +323,7 @@ func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload 
 	if !atomic.CompareAndSwapUint64(wp, r.word, word) {
 		return fmt.Errorf("claim at position %d: %w", r.pos, ErrAbandoned)
 	}
-	s.wake(s.consWait)
+	p.noteWake(s.wake(s.consWait))
 	return nil
 }
 

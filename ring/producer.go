@@ -26,6 +26,11 @@ type Producer struct {
 	mp mpscProducer
 
 	w Waiter // on prodWait, shared with the other producers (MPSC)
+
+	// wokeConsumer: the last commit of this handle found the consumer
+	// asleep (and woke it). Written by the committing goroutine, only
+	// when it changes; read by anyone (ConsumerWasAsleep).
+	wokeConsumer atomic.Bool
 }
 
 // Reservation is space claimed in the ring for one record. Fill Bytes,
@@ -135,8 +140,21 @@ func (p *Producer) commitSPSC(pos uint64, typ uint32, n uint64) {
 	p.tail = pos + recordSize(n)
 	p.pending = false
 	publishWord(p.s.tail, p.tail)
-	p.s.wake(p.s.consWait)
+	p.noteWake(p.s.wake(p.s.consWait))
 }
+
+func (p *Producer) noteWake(woke bool) {
+	if p.wokeConsumer.Load() != woke {
+		p.wokeConsumer.Store(woke)
+	}
+}
+
+// ConsumerWasAsleep reports whether the consumer had announced that it
+// sleeps when this handle's last commit published, so that the commit
+// woke it. A caller that waits for the consumer's answer (a request and
+// its response) learns from it whether the answer comes within the
+// consumer's handling time or after a wake-up: see Waiter.WaitReply.
+func (p *Producer) ConsumerWasAsleep() bool { return p.wokeConsumer.Load() }
 
 // Reserve is TryReserve that waits for room until ctx ends or the ring is
 // closed.

@@ -338,11 +338,16 @@ func TestBlockedCallsEnd(t *testing.T) {
 }
 
 // The lost wake-up race: a side announces that it sleeps while the peer
-// publishes. With no spin every wait goes through the announcement, and
-// a lost wake-up would hang the ping-pong (the deadline turns a hang into
-// a failure).
+// publishes. Under every policy many waits go through the announcement
+// (with no spin, every one), and a lost wake-up would hang the ping-pong
+// (the deadline turns a hang into a failure).
 func TestNoLostWakeups(t *testing.T) {
-	opts := &Options{Spin: -1}
+	for _, pol := range waitPolicies {
+		t.Run(pol.name, func(t *testing.T) { testNoLostWakeups(t, &pol.opts) })
+	}
+}
+
+func testNoLostWakeups(t *testing.T, opts *Options) {
 	g := Geometry{DataSize: 1024}
 	ap, ac, _ := newPair(t, g, 0, opts)
 	bp, bc, _ := newPair(t, g, 0, opts)

@@ -117,22 +117,24 @@ func publishWord(w *uint64, v uint64) { atomic.SwapUint64(w, v) }
 // both sides are busy, waking costs no locked instruction and no system
 // call. Clearing the word before waking means a sleeper that has
 // announced itself but not yet blocked finds it changed and does not
-// sleep.
-func (s *shared) wake(w *uint32) {
+// sleep. It reports whether it found a sleeper.
+func (s *shared) wake(w *uint32) bool {
 	if atomic.LoadUint32(w) == WordIdle {
-		return
+		return false
 	}
 	switch atomic.SwapUint32(w, WordIdle) {
 	case WordIdle:
+		return false
 	case WordFutex:
 		futex.Wake(w, 0) //nolint:errcheck // the address is valid and aligned by construction
 	default:
 		if s.opts.Waker != nil {
 			s.opts.Waker.Wake(w)
-			return
+		} else {
+			futex.Wake(w, 0) //nolint:errcheck
 		}
-		futex.Wake(w, 0) //nolint:errcheck
 	}
+	return true
 }
 
 func (s *shared) isClosed() bool { return atomic.LoadUint32(s.closed) != 0 }

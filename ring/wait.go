@@ -107,8 +107,10 @@ func (p WaitPolicy) Resolve(spin time.Duration) (WaitPolicy, time.Duration) {
 		switch {
 		case spin < 0:
 			p = WaitSleep
-		default:
+		case spin > 0:
 			p = WaitSpin
+		default:
+			p = WaitAdaptive
 		}
 	}
 	switch p {
@@ -143,12 +145,14 @@ const AdaptiveSpin = 50 * time.Microsecond
 
 // The adaptive policy's memory: credit is how many more waits may poll
 // after the last one whose end polling caught; every probeEvery-th wait
-// polls whatever the credit, so that two sides that both sleep at once
-// while records come densely find out (each sleeping wait then lasts a
-// wake-up of the peer, longer than the budget, and would never show it).
+// polls whatever the credit, for probeFactor times the budget, so that
+// two sides that both sleep at once while records come densely find out
+// (each sleeping wait then lasts a wake-up of the peer, which may be
+// longer than the budget, and would never show it).
 const (
-	creditMax  = 4
-	probeEvery = 16
+	creditMax   = 4
+	probeEvery  = 32
+	probeFactor = 2
 )
 
 // adaptive is WaitAdaptive's state for one wait word. Its fields are
@@ -159,12 +163,16 @@ type adaptive struct {
 	sleeps atomic.Uint32 // waits that slept at once, for probing
 }
 
-// shouldSpin decides whether the next wait polls first.
-func (a *adaptive) shouldSpin() bool {
+// shouldSpin decides whether the next wait polls first, and for how
+// many budgets (1, or probeFactor for a probe; 0: it does not).
+func (a *adaptive) shouldSpin() int {
 	if a.credit.Load() > 0 {
-		return true
+		return 1
 	}
-	return a.sleeps.Add(1)%probeEvery == 0
+	if a.sleeps.Add(1)%probeEvery == 0 {
+		return probeFactor
+	}
+	return 0
 }
 
 // spun records a wait that polled: hit if polling saw its end.
@@ -299,7 +307,7 @@ func (w *Waiter) Sleep(ctx context.Context, limit time.Duration) error {
 // only; it should be cheap (one look at the ring) and must report true
 // when the ring is closed, or Wait sleeps until ctx ends.
 func (w *Waiter) Wait(ctx context.Context, ready func() bool) error {
-	return w.wait(ctx, ready, false)
+	return w.wait(ctx, ready, false, spinHistory)
 }
 
 // WaitKernel is Wait that sleeps blocked in FUTEX_WAIT on the word
@@ -312,17 +320,45 @@ func (w *Waiter) Wait(ctx context.Context, ready func() bool) error {
 // for a ready that stays false after repeated wake-ups (a peer that
 // scribbles the word), it sleeps as Wait does.
 func (w *Waiter) WaitKernel(ctx context.Context, ready func() bool) error {
-	return w.wait(ctx, ready, true)
+	return w.wait(ctx, ready, true, spinHistory)
 }
 
-func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool) error {
+// WaitReply is WaitKernel for a caller that waits for the answer to what
+// it has just published to the peer (a response to its request), which
+// tells it more than history: peerAsleep is whether that publish found
+// the peer asleep and woke it (Producer.ConsumerWasAsleep). A peer that
+// was asleep answers after its wake-up, tens of µs away, and polling
+// through that would burn as much CPU: WaitAdaptive sleeps at once. A
+// peer that was awake answers within its handling time: WaitAdaptive
+// polls for its budget (if a polling place is free), then sleeps. Either
+// way its history is neither used nor changed. WaitSpin and WaitSleep
+// wait as in WaitKernel.
+func (w *Waiter) WaitReply(ctx context.Context, ready func() bool, peerAsleep bool) error {
+	how := spinAlways
+	if peerAsleep {
+		how = spinNever
+	}
+	return w.wait(ctx, ready, true, how)
+}
+
+// How an adaptive wait decides whether to poll.
+const (
+	spinHistory = iota // from the Waiter's recent waits
+	spinAlways         // it polls (a free polling place permitting)
+	spinNever          // it sleeps at once
+)
+
+func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool, how int) error {
 	if ready() {
 		return nil
 	}
-	if w.spin(ctx.Done(), ready) {
+	if w.spin(ctx.Done(), ready, how) {
 		return nil
 	}
-	start := w.sleepStart()
+	var start time.Time
+	if how == spinHistory {
+		start = w.sleepStart()
+	}
 	if kernel && takeKernelSleeper() {
 		done, err := w.sleepKernel(ctx, ready)
 		kernelSleepers.Add(-1)
@@ -390,23 +426,32 @@ func (w *Waiter) sleepStart() time.Time {
 }
 
 func (w *Waiter) slept(start time.Time) {
-	if w.policy == WaitAdaptive {
+	if w.policy == WaitAdaptive && !start.IsZero() {
 		w.adapt.slept(time.Since(start), w.budget)
 	}
 }
 
 // spin polls ready as the policy says, and reports whether it saw true.
-func (w *Waiter) spin(done <-chan struct{}, ready func() bool) bool {
+func (w *Waiter) spin(done <-chan struct{}, ready func() bool, how int) bool {
 	switch w.policy {
 	case WaitSleep:
 		return false
 	case WaitAdaptive:
-		if !w.adapt.shouldSpin() || !takeSpinner() {
+		budgets := 1
+		switch how {
+		case spinNever:
+			return false
+		case spinHistory:
+			budgets = w.adapt.shouldSpin()
+		}
+		if budgets == 0 || !takeSpinner() {
 			return false
 		}
-		hit := pollFor(w.budget, done, ready)
+		hit := pollFor(time.Duration(budgets)*w.budget, done, ready)
 		spinners.Add(-1)
-		w.adapt.spun(hit)
+		if how == spinHistory {
+			w.adapt.spun(hit)
+		}
 		return hit
 	}
 	return pollFor(w.budget, done, ready)

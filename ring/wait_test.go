@@ -1,0 +1,286 @@
+package ring
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// waitPolicies are the policies every wait test runs under: sleep at
+// once, adaptive, and a fixed budget short enough that many waits still
+// go through the sleeping path.
+var waitPolicies = []struct {
+	name string
+	opts Options
+}{
+	{"sleep", Options{Wait: WaitSleep}},
+	{"adaptive", Options{Wait: WaitAdaptive}},
+	{"spin", Options{Wait: WaitSpin, Spin: time.Microsecond}},
+}
+
+func TestWaitPolicyResolve(t *testing.T) {
+	for _, tc := range []struct {
+		p      WaitPolicy
+		spin   time.Duration
+		want   WaitPolicy
+		budget time.Duration
+	}{
+		{WaitDefault, 0, WaitAdaptive, AdaptiveSpin},
+		{WaitDefault, -time.Nanosecond, WaitSleep, 0},
+		{WaitDefault, time.Millisecond, WaitSpin, time.Millisecond},
+		{WaitAdaptive, 0, WaitAdaptive, AdaptiveSpin},
+		{WaitAdaptive, 10 * time.Microsecond, WaitAdaptive, 10 * time.Microsecond},
+		{WaitSpin, 0, WaitSpin, DefaultSpin},
+		{WaitSpin, time.Microsecond, WaitSpin, time.Microsecond},
+		{WaitSleep, time.Millisecond, WaitSleep, 0},
+		{WaitPolicy(99), 0, WaitSpin, DefaultSpin},
+	} {
+		got, budget := tc.p.Resolve(tc.spin)
+		if got != tc.want || budget != tc.budget {
+			t.Errorf("%v.Resolve(%v) = %v, %v; want %v, %v", tc.p, tc.spin, got, budget, tc.want, tc.budget)
+		}
+	}
+}
+
+// The adaptive policy fed synthetic outcomes: it polls while polling
+// pays, stops after a few waits that polling did not catch, comes back
+// after a short sleep, and probes now and then.
+func TestAdaptiveDecisions(t *testing.T) {
+	const budget = 50 * time.Microsecond
+	var a adaptive
+	a.credit.Store(creditMax) // as Waiter.init leaves it
+
+	// A dense peer: every poll is caught.
+	for range 100 {
+		if a.shouldSpin() != 1 {
+			t.Fatal("did not poll while polls were caught")
+		}
+		a.spun(true)
+	}
+	// The peer goes idle: each poll runs out. Polling stops after the
+	// credit halves to zero, not at once (one slow answer is noise).
+	polls := 0
+	for a.shouldSpin() != 0 {
+		a.spun(false)
+		polls++
+		if polls > creditMax {
+			t.Fatalf("still polling after %d missed waits", polls)
+		}
+	}
+	if polls < 2 {
+		t.Fatalf("stopped polling after %d missed wait(s)", polls)
+	}
+	// Sleeping waits longer than the budget: sleep at once, except one
+	// probe in probeEvery.
+	spins := 0
+	for range 10 * probeEvery {
+		if b := a.shouldSpin(); b != 0 {
+			if b != probeFactor {
+				t.Fatalf("a probe polls for %d budgets, want %d", b, probeFactor)
+			}
+			spins++
+			a.spun(false)
+			continue
+		}
+		a.slept(time.Millisecond, budget)
+	}
+	if spins != 10 {
+		t.Fatalf("%d probes in %d idle waits, want 10", spins, 10*probeEvery)
+	}
+	// A sleep that ended within the budget: the next wait polls, and a
+	// caught poll restores the full credit.
+	a.slept(budget/2, budget)
+	if a.shouldSpin() != 1 {
+		t.Fatal("no poll after a sleep shorter than the budget")
+	}
+	a.spun(true)
+	if got := a.credit.Load(); got != creditMax {
+		t.Fatalf("credit %d after a caught poll, want %d", got, creditMax)
+	}
+}
+
+// At most as many goroutines poll as there are CPUs, and one CPU is left
+// free of kernel sleepers.
+func TestWaitCaps(t *testing.T) {
+	n := int(cpus.Load())
+	if n < 1 {
+		t.Fatalf("cpus %d", n)
+	}
+	base := int(spinners.Load())
+	taken := 0
+	for takeSpinner() {
+		taken++
+		if taken > n {
+			break
+		}
+	}
+	if base+taken != n {
+		t.Errorf("%d spinners allowed with %d running and %d CPUs", taken, base, n)
+	}
+	spinners.Add(-int32(taken))
+
+	base = int(kernelSleepers.Load())
+	taken = 0
+	for takeKernelSleeper() {
+		taken++
+		if taken > n {
+			break
+		}
+	}
+	if base+taken != n-1 {
+		t.Errorf("%d kernel sleepers allowed with %d running and %d CPUs", taken, base, n)
+	}
+	kernelSleepers.Add(-int32(taken))
+}
+
+// With every spinner place taken, an adaptive wait sleeps at once even
+// with full credit: a record committed later still wakes it.
+func TestAdaptiveYieldsToSpinnerCap(t *testing.T) {
+	p, c, _ := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitAdaptive, Spin: time.Hour})
+	held := 0
+	for takeSpinner() {
+		held++
+	}
+	defer spinners.Add(-int32(held))
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Peek(context.Background())
+		done <- err
+	}()
+	// The consumer announces itself only on the sleeping path: with a
+	// budget of an hour it would not get there by polling.
+	for atomic.LoadUint32(c.w.word) == WordIdle {
+		time.Sleep(time.Millisecond)
+	}
+	if err := p.TryWrite(0, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recWaker records Wake calls.
+type recWaker struct{ woke atomic.Int32 }
+
+func (w *recWaker) Sleep(context.Context, *uint32, time.Duration) error { return nil }
+func (w *recWaker) Wake(*uint32)                                        { w.woke.Add(1) }
+
+// The waker acts on the value it swaps out of the word: nothing for
+// WordIdle, a FUTEX_WAKE (not the Waker) for WordFutex, the Waker for
+// WordWaker and for values the protocol does not know.
+func TestWakeByWordValue(t *testing.T) {
+	for _, tc := range []struct {
+		v         uint32
+		viaWaker  bool
+		wokeAtAll bool
+	}{
+		{WordIdle, false, false},
+		{WordWaker, true, true},
+		{WordFutex, false, true},
+		{7, true, true},
+	} {
+		w := &recWaker{}
+		p, _, mem := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Waker: w})
+		word := word32(mem, ConsumerWaitOffset)
+		atomic.StoreUint32(word, tc.v)
+		if err := p.TryWrite(0, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if got := atomic.LoadUint32(word); got != WordIdle {
+			t.Errorf("value %d: word %d after the wake, want 0", tc.v, got)
+		}
+		if got := w.woke.Load() == 1; got != tc.viaWaker {
+			t.Errorf("value %d: Waker called %d times, want it called: %v", tc.v, w.woke.Load(), tc.viaWaker)
+		}
+	}
+}
+
+// A goroutine blocked in FUTEX_WAIT through WaitKernel is woken by the
+// peer's commit although the handles use a Waker (which would never
+// reach it), by Close, and by its context.
+func TestWaitKernel(t *testing.T) {
+	w := &recWaker{}
+	p, c, mem := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitSleep, Waker: w})
+	word := word32(mem, ConsumerWaitOffset)
+	ready := func() bool {
+		_, err := c.TryPeek()
+		return err != ErrEmpty
+	}
+	wait := func(ctx context.Context) chan error {
+		done := make(chan error, 1)
+		go func() { done <- c.Waiter().WaitKernel(ctx, ready) }()
+		for atomic.LoadUint32(word) != WordFutex {
+			time.Sleep(time.Millisecond)
+		}
+		return done
+	}
+
+	done := wait(context.Background())
+	if err := p.TryWrite(0, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if w.woke.Load() != 0 {
+		t.Error("the Waker was used for a kernel sleeper")
+	}
+	if _, _, err := c.TryReadInto(make([]byte, 8)); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done = wait(ctx)
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("cancelled wait: %v", err)
+	}
+
+	done = wait(context.Background())
+	p.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.TryPeek(); err != ErrClosed {
+		t.Fatalf("TryPeek after Close: %v", err)
+	}
+}
+
+// A peer that scribbles a foreign value into a kernel sleeper's word
+// without waking it (a FUTEX_WAIT then returns at once) does not make it
+// spin: after a few tries the wait sleeps through the Waker.
+func TestWaitKernelScribbledWord(t *testing.T) {
+	w := &scribbleWaker{}
+	_, c, mem := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitSleep, Waker: w})
+	w.word = word32(mem, ConsumerWaitOffset)
+	checks := 0
+	err := c.Waiter().WaitKernel(context.Background(), func() bool {
+		checks++
+		// The "peer" rewrites the word right after every re-check.
+		atomic.StoreUint32(w.word, 7)
+		return w.slept.Load()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.slept.Load() {
+		t.Fatal("never fell back to the Waker")
+	}
+	if checks > 2*kernelTries+4 {
+		t.Fatalf("%d re-checks: the wait spun on the scribbled word", checks)
+	}
+}
+
+// scribbleWaker's Sleep notes that it was reached and returns.
+type scribbleWaker struct {
+	word  *uint32
+	slept atomic.Bool
+}
+
+func (w *scribbleWaker) Sleep(context.Context, *uint32, time.Duration) error {
+	w.slept.Store(true)
+	return nil
+}
+func (w *scribbleWaker) Wake(*uint32) {}
