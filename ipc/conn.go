@@ -225,7 +225,7 @@ func (c *Conn) readLoop() {
 func (c *Conn) serveLoop() {
 	defer c.teardown()
 	for {
-		rec, err := c.reqC.Peek(c.loopCtx)
+		rec, err := c.nextRequest()
 		if err != nil {
 			c.kill(c.loopErr(err))
 			return
@@ -239,6 +239,25 @@ func (c *Conn) serveLoop() {
 			return
 		}
 	}
+}
+
+// nextRequest waits for the next request record. The loop polls while
+// requests come densely, then sleeps first in the kernel (the client's
+// commit wakes it with one FUTEX_WAKE: no token, no netpoller, no
+// hand-off from the reader goroutine) for a few milliseconds, then in
+// the netpoller: an idle connection holds no thread (ring.Waiter's
+// WaitKernel, which also bounds the kernel sleepers of the process).
+func (c *Conn) nextRequest() (ring.Record, error) {
+	var rec ring.Record
+	var err error
+	werr := c.reqC.Waiter().WaitKernel(c.loopCtx, func() bool {
+		rec, err = c.reqC.TryPeek()
+		return err != ring.ErrEmpty
+	})
+	if werr != nil {
+		return ring.Record{}, werr
+	}
+	return rec, err
 }
 
 // loopErr turns the loop's ring error into the connection's end reason.

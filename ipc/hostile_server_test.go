@@ -78,8 +78,8 @@ func newFakeServerPayload(t *testing.T, sizes [3]uint64, payload uint64, edit fu
 	}
 	w := &fakeWaker{f: f, tok: map[*uint32]byte{}}
 	for r := range 3 {
-		w.tok[word32(pay, offs[r]+ringConsWait)] = tokens[2*r]
-		w.tok[word32(pay, offs[r]+ringProdWait)] = tokens[2*r+1]
+		w.tok[word32(pay, offs[r]+ring.ConsumerWaitOffset)] = tokens[2*r]
+		w.tok[word32(pay, offs[r]+ring.ProducerWaitOffset)] = tokens[2*r+1]
 	}
 	o := &ring.Options{Waker: w, Spin: -1}
 	if f.reqC, err = ring.NewConsumer(region(0), o); err != nil {

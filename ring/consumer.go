@@ -93,7 +93,6 @@ func (c *Consumer) Peek(ctx context.Context) (Record, error) {
 	if w.spin(ctx.Done(), ready, spinHistory) {
 		return r, err
 	}
-	start := w.sleepStart()
 	for {
 		if cerr := ctx.Err(); cerr != nil {
 			return Record{}, cerr
@@ -101,7 +100,6 @@ func (c *Consumer) Peek(ctx context.Context) (Record, error) {
 		w.Arm()
 		if ready() {
 			w.Disarm()
-			w.slept(start)
 			return r, err
 		}
 		// A claim in flight may belong to a dead producer that will
@@ -121,7 +119,6 @@ func (c *Consumer) Peek(ctx context.Context) (Record, error) {
 			}
 		}
 		if ready() {
-			w.slept(start)
 			return r, err
 		}
 	}

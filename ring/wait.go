@@ -141,17 +141,22 @@ const DefaultSpin = 200 * time.Microsecond
 // side that expects its peer soon polls, and how soon a wait must end to
 // count as one that polling would have caught. docs/design.md
 // ("Waiting policy") has the measurements that chose it.
-const AdaptiveSpin = 50 * time.Microsecond
+const AdaptiveSpin = 20 * time.Microsecond
 
-// The adaptive policy's memory: credit is how many more waits may poll
-// after the last one whose end polling caught; every probeEvery-th wait
-// polls whatever the credit, for probeFactor times the budget, so that
-// two sides that both sleep at once while records come densely find out
-// (each sleeping wait then lasts a wake-up of the peer, which may be
-// longer than the budget, and would never show it).
+// The adaptive policy's memory: credit > 0 means the next wait polls. A
+// wait that polling caught sets it to creditMax, one that polling missed
+// to 0: a missed poll wasted the whole budget, and on a loaded machine
+// the CPU it burnt also counts against the process with the scheduler,
+// which then runs it later than a sleeper it wakes. Every probeEvery-th
+// wait that would sleep polls anyway, for probeFactor budgets: that is
+// how a side that sleeps finds out that polling pays again. How long a
+// sleeping wait lasted says nothing reliable (it includes the sleeper's
+// own wake-up, and a sender that is behind its schedule sends at once
+// after a fast wake-up, which looks dense but is not), so the policy
+// reads no clock at all.
 const (
-	creditMax   = 4
-	probeEvery  = 32
+	creditMax   = 2
+	probeEvery  = 16
 	probeFactor = 2
 )
 
@@ -181,15 +186,7 @@ func (a *adaptive) spun(hit bool) {
 		a.credit.Store(creditMax)
 		return
 	}
-	a.credit.Store(a.credit.Load() / 2)
-}
-
-// slept records a wait that slept for d (from its start to its end):
-// one that ended within budget earns one polling wait.
-func (a *adaptive) slept(d, budget time.Duration) {
-	if d <= budget && a.credit.Load() == 0 {
-		a.credit.Store(1)
-	}
+	a.credit.Store(0)
 }
 
 // Process-wide counts of the goroutines that poll (spinners) and that
@@ -314,11 +311,11 @@ func (w *Waiter) Wait(ctx context.Context, ready func() bool) error {
 // (WordFutex), which the peer wakes with one system call and which wakes
 // the goroutine without the netpoller or a goroutine hand-off: the
 // cheapest wake-up there is. The sleeper holds an OS thread (and, until
-// the runtime takes it back, its P) while it sleeps, so use it only for
-// waits expected to end soon, such as a call's response. At most one
-// goroutine fewer than the process's CPUs sleeps so; beyond that, and
-// for a ready that stays false after repeated wake-ups (a peer that
-// scribbles the word), it sleeps as Wait does.
+// the runtime takes it back, its P) while it sleeps, so it does so for a
+// few milliseconds at most (kernelSlice, kernelTries), and at most one
+// goroutine fewer than the process's CPUs sleeps so at a time; the rest
+// of a longer wait, and any wait beyond that count, sleeps as Wait does.
+// A cancelled ctx is seen within a slice (2 ms) while in the kernel.
 func (w *Waiter) WaitKernel(ctx context.Context, ready func() bool) error {
 	return w.wait(ctx, ready, true, spinHistory)
 }
@@ -328,13 +325,12 @@ func (w *Waiter) WaitKernel(ctx context.Context, ready func() bool) error {
 // tells it more than history: peerAsleep is whether that publish found
 // the peer asleep and woke it (Producer.ConsumerWasAsleep). A peer that
 // was asleep answers after its wake-up, tens of µs away, and polling
-// through that would burn as much CPU: WaitAdaptive sleeps at once. A
-// peer that was awake answers within its handling time: WaitAdaptive
-// polls for its budget (if a polling place is free), then sleeps. Either
-// way its history is neither used nor changed. WaitSpin and WaitSleep
-// wait as in WaitKernel.
+// through that would burn as much CPU: WaitAdaptive sleeps at once,
+// without counting the wait in its history. A peer that was awake may
+// answer within its handling time: WaitAdaptive decides from history as
+// WaitKernel does. WaitSpin and WaitSleep wait as in WaitKernel.
 func (w *Waiter) WaitReply(ctx context.Context, ready func() bool, peerAsleep bool) error {
-	how := spinAlways
+	how := spinHistory
 	if peerAsleep {
 		how = spinNever
 	}
@@ -344,7 +340,6 @@ func (w *Waiter) WaitReply(ctx context.Context, ready func() bool, peerAsleep bo
 // How an adaptive wait decides whether to poll.
 const (
 	spinHistory = iota // from the Waiter's recent waits
-	spinAlways         // it polls (a free polling place permitting)
 	spinNever          // it sleeps at once
 )
 
@@ -355,15 +350,10 @@ func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool, how i
 	if w.spin(ctx.Done(), ready, how) {
 		return nil
 	}
-	var start time.Time
-	if how == spinHistory {
-		start = w.sleepStart()
-	}
 	if kernel && takeKernelSleeper() {
 		done, err := w.sleepKernel(ctx, ready)
 		kernelSleepers.Add(-1)
 		if done {
-			w.slept(start)
 			return err
 		}
 	}
@@ -374,7 +364,6 @@ func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool, how i
 		w.Arm()
 		if ready() {
 			w.Disarm()
-			w.slept(start)
 			return nil
 		}
 		if err := w.Sleep(ctx, 0); err != nil {
@@ -382,30 +371,46 @@ func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool, how i
 			return err
 		}
 		if ready() {
-			w.slept(start)
 			return nil
 		}
 	}
 }
 
-// kernelTries bounds the FUTEX_WAITs of one WaitKernel that end without
-// ready: a genuine wake-up comes after the peer published, so only a
-// spurious wake-up or a scribbling peer gets here twice.
-const kernelTries = 3
+// A kernel sleep (WaitKernel, WaitReply) is cut in slices of at most
+// kernelSlice, and after kernelTries FUTEX_WAITs that did not end the
+// wait it goes on through the Waker. So a thread (and maybe a P) is held
+// for at most kernelTries*kernelSlice per wait: a connection that goes
+// idle ends up parked in the netpoller, and a peer that scribbles the
+// word (FUTEX_WAIT then returns at once) costs a few re-checks, not a
+// spin. No context callback watches the kernel sleep (registering one
+// allocates): a cancelled context is seen at the end of a slice, a
+// deadline bounds the slice itself.
+const (
+	kernelTries = 3
+	kernelSlice = 2 * time.Millisecond
+)
 
 // sleepKernel is WaitKernel's sleep: done is false if it gave up, leaving
-// the word to the Waker sleep.
+// the rest of the wait to the Waker.
 func (w *Waiter) sleepKernel(ctx context.Context, ready func() bool) (done bool, err error) {
 	for range kernelTries {
 		if err := ctx.Err(); err != nil {
 			return true, err
+		}
+		timeout := kernelSlice
+		if dl, ok := ctx.Deadline(); ok {
+			d := time.Until(dl)
+			if d <= 0 {
+				return true, context.DeadlineExceeded
+			}
+			timeout = min(timeout, d)
 		}
 		atomic.SwapUint32(w.word, WordFutex) // a Dekker store: see publishWord
 		if ready() {
 			w.Disarm()
 			return true, nil
 		}
-		if err := sleepFutex(ctx, w.word, WordFutex, 0); err != nil {
+		if err := futex.Wait(w.word, WordFutex, timeout); err != nil && err != os.ErrDeadlineExceeded {
 			w.Disarm()
 			return true, err
 		}
@@ -416,42 +421,22 @@ func (w *Waiter) sleepKernel(ctx context.Context, ready func() bool) (done bool,
 	return false, nil
 }
 
-// sleepStart notes when a wait started to sleep, for the adaptive policy:
-// one clock read per sleeping wait, none per poll.
-func (w *Waiter) sleepStart() time.Time {
-	if w.policy == WaitAdaptive {
-		return time.Now()
-	}
-	return time.Time{}
-}
-
-func (w *Waiter) slept(start time.Time) {
-	if w.policy == WaitAdaptive && !start.IsZero() {
-		w.adapt.slept(time.Since(start), w.budget)
-	}
-}
-
 // spin polls ready as the policy says, and reports whether it saw true.
 func (w *Waiter) spin(done <-chan struct{}, ready func() bool, how int) bool {
 	switch w.policy {
 	case WaitSleep:
 		return false
 	case WaitAdaptive:
-		budgets := 1
-		switch how {
-		case spinNever:
+		if how == spinNever {
 			return false
-		case spinHistory:
-			budgets = w.adapt.shouldSpin()
 		}
+		budgets := w.adapt.shouldSpin()
 		if budgets == 0 || !takeSpinner() {
 			return false
 		}
 		hit := pollFor(time.Duration(budgets)*w.budget, done, ready)
 		spinners.Add(-1)
-		if how == spinHistory {
-			w.adapt.spun(hit)
-		}
+		w.adapt.spun(hit)
 		return hit
 	}
 	return pollFor(w.budget, done, ready)
