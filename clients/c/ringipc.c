@@ -11,6 +11,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -21,6 +23,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/vfs.h>
 #include <sys/un.h>
@@ -219,15 +222,26 @@ static void flush_kept(ripc_client *c)
 	}
 }
 
-/* wake is the waker's step after a publishing store (design §2.6): if
- * the peer announced itself on word w (index i), clear it and send the
- * token. The plain load first keeps a busy stream free of locked
- * instructions and system calls. */
+/* futex_wake wakes every thread in FUTEX_WAIT on w (a shared futex: the
+ * sleeper is another process mapping the same memory). */
+static void futex_wake(a32 *w)
+{
+	(void)syscall(SYS_futex, (void *)w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* wake is the waker's step after a publishing store (design §2.6, ipc
+ * §6): if the peer announced itself on word w (index i), clear it and
+ * wake it as the value says: 2 = it sleeps in FUTEX_WAIT, anything else
+ * = send the token. The plain load first keeps a busy stream free of
+ * locked instructions and system calls. */
 static void wake(ripc_client *c, a32 *w, int i)
 {
-	if (atomic_load(w) == 0 || atomic_exchange(w, 0) == 0)
+	uint32_t v;
+	if (atomic_load(w) == 0 || (v = atomic_exchange(w, 0)) == 0)
 		return;
-	if (!(LOCAL_WORDS & (1u << i)))
+	if (v == 2)
+		futex_wake(w);
+	else if (!(LOCAL_WORDS & (1u << i)))
 		send_token(c, i);
 }
 
@@ -457,13 +471,16 @@ static void ring_release(ripc_client *c, struct ring *r)
 
 /* ---- closing (ipc §7) ---- */
 
-/* close_ring: closed = 1 (exchange), both words 1, then the waker's step
- * on each: the peer's tokens go out whether or not it sleeps. */
+/* close_ring: closed = 1 (exchange), then on each word a FUTEX_WAKE and
+ * the waker's step with the word set to 1: a sleeper in the kernel wakes,
+ * and the peer's tokens go out whether or not it sleeps (ipc §7). */
 static void close_ring(ripc_client *c, struct ring *r)
 {
 	(void)atomic_exchange(r->closed, 1);
 	atomic_store(r->wait[0], 1);
 	atomic_store(r->wait[1], 1);
+	futex_wake(r->wait[0]);
+	futex_wake(r->wait[1]);
 	wake(c, r->wait[0], r->widx);
 	wake(c, r->wait[1], r->widx + 1);
 }
