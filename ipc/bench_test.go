@@ -116,13 +116,13 @@ func BenchmarkDispatch(b *testing.B) {
 	var got atomic.Int64
 	done := make(chan struct{})
 	var want atomic.Int64
-	_, addr := startServer(b, nil, echoService())
+	srv, addr := startServer(b, nil, echoService())
 	dial(b, addr, &ClientOptions{OnDispatch: func(id uint16, body []byte) {
 		if got.Add(1) == want.Load() {
 			done <- struct{}{}
 		}
 	}})
-	srv := firstConn(b, addr)
+	conn := firstConn(b, srv)
 	ctx := testCtx(b)
 	body := make([]byte, 64)
 	b.ReportAllocs()
@@ -130,7 +130,7 @@ func BenchmarkDispatch(b *testing.B) {
 	want.Store(int64(b.N))
 	b.ResetTimer()
 	for range b.N {
-		if err := srv.Dispatch(ctx, 1, body); err != nil {
+		if err := conn.Dispatch(ctx, 1, body); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -176,7 +176,7 @@ func TestExternalLoop(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	recvAll(t, cl, msgs)
+	recvAll(t, cl, 0, msgs)
 
 	// The client's own poll descriptor for dispatch messages.
 	efd, err := cl.DispatchFd()

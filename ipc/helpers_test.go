@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -93,7 +92,6 @@ func startServerAt(t testing.TB, addr string, cfg *Config, svcs ...*Service) (*S
 	if err != nil {
 		t.Fatal(err)
 	}
-	lastServer.Store(srv)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	t.Cleanup(func() {
@@ -152,13 +150,10 @@ func rawDial(t testing.TB, addr string) *net.UnixConn {
 
 func readFull(c net.Conn, b []byte) (int, error) { return io.ReadFull(c, b) }
 
-var lastServer atomic.Pointer[Server]
-
-// firstConn returns the server side of the only connection of the last
-// server started.
-func firstConn(t testing.TB, addr string) *Conn {
+// firstConn returns the server side of srv's only connection.
+func firstConn(t testing.TB, srv *Server) *Conn {
 	t.Helper()
-	conns := lastServer.Load().Conns()
+	conns := srv.Conns()
 	if len(conns) != 1 {
 		t.Fatalf("%d connections", len(conns))
 	}
