@@ -82,6 +82,7 @@ type Conn struct {
 	// Dispatch away from the producer.
 	qMu      sync.Mutex
 	q        deque
+	qBytes   int           // bytes of the queued messages, also counted in Server.queued until qDead
 	qDead    bool          // set by kill: nobody may write the ring any more
 	flushing bool          // a flusher goroutine is running
 	room     chan struct{} // buffered 1: a token when a full queue gains room; closed by kill
@@ -493,6 +494,7 @@ func (c *Conn) kill(err error) {
 		c.err = err
 		c.qMu.Lock()
 		c.qDead = true
+		c.srv.queued.Add(-int64(c.qBytes)) // nobody will flush them
 		close(c.room)
 		c.qMu.Unlock()
 		c.reqC.Close()  //nolint:errcheck // always nil

@@ -11,6 +11,15 @@ import (
 	"github.com/ringipc/ringipc/ring"
 )
 
+// Defaults of the dispatch queue's byte budgets (Config fields of the
+// same names): a client that does not read can make the server hold at
+// most this much for it, and all such clients together at most
+// DefaultMaxQueuedBytes.
+const (
+	DefaultDispatchQueueBytes = 1 << 20
+	DefaultMaxQueuedBytes     = 64 << 20
+)
+
 // qitem is one queued dispatch message; b is a private copy.
 type qitem struct {
 	id uint16
@@ -60,9 +69,11 @@ func (d *deque) pop() qitem {
 // from any goroutine at any time. When the dispatch ring is full, Dispatch
 // waits briefly for the client to make room (a reader hands space back in
 // batches, so a full ring is often full for a moment only), then the
-// message waits in the connection's queue (Config.DispatchQueue entries);
-// when that is full too, Config.DispatchPolicy decides: wait until ctx
-// ends, drop (ErrDropped), or disconnect the client (ErrSlowConsumer).
+// message waits in the connection's queue (Config.DispatchQueue entries,
+// Config.DispatchQueueBytes bytes, and room in the server's
+// Config.MaxQueuedBytes); when it does not fit there either,
+// Config.DispatchPolicy decides: wait until ctx ends, drop (ErrDropped),
+// or disconnect the client (ErrSlowConsumer).
 // Messages of one goroutine arrive in the order it sent them.
 func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 	if len(body) > c.maxDisp {
@@ -89,7 +100,7 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 				return c.ringErr("dispatch", err)
 			}
 		}
-		if c.q.len() < c.qLimit {
+		if c.queueTake(len(body)) {
 			break
 		}
 		switch c.policy {
@@ -104,10 +115,12 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 			c.kill(err)
 			return err
 		}
-		if c.qLimit == 0 {
-			// No queue (DispatchQueue < 0): nothing will ever signal
-			// queue room, so wait for ring space itself, keeping qMu so
-			// the producer stays ours. The client's next release wakes us.
+		if c.q.len() == 0 {
+			// No queue (DispatchQueue < 0), or the message does not fit
+			// in the byte budgets with nothing of ours queued: nothing
+			// will ever signal queue room, so wait for ring space
+			// itself, keeping qMu so the producer stays ours. The
+			// client's next release wakes us.
 			err := c.writeBlocking(ctx, id, body)
 			c.passRoom()
 			c.qMu.Unlock()
@@ -145,6 +158,7 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 	}
 	copy(b, body)
 	c.q.push(qitem{id: id, b: b})
+	c.qBytes += len(body)
 	if c.q.len() == 1 {
 		c.stats.flowEvents.Add(1)
 		atomic.AddUint64(word64(c.ctl, ctlFlowEvents), 1)
@@ -159,6 +173,20 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 	}
 	c.qMu.Unlock()
 	return nil
+}
+
+// queueTake reserves room for a message of n bytes in the queue: an
+// entry, n bytes of the connection's byte budget, and n of the server's;
+// qMu held. It reports false, reserving nothing, if any is short.
+func (c *Conn) queueTake(n int) bool {
+	if c.q.len() >= c.qLimit || c.qBytes+n > c.srv.cfg.DispatchQueueBytes {
+		return false
+	}
+	if c.srv.queued.Add(int64(n)) > c.srv.cfg.MaxQueuedBytes {
+		c.srv.queued.Add(-int64(n))
+		return false
+	}
+	return true
 }
 
 // dispatchSpin bounds how long Dispatch polls a full ring before it
@@ -216,7 +244,7 @@ func (c *Conn) writeBlocking(ctx context.Context, id uint16, body []byte) error 
 // passes it on, so one token wakes them all in turn without a channel
 // per wait.
 func (c *Conn) passRoom() {
-	if c.waiting > 0 && !c.qDead && c.q.len() < c.qLimit {
+	if c.waiting > 0 && !c.qDead && (c.q.len() < c.qLimit || c.q.len() == 0) {
 		select {
 		case c.room <- struct{}{}:
 		default:
@@ -229,6 +257,10 @@ func (c *Conn) passRoom() {
 func (c *Conn) popped(n int) {
 	for range n {
 		it := c.q.pop()
+		c.qBytes -= len(it.b)
+		if !c.qDead { // else kill has given the server its bytes back
+			c.srv.queued.Add(-int64(len(it.b)))
+		}
 		if len(c.free) < maxFreeBufs && cap(it.b) <= maxFreeBuf {
 			c.free = append(c.free, it.b)
 		}

@@ -32,9 +32,10 @@
 // avoid copies altogether. A server handler answers with
 // ResponseWriter.Respond (a copy), Reserve and Commit (in place) or Fail
 // (an error with a code). Any goroutine may send a connection a dispatch
-// message (Conn.Dispatch); when the client does not keep up, a bounded
-// queue and a Policy (block, drop, disconnect) apply, and the client can
-// read that state (Client.FlowControl).
+// message (Conn.Dispatch); when the client does not keep up, a queue
+// bounded in messages and bytes (per connection and for the server) and a
+// Policy (block, drop, disconnect) apply, and the client can read that
+// state (Client.FlowControl).
 //
 // By default the server runs two goroutines per connection. With
 // Config.EventLoop it instead hands connections to the application's own

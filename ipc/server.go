@@ -103,6 +103,14 @@ type Config struct {
 	// 0 means 1024; negative means no queue.
 	DispatchQueue  int
 	DispatchPolicy Policy
+	// DispatchQueueBytes bounds the bytes of the messages one
+	// connection's dispatch queue holds, and MaxQueuedBytes those of every
+	// connection's queue together; a message that would pass either is
+	// not queued and DispatchPolicy applies (under PolicyBlock, a
+	// connection with nothing queued then waits for ring space instead).
+	// 0 means DefaultDispatchQueueBytes and DefaultMaxQueuedBytes.
+	DispatchQueueBytes int
+	MaxQueuedBytes     int64
 	// Wait is how a connection waits on its rings (ring.WaitPolicy):
 	// the zero value lets Spin decide, and with Spin 0 that is
 	// ring.WaitAdaptive, which polls only while the client's traffic is
@@ -161,6 +169,12 @@ func (cfg *Config) withDefaults() Config {
 	if c.RingSize == 0 {
 		c.RingSize = min(DefaultRingSize, c.MaxRingSize)
 	}
+	if c.DispatchQueueBytes <= 0 {
+		c.DispatchQueueBytes = DefaultDispatchQueueBytes
+	}
+	if c.MaxQueuedBytes <= 0 {
+		c.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
 	if c.DispatchQueue == 0 {
 		c.DispatchQueue = 1024
 	} else if c.DispatchQueue < 0 {
@@ -218,6 +232,11 @@ type Server struct {
 	nconns int
 	uids   map[uint32]*uidUse
 	mem    uint64
+
+	// queued is the bytes in every connection's dispatch queue
+	// (MaxQueuedBytes); each connection adds and takes its own under its
+	// qMu.
+	queued atomic.Int64
 
 	hsSem  chan struct{}
 	nextID atomic.Uint64

@@ -21,6 +21,7 @@ type Stats struct {
 	Dropped           uint64 // dispatch messages dropped (PolicyDrop)
 	FlowEvents        uint64 // times a dispatch queue started filling
 	QueueDepth        uint64 // dispatch messages queued now
+	QueueBytes        uint64 // bytes of the dispatch messages queued now
 	BytesIn           uint64 // request body bytes
 	BytesOut          uint64 // response and dispatch body bytes
 	Errors            uint64 // connections ended by a protocol violation or as slow consumers
@@ -81,6 +82,7 @@ func (c *Conn) addStats(s *Stats) {
 	c.stats.addTo(s)
 	c.qMu.Lock()
 	s.QueueDepth += uint64(c.q.len())
+	s.QueueBytes += uint64(c.qBytes)
 	c.qMu.Unlock()
 	s.TokensIn += c.waker.tokensIn.Load()
 	s.TokensOut += c.waker.tokensOut.Load()
