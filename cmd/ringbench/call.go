@@ -29,8 +29,8 @@ func init() {
 		about: "one goroutine of the parent calls an echo server in a child and waits for each response; " +
 			"msgs = calls, p50/p99/p999 = call time of a random 1 in 8 calls, of every call when paced (ipc: Client.CallInto, handler ResponseWriter.Respond; " +
 			"uds: a length-prefixed request written with one write(2), the response read back through a bufio.Reader; " +
-			"futex: the floor, see futex above)",
-		runs: map[string]runFunc{"ipc": callIPC, "uds": callUDS, "futex": callFutex},
+			"futex: the floor, see futex above; c: the C client of clients/c calling the same server, see ccall.go)",
+		runs: map[string]runFunc{"ipc": callIPC, "uds": callUDS, "futex": callFutex, "c": callC},
 	})
 	registerChild("rpc-uds", rpcUDSChild)
 }

@@ -59,6 +59,10 @@
 // a response word in a shared memfd, each side sleeping in FUTEX_WAIT at
 // once, without spinning, and woken by FUTEX_WAKE.
 //
+// The c transport (call only, present when the machine has cc and
+// ringbench runs from a source tree) is the C client of clients/c calling
+// the ipc row's server: what a C daemon gets from a Go service.
+//
 // # Method
 //
 // A measurement warms up for a tenth of -duration (50 ms to 500 ms), then
@@ -86,7 +90,7 @@
 // With -json, stdout carries one JSON object per result and nothing else.
 // Scripts read these names; they may gain company but never change:
 //
-//	scenario, transport ("ring", "ipc", "uds" or "futex"), size (payload bytes),
+//	scenario, transport ("ring", "ipc", "uds", "futex" or "c"), size (payload bytes),
 //	producers, goroutines (calling goroutines: -goroutines for pipeline,
 //	else 1), duration_sec, msgs (pingpong: round trips; call, pipeline:
 //	calls), msgs_per_sec, bytes_per_sec (msgs_per_sec * size),

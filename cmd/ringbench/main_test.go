@@ -132,7 +132,7 @@ func TestEndToEnd(t *testing.T) {
 		switch r.Transport {
 		case "ring":
 			wantRing, wantSpin = 64<<10, ring.DefaultSpin.Nanoseconds()
-		case "ipc":
+		case "ipc", "c":
 			wantRing, wantSpin = 64<<10, ipc.DefaultSpin.Nanoseconds()
 		case "uds", "futex":
 		default:

@@ -69,7 +69,7 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 	case "ring":
 		r.RingSize = rc.ringSize
 		r.SpinNs = effectiveSpin(rc.spin).Nanoseconds()
-	case "ipc":
+	case "ipc", "c":
 		r.RingSize = rc.ringSize
 		r.SpinNs = effectiveIPCSpin(rc.spin).Nanoseconds()
 	}
@@ -151,7 +151,7 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 	switch res.Transport {
 	case "uds":
 		over = []string{"ring", "ipc"}
-	case "futex":
+	case "futex", "c":
 		over = []string{"ipc"}
 	}
 	for _, p := range r.group {
@@ -234,6 +234,9 @@ func (r *reporter) end() {
 			"the same two processes, a request word and a response word in a shared memfd, each side "+
 			"sleeping at once in FUTEX_WAIT (no spinning) and woken by FUTEX_WAKE from the other, the "+
 			"body copied in and back; the same pacing as the other rows", 96))
+	}
+	if r.cfg.uses("c") {
+		b.WriteString(wrap("c        ", cLegend, 96))
 	}
 	fmt.Fprintf(&b, "uds      AF_UNIX SOCK_STREAM socketpair used as a naive user would: one write(2) per\n")
 	fmt.Fprintf(&b, "         message of exactly size bytes (a %d-byte frame per write), no batching; the\n", r.cfg.sizes[0])
