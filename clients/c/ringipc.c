@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -40,6 +39,9 @@
 #endif
 #ifndef F_GET_SEALS
 #define F_GET_SEALS 1034
+#endif
+#ifndef FUTEX_WAKE
+#define FUTEX_WAKE 1 /* linux/futex.h's value; libc's headers suffice */
 #endif
 #define TMPFS_MAGIC_ 0x01021994 /* statfs f_type of tmpfs/shmem (linux/magic.h) */
 
@@ -471,18 +473,19 @@ static void ring_release(ripc_client *c, struct ring *r)
 
 /* ---- closing (ipc §7) ---- */
 
-/* close_ring: closed = 1 (exchange), then on each word a FUTEX_WAKE and
- * the waker's step with the word set to 1: a sleeper in the kernel wakes,
- * and the peer's tokens go out whether or not it sleeps (ipc §7). */
+/* close_ring follows ipc §7 to the letter: closed = 1 (exchange), then
+ * for each wait word: store 0, FUTEX_WAKE (a sleeper in the kernel), and
+ * for the peer's word its token, whatever the word held, so that a
+ * sleeper of either kind wakes and re-checks the ring. */
 static void close_ring(ripc_client *c, struct ring *r)
 {
 	(void)atomic_exchange(r->closed, 1);
-	atomic_store(r->wait[0], 1);
-	atomic_store(r->wait[1], 1);
-	futex_wake(r->wait[0]);
-	futex_wake(r->wait[1]);
-	wake(c, r->wait[0], r->widx);
-	wake(c, r->wait[1], r->widx + 1);
+	for (int k = 0; k < 2; k++) {
+		atomic_store(r->wait[k], 0);
+		futex_wake(r->wait[k]);
+		if (!(LOCAL_WORDS & (1u << (r->widx + k))))
+			send_token(c, r->widx + k);
+	}
 }
 
 static void close_rings(ripc_client *c)
