@@ -4,6 +4,7 @@ package futex
 
 import (
 	"os"
+	"runtime"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -11,14 +12,16 @@ import (
 
 // Off Linux there is no futex, and no portable way to sleep on a word
 // another process may change. Wait therefore polls: it re-reads the word
-// after naps that grow from pollMin to pollMax, so it ends within about
-// pollMax of the change, in this process or another mapping the same
-// memory. Wake has nothing to wake and reports 0 waiters. This keeps the
-// ring package (which works on any []byte) usable and testable on every
-// platform; it is correct, only slower to notice a change.
+// yieldPolls times with runtime.Gosched in between, then after naps that
+// grow from pollMin to pollMax, so it ends within about pollMax of the
+// change, in this process or another mapping the same memory. Wake has
+// nothing to wake and reports 0 waiters. This keeps the ring package
+// (which works on any []byte) usable and testable on every platform; it
+// is correct, only slower to notice a change.
 const (
-	pollMin = 10 * time.Microsecond
-	pollMax = time.Millisecond
+	yieldPolls = 100
+	pollMin    = 10 * time.Microsecond
+	pollMax    = time.Millisecond
 )
 
 // Wait returns nil once *addr no longer holds val, or os.ErrDeadlineExceeded
@@ -30,6 +33,14 @@ func Wait(addr *uint32, val uint32, timeout time.Duration) error {
 	var deadline time.Time
 	if timeout >= 0 {
 		deadline = time.Now().Add(timeout)
+	}
+	// A change often comes within microseconds (the peer was running):
+	// look a few times, yielding in between, before napping.
+	for range yieldPolls {
+		if atomic.LoadUint32(addr) != val {
+			return nil
+		}
+		runtime.Gosched()
 	}
 	nap := pollMin
 	for atomic.LoadUint32(addr) == val {
