@@ -73,6 +73,7 @@ type Conn struct {
 	rw       ResponseWriter
 	tokBuf   [tokenSmall]byte
 	pending  []*pendingResp // external mode: responses awaiting ring space
+	again    bool           // external mode: Process stopped at MaxTurnRequests
 	pendFree []*pendingResp
 
 	// The dispatch queue. The dispatch producer belongs to whoever holds
@@ -334,7 +335,7 @@ func (c *Conn) serve(h Handler) {
 }
 
 // Process is the external poll loop's entry point (Config.EventLoop): call
-// it when Fd polls readable. It reads the wake tokens, handles every
+// it when Fd polls readable, and when a Requeuer loop was asked to. It reads the wake tokens, handles every
 // request available, flushes what waits for ring space, and returns
 // without blocking (handlers aside). Once the connection has ended it tears
 // it down and returns an error matching ErrDisconnected (or the reason it
@@ -356,6 +357,7 @@ func (c *Conn) Process() error {
 	c.running = true
 	c.pmu.Unlock()
 
+	c.again = false
 	c.process()
 
 	c.pmu.Lock()
@@ -369,6 +371,9 @@ func (c *Conn) Process() error {
 	if c.isDead() {
 		c.teardown()
 		return c.endErr()
+	}
+	if c.again {
+		c.srv.cfg.EventLoop.(Requeuer).Requeue(c)
 	}
 	return nil
 }
@@ -391,7 +396,14 @@ func (c *Conn) process() {
 		c.flushQueueNow()
 		return
 	}
-	for !c.isDead() {
+	_, capped := c.srv.cfg.EventLoop.(Requeuer)
+	for handled := 0; !c.isDead(); handled++ {
+		if capped && handled == c.srv.cfg.MaxTurnRequests {
+			// Others' turn: the loop calls Process again (Requeue), so
+			// the request word stays unarmed.
+			c.again = true
+			break
+		}
 		rec, err := c.reqC.TryPeek()
 		if err == ring.ErrEmpty {
 			c.reqC.Waiter().Arm()

@@ -85,7 +85,10 @@
 // External loop. In EventLoop mode nothing blocks inside Process except
 // handlers: responses that do not fit are kept aside until the client
 // makes room, and a handler must not use Dispatch with PolicyBlock on its
-// own connection, since only Process can make room.
+// own connection, since only Process can make room. One Process call
+// reads a bounded amount of wake tokens and, if the loop is a Requeuer,
+// handles at most Config.MaxTurnRequests requests, so that no client can
+// hold the loop in one call.
 //
 // Concurrency. Server, Conn (except Process, which is the poll loop's)
 // and Client are safe for concurrent use. Handlers of one connection run

@@ -30,6 +30,7 @@ type epollLoop struct {
 	// afterProcess, if set, is called on the loop goroutine after every
 	// Process call.
 	afterProcess atomic.Pointer[func(*Conn)]
+	again        []*Conn // requeued connections (loop goroutine only)
 }
 
 func newEpollLoop(t *testing.T) *epollLoop {
@@ -67,10 +68,18 @@ func (e *epollLoop) RemoveConn(c *Conn) {
 	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.Fd(), nil)
 }
 
+// Requeue makes epollLoop a Requeuer: Process calls it on the loop
+// goroutine, so again needs no lock.
+func (e *epollLoop) Requeue(c *Conn) { e.again = append(e.again, c) }
+
 func (e *epollLoop) run() {
 	events := make([]unix.EpollEvent, 16)
 	for {
-		n, err := unix.EpollWait(e.epfd, events, -1)
+		timeout := -1
+		if len(e.again) > 0 {
+			timeout = 0 // connections wait for another turn
+		}
+		n, err := unix.EpollWait(e.epfd, events, timeout)
 		if err == unix.EINTR {
 			continue
 		}
@@ -78,6 +87,8 @@ func (e *epollLoop) run() {
 			e.t.Errorf("epoll_wait: %v", err)
 			return
 		}
+		again := e.again
+		e.again = nil
 		for _, ev := range events[:n] {
 			fd := int(ev.Fd)
 			switch fd {
@@ -91,18 +102,29 @@ func (e *epollLoop) run() {
 				e.mu.Lock()
 				c := e.conns[fd]
 				e.mu.Unlock()
-				if c == nil {
-					continue
-				}
-				err := c.Process()
-				if f := e.afterProcess.Load(); f != nil {
-					(*f)(c)
-				}
-				if err != nil {
-					e.ended <- err
+				if c != nil {
+					e.process(c)
 				}
 			}
 		}
+		for _, c := range again {
+			e.mu.Lock()
+			live := e.conns[c.Fd()] == c
+			e.mu.Unlock()
+			if live {
+				e.process(c)
+			}
+		}
+	}
+}
+
+func (e *epollLoop) process(c *Conn) {
+	err := c.Process()
+	if f := e.afterProcess.Load(); f != nil {
+		(*f)(c)
+	}
+	if err != nil {
+		e.ended <- err
 	}
 }
 

@@ -126,6 +126,9 @@ type Config struct {
 	// EventLoop, when set, drives connections from the caller's poll
 	// loop instead of goroutines (see EventLoop).
 	EventLoop EventLoop
+	// MaxTurnRequests bounds the requests one Process call handles when
+	// EventLoop is a Requeuer. 0 means DefaultMaxTurnRequests.
+	MaxTurnRequests int
 	// Logger receives structured logs; nil is silent.
 	Logger *slog.Logger
 }
@@ -139,6 +142,23 @@ type EventLoop interface {
 	AddConn(c *Conn)
 	RemoveConn(c *Conn)
 }
+
+// A Requeuer is an EventLoop that can give a connection another turn
+// without its descriptor polling readable. With one, each Process call
+// handles at most Config.MaxTurnRequests requests, so that a client that
+// keeps its request ring fed cannot hold the loop in one call; when
+// Process stops there it calls Requeue(c) (on the loop's goroutine,
+// before it returns), and the loop should call c.Process again once it
+// has served the other ready descriptors, without waiting in poll. A
+// loop that is not a Requeuer gets no such bound: Process then handles
+// requests until it finds the ring empty. Either way one call reads a
+// bounded amount of wake tokens.
+type Requeuer interface {
+	Requeue(c *Conn)
+}
+
+// DefaultMaxTurnRequests is Config.MaxTurnRequests when left 0.
+const DefaultMaxTurnRequests = 64
 
 func (cfg *Config) withDefaults() Config {
 	c := *cfg
@@ -168,6 +188,9 @@ func (cfg *Config) withDefaults() Config {
 	}
 	if c.RingSize == 0 {
 		c.RingSize = min(DefaultRingSize, c.MaxRingSize)
+	}
+	if c.MaxTurnRequests <= 0 {
+		c.MaxTurnRequests = DefaultMaxTurnRequests
 	}
 	if c.DispatchQueueBytes <= 0 {
 		c.DispatchQueueBytes = DefaultDispatchQueueBytes

@@ -277,3 +277,53 @@ func TestTokenFloodServer(t *testing.T) {
 	cpu1, wall := cpuTicks(t, ch.cmd.Process.Pid), time.Since(start)
 	t.Logf("server CPU during two %d MiB token floods: %d ticks in %v; %d honest calls meanwhile", perFlooder>>20, cpu1-cpu0, wall, calls)
 }
+
+// TestProcessTurnBounded: a client keeps its request ring fed from many
+// goroutines while an honest client calls the same external-loop server.
+// Process used to handle requests until it found the ring empty, so such
+// a client could hold the loop in one call; with a Requeuer loop each
+// call now handles at most MaxTurnRequests, and the honest calls are
+// served in between.
+func TestProcessTurnBounded(t *testing.T) {
+	const perTurn = 8
+	_, addr, loop := startEpollServer(t, Config{MaxTurnRequests: perTurn}, echoService())
+	busy := dial(t, addr, nil)
+	var mu sync.Mutex
+	maxTurn, capped := uint64(0), 0
+	last := map[*Conn]uint64{}
+	hook := func(c *Conn) {
+		calls := c.stats.calls.Load()
+		mu.Lock()
+		d := calls - last[c]
+		maxTurn = max(maxTurn, d)
+		if d == perTurn {
+			capped++
+		}
+		last[c] = calls
+		mu.Unlock()
+	}
+	loop.afterProcess.Store(&hook)
+	ctx, stop := context.WithCancel(testCtx(t))
+	var callers sync.WaitGroup
+	for range 16 {
+		callers.Go(func() {
+			for ctx.Err() == nil {
+				busy.Call(ctx, msgEcho, []byte("busy")) //nolint:errcheck // ends with ctx
+			}
+		})
+	}
+	honest := dial(t, addr, nil)
+	for i := range 200 {
+		if _, err := honest.Call(testCtx(t), msgEcho, []byte("x")); err != nil {
+			t.Fatalf("honest call %d: %v", i, err)
+		}
+	}
+	stop()
+	callers.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("at most %d requests in one Process call; %d calls stopped at the bound", maxTurn, capped)
+	if maxTurn > perTurn {
+		t.Fatalf("one Process call handled %d requests, want at most %d", maxTurn, perTurn)
+	}
+}
