@@ -132,7 +132,7 @@ func faninIPCChild(cc *childCtx) (uint64, error) {
 	defer cancel()
 	cl, err := ipc.Dial(ctx, cc.p.Addr, benchService, &ipc.ClientOptions{
 		RequestRingSize: cc.p.RingSize, ResponseRingSize: cc.p.RingSize, DispatchRingSize: cc.p.RingSize,
-		Spin: cc.p.Spin,
+		MaxRingSize: maxIPCRing, Spin: cc.p.Spin,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("dial: %w", err)

@@ -90,6 +90,7 @@ func startIPC(h *harness, opts *ipc.ClientOptions) (*ipc.Client, error) {
 		o = *opts
 	}
 	o.RequestRingSize, o.ResponseRingSize, o.DispatchRingSize = rc.ringSize, rc.ringSize, rc.ringSize
+	o.MaxRingSize = maxIPCRing // accept the rings asked for, above the default bound
 	o.Spin = rc.spin
 	ctx, cancel := context.WithTimeout(bg, readyTimeout)
 	defer cancel()
@@ -124,10 +125,19 @@ func ipcServerChild(cc *childCtx) (uint64, error) {
 // once p.Clients connections (at least one) have ended: the parent's, or
 // fanin's clients.
 func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
+	// The server's admission limits make room for the benchmark's own
+	// clients, all of one uid and dialing at once (fanin), with rings of
+	// up to maxIPCRing: the defaults would refuse the ninth handshake in
+	// progress, and the memory of three 1 GiB rings.
+	clients := max(p.Clients, 1)
 	srv, err := ipc.NewServer(&ipc.Config{
-		RingSize:    p.RingSize,
-		MaxRingSize: maxIPCRing,
-		Spin:        p.Spin,
+		RingSize:            p.RingSize,
+		MaxRingSize:         maxIPCRing,
+		Spin:                p.Spin,
+		MaxHandshakesPerUID: max(clients, ipc.DefaultMaxHandshakesPerUID),
+		MaxConnsPerUID:      max(clients, ipc.DefaultMaxConnsPerUID),
+		MaxConns:            max(clients, ipc.DefaultMaxConns),
+		MaxMemory:           max(int64(clients)*(3*int64(p.RingSize)+1<<20), ipc.DefaultMaxMemory),
 	})
 	if err != nil {
 		ln.Close()

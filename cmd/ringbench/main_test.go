@@ -544,3 +544,19 @@ func connectedPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
 }
+
+// TestLargeRings runs ipc with rings above the ipc defaults' bounds
+// (server MaxRingSize and the client's, 16 MiB) and many fanin clients:
+// the benchmark's server and clients must make room for what its flags
+// allow.
+func TestLargeRings(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"-json", "-scenario", "call,fanin", "-transport", "ipc", "-rate", "0", "-ring-size", "32MiB",
+		"-clients", "12", "-duration", "200ms"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
+	}
+	if n := strings.Count(stdout.String(), "\n"); n != 2 {
+		t.Errorf("%d results, want 2:\n%s", n, stdout.String())
+	}
+}
