@@ -57,7 +57,8 @@ func getTag(b []byte) uint64      { return binary.LittleEndian.Uint64(b) }
 // every call would read the clock twice per call (~25 ns each on the
 // development VM), a sixth of a pipelined ipc call, and that cost would
 // be counted as the transport's; a sample of one in eight still holds
-// hundreds of thousands of calls per result (JSON lat_samples).
+// hundreds of thousands of calls per result (JSON lat_samples), plus the
+// window's first call, always timed.
 func callLoop(h *harness, c caller, g int, req, resp []byte, lat *histogram, m *meter, pc *pacer) error {
 	rng := uint64(g)*0x9e3779b97f4a7c15 | 1
 	paced := pc.paced()
@@ -67,7 +68,11 @@ func callLoop(h *harness, c caller, g int, req, resp []byte, lat *histogram, m *
 		rng ^= rng << 13 // xorshift64
 		rng ^= rng >> 7
 		rng ^= rng << 17
-		timed := paced || rng%latencyStride == 0
+		// The first call of the window is always timed, so that a window
+		// with calls has percentiles, however few the calls (a loaded
+		// machine may stall a loop for most of a short window).
+		first := m.seen == phaseMeasure && m.n == m.at[0]
+		timed := paced || first || rng%latencyStride == 0
 		var t0 time.Duration
 		if paced {
 			pc.wait()
