@@ -54,11 +54,11 @@ type ClientOptions struct {
 	AuthorizeServer func(Cred) error
 	// MaxRingSize bounds the ring sizes the client accepts from the
 	// server (a power of two, at most RingSizeLimit; 0 means
-	// DefaultMaxRing). A ring size asked
-	// for above it is an error; the server may grant no more than was
-	// asked (or MinRingSize if less was asked), and for a size left to
-	// the server, no more than MaxRingSize. A larger grant fails Dial
-	// before the segment is mapped.
+	// DefaultMaxRingSize). A ring size asked for above it is an error;
+	// the server may grant no more than was asked (or MinRingSize if
+	// less was asked), and for a size left to the server, no more than
+	// MaxRingSize. A larger grant fails Dial before the segment is
+	// mapped.
 	MaxRingSize int
 }
 
@@ -80,7 +80,7 @@ func DefaultAuthorizeServer(c Cred) error {
 // maxRing returns the largest ring size the client accepts.
 func (o *ClientOptions) maxRing() (uint64, error) {
 	if o.MaxRingSize == 0 {
-		return DefaultMaxRing, nil
+		return DefaultMaxRingSize, nil
 	}
 	m := o.MaxRingSize
 	if m < MinRingSize || !isPow2(uint64(m)) || uint64(m) > RingSizeLimit {

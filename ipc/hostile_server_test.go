@@ -218,7 +218,7 @@ func TestHostileServerGrants(t *testing.T) {
 		{"below MinRingSize asked", [3]uint64{8192, 4096, 4096}, ClientOptions{RequestRingSize: 1024}},
 		// Left to the server: no more than MaxRingSize.
 		{"above MaxRingSize", [3]uint64{4096, 4096, 1 << 20}, ClientOptions{MaxRingSize: 1 << 19}},
-		{"above the default max", [3]uint64{4096, DefaultMaxRing * 2, 4096}, ClientOptions{}},
+		{"above the default max", [3]uint64{4096, DefaultMaxRingSize * 2, 4096}, ClientOptions{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeServer(t, tc.sizes, nil)

@@ -45,20 +45,39 @@ func (p Policy) String() string {
 }
 
 // DefaultSpin is the polling budget of a side whose Wait is ring.WaitSpin
-// and whose Spin is 0 (the default is adaptive: ring.AdaptiveSpin). A
-// fixed budget must be long: a wake-up through
-// the socket and the netpoller costs about as much as a futex wake-up
-// (25-55 µs across CPUs on the machines this was tuned on) plus goroutine
-// hand-offs, and a budget close to that cost lets two sides fall into
-// lockstep, each asleep whenever the other answers. Four times the cost
-// breaks the lockstep after one slow round trip.
-const DefaultSpin = 200 * time.Microsecond
+// and whose Spin is 0 (the default is adaptive: ring.AdaptiveSpin). It is
+// ring.DefaultSpin, whose reasoning holds here too: a wake-up through the
+// socket and the netpoller costs about as much as a futex wake-up plus
+// goroutine hand-offs, and a budget close to that cost lets two sides
+// fall into lockstep, each asleep whenever the other answers.
+const DefaultSpin = ring.DefaultSpin
 
 // Ring size limits, in bytes of a ring's data area.
 const (
-	MinRingSize     = 4 << 10
+	// MinRingSize is the smallest ring a connection may have.
+	MinRingSize = 4 << 10
+	// DefaultRingSize is a ring's size where the client asks for 0
+	// (Config.RingSize).
 	DefaultRingSize = 64 << 10
-	DefaultMaxRing  = 16 << 20
+	// DefaultMaxRingSize is the largest ring a server grants and a
+	// client accepts by default (Config.MaxRingSize,
+	// ClientOptions.MaxRingSize).
+	DefaultMaxRingSize = 16 << 20
+	// DefaultMaxRing is the old name of DefaultMaxRingSize.
+	//
+	// Deprecated: use DefaultMaxRingSize.
+	DefaultMaxRing = DefaultMaxRingSize
+)
+
+// Defaults of the Config fields not bounded elsewhere (see admit.go and
+// dispatch.go for the connection, memory and queue-size limits).
+const (
+	// DefaultHandshakeTimeout bounds one client's whole handshake
+	// (Config.HandshakeTimeout).
+	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultDispatchQueue is how many dispatch messages a connection
+	// queues when its dispatch ring is full (Config.DispatchQueue).
+	DefaultDispatchQueue = 1024
 )
 
 // Config tunes a Server. The zero value is usable; NewServer fills in
@@ -70,7 +89,7 @@ type Config struct {
 	// accepted, before the peer has sent anything: keep it quick.
 	Authorize func(Cred) error
 	// HandshakeTimeout bounds the whole handshake of one client; one that
-	// has not finished by then is dropped. 0 means 5 s.
+	// has not finished by then is dropped. 0 means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 	// MaxHandshakes bounds handshakes in progress: Serve stops accepting
 	// while that many are (the rest wait in the listen backlog);
@@ -95,12 +114,12 @@ type Config struct {
 	MaxMemory int64
 	// RingSize is a ring's data size when the client asks for 0;
 	// MaxRingSize clamps what clients ask for. Powers of two; 0 means
-	// DefaultRingSize and DefaultMaxRing.
+	// DefaultRingSize and DefaultMaxRingSize.
 	RingSize    int
 	MaxRingSize int
 	// DispatchQueue is how many dispatch messages a connection queues
 	// when its dispatch ring is full before DispatchPolicy applies.
-	// 0 means 1024; negative means no queue.
+	// 0 means DefaultDispatchQueue; negative means no queue.
 	DispatchQueue  int
 	DispatchPolicy Policy
 	// DispatchQueueBytes bounds the bytes of the messages one
@@ -166,7 +185,7 @@ func (cfg *Config) withDefaults() Config {
 		c.Authorize = DefaultAuthorize
 	}
 	if c.HandshakeTimeout <= 0 {
-		c.HandshakeTimeout = 5 * time.Second
+		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if c.MaxHandshakes <= 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
@@ -184,7 +203,7 @@ func (cfg *Config) withDefaults() Config {
 		c.MaxMemory = DefaultMaxMemory
 	}
 	if c.MaxRingSize == 0 {
-		c.MaxRingSize = DefaultMaxRing
+		c.MaxRingSize = DefaultMaxRingSize
 	}
 	if c.RingSize == 0 {
 		c.RingSize = min(DefaultRingSize, c.MaxRingSize)
@@ -199,7 +218,7 @@ func (cfg *Config) withDefaults() Config {
 		c.MaxQueuedBytes = DefaultMaxQueuedBytes
 	}
 	if c.DispatchQueue == 0 {
-		c.DispatchQueue = 1024
+		c.DispatchQueue = DefaultDispatchQueue
 	} else if c.DispatchQueue < 0 {
 		c.DispatchQueue = 0
 	}
@@ -640,11 +659,9 @@ func (s *Server) Conns() []*Conn {
 	return out
 }
 
-// ringOptions are the options of every ring handle of a connection.
+// ringOptions are the options of every ring handle of a connection. The
+// ring resolves a zero Spin itself (DefaultSpin is its default).
 func ringOptions(wait ring.WaitPolicy, spin time.Duration, w ring.Waker) *ring.Options {
-	if wait == ring.WaitSpin && spin == 0 {
-		spin = DefaultSpin
-	}
 	return &ring.Options{Wait: wait, Spin: spin, Waker: w}
 }
 
