@@ -121,3 +121,14 @@ func TestPacedRows(t *testing.T) {
 		}
 	}
 }
+
+func TestSI(t *testing.T) {
+	for v, want := range map[float64]string{
+		0: "0  ", 999.4: "999  ", 999.6: "1.0 k", 1000.2: "1.0 k", 31608: "31.6 k",
+		999_940: "999.9 k", 999_960: "1.00 M", 45e6: "45.00 M", 2.5e9: "2.50 G",
+	} {
+		if got := si(v); got != want {
+			t.Errorf("si(%v) = %q, want %q", v, got, want)
+		}
+	}
+}

@@ -204,7 +204,7 @@ func (r *reporter) end() {
 	}
 	var b strings.Builder
 	b.WriteString("\n")
-	b.WriteString("msgs/s   messages received per second in the window (call, pipeline: calls completed);\n")
+	b.WriteString("msgs/s   messages received per second in the window (call, pipeline, fanin: calls completed);\n")
 	b.WriteString("         MB/s = msgs/s x size (10^6 bytes), one way\n")
 	b.WriteString("prod     producer processes (mpsc); gor: calling goroutines of the parent (pipeline);\n")
 	b.WriteString("         cli: client processes calling a server (fanin; 1 for call, pipeline, dispatch)\n")
@@ -260,13 +260,15 @@ func ratioText(v float64) string {
 }
 
 // si formats a rate with a k/M/G suffix.
+// The thresholds are where the smaller unit's rounding would print 1000:
+// a paced row at 999.7 msgs/s reads 1.0 k like its neighbour at 1000.2.
 func si(v float64) string {
 	switch {
-	case v >= 1e9:
+	case v >= 999.995e6:
 		return fmt.Sprintf("%.2f G", v/1e9)
-	case v >= 1e6:
+	case v >= 999.95e3:
 		return fmt.Sprintf("%.2f M", v/1e6)
-	case v >= 1e3:
+	case v >= 999.5:
 		return fmt.Sprintf("%.1f k", v/1e3)
 	}
 	return fmt.Sprintf("%.0f  ", v)
