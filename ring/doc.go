@@ -3,8 +3,9 @@
 // (SPSC) or many producers, goroutines and processes alike (MPSC).
 //
 // A ring lives in any []byte: Go heap memory (handy in tests), or a shared
-// mapping such as a shmseg.Segment's payload. Init lays out a new ring;
-// NewProducer and NewConsumer attach handles to an existing one after
+// mapping such as a shmseg.Segment's payload. Init lays out a new ring
+// (InitZeroed does so in memory already zero, such as a fresh memfd,
+// without touching the data area's pages); NewProducer and NewConsumer attach handles to an existing one after
 // checking its magic, version, geometry and checksum.
 //
 // Producers reserve space and commit it (zero copy), or Write a copy.
