@@ -117,10 +117,7 @@ func (s *Server) admit(uc *net.UnixConn, slot bool) {
 	go func() {
 		defer s.wg.Done()
 		c := s.serveHandshake(uc, cred, log, a)
-		s.mu.Lock()
-		delete(s.handshake, uc)
-		s.mu.Unlock()
-		s.endHandshake(a)
+		s.endHandshake(uc, a)
 		if c != nil {
 			c.start()
 		} else {
@@ -135,9 +132,12 @@ func (s *Server) freeSlot(slot bool) {
 	}
 }
 
-// endHandshake gives back the handshake slots of a.
-func (s *Server) endHandshake(a *admission) {
+// endHandshake forgets the handshake of uc and gives back its slots
+// (at once, so that whoever sees it gone from Server.handshake can take
+// its slot).
+func (s *Server) endHandshake(uc *net.UnixConn, a *admission) {
 	s.mu.Lock()
+	delete(s.handshake, uc)
 	if a.hs {
 		a.hs = false
 		s.uids[a.uid].hs--

@@ -633,13 +633,13 @@ func (s *Server) stop() []*Conn {
 // (only if it got there: a connection torn down inside its handshake
 // never did).
 func (s *Server) forget(c *Conn) {
+	if c.adm != nil {
+		s.release(c.adm) // before Conns stops listing it: whoever sees it gone can take its place
+	}
 	s.mu.Lock()
 	_, registered := s.conns[c]
 	delete(s.conns, c)
 	s.mu.Unlock()
-	if c.adm != nil {
-		s.release(c.adm)
-	}
 	s.stats.retire(&c.stats)
 	s.stats.tokensIn.Add(c.waker.tokensIn.Load())
 	s.stats.tokensOut.Add(c.waker.tokensOut.Load())
