@@ -377,7 +377,7 @@ func TestRingMemoryUntouched(t *testing.T) {
 		return nil
 	}
 	_, addr := startServer(t, nil, svc)
-	max := DefaultMaxRing
+	max := DefaultMaxRingSize
 	cl := dial(t, addr, &ClientOptions{RequestRingSize: max, ResponseRingSize: max, DispatchRingSize: max})
 	got := <-connected
 	t.Logf("segment %d bytes, %d allocated at OnConnect", got.size, got.allocated)
