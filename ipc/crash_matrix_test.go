@@ -73,10 +73,10 @@ func runCrashChild(role, addr string) int {
 				case 1:
 					_, err = cl.CallInto(ctx, msgEchoZC, req, buf)
 				case 2:
-					var p *PendingCall
+					var p PendingCall
 					if p, err = cl.Reserve(ctx, msgEcho, len(req)); err == nil {
 						copy(p.Bytes(), req)
-						var r *Response
+						var r Response
 						if r, err = p.Send(ctx); err == nil {
 							err = r.Release()
 						}

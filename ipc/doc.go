@@ -50,6 +50,10 @@
 // Lifetimes. Request.Data is a view of the request ring, valid only until
 // the handler returns; a slice from ResponseWriter.Reserve is valid until
 // Commit; a Response's Data is valid until Release. None may be kept.
+// A PendingCall ends with exactly one Send or Abort and a Response with
+// exactly one Release: they are small values, and a second call on one
+// (or on a copy) returns ErrCallDone and does nothing, even once the
+// Client has reused what stood behind it for another call.
 // While a Client holds an unreleased Response (or an unsent PendingCall),
 // no other call of that Client can receive its response (or send, and a
 // caller waiting to send then waits whatever its context says): release

@@ -65,6 +65,11 @@ var (
 	// (ClientOptions.AuthorizeServer, or DefaultAuthorizeServer) before
 	// sending it anything.
 	ErrUnauthorizedServer = errors.New("ipc: server not authorized")
+	// ErrCallDone: a zero-copy call's handle was used after it ended. A
+	// PendingCall ends with exactly one Send or Abort, a Response with
+	// exactly one Release; a second call (on the handle or a copy) does
+	// nothing but return this.
+	ErrCallDone = errors.New("ipc: zero-copy call already sent, aborted or released")
 )
 
 // RejectError is the reason a server turned a connection away.

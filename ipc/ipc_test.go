@@ -165,7 +165,9 @@ func TestZeroCopyCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Abort()
+	if err := p.Abort(); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := cl.Call(ctx, msgEcho, []byte("x")); err != nil || string(got) != "x" {
 		t.Fatalf("after Abort: %q, %v", got, err)
 	}

@@ -37,10 +37,10 @@ func TestPipelining(t *testing.T) {
 					n, err = cl.CallInto(ctx, msgEchoZC, req[:], buf[:])
 					got = buf[:n]
 				case 2:
-					var p *PendingCall
+					var p PendingCall
 					if p, err = cl.Reserve(ctx, msgEcho, len(req)); err == nil {
 						copy(p.Bytes(), req[:])
-						var r *Response
+						var r Response
 						if r, err = p.Send(ctx); err == nil {
 							got = append([]byte(nil), r.Data...)
 							r.Release()
