@@ -236,8 +236,13 @@ func (cl *Client) wait(ctx context.Context, w *waiter) error {
 		}
 		w.reader = false
 		if err != nil {
+			// Abandon while still the reader: nobody else can have taken
+			// our response yet, so the call ends with err (its deadline)
+			// rather than with a response another reader finds for it
+			// right after the role is handed on.
+			err = cl.abandon(err, w)
 			cl.releaseRole()
-			return cl.abandon(err, w)
+			return err
 		}
 		// The role went to a zero-copy caller with its record: wait for
 		// ours like anyone else.
