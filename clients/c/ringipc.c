@@ -967,6 +967,8 @@ static int try_reserve(ripc_client *c, void *arg)
 
 int ripc_reserve(ripc_client *c, uint16_t id, size_t len, void **body, int timeout_ms)
 {
+	if (c->dead)
+		return c->dead;
 	if (c->rq.reserved)
 		return RIPC_ESTATE;
 	if (len > c->info.max_req)
@@ -1035,9 +1037,14 @@ static int try_response(ripc_client *c, void *arg)
 		if (r->cur_len < RESP_HDR)
 			return RIPC_EPROTO;
 		uint64_t corr = rd64(r->cur_data);
-		/* The server answers in order (ipc §5.2): the response must
-		 * be the oldest request's. */
-		if (c->expect == c->next_corr || corr != c->expect)
+		/* ipc §5.2: a response matching no call in flight is released
+		 * unread; the server answers in request order, so one that
+		 * matches a call must be the oldest's. */
+		if (corr - c->expect >= c->next_corr - c->expect) {
+			ring_release(c, r);
+			continue;
+		}
+		if (corr != c->expect)
 			return RIPC_EPROTO;
 		if (corr <= c->abandon_upto) { /* a call given up on */
 			c->expect++;
@@ -1068,13 +1075,17 @@ static int fill_response(ripc_client *c, ripc_response *res)
 
 int ripc_next_response(ripc_client *c, ripc_response *res, int timeout_ms)
 {
+	if (c->dead)
+		return c->dead;
 	if (c->resp_held)
 		return RIPC_ESTATE;
-	if (!live_calls(c) && !c->dead)
+	if (!live_calls(c))
 		return RIPC_ESTATE; /* nothing in flight */
 	int rc = wait_for(c, try_response, NULL, W_RESP_CONS, timeout_ms);
 	if (rc == RIPC_EPROTO)
 		return kill_conn(c, rc);
+	if (rc == RIPC_EDISCONNECTED)
+		c->abandon_upto = c->next_corr - 1; /* no answer will come */
 	if (rc)
 		return rc;
 	c->resp_held = true;
@@ -1106,6 +1117,8 @@ static int status_code(uint32_t st)
 int ripc_call(ripc_client *c, uint16_t id, const void *req, size_t len,
 	      void *resp, size_t cap, ripc_response *res, int timeout_ms)
 {
+	if (c->dead)
+		return c->dead;
 	if (c->resp_held || c->rq.reserved || live_calls(c))
 		return RIPC_ESTATE; /* pipelined responses to take first */
 	int64_t deadline = timeout_ms < 0 ? -1 : now_ns() + (int64_t)timeout_ms * 1000000;
@@ -1119,6 +1132,8 @@ int ripc_call(ripc_client *c, uint16_t id, const void *req, size_t len,
 		c->abandon_upto = corr; /* its response is skipped when it comes */
 		return RIPC_ETIMEDOUT;
 	}
+	if (rc == RIPC_EDISCONNECTED)
+		c->abandon_upto = c->next_corr - 1; /* no answer will come */
 	if (rc == RIPC_EPROTO)
 		return kill_conn(c, rc);
 	if (rc)

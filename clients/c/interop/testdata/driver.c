@@ -67,6 +67,21 @@ static long opt(int argc, char **argv, const char *key, long def)
 	return def;
 }
 
+/* code_of names the results the Go tests expect. */
+static int code_of(const char *name)
+{
+	static const struct {
+		const char *name;
+		int code;
+	} codes[] = {{"ok", 0}, {"proto", RIPC_EPROTO}, {"disconnected", RIPC_EDISCONNECTED},
+		     {"toolarge", RIPC_ETOOLARGE}, {"rejected", RIPC_EREJECTED}};
+	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+		if (!strcmp(name, codes[i].name))
+			return codes[i].code;
+	fail("unknown result name %s", name);
+	return 0;
+}
+
 static unsigned char pat(uint64_t seq, size_t j) { return (unsigned char)(seq * 31 + j * 7 + 1); }
 
 static void fill(unsigned char *b, size_t n, uint64_t seq)
@@ -280,6 +295,47 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
+	if (!strcmp(sc, "expect")) {
+		/* expect=connect=CODE: the connection must fail so;
+		 * expect=CODE,CODE...: the results of successive echo calls;
+		 * recv=1: then a dispatch receive must fail with RIPC_EPROTO. */
+		const char *want = NULL;
+		for (int i = 3; i < argc; i++)
+			if (!strncmp(argv[i], "expect=", 7))
+				want = argv[i] + 7;
+		if (!want)
+			fail("expect: no expect= list");
+		ripc_options o;
+		ripc_options_init(&o);
+		o.req_size = (uint64_t)opt(argc, argv, "req", 0);
+		o.spin_us = (int)opt(argc, argv, "spin", 0);
+		ripc_client *c;
+		int rc = ripc_connect(addr, 1, &o, &c, &info);
+		if (!strncmp(want, "connect=", 8)) {
+			expect(rc, code_of(want + 8), "connect");
+			step("ok");
+			return 0;
+		}
+		expect(rc, 0, "connect");
+		char list[256];
+		snprintf(list, sizeof list, "%s", want);
+		int k = 0;
+		for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ","), k++) {
+			unsigned char out[64];
+			ripc_response r;
+			char what[32];
+			snprintf(what, sizeof what, "call %d", k);
+			expect(ripc_call(c, M_ECHO, "x", 1, out, sizeof out, &r, -1), code_of(tok), what);
+		}
+		if (opt(argc, argv, "recv", 0)) {
+			ripc_message m;
+			expect(ripc_recv(c, &m, -1), RIPC_EPROTO, "recv");
+		}
+		ripc_close(c);
+		step("ok");
+		return 0;
+	}
+
 	ripc_client *c = connect_opts(addr, argc, argv, &info);
 	step("connected req %llu resp %llu disp %llu max_req %u", (unsigned long long)info.req_size,
 	     (unsigned long long)info.resp_size, (unsigned long long)info.disp_size, info.max_req);
@@ -343,6 +399,7 @@ int main(int argc, char **argv)
 	} else if (!strcmp(sc, "die")) {
 		step("blocking");
 		expect(ripc_call(c, M_BLOCK, "", 0, buf, sizeof buf, &r, -1), RIPC_EDISCONNECTED, "call to a server that died");
+		expect(ripc_call(c, M_ECHO, "x", 1, buf, sizeof buf, &r, -1), RIPC_EDISCONNECTED, "next call");
 		ripc_message m;
 		expect(ripc_recv(c, &m, -1), RIPC_EDISCONNECTED, "recv from a server that died");
 		expect(ripc_send(c, M_ECHO, "x", 1, NULL, -1), RIPC_EDISCONNECTED, "send to a server that died");
