@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -90,7 +91,7 @@ type proc struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr *bytes.Buffer
+	stderr *syncBuffer
 	ctx    context.Context
 	all    []string
 }
@@ -101,7 +102,7 @@ func start(t *testing.T, name string, args []string, env ...string) *proc {
 	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &proc{t: t, cmd: cmd, lines: make(chan string, 64), stderr: new(bytes.Buffer), ctx: ctx}
+	p := &proc{t: t, cmd: cmd, lines: make(chan string, 64), stderr: new(syncBuffer), ctx: ctx}
 	cmd.Stderr = p.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -125,6 +126,25 @@ func start(t *testing.T, name string, args []string, env ...string) *proc {
 		cmd.Wait() //nolint:errcheck // killed, or already waited for
 	})
 	return p
+}
+
+// syncBuffer is a program's stderr, read by the test while exec's copying
+// goroutine may still write it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // line returns the next output line, failing if the program ends or the
