@@ -680,13 +680,12 @@ type Message struct {
 	Data []byte
 }
 
-var errHandlerSet = errors.New("ipc: dispatch messages go to ClientOptions.OnDispatch")
-
 // Recv returns the next dispatch message (a copy), waiting until one
-// arrives, ctx ends or the connection does.
+// arrives, ctx ends or the connection does. With ClientOptions.OnDispatch
+// set, Recv, TryRecv and DispatchFd return ErrOnDispatch.
 func (cl *Client) Recv(ctx context.Context) (Message, error) {
 	if cl.onDispatch != nil {
-		return Message{}, errHandlerSet
+		return Message{}, ErrOnDispatch
 	}
 	if err := cl.lock(ctx, cl.dispLock); err != nil {
 		return Message{}, err
@@ -708,7 +707,7 @@ func (cl *Client) Recv(ctx context.Context) (Message, error) {
 // descriptor polls readable.
 func (cl *Client) TryRecv() (Message, error) {
 	if cl.onDispatch != nil {
-		return Message{}, errHandlerSet
+		return Message{}, ErrOnDispatch
 	}
 	if err := cl.lock(cl.ctx, cl.dispLock); err != nil {
 		return Message{}, err
@@ -783,7 +782,7 @@ func (cl *Client) dispatchLoop() {
 // readable once the connection has ended. The Client owns the descriptor.
 func (cl *Client) DispatchFd() (int, error) {
 	if cl.onDispatch != nil {
-		return -1, errHandlerSet
+		return -1, ErrOnDispatch
 	}
 	cl.notifyOnce.Do(func() {
 		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)

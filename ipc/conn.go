@@ -340,15 +340,16 @@ func (c *Conn) serve(h Handler) {
 // without blocking (handlers aside). Once the connection has ended it tears
 // it down and returns an error matching ErrDisconnected (or the reason it
 // ended); drop the descriptor from the poll set then. Calls must not
-// overlap.
+// overlap: one that does returns ErrConcurrentProcess, and one on a
+// server without Config.EventLoop ErrNoEventLoop.
 func (c *Conn) Process() error {
 	if !c.external {
-		return errors.New("ipc: Process needs Config.EventLoop")
+		return ErrNoEventLoop
 	}
 	c.pmu.Lock()
 	if c.running {
 		c.pmu.Unlock()
-		return errors.New("ipc: concurrent Process calls")
+		return ErrConcurrentProcess
 	}
 	if c.isDead() {
 		c.pmu.Unlock()

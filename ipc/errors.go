@@ -8,10 +8,12 @@ import (
 	"os"
 )
 
-// Errors returned by this package. They are wrapped with context; test
-// them with errors.Is. Errors from the ring and the operating system are
-// wrapped too, so errors.Is(err, context.DeadlineExceeded) and the like
-// keep working.
+// Errors returned by this package. Test them with errors.Is, never with
+// ==: most come wrapped with context. Errors from the ring and the
+// operating system are wrapped too, so errors.Is(err,
+// context.DeadlineExceeded) and the like keep working. (Inside the
+// package, ring.ErrFull and ring.ErrEmpty are compared with ==, which
+// the ring's error contract allows for them.)
 var (
 	// ErrDisconnected: the connection ended (the peer closed it, exited
 	// or was killed, or this side closed it) while or before the call ran.
@@ -144,4 +146,23 @@ var (
 	errUnknownMessage = fmt.Errorf("call: %w", ErrUnknownMessage)
 	errRespTooLarge   = fmt.Errorf("call: response %w for the response ring", ErrTooLarge)
 	errHandlerPanic   = fmt.Errorf("call: %w", ErrHandlerPanic)
+)
+
+// Errors of a method called when it cannot be: the API used against its
+// documentation. Like the others they may come wrapped.
+var (
+	// ErrOnDispatch: Recv, TryRecv and DispatchFd are unavailable
+	// because ClientOptions.OnDispatch receives the dispatch messages.
+	ErrOnDispatch = errors.New("ipc: dispatch messages go to ClientOptions.OnDispatch")
+	// ErrResponded: the handler has already answered (Respond, Fail, or
+	// Reserve and Commit); a request has one response.
+	ErrResponded = errors.New("ipc: response already sent")
+	// ErrNotReserved: ResponseWriter.Commit without a Reserve before it.
+	ErrNotReserved = errors.New("ipc: no reservation to commit")
+	// ErrNoEventLoop: Conn.Process on a server without Config.EventLoop,
+	// whose connections serve themselves.
+	ErrNoEventLoop = errors.New("ipc: Process needs Config.EventLoop")
+	// ErrConcurrentProcess: Conn.Process called while another call of it
+	// on the same connection runs.
+	ErrConcurrentProcess = errors.New("ipc: concurrent Process calls")
 )

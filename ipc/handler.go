@@ -5,7 +5,6 @@ package ipc
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	"github.com/ringipc/ringipc/ring"
@@ -100,15 +99,11 @@ type ResponseWriter struct {
 	pend     *pendingResp // external mode: the response ring was full
 }
 
-var (
-	errResponded  = errors.New("ipc: response already sent")
-	errNoReserved = errors.New("ipc: no reservation to commit")
-)
-
 // MaxBody returns the largest response body the response ring accepts.
 func (w *ResponseWriter) MaxBody() int { return w.c.maxResp }
 
-// Respond sends body as the success response (a copy).
+// Respond sends body as the success response (a copy). Respond, Reserve
+// and Fail return ErrResponded once the handler has answered.
 func (w *ResponseWriter) Respond(body []byte) error {
 	b, err := w.reserve(respOK, 0, len(body))
 	if err != nil {
@@ -140,7 +135,7 @@ func (w *ResponseWriter) Fail(code int32, msg string) error {
 
 func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, error) {
 	if w.done || w.reserved {
-		return nil, errResponded
+		return nil, ErrResponded
 	}
 	if n < 0 || n > w.c.maxResp {
 		w.tooLarge = true
@@ -184,10 +179,11 @@ func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, erro
 	return p[respHdrSize:], nil
 }
 
-// Commit publishes the body filled in after Reserve.
+// Commit publishes the body filled in after Reserve (ErrNotReserved
+// without one).
 func (w *ResponseWriter) Commit() error {
 	if !w.reserved {
-		return errNoReserved
+		return ErrNotReserved
 	}
 	w.reserved = false
 	w.done = true

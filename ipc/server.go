@@ -313,10 +313,11 @@ func NewServer(cfg *Config) (*Server, error) {
 	}, nil
 }
 
-// Register adds a service. Its id must be unused.
+// Register adds a service. Its id must be unused: a second service with
+// the same id is an error matching os.ErrExist, a nil one os.ErrInvalid.
 func (s *Server) Register(svc *Service) error {
 	if svc == nil {
-		return errors.New("ipc: register nil service")
+		return fmt.Errorf("ipc: register: %w: nil service", os.ErrInvalid)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

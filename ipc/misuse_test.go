@@ -1,0 +1,86 @@
+//go:build linux
+
+package ipc
+
+import (
+	"errors"
+	"os"
+	"testing"
+)
+
+// Every error an exported method returns for misuse is an exported
+// sentinel (or a standard one), testable with errors.Is.
+func TestMisuseErrors(t *testing.T) {
+	type outcome struct{ second, commit error }
+	answered := make(chan outcome, 1)
+	svc := echoService()
+	const msgTwice = 50
+	svc.Handlers[msgTwice] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+		var o outcome
+		if err := w.Respond([]byte("first")); err != nil {
+			t.Errorf("first Respond: %v", err)
+		}
+		o.second = w.Respond([]byte("second"))
+		o.commit = w.Commit()
+		answered <- o
+	})
+	srv, addr := startServer(t, nil, svc)
+	ctx := testCtx(t)
+
+	t.Run("Register", func(t *testing.T) {
+		if err := srv.Register(nil); !errors.Is(err, os.ErrInvalid) {
+			t.Errorf("Register(nil): %v, want os.ErrInvalid", err)
+		}
+		if err := srv.Register(echoService()); !errors.Is(err, os.ErrExist) {
+			t.Errorf("Register of a used id: %v, want os.ErrExist", err)
+		}
+	})
+	t.Run("ResponseWriter", func(t *testing.T) {
+		cl := dial(t, addr, nil)
+		if got, err := cl.Call(ctx, msgTwice, nil); err != nil || string(got) != "first" {
+			t.Fatalf("call: %q, %v", got, err)
+		}
+		o := <-answered
+		if !errors.Is(o.second, ErrResponded) {
+			t.Errorf("second Respond: %v, want ErrResponded", o.second)
+		}
+		if !errors.Is(o.commit, ErrNotReserved) {
+			t.Errorf("Commit without Reserve: %v, want ErrNotReserved", o.commit)
+		}
+	})
+	t.Run("OnDispatch", func(t *testing.T) {
+		cl := dial(t, addr, &ClientOptions{OnDispatch: func(uint16, []byte) {}})
+		if _, err := cl.Recv(ctx); !errors.Is(err, ErrOnDispatch) {
+			t.Errorf("Recv: %v, want ErrOnDispatch", err)
+		}
+		if _, err := cl.TryRecv(); !errors.Is(err, ErrOnDispatch) {
+			t.Errorf("TryRecv: %v, want ErrOnDispatch", err)
+		}
+		if _, err := cl.DispatchFd(); !errors.Is(err, ErrOnDispatch) {
+			t.Errorf("DispatchFd: %v, want ErrOnDispatch", err)
+		}
+	})
+	t.Run("Process without EventLoop", func(t *testing.T) {
+		dial(t, addr, nil)
+		waitUntil(t, func() bool { return len(srv.Conns()) > 0 }, "a connection")
+		if err := srv.Conns()[0].Process(); !errors.Is(err, ErrNoEventLoop) {
+			t.Errorf("Process: %v, want ErrNoEventLoop", err)
+		}
+	})
+	t.Run("Process inside Process", func(t *testing.T) {
+		nested := make(chan error, 1)
+		svc := echoService()
+		svc.Handlers[msgTwice] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+			nested <- r.Conn.Process() // the handler runs inside Process
+			w.Respond(nil)
+		})
+		_, addr, _ := startEpollServer(t, Config{}, svc)
+		cl := dial(t, addr, nil)
+		if _, err := cl.Call(ctx, msgTwice, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-nested; !errors.Is(err, ErrConcurrentProcess) {
+			t.Errorf("Process from a handler: %v, want ErrConcurrentProcess", err)
+		}
+	})
+}
