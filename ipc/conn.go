@@ -223,7 +223,7 @@ func (c *Conn) readLoop() {
 }
 
 // serveLoop handles requests one by one, draining the ring before it
-// sleeps (the ring spins, then parks on the socket).
+// sleeps (see nextRequest).
 func (c *Conn) serveLoop() {
 	defer c.teardown()
 	for {

@@ -44,6 +44,14 @@ type Consumer struct {
 	w Waiter // on consWait
 }
 
+// maxReleaseBatch bounds the batches in which Release hands space back
+// (an eighth of the ring below that): a producer that waits for room in
+// a full ring gets some within about the time the consumer takes to read
+// this many bytes (microseconds), which a polling producer catches; with
+// an eighth of a 1 MiB ring it waited ~100 µs, longer than the adaptive
+// polling budget, and slept on every batch.
+const maxReleaseBatch = 16 << 10
+
 // errInFlight: an MPSC claim at head is not committed yet. Blocking calls
 // use it to look after the claim's producer; callers see ErrEmpty.
 var errInFlight = fmt.Errorf("%w: claim in flight", ErrEmpty)
@@ -62,7 +70,7 @@ func NewConsumer(mem []byte, opts *Options) (*Consumer, error) {
 		return nil, fmt.Errorf("attach consumer: %w", corrupt("tail - head", h, t-h))
 	}
 	c.head, c.published, c.tailCache, c.tailSeen = h, h, t, t
-	c.batch = s.m.size / 8
+	c.batch = min(s.m.size/8, maxReleaseBatch)
 	return c, nil
 }
 
@@ -272,7 +280,7 @@ func (c *Consumer) fail(err error) error {
 
 // Release frees the record returned by the last Peek; its view becomes
 // invalid. The space is handed back to producers in batches (an eighth
-// of the ring), and always once the consumer has caught up with them or
+// of the ring, at most maxReleaseBatch), and always once the consumer has caught up with them or
 // before it sleeps: the store of the head synchronizes before the
 // Reserve that reuses the space.
 func (c *Consumer) Release() error {

@@ -14,7 +14,10 @@
 // record's position, so a header left from an earlier lap never verifies;
 // the payload can be covered too (Geometry.PayloadChecksum).
 //
-// Waiting spins for a bounded time (Options.Spin), then sleeps on a futex.
+// Waiting polls while polling pays and sleeps at once otherwise
+// (Options.Wait, WaitPolicy), then sleeps on a futex or through a Waker;
+// Waiter exposes that protocol to loops that wait outside the ring's
+// calls.
 // A side wakes the other only after that side has announced that it
 // sleeps, so two busy processes exchange records without system calls.
 // Off Linux the package builds and works with stand-ins: the futex

@@ -145,19 +145,21 @@ const AdaptiveSpin = 20 * time.Microsecond
 
 // The adaptive policy's memory: credit > 0 means the next wait polls. A
 // wait that polling caught sets it to creditMax, one that polling missed
-// to 0: a missed poll wasted the whole budget, and on a loaded machine
-// the CPU it burnt also counts against the process with the scheduler,
-// which then runs it later than a sleeper it wakes. Every probeEvery-th
-// wait that would sleep polls anyway, for probeFactor budgets: that is
-// how a side that sleeps finds out that polling pays again. How long a
+// halves it: two or three missed polls in a row (a peer that went idle)
+// stop polling, one (a peer preempted once) does not. A missed poll
+// wastes its whole budget, and on a loaded machine the CPU it burns also
+// counts against the process with the scheduler, which then runs it
+// later than a sleeper it wakes. Every probeEvery-th wait that would
+// sleep polls anyway, for probeFactor budgets: that is how a side that
+// sleeps finds out that polling pays again. How long a
 // sleeping wait lasted says nothing reliable (it includes the sleeper's
 // own wake-up, and a sender that is behind its schedule sends at once
 // after a fast wake-up, which looks dense but is not), so the policy
 // reads no clock at all.
 const (
-	creditMax   = 2
+	creditMax   = 4
 	probeEvery  = 16
-	probeFactor = 2
+	probeFactor = 1
 )
 
 // adaptive is WaitAdaptive's state for one wait word. Its fields are
@@ -186,7 +188,7 @@ func (a *adaptive) spun(hit bool) {
 		a.credit.Store(creditMax)
 		return
 	}
-	a.credit.Store(0)
+	a.credit.Store(a.credit.Load() / 2)
 }
 
 // Process-wide counts of the goroutines that poll (spinners) and that

@@ -57,11 +57,21 @@ func TestAdaptiveDecisions(t *testing.T) {
 		}
 		a.spun(true)
 	}
-	// The peer goes idle: the poll runs out, and the next wait sleeps
-	// at once.
+	// One missed poll (a peer preempted once) does not stop polling.
 	a.spun(false)
-	if a.shouldSpin() != 0 {
-		t.Fatal("polling again after a missed poll")
+	if a.shouldSpin() != 1 {
+		t.Fatal("one missed poll stopped polling")
+	}
+	a.spun(true)
+	// The peer goes idle: every poll runs out, and polling stops after
+	// a few.
+	polls := 0
+	for a.shouldSpin() != 0 {
+		a.spun(false)
+		polls++
+		if polls > 3 {
+			t.Fatalf("still polling after %d missed polls", polls)
+		}
 	}
 	// Idle: sleep at once, except one probe in probeEvery.
 	spins := 0

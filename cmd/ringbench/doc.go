@@ -99,7 +99,9 @@
 //	to its receipt; 0 where not measured), lat_samples (messages timed:
 //	every one when paced, else a random 1 in 8 for call, pipeline and
 //	fanin), cpu_sec, cpu_per_msg_ns, ring_size (ipc: of each of a
-//	connection's rings) and spin_ns (0 for uds and futex), rate (each
+//	connection's rings) and spin_ns (the polling budget, 0 for uds and
+//	futex), wait (the wait policy: adaptive, spin or sleep; "" for uds
+//	and futex), rate (each
 //	sender's messages or calls per second; 0 unpaced), clients (client
 //	processes calling a server: fanin's -clients, 1 for call, pipeline
 //	and dispatch, 0 for the ring scenarios), cpu_model, cores,

@@ -91,26 +91,22 @@ func (rc *runConfig) childParams(id int) childParams {
 	return childParams{Size: rc.size, RingSize: rc.ringSize, Spin: rc.spin, ID: id, Rate: rc.rate, Clients: rc.clients}
 }
 
-// effectiveSpin is the spin budget the ring uses for rc.spin.
+// effectiveSpin is the polling budget the ring uses for rc.spin: with
+// -spin 0 that of the adaptive policy (ring.AdaptiveSpin), which polls
+// only while polling pays.
 func effectiveSpin(spin time.Duration) time.Duration {
-	switch {
-	case spin == 0:
-		return ring.DefaultSpin
-	case spin < 0:
-		return 0
-	}
-	return spin
+	_, budget := ring.WaitDefault.Resolve(spin)
+	return budget
 }
 
-// effectiveIPCSpin is the spin budget an ipc connection uses for spin.
-func effectiveIPCSpin(spin time.Duration) time.Duration {
-	switch {
-	case spin == 0:
-		return ipc.DefaultSpin
-	case spin < 0:
-		return 0
-	}
-	return spin
+// effectiveIPCSpin is the polling budget an ipc connection uses for spin:
+// ipc passes Spin to its rings as it is.
+func effectiveIPCSpin(spin time.Duration) time.Duration { return effectiveSpin(spin) }
+
+// waitPolicy names the wait policy a spin setting stands for (JSON wait).
+func waitPolicy(spin time.Duration) string {
+	p, _ := ring.WaitDefault.Resolve(spin)
+	return p.String()
 }
 
 // config is the whole suite, from the flags.
@@ -147,7 +143,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		gors  = fs.String("goroutines", "16", "comma-separated `counts` of pipeline goroutines calling on one connection; each is run")
 		clis  = fs.String("clients", "32", "comma-separated `counts` of fanin client processes calling one server; each is run")
 		rates = fs.String("rate", "", "comma-separated `rates`: messages or calls per second of each sender, on an absolute schedule; 0 is as fast as it can; each is run (default: 0, 1000 and 10000 for call, 1000 for fanin, 0 for the rest)")
-		spin  = fs.Duration("spin", 0, "spin budget before sleeping (0: the default, "+ring.DefaultSpin.String()+" for the ring, "+ipc.DefaultSpin.String()+" for ipc; negative: sleep at once)")
+		spin  = fs.Duration("spin", 0, "polling budget before sleeping: 0 the default, adaptive (poll up to "+ring.AdaptiveSpin.String()+" while polling pays, else sleep at once); positive: poll that long on every wait; negative: sleep at once")
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
 	)

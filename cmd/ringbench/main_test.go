@@ -41,6 +41,7 @@ var requiredFields = []string{
 	"p50_ns", "p99_ns", "p999_ns", "cpu_sec", "producers", "duration_sec",
 	"msgs", "cpu_per_msg_ns", "cpu_model", "cores", "go_version", "goos", "goarch",
 	"ring_size", "spin_ns", "load_avg_1m", "goroutines", "rate", "clients",
+	"wait",
 }
 
 // latencyScenarios are the scenarios that measure round trips.
@@ -133,9 +134,9 @@ func TestEndToEnd(t *testing.T) {
 		wantRing, wantSpin := 0, int64(0)
 		switch r.Transport {
 		case "ring":
-			wantRing, wantSpin = 64<<10, ring.DefaultSpin.Nanoseconds()
+			wantRing, wantSpin = 64<<10, ring.AdaptiveSpin.Nanoseconds()
 		case "ipc", "c":
-			wantRing, wantSpin = 64<<10, ipc.DefaultSpin.Nanoseconds()
+			wantRing, wantSpin = 64<<10, ring.AdaptiveSpin.Nanoseconds()
 		case "uds", "futex":
 		default:
 			t.Errorf("line %d: transport %q", i+1, r.Transport)
@@ -163,8 +164,8 @@ func TestTable(t *testing.T) {
 	out := stdout.String()
 	for _, want := range []string{
 		"machine:  ", fmt.Sprintf("%d cores", runtime.NumCPU()), runtime.Version(),
-		"spin 0s", "\nspsc ", " ring ", " uds ", "ring/uds", "one write(2) per",
-		"ipc spin 0s", "\ncall ", " ipc ", "ipc/uds", "Client.CallInto",
+		"wait sleep (ring and ipc)", "\nspsc ", " ring ", " uds ", "ring/uds", "one write(2) per",
+		"\ncall ", " ipc ", "ipc/uds", "Client.CallInto",
 		" max  ", " 1k  ", " 10k  ", " futex ", "ipc/futex", "FUTEX_WAIT", "clock_nanosleep",
 	} {
 		if !strings.Contains(out, want) {

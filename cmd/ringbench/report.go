@@ -31,7 +31,8 @@ type result struct {
 	CPUSec      float64 `json:"cpu_sec"`     // user+sys of all processes over the window
 	CPUPerMsgNs float64 `json:"cpu_per_msg_ns"`
 	RingSize    int     `json:"ring_size"` // data area bytes of a ring (ipc: of each of the three; 0 for uds)
-	SpinNs      int64   `json:"spin_ns"`   // spin budget in effect (0 for uds)
+	SpinNs      int64   `json:"spin_ns"`   // polling budget in effect (0 for uds)
+	Wait        string  `json:"wait"`      // ring.WaitPolicy in effect: adaptive, spin or sleep ("" for uds, futex)
 	Rate        int     `json:"rate"`      // each sender's messages or calls per second (-rate); 0: unpaced
 	Clients     int     `json:"clients"`   // client processes calling a server: fanin's -clients; 1 for call, pipeline, dispatch; 0 for spsc, pingpong, mpsc
 	machine
@@ -69,9 +70,11 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 	case "ring":
 		r.RingSize = rc.ringSize
 		r.SpinNs = effectiveSpin(rc.spin).Nanoseconds()
+		r.Wait = waitPolicy(rc.spin)
 	case "ipc", "c":
 		r.RingSize = rc.ringSize
 		r.SpinNs = effectiveIPCSpin(rc.spin).Nanoseconds()
+		r.Wait = waitPolicy(rc.spin)
 	}
 	return r
 }
@@ -109,19 +112,15 @@ func (r *reporter) begin() {
 	fmt.Fprintf(r.w, "ringbench %s\n", r.start.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(r.w, "machine:  %s, %d cores, %s/%s%s, %s; load average %.2f at start\n",
 		m.CPUModel, m.Cores, m.GOOS, m.GOARCH, kernel, m.GoVersion, m.LoadAvg1m)
-	spin := effectiveSpin(r.cfg.spin).String()
+	wait := waitPolicy(r.cfg.spin)
+	if b := effectiveSpin(r.cfg.spin); b > 0 {
+		wait += ", polling up to " + b.String()
+	}
 	if r.cfg.spin == 0 {
-		spin += " (ring default)"
+		wait += " (the default)"
 	}
-	if r.cfg.uses("ipc") {
-		ipcSpin := effectiveIPCSpin(r.cfg.spin).String()
-		if r.cfg.spin == 0 {
-			ipcSpin += " (ipc default)"
-		}
-		spin += ", ipc spin " + ipcSpin
-	}
-	fmt.Fprintf(r.w, "settings: %v per result after %v warm-up; ring data area %s, spin %s\n\n",
-		r.cfg.duration, r.cfg.warmup, byteSize(r.cfg.ringSize), spin)
+	fmt.Fprintf(r.w, "settings: %v per result after %v warm-up; ring data area %s, wait %s (ring and ipc)\n\n",
+		r.cfg.duration, r.cfg.warmup, byteSize(r.cfg.ringSize), wait)
 	fmt.Fprintf(r.w, tableHead, "scenario", "size", "prod", "gor", "cli", "rate", "transport", "msgs/s", "MB/s", "p50 ns", "p99 ns", "p999 ns", "cpu s", "cpu/msg ns")
 }
 
@@ -224,11 +223,12 @@ func (r *reporter) end() {
 	b.WriteString("ring/uds each column of the ring (or ipc) row divided by the uds row's; ipc/futex: by the\n")
 	b.WriteString("         futex row's, the floor of a sleeping call\n")
 	b.WriteString("ring     ringipc ring in a shared memfd; a frame is copied in (Producer.Write) and out\n")
-	b.WriteString("         (Consumer.ReadInto); a waiting side spins, then sleeps on a futex\n")
+	b.WriteString("         (Consumer.ReadInto); a waiting side polls while polling pays, then sleeps on a futex\n")
 	b.WriteString(wrap("ipc      ", "the ipc package: the parent is the client, a child the server, connected over an abstract "+
 		"Unix socket; requests, responses and dispatch messages cross the connection's three rings (each of "+
-		"the ring data area's size) in a sealed memfd, and a waiting side spins, then sleeps on the socket "+
-		"until the other sends a one-byte wake token", 96))
+		"the ring data area's size) in a sealed memfd; a waiting side polls while polling pays, then sleeps: "+
+		"a caller with a call outstanding and the server's loop in FUTEX_WAIT for a few ms (woken by one FUTEX_WAKE), "+
+		"every other wait on the socket until the other sends a one-byte wake token", 96))
 	if r.cfg.uses("futex") {
 		b.WriteString(wrap("futex    ", "the floor of a call that sleeps (call only): a raw futex ping-pong between "+
 			"the same two processes, a request word and a response word in a shared memfd, each side "+
