@@ -64,12 +64,14 @@ const (
 	// that carry it, for compatibility: 0 means WaitAdaptive, a positive
 	// Spin means WaitSpin with that budget, a negative one WaitSleep.
 	WaitDefault WaitPolicy = iota
-	// WaitAdaptive polls only while the side's recent waits ended within
-	// the budget (AdaptiveSpin, or Spin when positive), and only while
-	// fewer goroutines of the process poll than it has CPUs to poll on;
-	// else it sleeps at once. A dense stream keeps both sides polling
-	// (no system call per record); a sparse one sleeps at once and pays
-	// one wake-up per record instead of a wasted poll.
+	// WaitAdaptive polls, for the budget (AdaptiveSpin, or Spin when
+	// positive), only while its recent polls caught the end of their
+	// waits (a missed poll halves its credit, a caught one refills it,
+	// and one sleeping wait in 16 probes), and only while fewer
+	// goroutines of the process poll than it has CPUs to poll on; else
+	// it sleeps at once. A dense stream keeps both sides polling (no
+	// system call per record); a sparse one sleeps at once and pays one
+	// wake-up per record instead of a wasted poll.
 	WaitAdaptive
 	// WaitSpin polls for the whole budget (Spin, DefaultSpin when 0) on
 	// every wait before it sleeps.
@@ -138,9 +140,9 @@ func (p WaitPolicy) Resolve(spin time.Duration) (WaitPolicy, time.Duration) {
 const DefaultSpin = 200 * time.Microsecond
 
 // AdaptiveSpin is the budget of WaitAdaptive when Spin is 0: how long a
-// side that expects its peer soon polls, and how soon a wait must end to
-// count as one that polling would have caught. docs/design.md
-// ("Waiting policy") has the measurements that chose it.
+// side whose polls have been paying polls before it sleeps. It is short
+// because a missed poll costs more than its budget on a loaded machine;
+// docs/design.md 2.6.1 has the measurements that chose it.
 const AdaptiveSpin = 20 * time.Microsecond
 
 // The adaptive policy's memory: credit > 0 means the next wait polls. A
