@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -91,14 +92,7 @@ func (p WaitPolicy) String() string {
 	case WaitSleep:
 		return "sleep"
 	}
-	return "WaitPolicy(" + itoa(int(p)) + ")"
-}
-
-func itoa(n int) string {
-	if n < 10 && n >= 0 {
-		return string(rune('0' + n))
-	}
-	return itoa(n/10) + itoa(n%10)
+	return "WaitPolicy(" + strconv.Itoa(int(p)) + ")"
 }
 
 // Resolve returns the policy and budget that p and spin (an Options.Spin)
