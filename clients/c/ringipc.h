@@ -167,8 +167,10 @@ int ripc_release_message(ripc_client *c);
 /* Event loops. ripc_fd is the socket: the client owns it. Before each
  * poll, call ripc_prepare_poll: it announces that this client sleeps on
  * the dispatch ring (and, if calls are in flight, the response ring) and
- * returns 1 if a message or response is already there (do not sleep:
- * handle it now), or 0 with *events set to what to poll the fd for
+ * returns 1 if a message or response is already there, or the connection
+ * has ended (do not sleep: handle it now; ripc_recv says
+ * RIPC_EDISCONNECTED once the ring is drained), or 0 with *events set to
+ * what to poll the fd for
  * (POLLIN, plus POLLOUT while a wake token waits for socket space). When
  * poll returns, call ripc_process with the revents: it reads wake tokens
  * and writes kept ones; then take messages with ripc_recv(..., 0) until
