@@ -8,7 +8,7 @@
 //	          [-size 64,4KiB] [-rate 0,1000,10000] [-duration 1.5s]
 //	          [-producers 2,8] [-goroutines 16] [-clients 32]
 //	          [-spin 50us] [-ring-size 1MiB]
-//	          [-transport ring,ipc,uds,futex] [-json]
+//	          [-transport ring,ipc,uds,futex,c] [-json]
 //
 // The default suite, every scenario, takes about 45 seconds: call runs at
 // its three default rates (as fast as it can, 1,000/s and 10,000/s) and
