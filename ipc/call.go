@@ -317,10 +317,21 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		c := binary.LittleEndian.Uint64(rec.Data)
 		b.lock(cl)
 		w := cl.waiters.take(c)
-		if w != nil {
+		switch {
+		case w != nil:
 			w.pending = false
-		} else if cl.orphans > 0 {
+		case cl.orphans > 0:
 			cl.orphans--
+		case !cl.dead:
+			// The server answers each request exactly once, and every
+			// response no call waits for is an abandoned call's, counted
+			// in orphans. One beyond them answers nothing we sent: a
+			// server that sends such responses could keep this reader
+			// busy forever.
+			b.flush(cl)
+			err := fmt.Errorf("%w: response for correlation id %#x, which no call awaits", ErrProtocol, c)
+			cl.kill(err)
+			return false, err
 		}
 		if w == nil {
 			// An abandoned call's response.

@@ -431,3 +431,28 @@ func TestHostileServerOrphanFlood(t *testing.T) {
 		}
 	})
 }
+
+// TestHostileServerUnsolicitedResponse: every response that matches no
+// call must be an abandoned call's; one more answers nothing the client
+// sent, and the client ends the connection rather than read such
+// responses for as long as the server writes them.
+func TestHostileServerUnsolicitedResponse(t *testing.T) {
+	f := newFakeServer(t, [3]uint64{4096, 4096, 4096}, nil)
+	cl, err := f.dial(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.writeResponse(orphanCorr, []byte("nobody asked")); err != nil {
+		t.Fatal(err)
+	}
+	// A call in flight makes the client read; the request is never
+	// answered, so only the unsolicited response can end the call.
+	_, err = cl.Call(testCtx(t), msgEcho, []byte("question"))
+	if !errors.Is(err, ErrProtocol) {
+		t.Fatalf("call behind an unsolicited response: %v, want ErrProtocol", err)
+	}
+	<-cl.Done()
+	if !errors.Is(cl.Err(), ErrProtocol) {
+		t.Errorf("connection ended with %v, want ErrProtocol", cl.Err())
+	}
+}
