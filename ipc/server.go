@@ -255,9 +255,8 @@ func DefaultAuthorize(c Cred) error {
 // Server accepts IPC connections and serves their services. Its methods
 // are safe for concurrent use. Register services before serving.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	cred Cred
+	cfg Config
+	log *slog.Logger
 
 	mu        sync.Mutex
 	services  map[uint16]*Service
@@ -301,7 +300,6 @@ func NewServer(cfg *Config) (*Server, error) {
 	return &Server{
 		cfg:       c,
 		log:       c.Logger,
-		cred:      selfCred(),
 		services:  make(map[uint16]*Service),
 		tbl:       make(table),
 		listeners: make(map[net.Listener]struct{}),

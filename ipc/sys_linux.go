@@ -30,12 +30,6 @@ func peerCred(c *net.UnixConn) (Cred, error) {
 	return Cred{PID: uc.Pid, UID: uc.Uid, GID: uc.Gid}, nil
 }
 
-// selfCred is this process's own credentials, the default authorizer's
-// reference.
-func selfCred() Cred {
-	return Cred{PID: int32(os.Getpid()), UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
-}
-
 // rawFd returns the descriptor behind c. The caller must keep c alive
 // while it uses the number.
 func rawFd(rc syscall.RawConn) int {

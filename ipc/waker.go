@@ -4,7 +4,6 @@ package ipc
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,7 +42,6 @@ type sockWaker struct {
 
 	tokensOut atomic.Uint64
 	tokensIn  atomic.Uint64
-	deferred  atomic.Uint64 // tokens that found the socket buffer full
 
 	// mu guards the deferred-token state: pending is the set of words
 	// (bit i: word i) whose token waits for socket space; flushing is
@@ -124,7 +122,6 @@ func (w *sockWaker) Wake(word *uint32) {
 // deferToken remembers word i's token, which did not fit in the socket
 // buffer, and makes sure a goroutine sends it once the buffer drains.
 func (w *sockWaker) deferToken(i int) {
-	w.deferred.Add(1)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.pending |= 1 << i
@@ -197,19 +194,6 @@ func (w *sockWaker) close() {
 	w.wg.Wait()
 }
 
-// sleep waits for a token for local word i, ctx, or the end of the
-// connection (see Sleep).
-func (w *sockWaker) sleep(ctx context.Context, i int) error {
-	select {
-	case <-w.local[i]:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-w.done:
-		return nil
-	}
-}
-
 // Sleep waits for a token for word, ctx, or the end of the connection. The
 // connection's teardown closes every ring before it closes done, so a
 // sleeper returning nil then re-checks the ring and sees it closed.
@@ -236,20 +220,4 @@ func (w *sockWaker) Sleep(ctx context.Context, word *uint32, limit time.Duration
 	case <-timeout:
 		return nil
 	}
-}
-
-// deliver routes a token that arrived from the peer to the local
-// sleeper. A token for a word this side never sleeps on breaks the
-// protocol.
-func (w *sockWaker) deliver(b byte) error {
-	i := tokenIndex(b)
-	if i < 0 || w.local[i] == nil {
-		return fmt.Errorf("%w: wake token %#x", ErrProtocol, b)
-	}
-	w.tokensIn.Add(1)
-	select {
-	case w.local[i] <- struct{}{}:
-	default:
-	}
-	return nil
 }

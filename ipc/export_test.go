@@ -1,0 +1,39 @@
+//go:build linux
+
+package ipc
+
+import (
+	"context"
+	"os"
+)
+
+// What the tests need of the package's internals and nothing in it uses.
+
+// selfCred is this process's own credentials.
+func selfCred() Cred {
+	return Cred{PID: int32(os.Getpid()), UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}
+}
+
+// sleep waits for a token for local word i, ctx, or the end of the
+// connection, as Sleep does without a limit.
+func (w *sockWaker) sleep(ctx context.Context, i int) error {
+	select {
+	case <-w.local[i]:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.done:
+		return nil
+	}
+}
+
+// deliver routes one token from the peer, as the token reader does.
+func (w *sockWaker) deliver(b byte) error { return w.deliverAll([]byte{b}) }
+
+// isFlushing reports whether a goroutine waits to write deferred tokens:
+// one found the socket buffer full.
+func (w *sockWaker) isFlushing() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.flushing
+}
