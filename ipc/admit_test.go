@@ -3,6 +3,7 @@
 package ipc
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -196,13 +197,32 @@ func TestHandshakesPerUID(t *testing.T) {
 	if st, code := replyStatus(t, rawDial(t, addr)); st != statusLimit || code != LimitHandshakesPerUID {
 		t.Fatalf("third silent socket: status %d code %d", st, code)
 	}
-	_, err := Dial(testCtx(t), addr, testService, nil)
+	// Dial takes a full house for a moment's business and tries again
+	// until its context ends...
+	ctx, cancel := context.WithCancel(testCtx(t))
+	go func() {
+		waitUntil(t, func() bool { return srv.Stats().Limited >= 4 }, "Dial retrying")
+		cancel()
+	}()
+	_, err := Dial(ctx, addr, testService, nil)
 	wantLimit(t, err, LimitHandshakesPerUID)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Dial: %v, want the context's error too", err)
+	}
+	// ...or until a slot frees.
+	dialed := make(chan error, 1)
+	limited := srv.Stats().Limited
+	go func() {
+		cl, err := Dial(testCtx(t), addr, testService, nil)
+		if err == nil {
+			cl.Close()
+		}
+		dialed <- err
+	}()
+	waitUntil(t, func() bool { return srv.Stats().Limited > limited }, "Dial refused once")
 	a.Close()
-	waitUntil(t, func() bool { return handshakes(srv) == 1 }, "a slot freed")
-	dial(t, addr, nil)
-	if st := srv.Stats(); st.Limited != 2 {
-		t.Errorf("Limited = %d, want 2", st.Limited)
+	if err := <-dialed; err != nil {
+		t.Fatalf("Dial once a slot freed: %v", err)
 	}
 }
 

@@ -208,7 +208,10 @@ type waiterState struct {
 
 // Dial connects to the server at address (a path, or "@name" for an
 // abstract socket) and opens service. ctx bounds the connect and the
-// handshake. opts may be nil.
+// handshake. opts may be nil. While the server refuses because its
+// handshake slots are all taken (ErrLimit with LimitHandshakes or
+// LimitHandshakesPerUID), Dial tries again, waiting 1 ms doubling up to
+// 100 ms, until ctx ends; every other refusal is returned at once.
 func Dial(ctx context.Context, address string, service uint16, opts *ClientOptions) (*Client, error) {
 	if opts == nil {
 		opts = &ClientOptions{}
@@ -227,6 +230,40 @@ func Dial(ctx context.Context, address string, service uint16, opts *ClientOptio
 		}
 		sizes[i] = uint64(s)
 	}
+	// A server whose handshake slots are all taken refuses at once
+	// (LimitHandshakes, LimitHandshakesPerUID): that is the server being
+	// busy for a moment, not a verdict, so try again until ctx ends.
+	var delay time.Duration
+	var busy error // the last refusal for full handshake slots
+	for {
+		cl, err := dialOnce(ctx, address, service, sizes, opts)
+		var rej *RejectError
+		if err == nil || !errors.As(err, &rej) || rej.Status != statusLimit ||
+			(rej.Code != LimitHandshakes && rej.Code != LimitHandshakesPerUID) {
+			if err != nil && busy != nil && ctx.Err() != nil {
+				err = fmt.Errorf("%w (%w)", ctx.Err(), busy)
+			}
+			return cl, err
+		}
+		busy = err
+		delay = min(max(2*delay, dialRetryMin), dialRetryMax)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+	}
+}
+
+// Dial's waits between tries while the server's handshake slots are full.
+const (
+	dialRetryMin = time.Millisecond
+	dialRetryMax = 100 * time.Millisecond
+)
+
+func dialOnce(ctx context.Context, address string, service uint16, sizes [3]uint64, opts *ClientOptions) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", address)
 	if err != nil {
