@@ -167,9 +167,9 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		seg.Close()
 		return nil, fmt.Errorf("attach rings: %w", ErrProtocol)
 	}
-	c.maxReq = ring.MaxPayload(int(sizes[0])) - reqHdrSize
-	c.maxResp = ring.MaxPayload(int(sizes[1])) - respHdrSize
-	c.maxDisp = ring.MaxPayload(int(sizes[2]))
+	c.maxReq = MaxRequestBody(int(sizes[0]))
+	c.maxResp = MaxResponseBody(int(sizes[1]))
+	c.maxDisp = MaxDispatchBody(int(sizes[2]))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.loopCtx, c.loopCancel = context.WithCancel(c.ctx)
 	c.reply = reply{

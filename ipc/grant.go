@@ -16,6 +16,24 @@ import (
 // ring.MaxDataSize (1 GiB), the largest ring such a process can hold.
 const RingSizeLimit = min(1<<32, ring.MaxDataSize)
 
+// The largest bodies a connection's rings carry, by the ring's data size:
+// a record's largest payload (ring.MaxPayload) less the message header
+// (docs/ipc.md §5). Client.MaxRequest, ResponseWriter.MaxBody and
+// Conn.MaxDispatch report them for a live connection; these let a program
+// choose ring sizes for the messages it will send before it connects.
+
+// MaxRequestBody returns the largest request body a request ring of
+// dataSize bytes carries.
+func MaxRequestBody(dataSize int) int { return ring.MaxPayload(dataSize) - reqHdrSize }
+
+// MaxResponseBody returns the largest response body a response ring of
+// dataSize bytes carries.
+func MaxResponseBody(dataSize int) int { return ring.MaxPayload(dataSize) - respHdrSize }
+
+// MaxDispatchBody returns the largest dispatch message body a dispatch
+// ring of dataSize bytes carries (dispatch records have no header).
+func MaxDispatchBody(dataSize int) int { return ring.MaxPayload(dataSize) }
+
 // checkGrant checks what the rings of an accepted connection say against
 // the reply and the features the client asked for (docs/ipc.md §3.2): the
 // server grants no feature it was not asked for, and every ring's payload

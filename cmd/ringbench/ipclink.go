@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 
 	"github.com/ringipc/ringipc/ipc"
-	"github.com/ringipc/ringipc/ring"
 )
 
 // The ipc scenarios (call, pipeline, dispatch) run an ipc server in a
@@ -39,10 +38,10 @@ const (
 const maxIPCRing = 1 << 30
 
 // maxIPCBody is the largest body every ring of an ipc connection with
-// rings of dataSize bytes carries both ways: the response ring's records
-// carry a 16-byte header (docs/ipc.md, section 5.2), more than the
-// request's 8.
-func maxIPCBody(dataSize int) int { return ring.MaxPayload(dataSize) - 16 }
+// rings of dataSize bytes carries.
+func maxIPCBody(dataSize int) int {
+	return min(ipc.MaxRequestBody(dataSize), ipc.MaxResponseBody(dataSize), ipc.MaxDispatchBody(dataSize))
+}
 
 func init() {
 	registerChild("ipc-server", ipcServerChild)
