@@ -84,7 +84,7 @@ func (o *ClientOptions) maxRing() (uint64, error) {
 	}
 	m := o.MaxRingSize
 	if m < MinRingSize || !isPow2(uint64(m)) || uint64(m) > RingSizeLimit {
-		return 0, fmt.Errorf("MaxRingSize %d is not a power of two in [%d, %d]", m, MinRingSize, uint64(RingSizeLimit))
+		return 0, fmt.Errorf("%w: MaxRingSize %d is not a power of two in [%d, %d]", os.ErrInvalid, m, MinRingSize, uint64(RingSizeLimit))
 	}
 	return uint64(m), nil
 }
@@ -159,6 +159,7 @@ type Client struct {
 	killOnce sync.Once
 	err      error
 	torn     chan struct{} // closed when teardown has finished
+	tornErr  error         // what releasing the resources failed with; written before torn is closed
 	wg       sync.WaitGroup
 
 	// ctlMu keeps the segment mapped while FlowControl reads the control
@@ -223,10 +224,10 @@ func Dial(ctx context.Context, address string, service uint16, opts *ClientOptio
 	var sizes [3]uint64
 	for i, s := range []int{opts.RequestRingSize, opts.ResponseRingSize, opts.DispatchRingSize} {
 		if s < 0 || (s != 0 && !isPow2(uint64(s))) {
-			return nil, fmt.Errorf("dial: ring size %d is not a power of two", s)
+			return nil, fmt.Errorf("dial: %w: ring size %d is not a power of two", os.ErrInvalid, s)
 		}
 		if uint64(s) > maxRing {
-			return nil, fmt.Errorf("dial: ring size %d above MaxRingSize %d", s, maxRing)
+			return nil, fmt.Errorf("dial: %w: ring size %d above MaxRingSize %d", os.ErrInvalid, s, maxRing)
 		}
 		sizes[i] = uint64(s)
 	}
@@ -559,7 +560,7 @@ func (cl *Client) kill(err error) {
 }
 
 func (cl *Client) teardown() {
-	cl.nc.Close()
+	nerr := cl.nc.Close()
 	cl.goMu.Lock()
 	cl.goStopped = true
 	cl.goMu.Unlock()
@@ -580,20 +581,32 @@ func (cl *Client) teardown() {
 	cl.ctlMu.Lock()
 	cl.ctlGone = true
 	cl.ctlMu.Unlock()
-	cl.seg.Close()
+	serr := cl.seg.Close()
+	var eerr error
 	if fd := cl.efd.Load(); fd >= 0 {
-		unix.Close(int(fd))
+		eerr = unix.Close(int(fd))
 	}
+	cl.tornErr = errors.Join(closeErr("close socket", nerr), serr, closeErr("close dispatch fd", eerr))
 	close(cl.torn)
 }
 
 // Close ends the connection and releases its resources. Calls in flight
 // fail with ErrDisconnected. It waits until the shared memory is unmapped,
-// which needs every Response to be released. Idempotent.
+// which needs every Response to be released. Idempotent: every call
+// returns what releasing the resources failed with (the socket, the
+// segment, the dispatch descriptor; errors.Join), nil normally.
 func (cl *Client) Close() error {
 	cl.kill(fmt.Errorf("%w: %w", ErrDisconnected, ErrClosed))
 	<-cl.torn
-	return nil
+	return cl.tornErr
+}
+
+// closeErr wraps the error of closing what, ignoring nil.
+func closeErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("ipc: %s: %w", what, err)
 }
 
 // Done is closed when the connection has ended.

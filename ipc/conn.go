@@ -103,6 +103,7 @@ type Conn struct {
 
 	wg           sync.WaitGroup // reader and flusher goroutines
 	teardownOnce sync.Once
+	tornErr      error // what releasing the resources failed with; written in teardown, before forget
 	stats        connCounters
 }
 
@@ -563,11 +564,14 @@ func (c *Conn) teardown() {
 		if c.external {
 			c.srv.cfg.EventLoop.RemoveConn(c)
 		}
-		c.nc.Close()
+		nerr := c.nc.Close()
 		c.wg.Wait()
 		c.waker.close()
 		c.svc.OnDisconnect(c, c.err)
-		c.seg.Close()
+		c.tornErr = errors.Join(closeErr("close socket", nerr), c.seg.Close())
+		if c.tornErr != nil {
+			c.log.Warn("connection teardown", "err", c.tornErr)
+		}
 		c.srv.forget(c)
 		if h := c.srv.testHookTornDown; h != nil {
 			h(c)
@@ -585,6 +589,9 @@ func (c *Conn) isDead() bool {
 }
 
 // Close ends the connection. The client's calls fail with ErrDisconnected.
+// It does not wait for the teardown (a handler may call it), so it
+// returns nil; Server.Close reports what releasing a connection it closed
+// failed with, and the Logger every such failure.
 func (c *Conn) Close() error {
 	c.kill(fmt.Errorf("%w: closed by the server", ErrDisconnected))
 	return nil

@@ -11,9 +11,11 @@ import (
 // Errors returned by this package. Test them with errors.Is, never with
 // ==: most come wrapped with context. Errors from the ring and the
 // operating system are wrapped too, so errors.Is(err,
-// context.DeadlineExceeded) and the like keep working. (Inside the
-// package, ring.ErrFull and ring.ErrEmpty are compared with ==, which
-// the ring's error contract allows for them.)
+// context.DeadlineExceeded) and the like keep working. An argument or
+// configuration a method cannot take is an error matching os.ErrInvalid.
+// Close and Shutdown join (errors.Join) what releasing resources failed
+// with. (Inside the package, ring.ErrFull and ring.ErrEmpty are compared
+// with ==, which the ring's error contract allows for them.)
 var (
 	// ErrDisconnected: the connection ended (the peer closed it, exited
 	// or was killed, or this side closed it) while or before the call ran.

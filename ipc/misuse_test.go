@@ -4,6 +4,7 @@ package ipc
 
 import (
 	"errors"
+	"net"
 	"os"
 	"testing"
 )
@@ -83,4 +84,91 @@ func TestMisuseErrors(t *testing.T) {
 			t.Errorf("Process from a handler: %v, want ErrConcurrentProcess", err)
 		}
 	})
+}
+
+// Arguments a method cannot take are errors matching os.ErrInvalid.
+func TestInvalidArguments(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"ring size not a power of two": {RingSize: 5000},
+		"ring size above the max":      {RingSize: 1 << 20, MaxRingSize: 1 << 16},
+		"unknown policy":               {DispatchPolicy: 9},
+	} {
+		if _, err := NewServer(&cfg); !errors.Is(err, os.ErrInvalid) {
+			t.Errorf("NewServer, %s: %v, want os.ErrInvalid", name, err)
+		}
+	}
+	srv, addr := startServer(t, nil, echoService())
+	if err := srv.Serve(notUnixListener{}); !errors.Is(err, os.ErrInvalid) {
+		t.Errorf("Serve of a non-Unix listener: %v, want os.ErrInvalid", err)
+	}
+	if _, err := Listen("", 0); !errors.Is(err, os.ErrInvalid) {
+		t.Errorf("Listen of an empty address: %v, want os.ErrInvalid", err)
+	}
+	ctx := testCtx(t)
+	for name, opts := range map[string]ClientOptions{
+		"ring size not a power of two": {RequestRingSize: 5000},
+		"ring size above MaxRingSize":  {RequestRingSize: 1 << 20, MaxRingSize: 1 << 16},
+		"MaxRingSize not a power of 2": {MaxRingSize: 5000},
+	} {
+		if cl, err := Dial(ctx, addr, testService, &opts); !errors.Is(err, os.ErrInvalid) {
+			t.Errorf("Dial, %s: %v, want os.ErrInvalid", name, err)
+			if err == nil {
+				cl.Close()
+			}
+		}
+	}
+}
+
+// notUnixListener is a net.Listener that Serve must refuse.
+type notUnixListener struct{}
+
+func (notUnixListener) Accept() (net.Conn, error) { return nil, net.ErrClosed }
+func (notUnixListener) Close() error              { return nil }
+func (notUnixListener) Addr() net.Addr            { return &net.UnixAddr{} }
+
+// Close and Shutdown report what releasing resources failed with, and
+// nothing when nothing failed: no resource is released twice.
+func TestCloseReportsNothingSpurious(t *testing.T) {
+	for _, how := range []string{"Close", "Shutdown"} {
+		t.Run(how, func(t *testing.T) {
+			srv, err := NewServer(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.Register(echoService()); err != nil {
+				t.Fatal(err)
+			}
+			addr := abstractAddr()
+			l, err := Listen(addr, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(l) }()
+			cl := dial(t, addr, nil)
+			if _, err := cl.DispatchFd(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cl.Call(testCtx(t), msgEcho, []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if how == "Close" {
+				err = srv.Close()
+			} else {
+				err = srv.Shutdown(testCtx(t))
+			}
+			if err != nil {
+				t.Errorf("server %s: %v", how, err)
+			}
+			if err := <-served; !errors.Is(err, ErrServerClosed) {
+				t.Errorf("Serve: %v", err)
+			}
+			if err := cl.Close(); err != nil {
+				t.Errorf("client Close: %v", err)
+			}
+			if err := cl.Close(); err != nil {
+				t.Errorf("second client Close: %v", err)
+			}
+		})
+	}
 }

@@ -231,14 +231,14 @@ func (cfg *Config) withDefaults() Config {
 func (cfg *Config) validate() error {
 	for _, s := range []int{cfg.RingSize, cfg.MaxRingSize} {
 		if s < MinRingSize || s > RingSizeLimit || s&(s-1) != 0 {
-			return fmt.Errorf("ipc: ring size %d is not a power of two in [%d, %d]", s, MinRingSize, RingSizeLimit)
+			return fmt.Errorf("ipc: %w: ring size %d is not a power of two in [%d, %d]", os.ErrInvalid, s, MinRingSize, RingSizeLimit)
 		}
 	}
 	if cfg.RingSize > cfg.MaxRingSize {
-		return fmt.Errorf("ipc: ring size %d above max %d", cfg.RingSize, cfg.MaxRingSize)
+		return fmt.Errorf("ipc: %w: ring size %d above max %d", os.ErrInvalid, cfg.RingSize, cfg.MaxRingSize)
 	}
 	if cfg.DispatchPolicy < PolicyBlock || cfg.DispatchPolicy > PolicyDisconnect {
-		return fmt.Errorf("ipc: unknown dispatch policy %d", cfg.DispatchPolicy)
+		return fmt.Errorf("ipc: %w: unknown dispatch policy %d", os.ErrInvalid, cfg.DispatchPolicy)
 	}
 	return nil
 }
@@ -376,7 +376,7 @@ func (s *Server) ListenAndServe(address string) error {
 // closes l when it returns.
 func (s *Server) Serve(l net.Listener) error {
 	if _, ok := l.(*net.UnixListener); !ok {
-		return fmt.Errorf("ipc: serve: need a *net.UnixListener, got %T", l)
+		return fmt.Errorf("ipc: serve: %w: need a *net.UnixListener, got %T", os.ErrInvalid, l)
 	}
 	if !s.trackListener(l, true) {
 		l.Close()
@@ -577,9 +577,11 @@ func (s *Server) reject(uc *net.UnixConn, log *slog.Logger, status, code uint32,
 // finds) and send their responses, then closes them all, and waits until
 // they are torn down (OnDisconnect has run) or ctx ends; then it falls
 // back to Close. Calls whose requests were not handled fail with
-// ErrDisconnected.
+// ErrDisconnected. It returns ctx's error if ctx ended first, joined
+// (errors.Join) with what closing the listeners and releasing the
+// connections failed with; nil normally.
 func (s *Server) Shutdown(ctx context.Context) error {
-	conns := s.stop()
+	conns, lerr := s.stop()
 	for _, c := range conns {
 		c.drain()
 	}
@@ -587,35 +589,48 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(waited) }()
 	select {
 	case <-waited:
-		return nil
+		errs := []error{lerr}
+		for _, c := range conns {
+			errs = append(errs, c.tornErr) // written before forget's wg.Done
+		}
+		return errors.Join(errs...)
 	case <-ctx.Done():
-		s.Close()
-		return ctx.Err()
+		return errors.Join(ctx.Err(), lerr, s.Close())
 	}
 }
 
 // Close stops accepting and closes every connection at once; handlers in
 // progress see their context done. It waits until every connection is
-// torn down.
+// torn down, and returns what closing the listeners and releasing those
+// connections failed with (errors.Join), nil normally.
 func (s *Server) Close() error {
-	for _, c := range s.stop() {
+	conns, lerr := s.stop()
+	for _, c := range conns {
 		c.kill(ErrServerClosed)
 	}
 	s.wg.Wait()
-	return nil
+	errs := []error{lerr}
+	for _, c := range conns {
+		errs = append(errs, c.tornErr) // written before forget's wg.Done
+	}
+	return errors.Join(errs...)
 }
 
 // stop marks the server closing, closes listeners and pending handshakes,
-// and returns the established connections.
-func (s *Server) stop() []*Conn {
+// and returns the established connections and what closing the listeners
+// failed with (one Serve has already closed is no failure).
+func (s *Server) stop() ([]*Conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closing {
 		s.closing = true
 		close(s.done)
 	}
+	var lerrs []error
 	for l := range s.listeners {
-		l.Close()
+		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			lerrs = append(lerrs, closeErr("close listener", err))
+		}
 	}
 	for nc := range s.handshake {
 		nc.Close()
@@ -624,7 +639,7 @@ func (s *Server) stop() []*Conn {
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
-	return conns
+	return conns, errors.Join(lerrs...)
 }
 
 // forget retires a torn-down connection: its counters, its admission

@@ -133,7 +133,7 @@ func acceptNow(l *net.UnixListener) (*net.UnixConn, error) {
 // socket that no one listens on any more; anything else is an error.
 func Listen(address string, mode os.FileMode) (*net.UnixListener, error) {
 	if address == "" {
-		return nil, fmt.Errorf("listen: empty address")
+		return nil, fmt.Errorf("listen: %w: empty address", os.ErrInvalid)
 	}
 	if address[0] == '@' {
 		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: address, Net: "unix"})

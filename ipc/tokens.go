@@ -3,8 +3,8 @@
 package ipc
 
 import (
-	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -118,7 +118,7 @@ func readTokensLarge(rc syscall.RawConn, w *sockWaker) (full bool, err error) {
 	}
 	if eof {
 		if rerr == nil {
-			rerr = errors.New("end of file")
+			rerr = io.EOF
 		}
 		return false, fmt.Errorf("%w: %w", ErrDisconnected, rerr)
 	}
@@ -136,7 +136,7 @@ func (c *Conn) readTokensTurn() error {
 	}
 	if eof {
 		if err == nil {
-			err = errors.New("end of file")
+			err = io.EOF
 		}
 		return fmt.Errorf("%w: %w", ErrDisconnected, err)
 	}
