@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ringipc/ringipc/ring"
 )
@@ -744,4 +745,34 @@ func (r *Response) Release() error {
 		return cl.ringErr(err)
 	}
 	return nil
+}
+
+// waiter is one call in flight. Whoever takes it out of Client.waiters
+// (the reader that found its response, or kill) fills in the result and
+// then signals ch, unless it is the caller itself; until then the caller
+// does not touch the result fields, afterwards only the caller does.
+type waiter struct {
+	ch chan struct{} // buffered 1
+	// gen counts the waiter's trips back to the pool (putWaiter). A
+	// PendingCall or Response keeps the gen it was made with, so a copy
+	// that outlived its call finds a different one and cannot act on
+	// the waiter's next call. Atomic: a stale handle may look at it
+	// while the waiter serves another goroutine.
+	gen atomic.Uint64
+	waiterState
+}
+
+// waiterState is what putWaiter clears.
+type waiterState struct {
+	pending bool   // in Client.waiters; guarded by Client.mu
+	corr    uint64 // its correlation id while pending; guarded by Client.mu
+	reader  bool   // the caller holds the reader role
+	into    bool   // CallInto: copy into buf
+	zc      bool   // zero copy: hand over the reader role with the record
+	stage   zcStage
+	buf     []byte
+	out     []byte
+	n       int
+	err     error
+	view    []byte
 }

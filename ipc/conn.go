@@ -4,12 +4,10 @@ package ipc
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,8 +22,14 @@ import (
 // for the external poll loop only and must not run concurrently with
 // itself. Dispatch may be called from any goroutine at any time, also
 // after the connection ended (it then fails with ErrDisconnected).
+//
+// Which file owns which group of its fields: construction and lifecycle
+// (ctx, done, kill, teardown) are in conn.go and handshake.go; the
+// request path in serve.go (goroutines) and process.go (event loop,
+// pending, again, pmu); the dispatch queue (qMu and below) in
+// dispatch.go; stats in stats.go.
 type Conn struct {
-	// Set at construction, read-only afterwards.
+	// Set at construction (newConn), read-only afterwards.
 	srv      *Server
 	id       uint64
 	svc      *Service
@@ -67,8 +71,8 @@ type Conn struct {
 	privMu  sync.Mutex
 	private any
 
-	// Request-path state, owned by the goroutine running the loop (or
-	// Process): never touched by anyone else.
+	// Request-path state (serve.go, process.go), owned by the goroutine
+	// running the loop (or Process): never touched by anyone else.
 	req      Request
 	rw       ResponseWriter
 	tokBuf   [tokenSmall]byte
@@ -76,11 +80,11 @@ type Conn struct {
 	again    bool           // external mode: Process stopped at MaxTurnRequests
 	pendFree []*pendingResp
 
-	// The dispatch queue. The dispatch producer belongs to whoever holds
-	// qMu while the queue is empty (Dispatch's direct write), and to the
-	// flusher (goroutine or Process) while it is not: the flusher pops an
-	// entry only after committing it, so a non-empty queue keeps every
-	// Dispatch away from the producer.
+	// The dispatch queue (dispatch.go). The dispatch producer belongs to
+	// whoever holds qMu while the queue is empty (Dispatch's direct
+	// write), and to the flusher (goroutine or Process) while it is not:
+	// the flusher pops an entry only after committing it, so a non-empty
+	// queue keeps every Dispatch away from the producer.
 	qMu      sync.Mutex
 	q        deque
 	qBytes   int           // bytes of the queued messages, also counted in Server.queued until qDead
@@ -91,11 +95,12 @@ type Conn struct {
 	free     [][]byte      // recycled queue buffers
 	batch    []qitem       // the flusher's: entries being written, still queued
 
-	// External mode lifecycle, under pmu: started once EventLoop.AddConn
-	// returned; running while Process runs; pendingOut when the last
-	// Process left responses waiting for room (Shutdown then lets a later
-	// Process send them before it ends the connection). Teardown happens
-	// only when neither Process runs nor can start.
+	// External mode lifecycle (process.go), under pmu: started once
+	// EventLoop.AddConn returned; running while Process runs; pendingOut
+	// when the last Process left responses waiting for room (Shutdown
+	// then lets a later Process send them before it ends the
+	// connection). Teardown happens only when neither Process runs nor
+	// can start.
 	pmu        sync.Mutex
 	started    bool
 	running    bool
@@ -105,11 +110,6 @@ type Conn struct {
 	teardownOnce sync.Once
 	tornErr      error // what releasing the resources failed with; written in teardown, before forget
 	stats        connCounters
-}
-
-type pendingResp struct {
-	status uint32
-	b      []byte
 }
 
 func ringBytes(dataSize uint64) uint64 {
@@ -216,66 +216,6 @@ func (c *Conn) start() {
 	go c.serveLoop()
 }
 
-// readLoop reads wake tokens (readTokenLoop); end of file (or a reset)
-// is the client leaving or dying, noticed here at once.
-func (c *Conn) readLoop() {
-	defer c.wg.Done()
-	c.kill(readTokenLoop(c.nc, c.rc, c.waker, c.done))
-}
-
-// serveLoop handles requests one by one, draining the ring before it
-// sleeps (see nextRequest).
-func (c *Conn) serveLoop() {
-	defer c.teardown()
-	for {
-		rec, err := c.nextRequest()
-		if err != nil {
-			c.kill(c.loopErr(err))
-			return
-		}
-		c.handle(rec)
-		if err := c.reqC.Release(); err != nil {
-			c.kill(c.ringErr("release request", err))
-			return
-		}
-		if c.isDead() {
-			return
-		}
-	}
-}
-
-// nextRequest waits for the next request record. The loop polls while
-// requests come densely, then sleeps first in the kernel (the client's
-// commit wakes it with one FUTEX_WAKE: no token, no netpoller, no
-// hand-off from the reader goroutine) for a few milliseconds, then in
-// the netpoller: an idle connection holds no thread (ring.Waiter's
-// WaitKernel, which also bounds the kernel sleepers of the process).
-func (c *Conn) nextRequest() (ring.Record, error) {
-	var rec ring.Record
-	var err error
-	werr := c.reqC.Waiter().WaitKernel(c.loopCtx, func() bool {
-		rec, err = c.reqC.TryPeek()
-		return err != ring.ErrEmpty
-	})
-	if werr != nil {
-		return ring.Record{}, werr
-	}
-	return rec, err
-}
-
-// loopErr turns the loop's ring error into the connection's end reason.
-func (c *Conn) loopErr(err error) error {
-	switch {
-	case c.draining.Load():
-		return ErrServerClosed
-	case errors.Is(err, ring.ErrClosed):
-		return fmt.Errorf("%w: client closed the connection", ErrDisconnected)
-	case errors.Is(err, context.Canceled):
-		return ErrDisconnected
-	}
-	return c.ringErr("read request", err)
-}
-
 // ringErr maps a ring error: a closed ring means the connection ended,
 // corruption is the peer breaking the protocol, which ends the connection
 // whichever path (handler, Dispatch, flusher) found it.
@@ -292,212 +232,6 @@ func (c *Conn) ringErr(op string, err error) error {
 		return err
 	}
 	return fmt.Errorf("%s: %w", op, err)
-}
-
-// handle runs the handler of one request record and sends its response.
-func (c *Conn) handle(rec ring.Record) {
-	data := rec.Data
-	if len(data) < reqHdrSize || rec.Type>>16 != 0 {
-		c.kill(fmt.Errorf("%w: request record type %#x with %d bytes", ErrProtocol, rec.Type, len(data)))
-		return
-	}
-	corr := binary.LittleEndian.Uint64(data)
-	id := uint16(rec.Type)
-	c.stats.calls.Add(1)
-	c.stats.bytesIn.Add(uint64(len(data) - reqHdrSize))
-	c.rw = ResponseWriter{c: c, corr: corr}
-	h := c.sel.Select(c.svc.ID, id)
-	if h == nil {
-		if _, err := c.rw.reserve(respUnknownMessage, 0, 0); err == nil {
-			c.rw.Commit() //nolint:errcheck // a failure ends the connection
-		}
-		return
-	}
-	c.req = Request{Conn: c, ID: id, Data: data[reqHdrSize:], ctx: c.ctx}
-	c.serve(h)
-	c.rw.finish()
-	c.req = Request{}
-}
-
-// serve runs a handler. A panic is the handler's bug, not the
-// connection's or the server's: it is logged and counted, and the call
-// gets a respPanic response (unless the handler had already answered),
-// while the connection goes on serving.
-func (c *Conn) serve(h Handler) {
-	defer func() {
-		if v := recover(); v != nil {
-			c.rw.panicked = true
-			c.stats.panics.Add(1)
-			c.log.Error("ipc: handler panicked", "service", c.svc.ID, "msg", c.req.ID,
-				"panic", v, "stack", string(debug.Stack()))
-		}
-	}()
-	h.ServeIPC(&c.rw, &c.req)
-}
-
-// Process is the external poll loop's entry point (Config.EventLoop): call
-// it when Fd polls readable, and when a Requeuer loop was asked to. It reads the wake tokens, handles every
-// request available, flushes what waits for ring space, and returns
-// without blocking (handlers aside). Once the connection has ended it tears
-// it down and returns an error matching ErrDisconnected (or the reason it
-// ended); drop the descriptor from the poll set then. Calls must not
-// overlap: one that does returns ErrConcurrentProcess, and one on a
-// server without Config.EventLoop ErrNoEventLoop.
-func (c *Conn) Process() error {
-	if !c.external {
-		return ErrNoEventLoop
-	}
-	c.pmu.Lock()
-	if c.running {
-		c.pmu.Unlock()
-		return ErrConcurrentProcess
-	}
-	if c.isDead() {
-		c.pmu.Unlock()
-		return c.endErr()
-	}
-	c.running = true
-	c.pmu.Unlock()
-
-	c.again = false
-	c.process()
-
-	c.pmu.Lock()
-	c.running = false
-	c.pendingOut = len(c.pending) > 0
-	end := c.draining.Load() && !c.pendingOut
-	c.pmu.Unlock()
-	if end {
-		c.kill(ErrServerClosed) // Shutdown, and nothing left to answer
-	}
-	if c.isDead() {
-		c.teardown()
-		return c.endErr()
-	}
-	if c.again {
-		c.srv.cfg.EventLoop.(Requeuer).Requeue(c)
-	}
-	return nil
-}
-
-func (c *Conn) endErr() error {
-	<-c.done
-	if errors.Is(c.err, ErrDisconnected) {
-		return c.err
-	}
-	return fmt.Errorf("%w: %w", ErrDisconnected, c.err)
-}
-
-func (c *Conn) process() {
-	if err := c.readTokensTurn(); err != nil {
-		c.kill(err)
-		return
-	}
-	c.drainTokenChans()
-	if !c.flushPendingArmed() {
-		c.flushQueueNow()
-		return
-	}
-	_, capped := c.srv.cfg.EventLoop.(Requeuer)
-	for handled := 0; !c.isDead(); handled++ {
-		if capped && handled == c.srv.cfg.MaxTurnRequests {
-			// Others' turn: the loop calls Process again (Requeue), so
-			// the request word stays unarmed.
-			c.again = true
-			break
-		}
-		rec, err := c.reqC.TryPeek()
-		if err == ring.ErrEmpty {
-			c.reqC.Waiter().Arm()
-			rec, err = c.reqC.TryPeek()
-			if err == ring.ErrEmpty {
-				break
-			}
-			c.reqC.Waiter().Disarm()
-		}
-		if err != nil {
-			c.kill(c.loopErr(err))
-			return
-		}
-		c.handle(rec)
-		if err := c.reqC.Release(); err != nil {
-			c.kill(c.ringErr("release request", err))
-			return
-		}
-		if len(c.pending) > 0 && !c.flushPendingArmed() {
-			break // wait for the client to free response space
-		}
-	}
-	c.flushQueueNow()
-}
-
-// drainTokenChans empties the wake channels, which nothing waits on in
-// external mode.
-func (c *Conn) drainTokenChans() {
-	for _, ch := range c.waker.local {
-		if ch != nil {
-			select {
-			case <-ch:
-			default:
-			}
-		}
-	}
-}
-
-// flushPendingArmed writes out responses kept aside, arming the response
-// producer word when the ring is still full (then it returns false).
-func (c *Conn) flushPendingArmed() bool {
-	if c.flushPending() {
-		return true
-	}
-	c.respP.Waiter().Arm()
-	if c.flushPending() {
-		c.respP.Waiter().Disarm()
-		return true
-	}
-	return false
-}
-
-func (c *Conn) flushPending() bool {
-	for len(c.pending) > 0 {
-		p := c.pending[0]
-		r, err := c.respP.TryReserve(p.status, len(p.b))
-		if err == ring.ErrFull {
-			return false
-		}
-		if err != nil {
-			c.kill(c.ringErr("respond", err))
-			return false
-		}
-		copy(r.Bytes(), p.b)
-		if err := r.Commit(); err != nil {
-			c.kill(c.ringErr("respond", err))
-			return false
-		}
-		c.stats.bytesOut.Add(uint64(len(p.b) - respHdrSize))
-		c.pending[0] = nil
-		c.pending = c.pending[1:]
-		c.freePending(p)
-	}
-	c.pending = c.pending[:0:0]
-	return true
-}
-
-func (c *Conn) newPending(status uint32, n int) *pendingResp {
-	for i := len(c.pendFree) - 1; i >= 0; i-- {
-		if p := c.pendFree[i]; cap(p.b) >= n {
-			c.pendFree = append(c.pendFree[:i], c.pendFree[i+1:]...)
-			p.status, p.b = status, p.b[:n]
-			return p
-		}
-	}
-	return &pendingResp{status: status, b: make([]byte, n)}
-}
-
-func (c *Conn) freePending(p *pendingResp) {
-	if len(c.pendFree) < 16 {
-		c.pendFree = append(c.pendFree, p)
-	}
 }
 
 // kill ends the connection: it records why, closes the rings (waking

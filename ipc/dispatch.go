@@ -344,3 +344,28 @@ func (c *Conn) flushQueueNow() {
 		c.qMu.Unlock()
 	}
 }
+
+// Policy says what Conn.Dispatch does when the dispatch ring and the
+// connection's dispatch queue are both full: the client is not reading.
+type Policy int
+
+const (
+	// PolicyBlock waits for room until the Dispatch context ends.
+	PolicyBlock Policy = iota
+	// PolicyDrop discards the message, counts it, and returns ErrDropped.
+	PolicyDrop
+	// PolicyDisconnect closes the connection and returns ErrSlowConsumer.
+	PolicyDisconnect
+)
+
+func (p Policy) String() string {
+	switch p {
+	case PolicyBlock:
+		return "block"
+	case PolicyDrop:
+		return "drop"
+	case PolicyDisconnect:
+		return "disconnect"
+	}
+	return fmt.Sprintf("Policy(%d)", int(p))
+}

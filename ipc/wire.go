@@ -6,6 +6,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/bits"
+	"time"
+
+	"github.com/ringipc/ringipc/ring"
+	"github.com/ringipc/ringipc/shmseg"
 )
 
 // The wire protocol, byte by byte; docs/ipc.md is the prose version and
@@ -298,3 +302,14 @@ func layout(sizes [3]uint64, ringSize func(uint64) uint64) (offs [3]uint64, tota
 func alignUp(n, a uint64) uint64 { return (n + a - 1) &^ (a - 1) }
 
 func isPow2(n uint64) bool { return n != 0 && bits.OnesCount64(n) == 1 }
+
+// ringOptions are the options of every ring handle of a connection. The
+// ring resolves a zero Spin itself (DefaultSpin is its default).
+func ringOptions(wait ring.WaitPolicy, spin time.Duration, w ring.Waker) *ring.Options {
+	return &ring.Options{Wait: wait, Spin: spin, Waker: w}
+}
+
+// segmentGeometry builds the shmseg header geometry of a connection.
+func segmentGeometry(sizes, offs [3]uint64) shmseg.Geometry {
+	return shmseg.Geometry{Kind: segmentKind, Params: [6]uint64{sizes[0], sizes[1], sizes[2], offs[0], offs[1], offs[2]}}
+}

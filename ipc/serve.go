@@ -1,0 +1,118 @@
+//go:build linux
+
+package ipc
+
+// Serving requests: a connection's goroutines (readLoop, serveLoop) and
+// the handling of one request that both modes share (handle, serve). The
+// event-loop mode's turn is in process.go.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime/debug"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// readLoop reads wake tokens (readTokenLoop); end of file (or a reset)
+// is the client leaving or dying, noticed here at once.
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	c.kill(readTokenLoop(c.nc, c.rc, c.waker, c.done))
+}
+
+// serveLoop handles requests one by one, draining the ring before it
+// sleeps (see nextRequest).
+func (c *Conn) serveLoop() {
+	defer c.teardown()
+	for {
+		rec, err := c.nextRequest()
+		if err != nil {
+			c.kill(c.loopErr(err))
+			return
+		}
+		c.handle(rec)
+		if err := c.reqC.Release(); err != nil {
+			c.kill(c.ringErr("release request", err))
+			return
+		}
+		if c.isDead() {
+			return
+		}
+	}
+}
+
+// nextRequest waits for the next request record. The loop polls while
+// requests come densely, then sleeps first in the kernel (the client's
+// commit wakes it with one FUTEX_WAKE: no token, no netpoller, no
+// hand-off from the reader goroutine) for a few milliseconds, then in
+// the netpoller: an idle connection holds no thread (ring.Waiter's
+// WaitKernel, which also bounds the kernel sleepers of the process).
+func (c *Conn) nextRequest() (ring.Record, error) {
+	var rec ring.Record
+	var err error
+	werr := c.reqC.Waiter().WaitKernel(c.loopCtx, func() bool {
+		rec, err = c.reqC.TryPeek()
+		return err != ring.ErrEmpty
+	})
+	if werr != nil {
+		return ring.Record{}, werr
+	}
+	return rec, err
+}
+
+// loopErr turns the loop's ring error into the connection's end reason.
+func (c *Conn) loopErr(err error) error {
+	switch {
+	case c.draining.Load():
+		return ErrServerClosed
+	case errors.Is(err, ring.ErrClosed):
+		return fmt.Errorf("%w: client closed the connection", ErrDisconnected)
+	case errors.Is(err, context.Canceled):
+		return ErrDisconnected
+	}
+	return c.ringErr("read request", err)
+}
+
+// handle runs the handler of one request record and sends its response.
+func (c *Conn) handle(rec ring.Record) {
+	data := rec.Data
+	if len(data) < reqHdrSize || rec.Type>>16 != 0 {
+		c.kill(fmt.Errorf("%w: request record type %#x with %d bytes", ErrProtocol, rec.Type, len(data)))
+		return
+	}
+	corr := binary.LittleEndian.Uint64(data)
+	id := uint16(rec.Type)
+	c.stats.calls.Add(1)
+	c.stats.bytesIn.Add(uint64(len(data) - reqHdrSize))
+	c.rw = ResponseWriter{c: c, corr: corr}
+	h := c.sel.Select(c.svc.ID, id)
+	if h == nil {
+		if _, err := c.rw.reserve(respUnknownMessage, 0, 0); err == nil {
+			c.rw.Commit() //nolint:errcheck // a failure ends the connection
+		}
+		return
+	}
+	c.req = Request{Conn: c, ID: id, Data: data[reqHdrSize:], ctx: c.ctx}
+	c.serve(h)
+	c.rw.finish()
+	c.req = Request{}
+}
+
+// serve runs a handler. A panic is the handler's bug, not the
+// connection's or the server's: it is logged and counted, and the call
+// gets a respPanic response (unless the handler had already answered),
+// while the connection goes on serving.
+func (c *Conn) serve(h Handler) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.rw.panicked = true
+			c.stats.panics.Add(1)
+			c.log.Error("ipc: handler panicked", "service", c.svc.ID, "msg", c.req.ID,
+				"panic", v, "stack", string(debug.Stack()))
+		}
+	}()
+	h.ServeIPC(&c.rw, &c.req)
+}
