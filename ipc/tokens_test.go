@@ -203,7 +203,7 @@ func TestTokenFloodIdleClient(t *testing.T) {
 	ch := startChild(t, roleIdleClient, addr, nil)
 	ch.expect(t, "ready")
 	c := <-connected
-	const total = 64 << 20
+	const total = 32 << 20
 	b := bytes.Repeat([]byte{tokens[wRespCons]}, 64<<10)
 	cpu0, start := cpuTicks(t, ch.cmd.Process.Pid), time.Now()
 	for sent := 0; sent < total; sent += len(b) {
@@ -250,7 +250,7 @@ func TestTokenFloodServer(t *testing.T) {
 	addr := abstractAddr()
 	ch := startChild(t, "server", addr, nil)
 	ch.expect(t, "ready")
-	const perFlooder = 64 << 20
+	const perFlooder = 32 << 20
 	cpu0, start := cpuTicks(t, ch.cmd.Process.Pid), time.Now()
 	var flooding sync.WaitGroup
 	for range 2 {
