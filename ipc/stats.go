@@ -34,17 +34,34 @@ type connCounters struct {
 	bytesIn, bytesOut, errors, panics                               atomic.Uint64
 }
 
+// counterField pairs a connection counter with the Stats field it adds to.
+type counterField struct {
+	k *atomic.Uint64
+	s *uint64
+}
+
+// fields is the one list of a connection's counters, each with its field
+// of s; addTo and retire both walk it, so a new counter is added here
+// only.
+func (k *connCounters) fields(s *Stats) [10]counterField {
+	return [...]counterField{
+		{&k.calls, &s.Calls},
+		{&k.responses, &s.Responses},
+		{&k.errResponses, &s.ErrorResponses},
+		{&k.dispatches, &s.Dispatches},
+		{&k.dropped, &s.Dropped},
+		{&k.flowEvents, &s.FlowEvents},
+		{&k.bytesIn, &s.BytesIn},
+		{&k.bytesOut, &s.BytesOut},
+		{&k.errors, &s.Errors},
+		{&k.panics, &s.Panics},
+	}
+}
+
 func (k *connCounters) addTo(s *Stats) {
-	s.Calls += k.calls.Load()
-	s.Responses += k.responses.Load()
-	s.ErrorResponses += k.errResponses.Load()
-	s.Dispatches += k.dispatches.Load()
-	s.Dropped += k.dropped.Load()
-	s.FlowEvents += k.flowEvents.Load()
-	s.BytesIn += k.bytesIn.Load()
-	s.BytesOut += k.bytesOut.Load()
-	s.Errors += k.errors.Load()
-	s.Panics += k.panics.Load()
+	for _, f := range k.fields(s) {
+		*f.s += f.k.Load()
+	}
 }
 
 // serverCounters: the server's own counters plus the totals of the
@@ -57,17 +74,11 @@ type serverCounters struct {
 }
 
 func (s *serverCounters) retire(k *connCounters) {
-	r := &s.retired
-	r.calls.Add(k.calls.Load())
-	r.responses.Add(k.responses.Load())
-	r.errResponses.Add(k.errResponses.Load())
-	r.dispatches.Add(k.dispatches.Load())
-	r.dropped.Add(k.dropped.Load())
-	r.flowEvents.Add(k.flowEvents.Load())
-	r.bytesIn.Add(k.bytesIn.Load())
-	r.bytesOut.Add(k.bytesOut.Load())
-	r.errors.Add(k.errors.Load())
-	r.panics.Add(k.panics.Load())
+	var unused Stats
+	to := s.retired.fields(&unused)
+	for i, f := range k.fields(&unused) {
+		to[i].k.Add(f.k.Load())
+	}
 }
 
 // Stats returns the connection's counters.
