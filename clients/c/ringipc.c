@@ -796,24 +796,17 @@ static int status_err(uint32_t st)
 	}
 }
 
-int ripc_connect(const char *address, uint16_t service, const ripc_options *opts,
-		 ripc_client **out, ripc_info *info)
+/* connect_once is one connection attempt of ripc_connect, with o
+ * checked and hs_ms the time it may take. */
+static int connect_once(const char *address, uint16_t service, const ripc_options *opts,
+			int hs_ms, ripc_client **out, ripc_info *info)
 {
-	ripc_options o;
-	if (opts)
-		o = *opts;
-	else
-		ripc_options_init(&o);
-	*out = NULL;
-	if ((o.req_size && !pow2(o.req_size)) || (o.resp_size && !pow2(o.resp_size)) ||
-	    (o.disp_size && !pow2(o.disp_size)) || (o.max_ring && !pow2(o.max_ring)))
-		return RIPC_EINVAL;
+	ripc_options o = *opts;
 	ripc_client *c = calloc(1, sizeof *c);
 	if (!c)
 		return RIPC_ESYS;
 	c->spin_ns = o.spin_us < 0 ? 0 : (o.spin_us == 0 ? 200 : o.spin_us) * 1000L;
 	c->next_corr = c->expect = 1;
-	int hs_ms = o.handshake_ms == 0 ? 5000 : o.handshake_ms;
 	int fds[MAX_FDS], nfds = 0, rc;
 	c->fd = connect_socket(address, hs_ms);
 	if (c->fd < 0) {
@@ -934,6 +927,42 @@ fail_sock:
 fail_free:
 	free(c);
 	return rc;
+}
+
+int ripc_connect(const char *address, uint16_t service, const ripc_options *opts,
+		 ripc_client **out, ripc_info *info)
+{
+	ripc_options o;
+	if (opts)
+		o = *opts;
+	else
+		ripc_options_init(&o);
+	*out = NULL;
+	if ((o.req_size && !pow2(o.req_size)) || (o.resp_size && !pow2(o.resp_size)) ||
+	    (o.disp_size && !pow2(o.disp_size)) || (o.max_ring && !pow2(o.max_ring)))
+		return RIPC_EINVAL;
+	/* A server whose handshake slots are taken (status 7, detail 1 or
+	 * 2: ipc §3.1) is asked again, 1 ms doubling to 100 ms apart, for as
+	 * long as the handshake time allows, as the Go client does. */
+	int hs_ms = o.handshake_ms == 0 ? 5000 : o.handshake_ms;
+	int64_t deadline = hs_ms < 0 ? -1 : now_ns() + (int64_t)hs_ms * 1000000;
+	ripc_info tmp;
+	if (!info)
+		info = &tmp;
+	for (long pause_ms = 1;; pause_ms = pause_ms * 2 > 100 ? 100 : pause_ms * 2) {
+		int ms = deadline < 0 ? -1 : remaining_ms(deadline);
+		if (deadline >= 0 && ms == 0)
+			return RIPC_ETIMEDOUT;
+		memset(info, 0, sizeof *info);
+		int rc = connect_once(address, service, &o, ms, out, info);
+		if (rc != RIPC_ELIMIT || (info->detail != 1 && info->detail != 2))
+			return rc;
+		if (deadline >= 0 && remaining_ms(deadline) <= pause_ms)
+			return rc;
+		struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (pause_ms % 1000) * 1000000L};
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	}
 }
 
 void ripc_info_get(const ripc_client *c, ripc_info *info) { *info = c->info; }

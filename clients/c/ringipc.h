@@ -70,7 +70,7 @@ typedef struct ripc_options {
 	uint64_t max_ring;
 	uint32_t features;      /* RIPC_FEATURE_* to ask for */
 	int spin_us;            /* polling before sleeping: 0 means 200 µs, negative none */
-	int handshake_ms;       /* bound on connect + handshake: 0 means 5000, negative none */
+	int handshake_ms;       /* bound on connect + handshake, retries included: 0 means 5000, negative none */
 	/* The server's uid must be this one (>= 0). -1 (or a zeroed
 	 * options struct, see ripc_options_init) applies the default rule:
 	 * a client running as root accepts only a root server. */
@@ -99,7 +99,9 @@ typedef struct ripc_client ripc_client;
 
 /* ripc_connect connects to address (a path, or "@name" for a Linux
  * abstract socket), opens service and returns the client in *out. opts
- * and info may be NULL. */
+ * and info may be NULL. While the server refuses because its handshake
+ * slots are full (RIPC_ELIMIT, detail 1 or 2) it tries again, 1 ms
+ * doubling to 100 ms apart, until handshake_ms has passed. */
 int ripc_connect(const char *address, uint16_t service, const ripc_options *opts,
 		 ripc_client **out, ripc_info *info);
 

@@ -276,6 +276,29 @@ func TestInterop(t *testing.T) {
 					t.Errorf("the server counted no limit refusal: %+v", st)
 				}
 			})
+			t.Run("handshake-slots-full", func(t *testing.T) {
+				// One silent connection holds the uid's only handshake
+				// slot: the client is refused with status 7, detail 2,
+				// and tries again until the slot is free.
+				s := startServer(t, "", m.eventLoop, ipc.Config{MaxHandshakesPerUID: 1})
+				silent, err := net.Dial("unix", s.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer silent.Close()
+				p := start(t, driver, driverArgs(s.addr, "calls", "n=10"))
+				for s.srv.Stats().Limited == 0 {
+					select {
+					case <-p.ctx.Done():
+						t.Fatal("the client was never refused")
+					case <-time.After(time.Millisecond):
+					}
+				}
+				silent.Close()
+				p.expect("connected ")
+				p.expect("calls 10 ")
+				p.finish()
+			})
 			t.Run("client-close", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
 				p := start(t, driver, driverArgs(s.addr, "client-close"))
