@@ -102,9 +102,7 @@ func (c *Conn) process() {
 			c.kill(c.loopErr(err))
 			return
 		}
-		c.handle(rec)
-		if err := c.reqC.Release(); err != nil {
-			c.kill(c.ringErr("release request", err))
+		if !c.handleOne(rec) {
 			return
 		}
 		if len(c.pending) > 0 && !c.flushPendingArmed() {

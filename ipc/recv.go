@@ -52,43 +52,45 @@ type Message struct {
 // arrives, ctx ends or the connection does. With ClientOptions.OnDispatch
 // set, Recv, TryRecv and DispatchFd return ErrOnDispatch.
 func (cl *Client) Recv(ctx context.Context) (Message, error) {
-	if cl.onDispatch != nil {
-		return Message{}, ErrOnDispatch
-	}
-	if err := cl.lock(ctx, cl.dispLock); err != nil {
-		return Message{}, err
-	}
-	rec, err := cl.dispC.Peek(ctx)
-	var m Message
-	if err == nil {
-		m, err = cl.takeMessage(rec)
-	}
-	<-cl.dispLock
-	if err != nil {
-		return Message{}, cl.ringErr(err)
-	}
-	return m, nil
+	return cl.recv(ctx, true)
 }
 
 // TryRecv returns the next dispatch message without waiting, or
 // ErrTryAgain. With DispatchFd, call it until ErrTryAgain each time the
 // descriptor polls readable.
 func (cl *Client) TryRecv() (Message, error) {
+	m, err := cl.recv(cl.ctx, false)
+	if err == ring.ErrEmpty {
+		cl.resetNotify()
+		return Message{}, ErrTryAgain
+	}
+	return m, err
+}
+
+// recv is Recv (wait) and TryRecv: it takes the next message under
+// dispLock. A lock error comes back as it is, a ring error through
+// ringErr, except TryPeek's bare ring.ErrEmpty.
+func (cl *Client) recv(ctx context.Context, wait bool) (Message, error) {
 	if cl.onDispatch != nil {
 		return Message{}, ErrOnDispatch
 	}
-	if err := cl.lock(cl.ctx, cl.dispLock); err != nil {
+	if err := cl.lock(ctx, cl.dispLock); err != nil {
 		return Message{}, err
 	}
-	rec, err := cl.dispC.TryPeek()
+	var rec ring.Record
+	var err error
+	if wait {
+		rec, err = cl.dispC.Peek(ctx)
+	} else {
+		rec, err = cl.dispC.TryPeek()
+	}
 	var m Message
 	if err == nil {
 		m, err = cl.takeMessage(rec)
 	}
 	<-cl.dispLock
 	if err == ring.ErrEmpty {
-		cl.resetNotify()
-		return Message{}, ErrTryAgain
+		return Message{}, err
 	}
 	if err != nil {
 		return Message{}, cl.ringErr(err)

@@ -33,15 +33,22 @@ func (c *Conn) serveLoop() {
 			c.kill(c.loopErr(err))
 			return
 		}
-		c.handle(rec)
-		if err := c.reqC.Release(); err != nil {
-			c.kill(c.ringErr("release request", err))
-			return
-		}
-		if c.isDead() {
+		if !c.handleOne(rec) || c.isDead() {
 			return
 		}
 	}
+}
+
+// handleOne handles the request rec and releases its record: the body of
+// both modes' loops (serveLoop here, process in process.go). It reports
+// false once releasing failed, which has killed the connection.
+func (c *Conn) handleOne(rec ring.Record) bool {
+	c.handle(rec)
+	if err := c.reqC.Release(); err != nil {
+		c.kill(c.ringErr("release request", err))
+		return false
+	}
+	return true
 }
 
 // nextRequest waits for the next request record. The loop polls while
