@@ -16,9 +16,9 @@
 // waits were short and sleeps at once otherwise (ring.WaitAdaptive; see
 // Config.Wait and ClientOptions.Wait for the fixed alternatives), then
 // announces that it sleeps and parks on the socket; the other side sends
-// a token only to a side that announced it. A busy stream therefore makes no system calls, and an idle
-// connection is a few goroutines parked in Go's netpoller: no OS thread,
-// no CPU. End of file on the socket means the peer closed, exited or was
+// a token only to a side that announced it. A busy stream therefore
+// makes no system calls, and an idle connection is a few goroutines
+// parked in Go's netpoller: no OS thread, no CPU. End of file on the socket means the peer closed, exited or was
 // killed: every blocked operation of the connection ends at once with
 // ErrDisconnected, the server runs OnDisconnect, unmaps the segment and
 // closes the descriptors.

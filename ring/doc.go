@@ -5,8 +5,9 @@
 // A ring lives in any []byte: Go heap memory (handy in tests), or a shared
 // mapping such as a shmseg.Segment's payload. Init lays out a new ring
 // (InitZeroed does so in memory already zero, such as a fresh memfd,
-// without touching the data area's pages); NewProducer and NewConsumer attach handles to an existing one after
-// checking its magic, version, geometry and checksum.
+// without touching the data area's pages); NewProducer and NewConsumer
+// attach handles to an existing one after checking its magic, version,
+// geometry and checksum.
 //
 // Producers reserve space and commit it (zero copy), or Write a copy.
 // The consumer peeks at the next record and releases it (zero copy), or
