@@ -5,8 +5,9 @@ package ipc
 import "unsafe"
 
 // word32 returns the 32-bit word at off in mem. The connection layout puts
-// every ring at a 128-byte aligned offset of a page-aligned payload, and the
-// ring's words at fixed aligned offsets, so the word is 4-byte aligned.
+// every ring at a 128-byte aligned offset of a 4096-byte aligned payload,
+// and the ring's words at fixed aligned offsets, so the word is 4-byte
+// aligned.
 // This is the package's only use of unsafe.
 func word32(mem []byte, off uint64) *uint32 {
 	_ = mem[off+3] // bounds check

@@ -44,8 +44,9 @@ var _ io.Closer = (*Segment)(nil)
 
 // Payload returns the mapped bytes after the header. Its length is the
 // payload size rounded up to the page size, and it starts 4096-byte
-// aligned (page aligned only where pages are 4 KiB; see the package doc). The slice is valid until Close; Payload returns nil once Close
-// has begun.
+// aligned (page aligned only where pages are 4 KiB; see the package doc).
+// The slice is valid until Close; Payload returns nil once Close has
+// begun.
 func (s *Segment) Payload() []byte {
 	if s.closed.Load() {
 		return nil

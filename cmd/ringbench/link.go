@@ -122,7 +122,7 @@ const (
 )
 
 // ringPairOffset returns where the second ring of a pair starts (the
-// first is at 0, and both are page-aligned) and the bytes both take.
+// first is at 0, and both are 4096-byte aligned) and the bytes both take.
 func ringPairOffset(dataSize int) (second, total int, err error) {
 	n, err := ring.Size(ring.Geometry{DataSize: dataSize})
 	if err != nil {
