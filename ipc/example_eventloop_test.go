@@ -27,6 +27,22 @@ type epollLoop struct {
 
 	mu    sync.Mutex
 	conns map[int]*ipc.Conn // by descriptor
+
+	again []*ipc.Conn // connections owed another turn; the loop goroutine's only
+}
+
+// Requeue makes the loop an ipc.Requeuer: Process, which calls it on the
+// loop's goroutine, handles at most Config.MaxTurnRequests requests per
+// call, and asks for another turn when more may wait, so that no client
+// can hold the loop.
+func (e *epollLoop) Requeue(c *ipc.Conn) { e.again = append(e.again, c) }
+
+// process gives c a turn. An error means the connection has ended and is
+// torn down; RemoveConn has taken it out of the set.
+func (e *epollLoop) process(c *ipc.Conn) {
+	if err := c.Process(); err != nil && !errors.Is(err, ipc.ErrDisconnected) {
+		log.Print(err)
+	}
 }
 
 func (e *epollLoop) watch(fd int) error {
@@ -57,18 +73,25 @@ func (e *epollLoop) RemoveConn(c *ipc.Conn) {
 }
 
 // run is the loop: the listener's readiness means AcceptReady, a
-// connection's means Process, which handles every request available and
-// never blocks (handlers aside).
+// connection's means Process, which handles the requests available (up to
+// its per-turn bound) and never blocks (handlers aside). Connections owed
+// another turn get it after the ready ones, without waiting in epoll.
 func (e *epollLoop) run() {
 	events := make([]unix.EpollEvent, 16)
 	for {
-		n, err := unix.EpollWait(e.epfd, events, -1)
+		timeout := -1
+		if len(e.again) > 0 {
+			timeout = 0
+		}
+		n, err := unix.EpollWait(e.epfd, events, timeout)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
 			log.Fatal(err)
 		}
+		again := e.again
+		e.again = nil
 		for _, ev := range events[:n] {
 			switch fd := int(ev.Fd); fd {
 			case e.stopfd:
@@ -81,14 +104,17 @@ func (e *epollLoop) run() {
 				e.mu.Lock()
 				c := e.conns[fd]
 				e.mu.Unlock()
-				if c == nil {
-					continue
+				if c != nil {
+					e.process(c)
 				}
-				// An error means the connection has ended and is torn
-				// down; RemoveConn has taken it out of the set.
-				if err := c.Process(); err != nil && !errors.Is(err, ipc.ErrDisconnected) {
-					log.Print(err)
-				}
+			}
+		}
+		for _, c := range again {
+			e.mu.Lock()
+			live := e.conns[c.Fd()] == c
+			e.mu.Unlock()
+			if live {
+				e.process(c)
 			}
 		}
 	}
