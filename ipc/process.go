@@ -37,6 +37,12 @@ func (c *Conn) Process() error {
 	}
 	if c.isDead() {
 		c.pmu.Unlock()
+		// Ended between turns (Close, Server.Close): tear down here too,
+		// or wait for the teardown running elsewhere, so that RemoveConn
+		// has run when the error comes back, as it has below. A loop
+		// would otherwise find the descriptor readable and Process it
+		// again and again meanwhile.
+		c.teardown()
 		return c.endErr()
 	}
 	c.running = true
