@@ -137,7 +137,7 @@ const DefaultSpin = 200 * time.Microsecond
 // side whose polls have been paying polls before it sleeps. It is short
 // because a missed poll costs more than its budget on a loaded machine;
 // docs/design.md 2.6.1 has the measurements that chose it.
-const AdaptiveSpin = 20 * time.Microsecond
+const AdaptiveSpin = 50 * time.Microsecond
 
 // The adaptive policy's memory: credit > 0 means the next wait polls. A
 // wait that polling caught sets it to creditMax, one that polling missed
@@ -146,16 +146,17 @@ const AdaptiveSpin = 20 * time.Microsecond
 // wastes its whole budget, and on a loaded machine the CPU it burns also
 // counts against the process with the scheduler, which then runs it
 // later than a sleeper it wakes. Every probeEvery-th wait that would
-// sleep polls anyway, for probeFactor budgets: that is how a side that
-// sleeps finds out that polling pays again. How long a
+// sleep polls anyway, for probeSpin at most: that is how a side that
+// sleeps finds out that polling pays again, at a cost of about
+// probeSpin/probeEvery (1.25 µs) per wait of a side whose peer is idle. How long a
 // sleeping wait lasted says nothing reliable (it includes the sleeper's
 // own wake-up, and a sender that is behind its schedule sends at once
 // after a fast wake-up, which looks dense but is not), so the policy
 // reads no clock at all.
 const (
-	creditMax   = 4
-	probeEvery  = 16
-	probeFactor = 1
+	creditMax  = 4
+	probeEvery = 16
+	probeSpin  = 20 * time.Microsecond
 )
 
 // adaptive is WaitAdaptive's state for one wait word. Its fields are
@@ -167,13 +168,13 @@ type adaptive struct {
 }
 
 // shouldSpin decides whether the next wait polls first, and for how
-// many budgets (1, or probeFactor for a probe; 0: it does not).
-func (a *adaptive) shouldSpin() int {
+// long: budget, probeSpin for a probe, 0 if it does not.
+func (a *adaptive) shouldSpin(budget time.Duration) time.Duration {
 	if a.credit.Load() > 0 {
-		return 1
+		return budget
 	}
 	if a.sleeps.Add(1)%probeEvery == 0 {
-		return probeFactor
+		return min(budget, probeSpin)
 	}
 	return 0
 }
@@ -428,11 +429,11 @@ func (w *Waiter) spin(done <-chan struct{}, ready func() bool, how int) bool {
 		if how == spinNever {
 			return false
 		}
-		budgets := w.adapt.shouldSpin()
-		if budgets == 0 || !takeSpinner() {
+		budget := w.adapt.shouldSpin(w.budget)
+		if budget == 0 || !takeSpinner() {
 			return false
 		}
-		hit := pollFor(time.Duration(budgets)*w.budget, done, ready)
+		hit := pollFor(budget, done, ready)
 		spinners.Add(-1)
 		w.adapt.spun(hit)
 		return hit

@@ -47,26 +47,27 @@ func TestWaitPolicyResolve(t *testing.T) {
 // pays, stops after a few waits that polling did not catch, comes back
 // after a short sleep, and probes now and then.
 func TestAdaptiveDecisions(t *testing.T) {
+	const budget = 50 * time.Microsecond
 	var a adaptive
 	a.credit.Store(creditMax) // as Waiter.init leaves it
 
 	// A dense peer: every poll is caught.
 	for range 100 {
-		if a.shouldSpin() != 1 {
+		if a.shouldSpin(budget) != budget {
 			t.Fatal("did not poll while polls were caught")
 		}
 		a.spun(true)
 	}
 	// One missed poll (a peer preempted once) does not stop polling.
 	a.spun(false)
-	if a.shouldSpin() != 1 {
+	if a.shouldSpin(budget) != budget {
 		t.Fatal("one missed poll stopped polling")
 	}
 	a.spun(true)
 	// The peer goes idle: every poll runs out, and polling stops after
 	// a few.
 	polls := 0
-	for a.shouldSpin() != 0 {
+	for a.shouldSpin(budget) != 0 {
 		a.spun(false)
 		polls++
 		if polls > 3 {
@@ -76,9 +77,9 @@ func TestAdaptiveDecisions(t *testing.T) {
 	// Idle: sleep at once, except one probe in probeEvery.
 	spins := 0
 	for range 10 * probeEvery {
-		if b := a.shouldSpin(); b != 0 {
-			if b != probeFactor {
-				t.Fatalf("a probe polls for %d budgets, want %d", b, probeFactor)
+		if b := a.shouldSpin(budget); b != 0 {
+			if b != probeSpin {
+				t.Fatalf("a probe polls for %v, want %v", b, probeSpin)
 			}
 			spins++
 			a.spun(false)
@@ -89,11 +90,11 @@ func TestAdaptiveDecisions(t *testing.T) {
 	}
 	// The peer comes back: the next probe catches it, and the waits
 	// after it poll again.
-	for a.shouldSpin() == 0 {
+	for a.shouldSpin(budget) == 0 {
 	}
 	a.spun(true)
 	for range creditMax {
-		if a.shouldSpin() != 1 {
+		if a.shouldSpin(budget) != budget {
 			t.Fatal("no poll after a caught probe")
 		}
 	}
