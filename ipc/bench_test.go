@@ -16,8 +16,14 @@ import (
 // machine's), each with its own loop goroutine, the default spin budget
 // and 64-byte bodies.
 
-func BenchmarkCall(b *testing.B) {
-	_, addr := startServer(b, nil, echoService())
+func BenchmarkCall(b *testing.B) { benchCall(b, nil) }
+
+// BenchmarkCallTiming is BenchmarkCall with Config.Timing: the difference
+// is the cost of the latency histograms.
+func BenchmarkCallTiming(b *testing.B) { benchCall(b, &Config{Timing: true}) }
+
+func benchCall(b *testing.B, cfg *Config) {
+	_, addr := startServer(b, cfg, echoService())
 	cl := dial(b, addr, nil)
 	ctx := testCtx(b)
 	req, buf := make([]byte, 64), make([]byte, 64)

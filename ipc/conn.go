@@ -243,6 +243,7 @@ func (c *Conn) kill(err error) {
 		c.qMu.Lock()
 		c.qDead = true
 		c.srv.queued.Add(-int64(c.qBytes)) // nobody will flush them
+		c.stats.lostDispatches.Add(uint64(c.q.len()))
 		close(c.room)
 		c.qMu.Unlock()
 		c.reqC.Close()  //nolint:errcheck // always nil
@@ -251,6 +252,11 @@ func (c *Conn) kill(err error) {
 		c.cancel()
 		close(c.done)
 		if errors.Is(err, ErrProtocol) || errors.Is(err, ErrSlowConsumer) {
+			if errors.Is(err, ErrProtocol) {
+				c.stats.protocolErrors.Add(1)
+			} else {
+				c.stats.slowConsumers.Add(1)
+			}
 			c.stats.errors.Add(1)
 			c.log.Warn("ipc: connection closed", "err", err)
 		} else {

@@ -138,13 +138,25 @@ func TestDispatchDisconnect(t *testing.T) {
 	})
 	ctx := testCtx(t)
 	var err error
-	for i := 0; err == nil; i++ {
-		err = c.Dispatch(ctx, 9, seq(i))
+	accepted := 0
+	for ; ; accepted++ {
+		if err = c.Dispatch(ctx, 9, seq(accepted)); err != nil {
+			break
+		}
 	}
 	if !errors.Is(err, ErrSlowConsumer) {
 		t.Fatalf("Dispatch: %v, want ErrSlowConsumer", err)
 	}
 	<-discDone
+	// Counted as a slow consumer, not a violation; what was accepted but
+	// never reached the ring is counted lost.
+	st := c.Stats()
+	if st.SlowConsumers != 1 || st.ProtocolErrors != 0 || st.Errors != 1 {
+		t.Errorf("slow consumers %d, protocol errors %d, errors %d; want 1, 0, 1", st.SlowConsumers, st.ProtocolErrors, st.Errors)
+	}
+	if st.LostDispatches == 0 || st.LostDispatches != uint64(accepted)-st.Dispatches {
+		t.Errorf("%d dispatches accepted, %d written, %d counted lost", accepted, st.Dispatches, st.LostDispatches)
+	}
 	mu.Lock()
 	if !errors.Is(discErr, ErrSlowConsumer) {
 		t.Errorf("OnDisconnect got %v", discErr)

@@ -54,6 +54,8 @@ type Service struct {
 	// Handlers maps message ids to handlers for the default selector;
 	// ignored when Config.Selector is set. Register copies it.
 	Handlers map[uint16]Handler
+
+	stats *serviceStats // set by Register on its copy
 }
 
 // table is the default Selector: per service, a slice indexed by id.

@@ -54,6 +54,7 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 		case want == 0:
 			sizes[i] = uint64(s.cfg.RingSize)
 		case !isPow2(want):
+			svc.stats.rejected.Add(1)
 			s.reject(uc, log, statusBadHello, 0, fmt.Errorf("%w: ring size %d is not a power of two", ErrProtocol, want))
 			return nil
 		default:
@@ -62,11 +63,13 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 	}
 	if _, total := layout(sizes, ringBytes); !s.charge(a, total) {
 		s.stats.limited.Add(1)
+		svc.stats.rejected.Add(1)
 		s.reject(uc, log, statusLimit, LimitMemory, fmt.Errorf("%w: %d bytes of rings over the memory budget", ErrLimit, total))
 		return nil
 	}
 	c, err := newConn(s, uc, svc, cred, sizes, h.features&knownFeatures)
 	if err != nil {
+		svc.stats.rejected.Add(1)
 		s.reject(uc, log, statusUnavailable, 0, err)
 		return nil
 	}
@@ -75,6 +78,7 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 		var code RejectCode
 		errors.As(err, &code)
 		c.destroy()
+		svc.stats.rejected.Add(1)
 		s.reject(uc, log, statusRejected, uint32(code), err)
 		return nil
 	}

@@ -265,8 +265,14 @@ func (h *hostileHarness) expectDrop(errs0 uint64, target error) {
 	if errors.Is(target, ErrProtocol) || errors.Is(target, ErrSlowConsumer) {
 		want++
 	}
-	if got := h.srv.Stats().Errors; got != want {
-		h.t.Errorf("Stats.Errors = %d, want %d", got, want)
+	st := h.srv.Stats()
+	if st.Errors != want {
+		h.t.Errorf("Stats.Errors = %d, want %d", st.Errors, want)
+	}
+	if st.Errors != st.ProtocolErrors+st.SlowConsumers ||
+		(errors.Is(target, ErrProtocol) && st.ProtocolErrors == 0) ||
+		(errors.Is(target, ErrSlowConsumer) && st.SlowConsumers == 0) {
+		h.t.Errorf("Stats.Errors %d is not ProtocolErrors %d + SlowConsumers %d with the one for %v", st.Errors, st.ProtocolErrors, st.SlowConsumers, target)
 	}
 	h.checkpoint()
 }

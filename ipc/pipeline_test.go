@@ -203,7 +203,13 @@ func TestShutdown(t *testing.T) {
 }
 
 func TestAllocs(t *testing.T) {
-	_, addr := startServer(t, nil, echoService())
+	for _, timing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("timing=%v", timing), func(t *testing.T) { testAllocs(t, timing) })
+	}
+}
+
+func testAllocs(t *testing.T, timing bool) {
+	_, addr := startServer(t, &Config{Timing: timing}, echoService())
 	cl := dial(t, addr, nil)
 	ctx := testCtx(t)
 	req := make([]byte, 64)

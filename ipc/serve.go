@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"time"
 
 	"github.com/ringipc/ringipc/ring"
 )
@@ -90,6 +91,11 @@ func (c *Conn) handle(rec ring.Record) {
 		c.kill(fmt.Errorf("%w: request record type %#x with %d bytes", ErrProtocol, rec.Type, len(data)))
 		return
 	}
+	var taken time.Time
+	timing := c.srv.cfg.Timing
+	if timing {
+		taken = time.Now()
+	}
 	corr := binary.LittleEndian.Uint64(data)
 	id := uint16(rec.Type)
 	c.stats.calls.Add(1)
@@ -103,9 +109,24 @@ func (c *Conn) handle(rec ring.Record) {
 		return
 	}
 	c.req = Request{Conn: c, ID: id, Data: data[reqHdrSize:], ctx: c.ctx}
-	c.serve(h)
+	if timing {
+		c.serveTimed(h, taken)
+	} else {
+		c.serve(h)
+	}
 	c.rw.finish()
 	c.req = Request{}
+}
+
+// serveTimed runs a handler and records its queueing time (since the
+// request was taken from the ring) and its own in the service's
+// histograms (Config.Timing).
+func (c *Conn) serveTimed(h Handler, taken time.Time) {
+	start := time.Now()
+	c.serve(h)
+	st := c.svc.stats
+	st.handler.observe(time.Since(start))
+	st.queue.observe(start.Sub(taken))
 }
 
 // serve runs a handler. A panic is the handler's bug, not the

@@ -85,6 +85,7 @@ func (s *Server) Register(svc *Service) error {
 		return fmt.Errorf("ipc: service %d: %w", svc.ID, os.ErrExist)
 	}
 	cp := *svc
+	cp.stats = new(serviceStats)
 	if cp.OnConnect == nil {
 		cp.OnConnect = func(*Conn) error { return nil }
 	}
@@ -317,6 +318,7 @@ func (s *Server) forget(c *Conn) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.stats.retire(&c.stats)
+	c.svc.stats.retired.take(&c.stats)
 	s.stats.tokensIn.Add(c.waker.tokensIn.Load())
 	s.stats.tokensOut.Add(c.waker.tokensOut.Load())
 	if registered {

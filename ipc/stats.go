@@ -2,7 +2,11 @@
 
 package ipc
 
-import "sync/atomic"
+import (
+	"cmp"
+	"slices"
+	"sync/atomic"
+)
 
 // Stats are counters of a connection or, summed over every connection it
 // has served, of a server. Each field is read atomically, the struct as a
@@ -24,14 +28,50 @@ type Stats struct {
 	QueueBytes        uint64 // bytes of the dispatch messages queued now
 	BytesIn           uint64 // request body bytes
 	BytesOut          uint64 // response and dispatch body bytes
-	Errors            uint64 // connections ended by a protocol violation or as slow consumers
-	TokensIn          uint64 // wake tokens received
-	TokensOut         uint64 // wake tokens sent
+	// Errors counts the connections ended by a protocol violation or as
+	// slow consumers: ProtocolErrors + SlowConsumers. It is kept for
+	// existing users; the two parts tell a hostile or broken peer from a
+	// merely slow one.
+	Errors         uint64
+	TokensIn       uint64 // wake tokens received
+	TokensOut      uint64 // wake tokens sent
+	Open           uint64 // server: connections open now
+	ProtocolErrors uint64 // connections ended by a protocol violation (ErrProtocol)
+	SlowConsumers  uint64 // connections ended as slow consumers (ErrSlowConsumer)
+	LostDispatches uint64 // dispatch messages still queued when their connection ended, never sent
+}
+
+// ServiceStats are the counters of one registered service: Stats summed
+// over the connections to it, live and past (the server-only fields stay
+// 0 but Open and Rejected), and, with Config.Timing, its latency
+// histograms.
+type ServiceStats struct {
+	ID    uint16
+	Name  string
+	Stats Stats // Open: connections to the service now; Rejected: handshakes for it refused
+	// Handler is the time handlers ran, from the call to ServeIPC to its
+	// return (empty unless Config.Timing).
+	Handler Histogram
+	// Queue is the time from taking a request from the ring to its
+	// handler's start (empty unless Config.Timing). The wire carries no
+	// commit time, so the wait in the ring before the server looked is
+	// not in it: this is the server's own delay (routing, and in an
+	// EventLoop the time a taken request waits for its turn).
+	Queue Histogram
+}
+
+// serviceStats is a service's shared state, allocated by Register so
+// that a connection reaches it through its *Service with no map lookup.
+type serviceStats struct {
+	rejected       atomic.Uint64
+	retired        connCounters
+	handler, queue histogram
 }
 
 type connCounters struct {
 	calls, responses, errResponses, dispatches, dropped, flowEvents atomic.Uint64
 	bytesIn, bytesOut, errors, panics                               atomic.Uint64
+	protocolErrors, slowConsumers, lostDispatches                   atomic.Uint64
 }
 
 // counterField pairs a connection counter with the Stats field it adds to.
@@ -43,7 +83,7 @@ type counterField struct {
 // fields is the one list of a connection's counters, each with its field
 // of s; addTo and retire both walk it, so a new counter is added here
 // only.
-func (k *connCounters) fields(s *Stats) [10]counterField {
+func (k *connCounters) fields(s *Stats) [13]counterField {
 	return [...]counterField{
 		{&k.calls, &s.Calls},
 		{&k.responses, &s.Responses},
@@ -55,6 +95,9 @@ func (k *connCounters) fields(s *Stats) [10]counterField {
 		{&k.bytesOut, &s.BytesOut},
 		{&k.errors, &s.Errors},
 		{&k.panics, &s.Panics},
+		{&k.protocolErrors, &s.ProtocolErrors},
+		{&k.slowConsumers, &s.SlowConsumers},
+		{&k.lostDispatches, &s.LostDispatches},
 	}
 }
 
@@ -73,9 +116,12 @@ type serverCounters struct {
 	tokensIn, tokensOut                      atomic.Uint64
 }
 
-func (s *serverCounters) retire(k *connCounters) {
+func (s *serverCounters) retire(k *connCounters) { s.retired.take(k) }
+
+// take adds k's counters to its own.
+func (t *connCounters) take(k *connCounters) {
 	var unused Stats
-	to := s.retired.fields(&unused)
+	to := t.fields(&unused)
 	for i, f := range k.fields(&unused) {
 		to[i].k.Add(f.k.Load())
 	}
@@ -111,8 +157,40 @@ func (s *Server) Stats() Stats {
 	s.stats.retired.addTo(&st)
 	st.TokensIn = s.stats.tokensIn.Load()
 	st.TokensOut = s.stats.tokensOut.Load()
-	for _, c := range s.Conns() {
+	conns := s.Conns()
+	st.Open = uint64(len(conns))
+	for _, c := range conns {
 		c.addStats(&st)
 	}
 	return st
+}
+
+// ServiceStats returns the counters of each registered service, ordered
+// by service id.
+func (s *Server) ServiceStats() []ServiceStats {
+	s.mu.Lock()
+	svcs := make([]*Service, 0, len(s.services))
+	for _, svc := range s.services {
+		svcs = append(svcs, svc)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(svcs, func(a, b *Service) int { return cmp.Compare(a.ID, b.ID) })
+	out := make([]ServiceStats, len(svcs))
+	at := make(map[uint16]*ServiceStats, len(svcs))
+	for i, svc := range svcs {
+		o := &out[i]
+		o.ID, o.Name = svc.ID, svc.Name
+		svc.stats.retired.addTo(&o.Stats)
+		o.Stats.Rejected = svc.stats.rejected.Load()
+		o.Handler = svc.stats.handler.snapshot()
+		o.Queue = svc.stats.queue.snapshot()
+		at[svc.ID] = o
+	}
+	for _, c := range s.Conns() {
+		if o := at[c.svc.ID]; o != nil {
+			o.Stats.Open++
+			c.addStats(&o.Stats)
+		}
+	}
+	return out
 }
