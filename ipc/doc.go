@@ -86,6 +86,13 @@
 // and its stack are logged (Config.Logger) and counted (Stats.Panics), and
 // the connection goes on serving.
 //
+// Observability. Server.Stats sums the counters of every connection,
+// live and past, with the connections open now; Server.ServiceStats
+// breaks them down per service, with latency histograms of handlers and
+// of queueing when Config.Timing is set. Counting costs a few atomic
+// adds per call and no lock or allocation. Package ipcprom exports them
+// all to Prometheus.
+//
 // External loop. In EventLoop mode nothing blocks inside Process except
 // handlers: responses that do not fit are kept aside until the client
 // makes room, and a handler must not use Dispatch with PolicyBlock on its
