@@ -8,7 +8,8 @@
 //	          [-size 64,4KiB] [-rate 0,1000,10000] [-duration 1.5s]
 //	          [-producers 2,8] [-goroutines 16] [-clients 32]
 //	          [-spin 50us] [-ring-size 1MiB]
-//	          [-transport ring,ipc,uds,futex,c] [-json]
+//	          [-transport ring,ipc,uds,futex,c] [-json] [-quiet]
+//	          [-report DIR]
 //
 // The default suite, every scenario, takes about 45 seconds: call runs at
 // its three default rates (as fast as it can, 1,000/s and 10,000/s) and
@@ -77,6 +78,24 @@
 // send their counts and histograms to the parent, which merges them. No loop
 // allocates per message (the ipc server's Conn.Dispatch may, inside the
 // package, when it queues messages for a full ring).
+//
+// # Progress and report
+//
+// While it runs, ringbench says on stderr which measurement of how many
+// runs and about how long the suite has left (measured so far, start-up
+// included), unless -json or -quiet is given; stdout carries the same
+// table either way.
+//
+// -report DIR also writes a report that needs nothing but a browser:
+// DIR/index.html shows the machine, the command line, the table and PNG
+// plots drawn with gonum.org/v1/plot. For each scenario and set of
+// parameters that measured latencies, a percentile plot (latency against
+// 50%, 90%, 99%... from the run's histograms) has a line per transport,
+// ringipc next to the Unix socket (and futex or c) it was measured
+// against; when the run swept sizes (-size a,b) or paced rates (-rate
+// a,b), plots of throughput and CPU per message against them. Only the
+// report's code, in internal/benchreport, imports the plotting library.
+// -json output does not change with -report.
 //
 // # Caveats
 //

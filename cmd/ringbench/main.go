@@ -123,6 +123,8 @@ type config struct {
 	spin       time.Duration
 	ringSize   int
 	json       bool
+	quiet      bool   // no progress on stderr
+	reportDir  string // -report: where to write the plots and page; "" for none
 }
 
 // warmupFor returns the warm-up before a window of d: a tenth of it,
@@ -146,6 +148,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		spin  = fs.Duration("spin", 0, "polling budget before sleeping: 0 the default, adaptive (poll up to "+ring.AdaptiveSpin.String()+" while polling pays, else sleep at once); positive: poll that long on every wait; negative: sleep at once")
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
+		quiet = fs.Bool("quiet", false, "print no progress on stderr (-json prints none either)")
+		repo  = fs.String("report", "", "also write a report to `dir`: PNG plots and an index.html page with the machine, the command and the table")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: ringbench [flags]\n\nMeasures the ring against a Unix domain socket between processes.\n\n")
@@ -157,7 +161,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	cfg := &config{duration: *dur, spin: *spin, json: *js}
+	cfg := &config{duration: *dur, spin: *spin, json: *js, quiet: *quiet, reportDir: *repo}
 	if cfg.duration <= 0 {
 		return nil, fmt.Errorf("-duration %v: must be positive", cfg.duration)
 	}
@@ -372,7 +376,7 @@ func parseBytes(s string) (int, error) {
 }
 
 // run runs the suite and returns the exit status: 0, 1 if a measurement
-// failed, 2 for bad flags.
+// failed or the report could not be written, 2 for bad flags.
 func run(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -382,9 +386,57 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ringbench: %v\n", err)
 		return 2
 	}
-	rep := newReporter(stdout, cfg, detectMachine(), time.Now())
+	if cfg.reportDir != "" {
+		// Fail before measuring, not after.
+		if err := os.MkdirAll(cfg.reportDir, 0o755); err != nil {
+			fmt.Fprintf(stderr, "ringbench: -report: %v\n", err)
+			return 2
+		}
+	}
+	start, mach := time.Now(), detectMachine()
+	rep := newReporter(stdout, cfg, mach, start)
+	var book *reportBook
+	if cfg.reportDir != "" {
+		book = newReportBook(cfg, mach, start, args)
+	}
 	rep.begin()
+	book.begin()
+	jobs := cfg.jobs()
+	prog := newProgress(stderr, cfg, len(jobs), start)
 	status := 0
+	for i, j := range jobs {
+		prog.step(i, j)
+		m, err := j.sc.runs[j.transport](j.rc)
+		if err != nil {
+			rc := j.rc
+			fmt.Fprintf(stderr, "ringbench: %s over %s, %d bytes, rate %d/s, %d producer(s), %d goroutine(s), %d client(s): %v\n",
+				j.sc.name, j.transport, rc.size, rc.rate, rc.producers, rc.goroutines, rc.clients, err)
+			status = 1
+			continue
+		}
+		rep.add(j.sc, j.transport, j.rc, m)
+		book.add(j.sc, j.transport, j.rc, m)
+	}
+	rep.end()
+	if err := book.write(stderr, cfg.quiet || cfg.json); err != nil {
+		fmt.Fprintf(stderr, "ringbench: -report: %v\n", err)
+		status = 1
+	}
+	return status
+}
+
+// A job is one measurement of the suite.
+type job struct {
+	sc        *scenario
+	transport string
+	rc        *runConfig
+}
+
+// jobs lists the suite's measurements in the order they run: for each
+// scenario, size, rate, producer, goroutine and client count, each
+// transport the scenario has.
+func (cfg *config) jobs() []job {
+	var out []job
 	for _, sc := range cfg.scenarios {
 		prods, gors, clis := []int{1}, []int{1}, []int{0}
 		if sc.perClients {
@@ -402,22 +454,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 					for _, ng := range gors {
 						for _, nc := range clis {
 							for _, tr := range cfg.transports {
-								fn := sc.runs[tr]
-								if fn == nil {
+								if sc.runs[tr] == nil {
 									continue
 								}
-								rc := &runConfig{
+								out = append(out, job{sc: sc, transport: tr, rc: &runConfig{
 									size: size, producers: np, goroutines: ng, clients: nc, rate: rate,
 									ringSize: cfg.ringSize, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
-								}
-								m, err := fn(rc)
-								if err != nil {
-									fmt.Fprintf(stderr, "ringbench: %s over %s, %d bytes, rate %d/s, %d producer(s), %d goroutine(s), %d client(s): %v\n",
-										sc.name, tr, size, rate, np, ng, nc, err)
-									status = 1
-									continue
-								}
-								rep.add(sc, tr, rc, m)
+								}})
 							}
 						}
 					}
@@ -425,6 +468,5 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	rep.end()
-	return status
+	return out
 }
