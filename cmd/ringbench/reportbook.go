@@ -13,8 +13,8 @@ import (
 )
 
 // reportBook keeps what -report needs until the suite ends: each result
-// with its latency distribution (the histograms' cumulative counts, a few
-// hundred points at most), and the text table as -json-less ringbench
+// with its latency distribution (the histogram's cumulative counts, one
+// point per non-empty bucket), and the text table as -json-less ringbench
 // prints it. A nil *reportBook keeps nothing.
 type reportBook struct {
 	dir   string

@@ -90,7 +90,8 @@ func nines(q float64, n uint64) float64 {
 }
 
 func ninesTicks(maxX float64) plot.Ticker {
-	ticks := plot.ConstantTicks{{Value: 0, Label: "0%"}, {Value: math.Log10(2), Label: "50%"}}
+	// 0% (the minimum) is left unlabelled: it would crowd 50%.
+	ticks := plot.ConstantTicks{{Value: 0}, {Value: math.Log10(2), Label: "50%"}}
 	for k := 1; float64(k) <= maxX+1e-9; k++ {
 		label := strconv.FormatFloat(100-100*math.Pow(10, -float64(k)), 'f', -1, 64) + "%"
 		ticks = append(ticks, plot.Tick{Value: float64(k), Label: label})
