@@ -122,8 +122,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Timing records each call's handler and queueing time in its
 	// service's histograms (ServiceStats). Off by default: it reads the
-	// clock three times per call (BenchmarkCallTiming against
-	// BenchmarkCall measures what that costs; docs/ipc.md section 10).
+	// monotonic clock three times per call, which costs of the order of
+	// 100 ns where clock readings are slow, as in many VMs
+	// (BenchmarkTimingOverhead; docs/ipc.md section 10).
 	Timing bool
 }
 

@@ -91,10 +91,10 @@ func (c *Conn) handle(rec ring.Record) {
 		c.kill(fmt.Errorf("%w: request record type %#x with %d bytes", ErrProtocol, rec.Type, len(data)))
 		return
 	}
-	var taken time.Time
+	var taken time.Duration
 	timing := c.srv.cfg.Timing
 	if timing {
-		taken = time.Now()
+		taken = monoNow()
 	}
 	corr := binary.LittleEndian.Uint64(data)
 	id := uint16(rec.Type)
@@ -121,12 +121,13 @@ func (c *Conn) handle(rec ring.Record) {
 // serveTimed runs a handler and records its queueing time (since the
 // request was taken from the ring) and its own in the service's
 // histograms (Config.Timing).
-func (c *Conn) serveTimed(h Handler, taken time.Time) {
-	start := time.Now()
+func (c *Conn) serveTimed(h Handler, taken time.Duration) {
+	start := monoNow()
 	c.serve(h)
+	end := monoNow()
 	st := c.svc.stats
-	st.handler.observe(time.Since(start))
-	st.queue.observe(start.Sub(taken))
+	st.handler.observe(end - start)
+	st.queue.observe(start - taken)
 }
 
 // serve runs a handler. A panic is the handler's bug, not the
