@@ -74,7 +74,10 @@ func (d *deque) pop() qitem {
 // Config.MaxQueuedBytes); when it does not fit there either,
 // Config.DispatchPolicy decides: wait until ctx ends, drop (ErrDropped),
 // or disconnect the client (ErrSlowConsumer).
-// Messages of one goroutine arrive in the order it sent them.
+// Messages of one goroutine arrive in the order it sent them. A queued
+// message counts against the queue until the flusher has committed it
+// and taken it off, a moment after the client could read it; the
+// client's FlowControl shows when the queue is empty.
 func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 	if len(body) > c.maxDisp {
 		return fmt.Errorf("dispatch %d bytes: %w (max %d)", len(body), ErrTooLarge, c.maxDisp)

@@ -119,7 +119,11 @@ func TestDispatchDrop(t *testing.T) {
 		t.Errorf("stats dropped %d, want %d", st.Dropped, dropped)
 	}
 	recvAll(t, cl, 0, sent)
-	// Dispatch works again once the client has caught up.
+	// Dispatch works again once the client has caught up and the
+	// server's queue has drained: the flusher takes entries off the
+	// queue only after it has committed them, so for a moment after the
+	// client read the last one the queue may still count them full.
+	waitUntil(t, func() bool { fc := cl.FlowControl(); return !fc.Active && fc.Queued == 0 }, "the dispatch queue to drain")
 	if err := c.Dispatch(ctx, 9, seq(sent)); err != nil {
 		t.Fatal(err)
 	}

@@ -313,14 +313,17 @@ func (s *Server) forget(c *Conn) {
 	if c.adm != nil {
 		s.release(c.adm) // before Conns stops listing it: whoever sees it gone can take its place
 	}
+	// The counters move to the totals under the lock that takes the
+	// connection out of Conns: Stats reads both under it, so it counts
+	// a connection exactly once, live or retired, never neither.
 	s.mu.Lock()
 	_, registered := s.conns[c]
 	delete(s.conns, c)
-	s.mu.Unlock()
 	s.stats.retire(&c.stats)
 	c.svc.stats.retired.take(&c.stats)
 	s.stats.tokensIn.Add(c.waker.tokensIn.Load())
 	s.stats.tokensOut.Add(c.waker.tokensOut.Load())
+	s.mu.Unlock()
 	if registered {
 		s.wg.Done()
 	}
@@ -330,6 +333,11 @@ func (s *Server) forget(c *Conn) {
 func (s *Server) Conns() []*Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.connsLocked()
+}
+
+// connsLocked lists the established connections; s.mu is held.
+func (s *Server) connsLocked() []*Conn {
 	out := make([]*Conn, 0, len(s.conns))
 	for c := range s.conns {
 		out = append(out, c)

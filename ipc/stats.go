@@ -50,7 +50,8 @@ type ServiceStats struct {
 	Name  string
 	Stats Stats // Open: connections to the service now; Rejected: handshakes for it refused
 	// Handler is the time handlers ran, from the call to ServeIPC to its
-	// return (empty unless Config.Timing).
+	// return (empty unless Config.Timing). A call is recorded after its
+	// handler returns, so after the client may hold its response.
 	Handler Histogram
 	// Queue is the time from taking a request from the ring to its
 	// handler's start (empty unless Config.Timing). The wire carries no
@@ -154,10 +155,15 @@ func (s *Server) Stats() Stats {
 	st.HandshakeTimeouts = s.stats.handshakeTimeouts.Load()
 	st.Limited = s.stats.limited.Load()
 	st.AcceptErrors = s.stats.acceptErrors.Load()
+	// Retired totals and the live list are read together under s.mu,
+	// which forget holds while it moves a connection from one to the
+	// other.
+	s.mu.Lock()
 	s.stats.retired.addTo(&st)
 	st.TokensIn = s.stats.tokensIn.Load()
 	st.TokensOut = s.stats.tokensOut.Load()
-	conns := s.Conns()
+	conns := s.connsLocked()
+	s.mu.Unlock()
 	st.Open = uint64(len(conns))
 	for _, c := range conns {
 		c.addStats(&st)
@@ -168,12 +174,12 @@ func (s *Server) Stats() Stats {
 // ServiceStats returns the counters of each registered service, ordered
 // by service id.
 func (s *Server) ServiceStats() []ServiceStats {
+	// As in Stats, retired totals and the live list are read under s.mu.
 	s.mu.Lock()
 	svcs := make([]*Service, 0, len(s.services))
 	for _, svc := range s.services {
 		svcs = append(svcs, svc)
 	}
-	s.mu.Unlock()
 	slices.SortFunc(svcs, func(a, b *Service) int { return cmp.Compare(a.ID, b.ID) })
 	out := make([]ServiceStats, len(svcs))
 	at := make(map[uint16]*ServiceStats, len(svcs))
@@ -181,12 +187,17 @@ func (s *Server) ServiceStats() []ServiceStats {
 		o := &out[i]
 		o.ID, o.Name = svc.ID, svc.Name
 		svc.stats.retired.addTo(&o.Stats)
+		at[svc.ID] = o
+	}
+	conns := s.connsLocked()
+	s.mu.Unlock()
+	for i, svc := range svcs {
+		o := &out[i]
 		o.Stats.Rejected = svc.stats.rejected.Load()
 		o.Handler = svc.stats.handler.snapshot()
 		o.Queue = svc.stats.queue.snapshot()
-		at[svc.ID] = o
 	}
-	for _, c := range s.Conns() {
+	for _, c := range conns {
 		if o := at[c.svc.ID]; o != nil {
 			o.Stats.Open++
 			c.addStats(&o.Stats)

@@ -82,6 +82,12 @@ func TestServiceStats(t *testing.T) {
 		t.Fatalf("failing call: %v", err)
 	}
 	waitUntil(t, func() bool { return len(srv.Conns()) == 1 }, "the connection")
+	// A call is timed once its handler has returned, after the response
+	// that ended the call was published: the last may not be in yet.
+	waitUntil(t, func() bool {
+		ss := srv.ServiceStats()
+		return len(ss) > 0 && ss[0].Handler.Count == calls+1 && ss[0].Queue.Count == calls+1
+	}, "the last call's timing")
 	check := func(when string, open uint64) {
 		t.Helper()
 		ss := srv.ServiceStats()

@@ -87,6 +87,18 @@ func TestCollector(t *testing.T) {
 		t.Fatalf("failing call: %v", err)
 	}
 
+	// A call is timed once its handler has returned, after the response
+	// that ended the call was published: wait for the last one.
+	for {
+		if ss := srv.ServiceStats(); len(ss) > 0 && ss[0].Handler.Count == calls+1 && ss[0].Queue.Count == calls+1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the last call was never timed")
+		case <-time.After(time.Millisecond):
+		}
+	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(ipcprom.NewCollector(srv))
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) != 0 {
