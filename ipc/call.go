@@ -371,9 +371,9 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 // calls it only while calls are outstanding, so an answer is due. It
 // sleeps blocked in the kernel (ring.Waiter.WaitReply: the server's
 // commit wakes it with one FUTEX_WAKE, no token, no netpoller, no
-// goroutine hand-off), and it polls first only if the server was awake
-// when the last request went out (then the answer is a handler's time
-// away). A reader with nothing outstanding never gets here: it frees
+// goroutine hand-off), after polling as ring.Waiter.WaitReply decides:
+// through the server's wake-up (ring.ReplySpin) if the last request
+// woke it and the machine has a CPU to spare. A reader with nothing outstanding never gets here: it frees
 // the role, and the connection's idle goroutines all park in the
 // netpoller.
 func (cl *Client) waitResponse(ctx context.Context) (ring.Record, error) {

@@ -2,6 +2,7 @@ package ring
 
 import (
 	"context"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -284,3 +285,34 @@ func (w *scribbleWaker) Sleep(context.Context, *uint32, time.Duration) error {
 	return nil
 }
 func (w *scribbleWaker) Wake(*uint32) {}
+
+// parseRunnable reads the running-thread count of a /proc/loadavg line,
+// and refuses what is not one.
+func TestParseRunnable(t *testing.T) {
+	for _, c := range []struct {
+		line string
+		want int
+	}{
+		{"0.10 0.20 0.30 2/345 6789\n", 2},
+		{"12.00 8.50 3.10 37/1024 1\n", 37},
+		{"0.10 0.20 0.30 /345 6789", -1},
+		{"0.10 0.20 0.30 2345 6789", -1},
+		{"0.10 0.20", -1},
+		{"", -1},
+		{"0 0 0 99999999999/1 1", -1},
+	} {
+		if got := parseRunnable([]byte(c.line)); got != c.want {
+			t.Errorf("parseRunnable(%q) = %d, want %d", c.line, got, c.want)
+		}
+	}
+	if n := runnableThreads(); runtime.GOOS == "linux" && n < 1 {
+		t.Errorf("runnableThreads() = %d on Linux, want at least the caller", n)
+	}
+}
+
+// Sampling the machine's load allocates nothing.
+func TestMachineBusyAllocs(t *testing.T) {
+	if n := testing.AllocsPerRun(200, func() { machineBusy() }); n != 0 {
+		t.Errorf("machineBusy allocates %.1f times per call", n)
+	}
+}

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package ring
+
+// runnableThreads cannot tell off Linux.
+func runnableThreads() int { return -1 }
