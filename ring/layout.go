@@ -114,8 +114,22 @@ func Size(g Geometry) (int, error) {
 
 // MaxPayload returns the largest payload a ring with data area dataSize
 // accepts: half the data area less a header, which guarantees that a
-// record always fits once the ring is empty, whatever the wrap.
-func MaxPayload(dataSize int) int { return dataSize/2 - headerSize }
+// record always fits once the ring is empty, whatever the wrap; and never
+// more than a record header's 32-bit length field holds (maxRecordPayload,
+// just under 4 GiB), which a data area above 8 GiB would pass.
+func MaxPayload(dataSize int) int {
+	n := dataSize/2 - headerSize
+	if n > 0 && uint64(n) > maxRecordPayload {
+		return int(maxRecordPayload)
+	}
+	return n
+}
+
+// maxRecordPayload is the largest payload a record header can describe,
+// rounded down to the record alignment so that the padding before such a
+// record (shorter than the record) fits the length field too. A variable,
+// not a constant, so that 32-bit builds compile the conversion above.
+var maxRecordPayload uint64 = lenMask &^ (recordAlign - 1)
 
 // Init lays out a new, empty ring of geometry g at the start of mem,
 // which must be 8-byte aligned and at least Size(g) bytes. It must run

@@ -3,6 +3,7 @@ package ring
 import (
 	"encoding/binary"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -59,5 +60,23 @@ func TestRecordLayoutPinned(t *testing.T) {
 	}
 	if dataOffset(0) != 640 || dataOffset(3) != 1024 || slotSize != 128 {
 		t.Errorf("data offsets %d %d", dataOffset(0), dataOffset(3))
+	}
+}
+
+// A payload never exceeds what a record header's 32-bit length field can
+// hold, however large the data area.
+func TestMaxPayloadFitsLengthField(t *testing.T) {
+	if got := MaxPayload(1 << 16); got != 1<<15-headerSize {
+		t.Errorf("MaxPayload(64 KiB) = %d", got)
+	}
+	if strconv.IntSize == 32 {
+		t.Skip("a 32-bit int cannot name a data area above 8 GiB")
+	}
+	big := 1 << (strconv.IntSize - 30) // 16 GiB; a constant would not compile for 32 bits
+	if got := uint64(MaxPayload(big)); got > lenMask || recordSize(got)-headerSize > lenMask+1 {
+		t.Errorf("MaxPayload(16 GiB) = %d, more than the length field holds", got)
+	}
+	if got := uint64(MaxPayload(big)); got != maxRecordPayload {
+		t.Errorf("MaxPayload(16 GiB) = %d, want %d", got, maxRecordPayload)
 	}
 }
