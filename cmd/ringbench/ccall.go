@@ -121,16 +121,8 @@ func callC(rc *runConfig) (measurement, error) {
 	}
 	h := newHarness(rc)
 	defer h.cleanup()
-	addr, f, err := newIPCListener()
+	addr, err := spawnIPCServer(h)
 	if err != nil {
-		return measurement{}, err
-	}
-	err = h.spawn("ipc-server", rc.childParams(0), f)
-	f.Close()
-	if err != nil {
-		return measurement{}, err
-	}
-	if err := h.waitReady(); err != nil {
 		return measurement{}, err
 	}
 	p := rc.childParams(0)

@@ -44,16 +44,8 @@ func init() {
 func faninIPC(rc *runConfig) (measurement, error) {
 	h := newHarness(rc)
 	defer h.cleanup()
-	addr, f, err := newIPCListener()
+	addr, err := spawnIPCServer(h)
 	if err != nil {
-		return measurement{}, err
-	}
-	err = h.spawn("ipc-server", rc.childParams(0), f)
-	f.Close()
-	if err != nil {
-		return measurement{}, err
-	}
-	if err := h.waitReady(); err != nil {
 		return measurement{}, err
 	}
 	for i := range rc.clients {

@@ -67,21 +67,31 @@ func newIPCListener() (string, *os.File, error) {
 	return addr, f, nil
 }
 
+// spawnIPCServer starts the ipc server child on a fresh listener and
+// waits until it serves; it returns the address to dial.
+func spawnIPCServer(h *harness) (string, error) {
+	addr, f, err := newIPCListener()
+	if err != nil {
+		return "", err
+	}
+	err = h.spawn("ipc-server", h.rc.childParams(0), f)
+	f.Close()
+	if err != nil {
+		return "", err
+	}
+	if err := h.waitReady(); err != nil {
+		return "", err
+	}
+	return addr, nil
+}
+
 // startIPC spawns the server child, waits until it serves and dials it.
 // The client is closed when the measurement aborts; the caller closes it
 // when its loops are over, which ends the run.
 func startIPC(h *harness, opts *ipc.ClientOptions) (*ipc.Client, error) {
 	rc := h.rc
-	addr, f, err := newIPCListener()
+	addr, err := spawnIPCServer(h)
 	if err != nil {
-		return nil, err
-	}
-	err = h.spawn("ipc-server", rc.childParams(0), f)
-	f.Close()
-	if err != nil {
-		return nil, err
-	}
-	if err := h.waitReady(); err != nil {
 		return nil, err
 	}
 	o := ipc.ClientOptions{}

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/ringipc/ringipc/cmd/ringbench/internal/benchreport"
 	"strings"
 	"testing"
 	"time"
@@ -58,8 +59,8 @@ func TestPacerUnpaced(t *testing.T) {
 
 func TestRateText(t *testing.T) {
 	for r, want := range map[int]string{0: "max", 50: "50", 1000: "1k", 1500: "1.5k", 10000: "10k", 1234: "1234", 2000000: "2M"} {
-		if got := rateText(r); got != want {
-			t.Errorf("rateText(%d) = %q, want %q", r, got, want)
+		if got := benchreport.RateText(r); got != want {
+			t.Errorf("benchreport.RateText(%d) = %q, want %q", r, got, want)
 		}
 	}
 }

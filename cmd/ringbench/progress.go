@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/ringipc/ringipc/cmd/ringbench/internal/benchreport"
 	"io"
 	"strings"
 	"time"
@@ -46,7 +47,7 @@ func (p *progress) step(i int, j job) {
 
 // describe names a measurement's scenario, transport and parameters.
 func (j job) describe() string {
-	parts := []string{j.sc.name + " over " + j.transport, byteSize(j.rc.size), "rate " + rateText(j.rc.rate)}
+	parts := []string{j.sc.name + " over " + j.transport, benchreport.SizeText(j.rc.size), "rate " + benchreport.RateText(j.rc.rate)}
 	if p := j.params(); p != "" {
 		parts = append(parts, p)
 	}

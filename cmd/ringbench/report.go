@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/ringipc/ringipc/cmd/ringbench/internal/benchreport"
 	"io"
 	"slices"
 	"strings"
@@ -120,7 +121,7 @@ func (r *reporter) begin() {
 		wait += " (the default)"
 	}
 	fmt.Fprintf(r.w, "settings: %v per result after %v warm-up; ring data area %s, wait %s (ring and ipc)\n\n",
-		r.cfg.duration, r.cfg.warmup, byteSize(r.cfg.ringSize), wait)
+		r.cfg.duration, r.cfg.warmup, benchreport.SizeText(r.cfg.ringSize), wait)
 	fmt.Fprintf(r.w, tableHead, "scenario", "size", "prod", "gor", "cli", "rate", "transport", "msgs/s", "MB/s", "p50 ns", "p99 ns", "p999 ns", "cpu s", "cpu/msg ns")
 }
 
@@ -140,7 +141,7 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 		}
 		return fmt.Sprint(v)
 	}
-	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Goroutines, res.Clients, rateText(res.Rate),
+	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Goroutines, res.Clients, benchreport.RateText(res.Rate),
 		res.Transport, si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
 		res.CPUSec, res.CPUPerMsgNs)
 	if len(r.group) > 0 && !sameGroup(r.group[0], res) {
@@ -182,19 +183,6 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 func sameGroup(a, b result) bool {
 	return a.Scenario == b.Scenario && a.Size == b.Size && a.Producers == b.Producers &&
 		a.Goroutines == b.Goroutines && a.Clients == b.Clients && a.Rate == b.Rate
-}
-
-// rateText shows a rate per second, "max" for unpaced.
-func rateText(r int) string {
-	switch {
-	case r == 0:
-		return "max"
-	case r >= 1e6 && r%1e5 == 0:
-		return strings.TrimSuffix(fmt.Sprintf("%.1f", float64(r)/1e6), ".0") + "M"
-	case r >= 1e3 && r%100 == 0:
-		return strings.TrimSuffix(fmt.Sprintf("%.1f", float64(r)/1e3), ".0") + "k"
-	}
-	return fmt.Sprint(r)
 }
 
 func (r *reporter) end() {
@@ -240,7 +228,7 @@ func (r *reporter) end() {
 	}
 	fmt.Fprintf(&b, "uds      AF_UNIX SOCK_STREAM socketpair used as a naive user would: one write(2) per\n")
 	fmt.Fprintf(&b, "         message of exactly size bytes (a %d-byte frame per write), no batching; the\n", r.cfg.sizes[0])
-	fmt.Fprintf(&b, "         reader uses a %s bufio.Reader and one io.ReadFull per message (call and\n", byteSize(udsReadBuffer))
+	fmt.Fprintf(&b, "         reader uses a %s bufio.Reader and one io.ReadFull per message (call and\n", benchreport.SizeText(udsReadBuffer))
 	fmt.Fprintf(&b, "         pipeline frames carry a %d-byte header: length and correlation id)\n", rpcHeader)
 	for _, sc := range r.cfg.scenarios {
 		b.WriteString(wrap(fmt.Sprintf("%-8s ", sc.name), sc.about, 96))
@@ -272,20 +260,6 @@ func si(v float64) string {
 		return fmt.Sprintf("%.1f k", v/1e3)
 	}
 	return fmt.Sprintf("%.0f  ", v)
-}
-
-// byteSize formats a byte count in binary units when it is a whole number
-// of them.
-func byteSize(n int) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // wrap prints text after prefix in lines of at most width bytes, broken

@@ -38,7 +38,7 @@ func newReportBook(cfg *config, mach machine, start time.Time, args []string) *r
 		Machine: fmt.Sprintf("%s, %d cores, %s/%s%s, %s; load average %.2f at start",
 			mach.CPUModel, mach.Cores, mach.GOOS, mach.GOARCH, kernel, mach.GoVersion, mach.LoadAvg1m),
 		Settings: fmt.Sprintf("%v per result after %v warm-up; ring data area %s; wait %s",
-			cfg.duration, cfg.warmup, byteSize(cfg.ringSize), waitPolicy(cfg.spin)),
+			cfg.duration, cfg.warmup, benchreport.SizeText(cfg.ringSize), waitPolicy(cfg.spin)),
 	}
 	return b
 }

@@ -45,7 +45,7 @@ func latencyFigures(dir string, rows []Row) ([]figure, error) {
 	var figs []figure
 	for _, k := range keys {
 		p := plot.New()
-		caption := k.scenario + ", " + sizeText(k.size) + ", rate " + rateText(k.rate)
+		caption := k.scenario + ", " + SizeText(k.size) + ", rate " + RateText(k.rate)
 		if k.params != "" {
 			caption += ", " + k.params
 		}
@@ -180,18 +180,18 @@ var (
 	bySize = sweep{
 		name: "size", label: "message size (bytes)",
 		x:      func(r Row) float64 { return float64(r.Size) },
-		fixed:  func(r Row) string { return "rate " + rateText(r.Rate) },
+		fixed:  func(r Row) string { return "rate " + RateText(r.Rate) },
 		series: func(r Row) string { return join(r.Transport, r.Params) },
-		ticks:  func(v float64) string { return sizeText(int(v)) },
+		ticks:  func(v float64) string { return SizeText(int(v)) },
 		ys:     []sweepY{throughputY, cpuY},
 		keep:   func(xs []float64) bool { return len(xs) >= 2 },
 	}
 	byRate = sweep{
 		name: "rate", label: "rate (per second, each sender)",
 		x:      func(r Row) float64 { return float64(r.Rate) },
-		fixed:  func(r Row) string { return sizeText(r.Size) },
+		fixed:  func(r Row) string { return SizeText(r.Size) },
 		series: func(r Row) string { return join(r.Transport, r.Params) },
-		ticks:  func(v float64) string { return rateText(int(v)) },
+		ticks:  func(v float64) string { return RateText(int(v)) },
 		ys:     []sweepY{msgsY, cpuY},
 		keep:   func(xs []float64) bool { return len(xs) >= 2 },
 	}
@@ -308,8 +308,8 @@ func join(parts ...string) string {
 	return strings.Join(out, ", ")
 }
 
-// rateText shows a rate per second, "max" for unpaced.
-func rateText(r int) string {
+// RateText shows a rate per second, "max" for unpaced.
+func RateText(r int) string {
 	switch {
 	case r == 0:
 		return "max"
@@ -321,10 +321,12 @@ func rateText(r int) string {
 	return strconv.Itoa(r)
 }
 
-// sizeText shows a byte count, in binary units when it is a whole number
+// SizeText shows a byte count, in binary units when it is a whole number
 // of them.
-func sizeText(n int) string {
+func SizeText(n int) string {
 	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
 	case n >= 1<<20 && n%(1<<20) == 0:
 		return fmt.Sprintf("%d MiB", n>>20)
 	case n >= 1<<10 && n%(1<<10) == 0:
