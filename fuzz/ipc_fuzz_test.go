@@ -15,7 +15,9 @@ import (
 	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/ringipc/ringipc/futex"
 	"github.com/ringipc/ringipc/ipc"
+	"github.com/ringipc/ringipc/ring"
 	"golang.org/x/sys/unix"
 )
 
@@ -344,7 +346,11 @@ func (p *rawConn) publish(typ uint32, payload []byte, word uint64) {
 	le.PutUint32(r.data[off+12:], r.sum(pos, word, typ, payload))
 	le.PutUint64(r.data[off:], word)
 	atomic.StoreUint64(r.u64(128), pos+rs)
-	atomic.StoreUint32(r.u32(offConsWait), 0)
+	// docs/ipc.md §6: a server blocked in FUTEX_WAIT announced value 2
+	// and is woken with FUTEX_WAKE; without it, it waits out its slice.
+	if atomic.SwapUint32(r.u32(offConsWait), 0) == ring.WordFutex {
+		futex.Wake(r.u32(offConsWait), 1) //nolint:errcheck // the token below is the fallback
+	}
 	p.token(0x01) // spurious tokens are allowed, and survive scribbled words
 }
 
