@@ -80,7 +80,7 @@ func (cl *Client) CallInto(ctx context.Context, id uint16, req, buf []byte) (n i
 
 func (cl *Client) roundTrip(ctx context.Context, id uint16, req []byte, w *waiter) error {
 	if len(req) > cl.maxReq {
-		return fmt.Errorf("call with %d bytes: %w (max %d)", len(req), ErrTooLarge, cl.maxReq)
+		return cl.reqTooLarge(len(req))
 	}
 	r, err := cl.reserve(ctx, id, len(req), w, true)
 	if err != nil {
@@ -583,7 +583,9 @@ func (cl *Client) fill(w *waiter, rec ring.Record) {
 	case respHandlerError:
 		w.err = &HandlerError{Code: int32(binary.LittleEndian.Uint32(rec.Data[8:])), Msg: string(body)}
 	case respTooLarge:
-		w.err = errRespTooLarge
+		// The code says how large the handler's response was (0 from a
+		// server that does not say).
+		w.err = tooLarge("call: response", int(binary.LittleEndian.Uint32(rec.Data[8:])), cl.maxResp, raiseRespRing)
 	case respPanic:
 		w.err = errHandlerPanic
 	default:

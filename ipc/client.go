@@ -39,7 +39,9 @@ type Client struct {
 	waker       *sockWaker
 	serverCred  Cred
 	features    uint32
+	ringSizes   [3]int // request, response, dispatch data sizes granted
 	maxReq      int
+	maxResp     int
 	maxDisp     int
 	nonBlocking bool
 	onDispatch  func(uint16, []byte)
@@ -241,8 +243,32 @@ func (cl *Client) ServerCred() Cred { return cl.serverCred }
 // Features returns the feature bits the server granted.
 func (cl *Client) Features() uint32 { return cl.features }
 
-// MaxRequest returns the largest request body the request ring accepts.
+// MaxRequest returns the largest request body a call may send: what the
+// request ring carries. A larger one fails with ErrTooLarge.
 func (cl *Client) MaxRequest() int { return cl.maxReq }
+
+// MaxResponse returns the largest response body the client receives:
+// what the response ring carries. The server refuses a larger one, and
+// the call fails with ErrTooLarge.
+func (cl *Client) MaxResponse() int { return cl.maxResp }
+
+// MaxDispatch returns the largest dispatch message body the client
+// receives: what the dispatch ring carries (Conn.MaxDispatch on the
+// server's side).
+func (cl *Client) MaxDispatch() int { return cl.maxDisp }
+
+// RingSizes returns the data sizes of the request, response and dispatch
+// rings as the server granted them: what was asked, rounded up to a power
+// of two, then clamped to the server's limits (Config.MaxRingSize,
+// MinRingSize), or the server's Config.RingSize where 0 was asked.
+func (cl *Client) RingSizes() (request, response, dispatch int) {
+	return cl.ringSizes[0], cl.ringSizes[1], cl.ringSizes[2]
+}
+
+// reqTooLarge is the error of a request body of n bytes above maxReq.
+func (cl *Client) reqTooLarge(n int) error {
+	return tooLarge("call: request", n, cl.maxReq, raiseReqRing)
+}
 
 // lock acquires a channel lock, giving up when ctx ends or the
 // connection does.

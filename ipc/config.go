@@ -83,7 +83,8 @@ type Config struct {
 	// 0 means DefaultMaxMemory.
 	MaxMemory int64
 	// RingSize is a ring's data size when the client asks for 0;
-	// MaxRingSize clamps what clients ask for. Powers of two; 0 means
+	// MaxRingSize clamps what clients ask for. A size that is not a power
+	// of two is rounded up to one (rings index by masking); 0 means
 	// DefaultRingSize and DefaultMaxRingSize.
 	RingSize    int
 	MaxRingSize int
@@ -181,9 +182,11 @@ func (cfg *Config) withDefaults() Config {
 	if c.MaxRingSize == 0 {
 		c.MaxRingSize = DefaultMaxRingSize
 	}
+	c.MaxRingSize = roundRingSize(c.MaxRingSize)
 	if c.RingSize == 0 {
 		c.RingSize = min(DefaultRingSize, c.MaxRingSize)
 	}
+	c.RingSize = roundRingSize(c.RingSize)
 	if c.MaxTurnRequests <= 0 {
 		c.MaxTurnRequests = DefaultMaxTurnRequests
 	}
@@ -207,7 +210,7 @@ func (cfg *Config) withDefaults() Config {
 func (cfg *Config) validate() error {
 	for _, s := range []int{cfg.RingSize, cfg.MaxRingSize} {
 		if s < MinRingSize || s > RingSizeLimit || s&(s-1) != 0 {
-			return fmt.Errorf("ipc: %w: ring size %d is not a power of two in [%d, %d]", os.ErrInvalid, s, MinRingSize, RingSizeLimit)
+			return fmt.Errorf("ipc: %w: ring size %d is not in [%d, %d]", os.ErrInvalid, s, MinRingSize, RingSizeLimit)
 		}
 	}
 	if cfg.RingSize > cfg.MaxRingSize {

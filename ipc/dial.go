@@ -20,8 +20,10 @@ import (
 
 // ClientOptions tune Dial. The zero value asks for the server's defaults.
 type ClientOptions struct {
-	// Ring data sizes to ask for: powers of two; 0 leaves the choice to
-	// the server, which clamps what it is asked to its limits.
+	// Ring data sizes to ask for; a size that is not a power of two is
+	// rounded up to one. 0 leaves the choice to the server, which clamps
+	// what it is asked to its limits: Client.RingSizes says what it
+	// granted.
 	RequestRingSize  int
 	ResponseRingSize int
 	DispatchRingSize int
@@ -53,8 +55,8 @@ type ClientOptions struct {
 	// directory is the better guard.
 	AuthorizeServer func(Cred) error
 	// MaxRingSize bounds the ring sizes the client accepts from the
-	// server (a power of two, at most RingSizeLimit; 0 means
-	// DefaultMaxRingSize). A ring size asked for above it is an error;
+	// server (rounded up to a power of two, at most RingSizeLimit; 0
+	// means DefaultMaxRingSize). A ring size asked for above it is an error;
 	// the server may grant no more than was asked (or MinRingSize if
 	// less was asked), and for a size left to the server, no more than
 	// MaxRingSize. A larger grant fails Dial before the segment is
@@ -82,9 +84,9 @@ func (o *ClientOptions) maxRing() (uint64, error) {
 	if o.MaxRingSize == 0 {
 		return DefaultMaxRingSize, nil
 	}
-	m := o.MaxRingSize
+	m := roundRingSize(o.MaxRingSize)
 	if m < MinRingSize || !isPow2(uint64(m)) || uint64(m) > RingSizeLimit {
-		return 0, fmt.Errorf("%w: MaxRingSize %d is not a power of two in [%d, %d]", os.ErrInvalid, m, MinRingSize, uint64(RingSizeLimit))
+		return 0, fmt.Errorf("%w: MaxRingSize %d is not in [%d, %d]", os.ErrInvalid, o.MaxRingSize, MinRingSize, uint64(RingSizeLimit))
 	}
 	return uint64(m), nil
 }
@@ -104,12 +106,13 @@ func Dial(ctx context.Context, address string, service uint16, opts *ClientOptio
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	var sizes [3]uint64
-	for i, s := range []int{opts.RequestRingSize, opts.ResponseRingSize, opts.DispatchRingSize} {
+	for i, asked := range []int{opts.RequestRingSize, opts.ResponseRingSize, opts.DispatchRingSize} {
+		s := roundRingSize(asked)
 		if s < 0 || (s != 0 && !isPow2(uint64(s))) {
-			return nil, fmt.Errorf("dial: %w: ring size %d is not a power of two", os.ErrInvalid, s)
+			return nil, fmt.Errorf("dial: %w: ring size %d", os.ErrInvalid, asked)
 		}
 		if uint64(s) > maxRing {
-			return nil, fmt.Errorf("dial: %w: ring size %d above MaxRingSize %d", os.ErrInvalid, s, maxRing)
+			return nil, fmt.Errorf("dial: %w: ring size %d (rounded up to %d) above MaxRingSize %d", os.ErrInvalid, asked, s, maxRing)
 		}
 		sizes[i] = uint64(s)
 	}
@@ -362,7 +365,9 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 		ctl:         mem[:ctlSize:ctlSize],
 		serverCred:  cred,
 		features:    r.features,
+		ringSizes:   [3]int{int(r.sizes[0]), int(r.sizes[1]), int(r.sizes[2])},
 		maxReq:      MaxRequestBody(int(r.sizes[0])),
+		maxResp:     MaxResponseBody(int(r.sizes[1])),
 		maxDisp:     MaxDispatchBody(int(r.sizes[2])),
 		nonBlocking: opts.NonBlocking,
 		onDispatch:  opts.OnDispatch,

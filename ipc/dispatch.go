@@ -80,7 +80,7 @@ func (d *deque) pop() qitem {
 // client's FlowControl shows when the queue is empty.
 func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 	if len(body) > c.maxDisp {
-		return fmt.Errorf("dispatch %d bytes: %w (max %d)", len(body), ErrTooLarge, c.maxDisp)
+		return tooLarge("dispatch", len(body), c.maxDisp, raiseDispRing)
 	}
 	c.qMu.Lock()
 	for {

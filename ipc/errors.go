@@ -40,8 +40,10 @@ var (
 	// ErrHandlerPanic: the handler panicked before it answered. The
 	// server recovered, logged it and goes on serving the connection.
 	ErrHandlerPanic = errors.New("ipc: handler panicked")
-	// ErrTooLarge: the message can never fit in the ring it must cross.
-	// Nothing was sent. From Dial: the server granted a ring larger than
+	// ErrTooLarge: the message is above a limit of the connection, so
+	// nothing was sent (or, for a response or dispatch message, it was
+	// not delivered); the error's text names the size, the limit and
+	// what raises it. From Dial: the server granted a ring larger than
 	// the client accepts (ClientOptions.MaxRingSize, docs/ipc.md 3.2).
 	ErrTooLarge = errors.New("ipc: message too large")
 	// ErrTryAgain: a non-blocking call found the ring full; nothing was
@@ -142,12 +144,24 @@ func (e *HandlerError) Error() string {
 
 func (e *HandlerError) Is(target error) bool { return target == ErrHandler }
 
-// errUnknownMessage and errRespTooLarge are preallocated so that the
+// errUnknownMessage and errHandlerPanic are preallocated so that the
 // client's error path for these statuses does not allocate.
 var (
 	errUnknownMessage = fmt.Errorf("call: %w", ErrUnknownMessage)
-	errRespTooLarge   = fmt.Errorf("call: response %w for the response ring", ErrTooLarge)
 	errHandlerPanic   = fmt.Errorf("call: %w", ErrHandlerPanic)
+)
+
+// tooLarge is the error of a body above a limit: it names the size, the
+// limit and what raises it, and wraps ErrTooLarge.
+func tooLarge(what string, n, limit int, raise string) error {
+	return fmt.Errorf("%s of %d bytes: %w: the limit is %d; %s", what, n, ErrTooLarge, limit, raise)
+}
+
+// What raises each limit, for tooLarge.
+const (
+	raiseReqRing  = "a larger ClientOptions.RequestRingSize raises it, up to the server's Config.MaxRingSize"
+	raiseRespRing = "a larger ClientOptions.ResponseRingSize raises it, up to the server's Config.MaxRingSize"
+	raiseDispRing = "a larger ClientOptions.DispatchRingSize raises it, up to the server's Config.MaxRingSize"
 )
 
 // Errors of a method called when it cannot be: the API used against its

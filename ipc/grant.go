@@ -4,6 +4,7 @@ package ipc
 
 import (
 	"fmt"
+	"math/bits"
 
 	"github.com/ringipc/ringipc/ring"
 )
@@ -53,4 +54,24 @@ func checkGrant(r *reply, asked uint32, ringMem func(int) []byte) error {
 		}
 	}
 	return nil
+}
+
+// roundRingSize rounds a positive ring size that is not a power of two up
+// to the next one: a ring indexes its data by masking, so its size must
+// be one, and a user asking for 100 KiB means "at least 100 KiB". Zero,
+// negative sizes and sizes whose next power of two would overflow are
+// returned as they are, for the caller's range check to refuse.
+func roundRingSize(n int) int {
+	if n <= 0 || n&(n-1) == 0 || bits.Len(uint(n)) >= bits.UintSize-1 {
+		return n
+	}
+	return 1 << bits.Len(uint(n))
+}
+
+// roundRingSize64 is roundRingSize for a size a hello carries.
+func roundRingSize64(n uint64) uint64 {
+	if n == 0 || n&(n-1) == 0 || bits.Len64(n) >= 63 {
+		return n
+	}
+	return 1 << bits.Len64(n)
 }

@@ -5,7 +5,7 @@ package ipc
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
+	"math"
 
 	"github.com/ringipc/ringipc/ring"
 )
@@ -95,7 +95,7 @@ type ResponseWriter struct {
 	corr     uint64
 	done     bool
 	reserved bool
-	tooLarge bool
+	tooLarge int  // the size of a response refused as too large, else 0
 	panicked bool // the handler panicked: finish answers respPanic
 	res      ring.Reservation
 	pend     *pendingResp // external mode: the response ring was full
@@ -140,8 +140,8 @@ func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, erro
 		return nil, ErrResponded
 	}
 	if n < 0 || n > w.c.maxResp {
-		w.tooLarge = true
-		return nil, fmt.Errorf("respond with %d bytes: %w (max %d)", n, ErrTooLarge, w.c.maxResp)
+		w.tooLarge = max(n, 1)
+		return nil, tooLarge("response", n, w.c.maxResp, raiseRespRing)
 	}
 	c := w.c
 	total := respHdrSize + n
@@ -222,13 +222,15 @@ func (w *ResponseWriter) finish() {
 		return
 	}
 	status := uint32(respOK)
+	var code int32
 	switch {
 	case w.panicked:
 		status = respPanic
-	case w.tooLarge:
-		status = respTooLarge
+	case w.tooLarge > 0:
+		// The code tells the client the size it was refused (u32).
+		status, code = respTooLarge, int32(uint32(min(w.tooLarge, math.MaxUint32)))
 	}
-	if _, err := w.reserve(status, 0, 0); err == nil {
+	if _, err := w.reserve(status, code, 0); err == nil {
 		w.Commit() //nolint:errcheck // a failure ends the connection, reported by the loop
 	}
 }

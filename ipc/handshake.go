@@ -50,12 +50,15 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 	}
 	var sizes [3]uint64
 	for i, want := range h.sizes {
+		// A size that is not a power of two is rounded up to one; one
+		// too large to round is nonsense.
+		want = roundRingSize64(want)
 		switch {
 		case want == 0:
 			sizes[i] = uint64(s.cfg.RingSize)
 		case !isPow2(want):
 			svc.stats.rejected.Add(1)
-			s.reject(uc, log, statusBadHello, 0, fmt.Errorf("%w: ring size %d is not a power of two", ErrProtocol, want))
+			s.reject(uc, log, statusBadHello, 0, fmt.Errorf("%w: ring size %d", ErrProtocol, want))
 			return nil
 		default:
 			sizes[i] = min(max(want, MinRingSize), uint64(s.cfg.MaxRingSize))

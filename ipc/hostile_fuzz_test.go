@@ -100,10 +100,14 @@ func helloVerdict(b []byte) (status uint32, sizes [3]uint64, features uint32) {
 		switch {
 		case s == 0:
 			sizes[i] = 1 << 16
-		case s&(s-1) != 0:
-			return 2, sizes, 0
+		case s > 1<<62:
+			return 2, sizes, 0 // cannot be rounded up to a power of two
 		default:
-			sizes[i] = min(max(s, 4096), 1<<16)
+			r := uint64(1)
+			for r < s {
+				r <<= 1
+			}
+			sizes[i] = min(max(r, 4096), 1<<16)
 		}
 	}
 	return 0, sizes, le.Uint32(b[12:]) & 1

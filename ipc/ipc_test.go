@@ -187,7 +187,7 @@ func TestHelloValidation(t *testing.T) {
 		t.Errorf("MaxRequest %d, want %d (clamped to 8192)", got, want)
 	}
 	cl.Close()
-	// A size that is not a power of two is refused.
+	// A size that is not a power of two is rounded up to one.
 	uc := rawDial(t, addr)
 	h := hello{version: Version, service: testService, sizes: [3]uint64{5000, 0, 0}}
 	var hb [helloSize]byte
@@ -197,8 +197,8 @@ func TestHelloValidation(t *testing.T) {
 	if _, err := readFull(uc, rb[:]); err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := decodeReply(rb[:]); r.status != statusBadHello {
-		t.Errorf("status %d, want statusBadHello", r.status)
+	if r, _ := decodeReply(rb[:]); r.status != statusOK || r.sizes[0] != 8192 {
+		t.Errorf("size 5000: status %d, size %d, want 0 and 8192", r.status, r.sizes[0])
 	}
 	// So is garbage.
 	uc = rawDial(t, addr)

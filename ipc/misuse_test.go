@@ -89,9 +89,9 @@ func TestMisuseErrors(t *testing.T) {
 // Arguments a method cannot take are errors matching os.ErrInvalid.
 func TestInvalidArguments(t *testing.T) {
 	for name, cfg := range map[string]Config{
-		"ring size not a power of two": {RingSize: 5000},
-		"ring size above the max":      {RingSize: 1 << 20, MaxRingSize: 1 << 16},
-		"unknown policy":               {DispatchPolicy: 9},
+		"ring size below the min": {RingSize: 1000},
+		"ring size above the max": {RingSize: 1 << 20, MaxRingSize: 1 << 16},
+		"unknown policy":          {DispatchPolicy: 9},
 	} {
 		if _, err := NewServer(&cfg); !errors.Is(err, os.ErrInvalid) {
 			t.Errorf("NewServer, %s: %v, want os.ErrInvalid", name, err)
@@ -106,9 +106,10 @@ func TestInvalidArguments(t *testing.T) {
 	}
 	ctx := testCtx(t)
 	for name, opts := range map[string]ClientOptions{
-		"ring size not a power of two": {RequestRingSize: 5000},
-		"ring size above MaxRingSize":  {RequestRingSize: 1 << 20, MaxRingSize: 1 << 16},
-		"MaxRingSize not a power of 2": {MaxRingSize: 5000},
+		"negative ring size":          {RequestRingSize: -1},
+		"ring size above MaxRingSize": {RequestRingSize: 1 << 20, MaxRingSize: 1 << 16},
+		"rounded above MaxRingSize":   {RequestRingSize: 40000, MaxRingSize: 1 << 15},
+		"MaxRingSize below the min":   {MaxRingSize: 1000},
 	} {
 		if cl, err := Dial(ctx, addr, testService, &opts); !errors.Is(err, os.ErrInvalid) {
 			t.Errorf("Dial, %s: %v, want os.ErrInvalid", name, err)

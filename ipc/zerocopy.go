@@ -63,7 +63,7 @@ func live(w *waiter, gen uint64, stage zcStage) bool {
 // Reserve starts a zero-copy call of message id with an n-byte body.
 func (cl *Client) Reserve(ctx context.Context, id uint16, n int) (PendingCall, error) {
 	if n < 0 || n > cl.maxReq {
-		return PendingCall{}, fmt.Errorf("call with %d bytes: %w (max %d)", n, ErrTooLarge, cl.maxReq)
+		return PendingCall{}, cl.reqTooLarge(n)
 	}
 	w := getWaiter()
 	w.zc = true
