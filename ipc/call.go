@@ -305,7 +305,7 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 			if errors.Is(err, ring.ErrClosed) || errors.Is(err, ring.ErrCorrupt) {
 				// No response can come any more: end the connection,
 				// which fails every call.
-				cl.kill(fmt.Errorf("%w: response ring: %w", ErrDisconnected, err))
+				cl.kill(cl.withCloseReason(fmt.Errorf("%w: response ring: %w", ErrDisconnected, err), false))
 			}
 			return false, cl.ringErr(err)
 		}

@@ -128,7 +128,11 @@ func (cl *Client) start() {
 // blocked call ends.
 func (cl *Client) readLoop() {
 	defer cl.wg.Done()
-	cl.kill(readTokenLoop(cl.nc, cl.rc, cl.waker, cl.done))
+	err := readTokenLoop(cl.nc, cl.rc, cl.waker, cl.done)
+	if errors.Is(err, ErrDisconnected) {
+		err = cl.withCloseReason(err, true)
+	}
+	cl.kill(err)
 }
 
 // kill ends the connection: the rings are closed, which wakes everyone
@@ -227,7 +231,7 @@ func (cl *Client) ringErr(err error) error {
 		case <-cl.done:
 			return cl.deadErr()
 		default:
-			return fmt.Errorf("%w: server closed the connection", ErrDisconnected)
+			return cl.withCloseReason(fmt.Errorf("%w: server closed the connection", ErrDisconnected), false)
 		}
 	case errors.Is(err, ring.ErrCorrupt):
 		err = fmt.Errorf("%w: %w", ErrProtocol, err)

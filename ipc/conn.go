@@ -246,6 +246,7 @@ func (c *Conn) kill(err error) {
 		c.stats.lostDispatches.Add(uint64(c.q.len()))
 		close(c.room)
 		c.qMu.Unlock()
+		c.storeCloseReason(err)
 		c.reqC.Close()  //nolint:errcheck // always nil
 		c.respP.Close() //nolint:errcheck
 		c.dispP.Close() //nolint:errcheck
@@ -287,7 +288,7 @@ func (c *Conn) drain() {
 		idle := !c.running && !c.pendingOut
 		c.pmu.Unlock()
 		if idle {
-			c.kill(ErrServerClosed)
+			c.kill(errShutdown)
 		}
 		return
 	}
@@ -328,12 +329,14 @@ func (c *Conn) isDead() bool {
 	}
 }
 
-// Close ends the connection. The client's calls fail with ErrDisconnected.
+// Close ends the connection. The client's calls fail with ErrDisconnected
+// (and ErrClosedByServer, which tells the client that the server is
+// still up).
 // It does not wait for the teardown (a handler may call it), so it
 // returns nil; Server.Close reports what releasing a connection it closed
 // failed with, and the Logger every such failure.
 func (c *Conn) Close() error {
-	c.kill(fmt.Errorf("%w: closed by the server", ErrDisconnected))
+	c.kill(errConnClosed)
 	return nil
 }
 

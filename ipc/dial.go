@@ -28,7 +28,8 @@ type ClientOptions struct {
 	ResponseRingSize int
 	DispatchRingSize int
 	// Features to ask for (Feature... bits); Client.Features says what
-	// the server granted.
+	// the server granted. Dial asks for FeatureCloseReason whatever this
+	// says.
 	Features uint32
 	// Wait is how the client waits on its rings (ring.WaitPolicy): the
 	// zero value lets Spin decide, and with Spin 0 that is
@@ -165,6 +166,10 @@ func dialOnce(ctx context.Context, address string, service uint16, sizes [3]uint
 }
 
 func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]uint64, opts *ClientOptions) (*Client, error) {
+	// Asked for always; the hello and the grant check both see them.
+	withDefaults := *opts
+	withDefaults.Features |= defaultFeatures
+	opts = &withDefaults
 	if dl, ok := ctx.Deadline(); ok {
 		uc.SetDeadline(dl) //nolint:errcheck
 	}

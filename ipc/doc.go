@@ -21,7 +21,11 @@
 // parked in Go's netpoller: no OS thread, no CPU. End of file on the socket means the peer closed, exited or was
 // killed: every blocked operation of the connection ends at once with
 // ErrDisconnected, the server runs OnDisconnect, unmaps the segment and
-// closes the descriptors.
+// closes the descriptors. A server that ends a connection says why in
+// shared memory first, so the client's error tells a graceful
+// Server.Shutdown (ErrServerShutdown), a Server.Close (ErrServerClosed),
+// a Conn.Close (ErrClosedByServer), a slow consumer or a protocol
+// violation from a server that died (ErrPeerDied).
 //
 // Calls from many goroutines of a Client are pipelined: every request
 // carries a correlation id, and one reader (the lone caller itself, so

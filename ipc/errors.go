@@ -53,14 +53,34 @@ var (
 	// because the client is not reading.
 	ErrDropped = errors.New("ipc: dispatch message dropped")
 	// ErrSlowConsumer: the connection was closed under PolicyDisconnect
-	// because the client did not read its dispatch messages.
+	// because the client did not read its dispatch messages (a client
+	// sees it beside ErrDisconnected).
 	ErrSlowConsumer = errors.New("ipc: slow consumer disconnected")
 	// ErrProtocol: the peer broke the protocol (bad handshake bytes, a
 	// malformed record, an unknown wake token, corrupt shared memory).
+	// A client also sees it beside ErrDisconnected when the server ended
+	// the connection because it judged that the client broke it.
 	ErrProtocol = errors.New("ipc: protocol violation")
 	// ErrServerClosed: Serve was called after Shutdown or Close, or
-	// returned because of them.
+	// returned because of them; a connection they ended reports it to
+	// OnDisconnect. On a client, beside ErrDisconnected: the server
+	// closed the connection as it closed (Server.Close, or a Shutdown
+	// whose context ended first).
 	ErrServerClosed = errors.New("ipc: server closed")
+	// ErrServerShutdown: on a client, beside ErrDisconnected, the server
+	// ended the connection in Server.Shutdown, after answering the
+	// requests it had; in OnDisconnect, beside ErrServerClosed, the
+	// connection was drained by Shutdown.
+	ErrServerShutdown = errors.New("ipc: server shut down")
+	// ErrClosedByServer: on a client, beside ErrDisconnected, the server
+	// ended this one connection (Conn.Close).
+	ErrClosedByServer = errors.New("ipc: connection closed by the server")
+	// ErrPeerDied: on a client, beside ErrDisconnected, the server's
+	// socket ended without the server saying why: it crashed, was
+	// killed, or exited without closing. Only a server that granted
+	// FeatureCloseReason can be told apart this way; with another, the
+	// error is ErrDisconnected alone.
+	ErrPeerDied = errors.New("ipc: server died without closing the connection")
 	// ErrShortBuffer: CallInto's buffer was too small for the response,
 	// which was discarded; the returned n is the size needed.
 	ErrShortBuffer = errors.New("ipc: short buffer")

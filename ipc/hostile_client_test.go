@@ -362,7 +362,7 @@ func TestHostileClient(t *testing.T) {
 		// Huge power-of-two sizes are clamped, not trusted.
 		p := rawConnect(t, h.addr)
 		p.handshake(rawHello(1, testService, 0xffffffff, [3]uint64{1 << 62, 1 << 40, 1}, 0))
-		if r := p.reply; r.sizes != [3]uint64{1 << 16, 1 << 16, 4096} || r.features != FeaturePayloadChecksum {
+		if r := p.reply; r.sizes != [3]uint64{1 << 16, 1 << 16, 4096} || r.features != knownFeatures {
 			t.Errorf("sizes %v, features %#x: want clamped [65536 65536 4096], only known features", r.sizes, r.features)
 		}
 		if resp, err := p.call(msgEcho, 7, []byte("clamped")); err != nil || string(resp.body) != "clamped" || resp.corr != 7 {

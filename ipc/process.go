@@ -57,7 +57,7 @@ func (c *Conn) Process() error {
 	end := c.draining.Load() && !c.pendingOut
 	c.pmu.Unlock()
 	if end {
-		c.kill(ErrServerClosed) // Shutdown, and nothing left to answer
+		c.kill(errShutdown) // Shutdown, and nothing left to answer
 	}
 	if c.isDead() {
 		c.teardown()

@@ -75,7 +75,7 @@ func (c *Conn) nextRequest() (ring.Record, error) {
 func (c *Conn) loopErr(err error) error {
 	switch {
 	case c.draining.Load():
-		return ErrServerClosed
+		return errShutdown
 	case errors.Is(err, ring.ErrClosed):
 		return fmt.Errorf("%w: client closed the connection", ErrDisconnected)
 	case errors.Is(err, context.Canceled):

@@ -84,9 +84,19 @@ const (
 	// FeaturePayloadChecksum makes every ring of the connection checksum
 	// payloads as well as headers.
 	FeaturePayloadChecksum = 1 << 0
+	// FeatureCloseReason: the server writes why it ended the connection
+	// into the control block (ctlCloseReason) before it closes the
+	// rings, so that the client can tell a shutdown or a close from a
+	// crash, which leaves the word 0. Dial always asks for it.
+	FeatureCloseReason = 1 << 4
 
-	knownFeatures = FeaturePayloadChecksum
+	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason
 )
+
+// defaultFeatures are asked for by every Dial, whatever
+// ClientOptions.Features says: they cost nothing per message.
+// (A variable so that a test can dial as a client that predates them.)
+var defaultFeatures uint32 = FeatureCloseReason
 
 // Segment geometry kind for an IPC connection (shmseg header kind).
 // Params: [0..2] request, response, dispatch data sizes; [3..5] their
@@ -113,13 +123,29 @@ const segmentKind = 2
 //	 4 u32 messages waiting in the server's dispatch queue
 //	 8 u64 dispatch messages dropped (policy Drop)
 //	16 u64 flow-control events (times the queue started filling)
+//	24 u32 close reason (FeatureCloseReason only): why the server ended
+//	       the connection (close...), stored once before it closes the
+//	       rings; 0 while the connection is up, and if the server died
 const (
-	ctlSize       = 128
-	ctlFlow       = 0
-	ctlQueued     = 4
-	ctlDropped    = 8
-	ctlFlowEvents = 16
-	ringAlign     = 128
+	ctlSize        = 128
+	ctlFlow        = 0
+	ctlQueued      = 4
+	ctlDropped     = 8
+	ctlFlowEvents  = 16
+	ctlCloseReason = 24
+	ringAlign      = 128
+)
+
+// Close reasons (control block word ctlCloseReason). 0 is what a server
+// that died without closing leaves; a client maps an unknown value to a
+// plain ErrDisconnected.
+const (
+	closeNone         = 0 // not closed by the server, or it died
+	closeShutdown     = 1 // Server.Shutdown drained the connection
+	closeServerClosed = 2 // Server.Close (or a Shutdown whose context ended)
+	closeConn         = 3 // Conn.Close: the server ended this connection
+	closeSlowConsumer = 4 // PolicyDisconnect: the client did not read its dispatch ring
+	closeProtocol     = 5 // the server found the client breaking the protocol
 )
 
 // Wake tokens: one byte on the socket, high nibble the ring, low nibble the
