@@ -34,6 +34,16 @@
 // between claim and commit does not block the ring: once the operating
 // system reports the owner gone, the consumer turns the claim into padding.
 //
+// A broadcast ring (InitBroadcast, BroadcastWriter, BroadcastReader) has
+// one writer and any number of readers that never write its memory, so
+// they may map it read-only. The writer never waits: a reader that falls
+// more than a lap behind gets an *OverrunError (ErrOverrun) saying what
+// it lost and reads on from a recent record, and every record it does
+// return was confirmed not to have been overwritten while it was read.
+// Readers sleep in FUTEX_WAIT and announce that out of band
+// (BroadcastReaderOptions.Announce, BroadcastWriter.Arm), since they
+// cannot set a wait word.
+//
 // # Caveats
 //
 // Shared memory is a trust boundary. Every word read from it is read once

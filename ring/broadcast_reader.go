@@ -1,0 +1,422 @@
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/ringipc/ringipc/futex"
+)
+
+// BroadcastReader reads a broadcast ring. It never writes the ring's
+// memory, which may be mapped read-only: its position lives in the
+// reader's own memory. A reader must be used by one goroutine at a time,
+// except Interrupt.
+//
+// A reader that falls more than a lap behind gets an *OverrunError
+// (errors.Is ErrOverrun) from the call that notices, saying what it
+// lost; it has then moved to a recent record, and the next call returns
+// that record. It never returns a record the writer overwrote while it
+// was being read: every read is confirmed afterwards against the
+// writer's intent (docs/design.md §2.9.3).
+type BroadcastReader struct {
+	m    bcMeta
+	data []byte
+
+	tail, intent, mark *uint64
+	wake, closed       *uint32
+
+	pos       uint64 // next position to read
+	seq       uint32 // number of the record at pos, if seqKnown
+	seqKnown  bool
+	tailCache uint64
+
+	peeked  bool
+	cur     Record
+	next    uint64 // pos after the peeked record
+	curSeq  uint32
+	err     error // sticky: once corrupt, always corrupt
+	fence   uint32
+	stats   BroadcastReaderStats
+	opts    BroadcastReaderOptions
+	policy  WaitPolicy
+	budget  time.Duration
+	adapt   adaptive
+	readyFn func() bool
+}
+
+// BroadcastReaderOptions tune a reader. The zero value polls as
+// WaitAdaptive does and, with no Announce, sleeps in short slices.
+type BroadcastReaderOptions struct {
+	// Wait and Spin choose whether a waiting reader polls before it
+	// sleeps, as in Options.
+	Wait WaitPolicy
+	Spin time.Duration
+	// Announce tells the writer, out of band, that the reader is about
+	// to sleep having seen tail seen; the writer's process calls
+	// BroadcastWriter.Arm(seen). The reader then sleeps in FUTEX_WAIT
+	// until woken. With Announce nil (nobody to tell), it sleeps in
+	// slices of BroadcastPollSlice and looks again.
+	Announce func(seen uint64) error
+}
+
+// BroadcastPollSlice is how long a reader without Announce sleeps before
+// it looks at the ring again.
+const BroadcastPollSlice = time.Millisecond
+
+// BroadcastReaderStats counts what a reader lost to overruns.
+type BroadcastReaderStats struct {
+	Overruns    uint64 // times the reader was lapped
+	LostBytes   uint64 // ring bytes it skipped
+	LostRecords uint64 // records it skipped, where known
+}
+
+// NewBroadcastReader attaches a reader to the broadcast ring at the start
+// of mem. It starts at the current tail: it reads the records written
+// from now on.
+func NewBroadcastReader(mem []byte, opts *BroadcastReaderOptions) (*BroadcastReader, error) {
+	m, err := readBroadcastMeta(mem)
+	if err != nil {
+		return nil, fmt.Errorf("attach broadcast reader: %w", err)
+	}
+	r := &BroadcastReader{
+		m:      m,
+		data:   mem[bcDataOff : bcDataOff+int(m.size) : bcDataOff+int(m.size)],
+		tail:   word64(mem, bcOffTail),
+		intent: word64(mem, bcOffIntent),
+		mark:   word64(mem, bcOffMark),
+		wake:   word32(mem, bcOffWake),
+		closed: word32(mem, bcOffClosed),
+	}
+	if opts != nil {
+		r.opts = *opts
+	}
+	refreshCPUs()
+	r.policy, r.budget = r.opts.Wait.Resolve(r.opts.Spin)
+	r.adapt.credit.Store(creditMax)
+	r.readyFn = r.ready
+	t := atomic.LoadUint64(r.tail)
+	if t%recordAlign != 0 {
+		return nil, fmt.Errorf("attach broadcast reader: %w", corrupt("tail", t, t))
+	}
+	r.pos, r.tailCache = t, t
+	return r, nil
+}
+
+// Position returns the reader's position: the byte position of the next
+// record it reads.
+func (r *BroadcastReader) Position() uint64 { return r.pos }
+
+// Lag returns how many bytes the writer has committed that the reader
+// has not read yet (more than the data size once it is lapped).
+func (r *BroadcastReader) Lag() uint64 { return atomic.LoadUint64(r.tail) - r.pos }
+
+// Stats returns what the reader has lost to overruns so far.
+func (r *BroadcastReader) Stats() BroadcastReaderStats { return r.stats }
+
+// TryPeek returns the next record without copying it and without
+// waiting: ErrEmpty if there is none now, ErrClosed once the writer has
+// closed the ring and the reader has read everything. Data points into
+// the ring, and the writer may overwrite it at any time once the reader
+// is lapped: use it, then call Release, and trust what you did with it
+// only if Release returns nil (on an *OverrunError, discard it).
+func (r *BroadcastReader) TryPeek() (Record, error) {
+	return r.peek()
+}
+
+// Release confirms that the peeked record was not overwritten while it
+// was in use and moves past it. Otherwise it returns an *OverrunError
+// and the reader has moved on to a recent record.
+func (r *BroadcastReader) Release() error {
+	if !r.peeked {
+		return fmt.Errorf("%w: release without a peeked record", ErrPending)
+	}
+	r.peeked = false
+	r.loadFence()
+	if atomic.LoadUint64(r.intent) > r.pos+r.m.size {
+		return r.overrun()
+	}
+	r.pos, r.seq, r.seqKnown = r.next, r.curSeq+1, true
+	return nil
+}
+
+// TryReadInto copies the next record's payload into dst (growing it if
+// needed) and returns the record, whose Data is that copy, without
+// waiting. Errors as TryPeek's, and an *OverrunError if the record was
+// overwritten while it was copied (the copy is then not returned).
+func (r *BroadcastReader) TryReadInto(dst []byte) (Record, error) {
+	rec, err := r.peek()
+	if err != nil {
+		return Record{}, err
+	}
+	dst = append(dst[:0], rec.Data...)
+	if err := r.Release(); err != nil {
+		return Record{}, err
+	}
+	return Record{Type: rec.Type, Data: dst}, nil
+}
+
+// ReadInto is TryReadInto that waits for a record (see Wait).
+func (r *BroadcastReader) ReadInto(ctx context.Context, dst []byte) (Record, error) {
+	for {
+		rec, err := r.TryReadInto(dst)
+		if err != ErrEmpty {
+			return rec, err
+		}
+		if err := r.Wait(ctx); err != nil {
+			return Record{}, err
+		}
+	}
+}
+
+func (r *BroadcastReader) ready() bool {
+	return atomic.LoadUint64(r.tail) != r.pos || atomic.LoadUint32(r.closed) != 0
+}
+
+// Wait returns once the writer has committed past the reader's position
+// or closed the ring, or ctx ends (its error), or Announce fails (its
+// error). It polls as the options say, then announces itself and sleeps.
+func (r *BroadcastReader) Wait(ctx context.Context) error {
+	if r.ready() {
+		return nil
+	}
+	if r.policy != WaitSleep {
+		budget := r.budget
+		if r.policy == WaitAdaptive {
+			budget = r.adapt.shouldSpin(budget)
+		}
+		if budget > 0 && takeSpinner() {
+			hit := pollFor(budget, ctx.Done(), r.readyFn)
+			spinners.Add(-1)
+			if r.policy == WaitAdaptive {
+				r.adapt.spun(hit)
+			}
+			if hit {
+				return nil
+			}
+		}
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// Load the wake word before the last look: a wake-up after that
+		// look changes the word, and FUTEX_WAIT then returns at once.
+		v := atomic.LoadUint32(r.wake)
+		if r.ready() {
+			return nil
+		}
+		timeout := BroadcastPollSlice
+		if r.opts.Announce != nil {
+			if err := r.opts.Announce(r.pos); err != nil {
+				return err
+			}
+			timeout = futex.Forever
+		}
+		if err := r.sleep(ctx, v, timeout); err != nil {
+			return err
+		}
+		if r.ready() {
+			return nil
+		}
+	}
+}
+
+// sleep waits in FUTEX_WAIT while the wake word holds v. A cancelled
+// ctx wakes it with a FUTEX_WAKE of its own (readers cannot change the
+// word; other sleepers wake too, look and sleep again).
+func (r *BroadcastReader) sleep(ctx context.Context, v uint32, timeout time.Duration) error {
+	if dl, ok := ctx.Deadline(); ok {
+		d := time.Until(dl)
+		if d <= 0 {
+			return context.DeadlineExceeded
+		}
+		if timeout < 0 || d < timeout {
+			timeout = d
+		}
+	}
+	if done := ctx.Done(); done != nil {
+		// The callback touches the ring's memory: it must be over before
+		// we return, since the caller may unmap the ring right after.
+		ran := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			defer close(ran)
+			r.Interrupt()
+		})
+		defer func() {
+			if !stop() {
+				<-ran
+			}
+		}()
+	}
+	if err := futex.Wait(r.wake, v, timeout); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return ctx.Err()
+}
+
+// Interrupt wakes a reader sleeping in Wait (and any other reader of the
+// ring sleeping at that moment, which looks and sleeps again), for a
+// goroutine that must stop it, such as one that saw the writer's process
+// go away. Safe to call from any goroutine.
+func (r *BroadcastReader) Interrupt() {
+	futex.Wake(r.wake, 0) //nolint:errcheck // the address is valid and aligned by construction
+}
+
+// peek finds the next record and checks it (not yet against the intent
+// after use: Release does that).
+func (r *BroadcastReader) peek() (Record, error) {
+	if r.err != nil {
+		return Record{}, r.err
+	}
+	if r.peeked {
+		return r.cur, nil
+	}
+	le := binary.LittleEndian
+	for range 2 { // at most a padding record, then a record
+		if r.pos == r.tailCache {
+			t := atomic.LoadUint64(r.tail)
+			if t == r.pos {
+				if atomic.LoadUint32(r.closed) == 0 {
+					return Record{}, ErrEmpty
+				}
+				// Closed: Close follows the last publish, so a tail
+				// loaded after closed is final.
+				if t = atomic.LoadUint64(r.tail); t == r.pos {
+					return Record{}, ErrClosed
+				}
+			}
+			if t%recordAlign != 0 || t < r.pos {
+				return Record{}, r.fail(corrupt("broadcast tail", r.pos, t))
+			}
+			r.tailCache = t
+		}
+		if r.tailCache-r.pos > r.m.size {
+			return Record{}, r.overrun()
+		}
+		off := r.pos & r.m.mask
+		var hdr [headerSize]byte
+		copy(hdr[:], r.data[off:off+headerSize]) // one read; validate the copy
+		lw, typ, seq, sum := le.Uint32(hdr[0:]), le.Uint32(hdr[4:]), le.Uint32(hdr[8:]), le.Uint32(hdr[12:])
+		n := uint64(lw & bcLenMask)
+		if lw&bcPadFlag != 0 {
+			if n != r.m.size-off-headerSize || typ != 0 || sum != bcSum(r.m.seed, r.pos, lw, typ, seq, 0) {
+				return Record{}, r.suspect("broadcast padding", uint64(lw))
+			}
+			if err := r.confirm(r.pos); err != nil {
+				return Record{}, err
+			}
+			if r.seqKnown && seq != r.seq {
+				return Record{}, r.suspect("broadcast sequence", uint64(seq))
+			}
+			r.pos += r.m.size - off
+			continue
+		}
+		rs := recordSize(n)
+		if n > r.m.maxP || off+rs > r.m.size || r.pos+rs > r.tailCache {
+			return Record{}, r.suspect("broadcast record length", n)
+		}
+		data := r.data[off+headerSize : off+headerSize+n : off+headerSize+n]
+		if sum != bcSum(r.m.seed, r.pos, lw, typ, seq, bcPayloadHash(&r.m, data)) {
+			return Record{}, r.suspect("broadcast checksum", uint64(sum))
+		}
+		if r.seqKnown && seq != r.seq {
+			return Record{}, r.suspect("broadcast sequence", uint64(seq))
+		}
+		// The header verified; whether the record was overwritten while
+		// it was read, Release tells (one load of the intent per record).
+		r.cur = Record{Type: typ, Data: data}
+		r.next, r.curSeq, r.peeked = r.pos+rs, seq, true
+		return r.cur, nil
+	}
+	return Record{}, r.fail(corrupt("broadcast padding after padding", r.pos, 0))
+}
+
+// confirm is the seqlock check: the bytes read at pos so far were not
+// being overwritten, or the reader is overrun.
+func (r *BroadcastReader) confirm(pos uint64) error {
+	r.loadFence()
+	if atomic.LoadUint64(r.intent) > pos+r.m.size {
+		return r.overrun()
+	}
+	return nil
+}
+
+// suspect handles a failed check of what the reader read: if the writer
+// has lapped the reader meanwhile, the bytes were being overwritten and
+// it is an overrun; otherwise the ring is corrupt.
+func (r *BroadcastReader) suspect(what string, got uint64) error {
+	if err := r.confirm(r.pos); err != nil {
+		return err
+	}
+	return r.fail(corrupt(what, r.pos, got))
+}
+
+func (r *BroadcastReader) fail(err error) error {
+	r.err = err
+	return err
+}
+
+// overrunTries bounds the attempts to resume at the writer's mark while
+// the writer keeps lapping the reader; then it resumes at the tail.
+const overrunTries = 4
+
+// overrun moves a lapped reader to the writer's mark, a recent record,
+// and reports what it skipped.
+func (r *BroadcastReader) overrun() error {
+	r.peeked = false
+	le := binary.LittleEndian
+	for range overrunTries {
+		m := atomic.LoadUint64(r.mark)
+		t := atomic.LoadUint64(r.tail)
+		if t%recordAlign != 0 || t < r.pos {
+			return r.fail(corrupt("broadcast tail", r.pos, t))
+		}
+		if m%recordAlign != 0 || m < r.pos || m >= t || t-m > r.m.size {
+			continue // an older mark, or a hostile one: try again, then the tail
+		}
+		off := m & r.m.mask
+		var hdr [headerSize]byte
+		copy(hdr[:], r.data[off:off+headerSize])
+		r.loadFence()
+		if atomic.LoadUint64(r.intent) > m+r.m.size {
+			continue // the mark's record was overwritten too
+		}
+		lw, typ, seq, sum := le.Uint32(hdr[0:]), le.Uint32(hdr[4:]), le.Uint32(hdr[8:]), le.Uint32(hdr[12:])
+		n := uint64(lw)
+		if lw&bcPadFlag != 0 || n > r.m.maxP || off+recordSize(n) > r.m.size || m+recordSize(n) > t {
+			return r.fail(corrupt("broadcast mark record", m, n))
+		}
+		// With payload checksums the header cannot be checked without
+		// the payload; reading the record checks both (and that its
+		// sequence number is the one taken here).
+		if r.m.flags&flagPayloadSum == 0 && sum != bcSum(r.m.seed, m, lw, typ, seq, 0) {
+			return r.fail(corrupt("broadcast mark checksum", m, uint64(sum)))
+		}
+		e := &OverrunError{Bytes: m - r.pos, Known: r.seqKnown}
+		if r.seqKnown {
+			e.Records = uint64(seq - r.seq)
+		}
+		r.pos, r.tailCache, r.seq, r.seqKnown = m, t, seq, true
+		r.count(e)
+		return e
+	}
+	t := atomic.LoadUint64(r.tail)
+	if t%recordAlign != 0 || t < r.pos {
+		return r.fail(corrupt("broadcast tail", r.pos, t))
+	}
+	e := &OverrunError{Bytes: t - r.pos}
+	r.pos, r.tailCache, r.seqKnown = t, t, false
+	r.count(e)
+	return e
+}
+
+func (r *BroadcastReader) count(e *OverrunError) {
+	r.stats.Overruns++
+	r.stats.LostBytes += e.Bytes
+	r.stats.LostRecords += e.Records
+}

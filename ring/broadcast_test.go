@@ -1,0 +1,621 @@
+//go:build linux
+
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// bcMem maps a fresh broadcast ring outside the Go heap, as a shared
+// segment would be: the reader's unsynchronised copy of bytes the writer
+// may be overwriting is the protocol (confirmed afterwards), and the race
+// detector, which does not watch such mappings, must not judge it.
+func bcMem(t testing.TB, g BroadcastGeometry) []byte {
+	t.Helper()
+	size, err := BroadcastSize(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	if err := InitBroadcast(mem, g); err != nil {
+		t.Fatal(err)
+	}
+	return mem
+}
+
+func newBC(t testing.TB, g BroadcastGeometry, opts *BroadcastReaderOptions) (*BroadcastWriter, *BroadcastReader, []byte) {
+	t.Helper()
+	mem := bcMem(t, g)
+	w, err := NewBroadcastWriter(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewBroadcastReader(mem, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, r, mem
+}
+
+// fill makes a payload of n bytes that says which record it is: every
+// 8-byte word holds k, so a torn copy (parts of two records) shows.
+func bcFill(buf []byte, k uint64, n int) []byte {
+	buf = buf[:n]
+	for i := 0; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(buf[i:], k)
+	}
+	for i := n &^ 7; i < n; i++ {
+		buf[i] = byte(k)
+	}
+	return buf
+}
+
+// check reports whether p is an intact fill of some record, and which.
+func bcCheck(p []byte) (uint64, bool) {
+	if len(p) < 8 {
+		return 0, true
+	}
+	k := binary.LittleEndian.Uint64(p)
+	for i := 0; i+8 <= len(p); i += 8 {
+		if binary.LittleEndian.Uint64(p[i:]) != k {
+			return k, false
+		}
+	}
+	for i := len(p) &^ 7; i < len(p); i++ {
+		if p[i] != byte(k) {
+			return k, false
+		}
+	}
+	return k, true
+}
+
+func bcSizeFor(k uint64) int { return 8 + int(k*37%200) }
+
+func TestBroadcastRoundTrip(t *testing.T) {
+	for _, sum := range []bool{false, true} {
+		w, r, mem := newBC(t, BroadcastGeometry{DataSize: 1024, PayloadChecksum: sum}, nil)
+		r2, err := NewBroadcastReader(mem, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.TryReadInto(nil); err != ErrEmpty {
+			t.Fatalf("empty ring: %v", err)
+		}
+		buf := make([]byte, 256)
+		var dst []byte
+		// Many laps, the reader keeping up: every wrap and padding case.
+		for k := uint64(0); k < 500; k++ {
+			if err := w.Write(uint32(k), bcFill(buf, k, bcSizeFor(k))); err != nil {
+				t.Fatal(err)
+			}
+			for _, rd := range []*BroadcastReader{r, r2} {
+				rec, err := rd.TryReadInto(dst)
+				if err != nil {
+					t.Fatalf("record %d: %v", k, err)
+				}
+				got, ok := bcCheck(rec.Data)
+				if rec.Type != uint32(k) || got != k || !ok || len(rec.Data) != bcSizeFor(k) {
+					t.Fatalf("record %d: type %d, payload of %d (%d bytes)", k, rec.Type, got, len(rec.Data))
+				}
+				dst = rec.Data
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.TryReadInto(dst); err != ErrClosed {
+			t.Fatalf("after close: %v", err)
+		}
+		if err := w.Write(0, nil); err != ErrClosed {
+			t.Fatalf("write after close: %v", err)
+		}
+	}
+}
+
+func TestBroadcastCloseDrains(t *testing.T) {
+	w, r, _ := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+	for k := range uint64(3) {
+		w.Write(1, bcFill(make([]byte, 8), k, 8))
+	}
+	w.Close()
+	for k := range uint64(3) {
+		rec, err := r.TryReadInto(nil)
+		if got, _ := bcCheck(rec.Data); err != nil || got != k {
+			t.Fatalf("record %d after close: %v, %d", k, err, got)
+		}
+	}
+	if _, err := r.TryReadInto(nil); err != ErrClosed {
+		t.Fatalf("drained: %v", err)
+	}
+}
+
+func TestBroadcastTooLarge(t *testing.T) {
+	w, _, _ := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+	if w.MaxPayload() != MaxBroadcastPayload(1024) {
+		t.Fatal(w.MaxPayload())
+	}
+	if err := w.Write(0, make([]byte, w.MaxPayload()+1)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversize: %v", err)
+	}
+	if err := w.Write(0, make([]byte, w.MaxPayload())); err != nil {
+		t.Fatalf("max size: %v", err)
+	}
+}
+
+// A reader that stops for more than a lap learns it was overrun, exactly
+// by how much, and reads on from a recent record with the numbering
+// intact.
+func TestBroadcastOverrunCounts(t *testing.T) {
+	const size = 4096
+	w, r, _ := newBC(t, BroadcastGeometry{DataSize: size}, nil)
+	buf := make([]byte, 64)
+	w.Write(0, bcFill(buf, 0, 48))
+	if _, err := r.TryReadInto(nil); err != nil {
+		t.Fatal(err)
+	}
+	const total = 1000 // 64-byte records: 15 laps
+	for k := uint64(1); k <= total; k++ {
+		w.Write(uint32(k), bcFill(buf, k, 48))
+	}
+	_, err := r.TryReadInto(nil)
+	var oe *OverrunError
+	if !errors.As(err, &oe) || !errors.Is(err, ErrOverrun) {
+		t.Fatalf("lapped reader: %v", err)
+	}
+	if !oe.Known {
+		t.Fatalf("lost count unknown: %v", oe)
+	}
+	got := uint64(0)
+	next := 1 + oe.Records
+	for {
+		rec, err := r.TryReadInto(nil)
+		if err == ErrEmpty {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, ok := bcCheck(rec.Data)
+		if !ok || k != next || rec.Type != uint32(k) {
+			t.Fatalf("after overrun: record %d (intact %v), want %d", k, ok, next)
+		}
+		next++
+		got++
+	}
+	if got+oe.Records != total || got == 0 {
+		t.Fatalf("read %d + lost %d, want %d written", got, oe.Records, total)
+	}
+	if oe.Bytes != oe.Records*64 {
+		t.Fatalf("lost %d bytes for %d records of 64", oe.Bytes, oe.Records)
+	}
+	if st := r.Stats(); st.Overruns != 1 || st.LostRecords != oe.Records || st.LostBytes != oe.Bytes {
+		t.Fatalf("stats %+v for %v", st, oe)
+	}
+}
+
+// A zero-copy view whose bytes the writer overwrote while it was in use
+// fails Release: the torn data is never confirmed.
+func TestBroadcastPeekOverwritten(t *testing.T) {
+	const size = 1024
+	w, r, _ := newBC(t, BroadcastGeometry{DataSize: size}, nil)
+	buf := make([]byte, 64)
+	w.Write(0, bcFill(buf, 0, 64))
+	rec, err := r.TryPeek()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := bcCheck(rec.Data); k != 0 || !ok {
+		t.Fatal("peek", k, ok)
+	}
+	// The writer goes round once more, over the peeked bytes.
+	for k := uint64(1); w.Tail() < size+128; k++ {
+		w.Write(1, bcFill(buf, k, 64))
+	}
+	if k, ok := bcCheck(rec.Data); k == 0 && ok {
+		t.Fatal("the writer did not overwrite the view; the test proves nothing")
+	}
+	if err := r.Release(); !errors.Is(err, ErrOverrun) {
+		t.Fatalf("release of an overwritten view: %v", err)
+	}
+	// The reader resumed at the mark and reads intact records on.
+	for {
+		rec, err := r.TryReadInto(nil)
+		if err == ErrEmpty {
+			break
+		}
+		if _, ok := bcCheck(rec.Data); err != nil || !ok {
+			t.Fatalf("after overrun: %v, intact %v", err, ok)
+		}
+	}
+}
+
+// The writer races a reader that falls behind again and again: every
+// record the reader gets is intact and in order, and what it read plus
+// what it was told it lost is exactly what was written.
+func TestBroadcastLappingNeverTorn(t *testing.T) {
+	const size = 4096
+	w, r, _ := newBC(t, BroadcastGeometry{DataSize: size}, nil)
+	buf := make([]byte, 256)
+	w.Write(0, bcFill(buf, 0, 8))
+	if _, err := r.TryReadInto(nil); err != nil {
+		t.Fatal(err)
+	}
+	const total = 200_000
+	go func() {
+		b := make([]byte, 256)
+		for k := uint64(1); k <= total; k++ {
+			w.Write(uint32(k), bcFill(b, k, bcSizeFor(k)))
+		}
+		w.Close()
+	}()
+	var read, lost uint64
+	exact := true
+	next := uint64(1)
+	dst := make([]byte, 256)
+	for i := 0; ; i++ {
+		rec, err := r.TryReadInto(dst)
+		var oe *OverrunError
+		switch {
+		case err == ErrClosed:
+			if lost == 0 {
+				t.Log("the reader was never lapped on this run")
+			}
+			if exact && read+lost != total {
+				t.Fatalf("read %d + lost %d != %d written", read, lost, total)
+			}
+			t.Logf("read %d, lost %d in %d overruns", read, lost, r.Stats().Overruns)
+			return
+		case err == ErrEmpty:
+			continue
+		case errors.As(err, &oe):
+			exact = exact && oe.Known
+			lost += oe.Records
+			next += oe.Records
+			continue
+		case err != nil:
+			t.Fatal(err)
+		}
+		k, ok := bcCheck(rec.Data)
+		if !ok || len(rec.Data) != bcSizeFor(k) || rec.Type != uint32(k) {
+			t.Fatalf("torn record: %d bytes, first word %d", len(rec.Data), k)
+		}
+		if exact && k != next {
+			t.Fatalf("record %d, want %d", k, next)
+		}
+		next = k + 1
+		read++
+		if i%16 == 0 {
+			// Fall behind: copy the record a few more times.
+			for range 64 {
+				dst = append(dst[:0], rec.Data...)
+			}
+		}
+	}
+}
+
+// A reader sleeping with an announcement is woken by the next write, by
+// Close, and by its context; the writer wakes sleepers only while one has
+// announced itself.
+func TestBroadcastWakeups(t *testing.T) {
+	w, r, mem := newBC(t, BroadcastGeometry{DataSize: 4096}, nil)
+	r2, err := NewBroadcastReader(mem, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(seen uint64) error { w.Arm(seen); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = r
+	const n = 400
+	done := make(chan error, 1)
+	go func() {
+		var dst []byte
+		for k := uint64(0); k < n; k++ {
+			rec, err := r2.ReadInto(context.Background(), dst)
+			if err != nil {
+				done <- err
+				return
+			}
+			if got, _ := bcCheck(rec.Data); got != k {
+				done <- errors.New("out of order")
+				return
+			}
+			dst = rec.Data
+		}
+		_, err := r2.ReadInto(context.Background(), dst)
+		done <- err
+	}()
+	buf := make([]byte, 8)
+	for k := uint64(0); k < n; k++ {
+		w.Write(0, bcFill(buf, k, 8))
+		if k%8 == 0 {
+			// Now and then, wait until the reader has announced that it
+			// sleeps, so that the next write must wake it.
+			for w.armed.Load() == 0 && len(done) == 0 {
+				runtime.Gosched()
+			}
+		}
+	}
+	w.Close()
+	if err := <-done; err != ErrClosed {
+		t.Fatalf("reader: %v", err)
+	}
+
+	// Context: a sleeping reader returns when its context ends.
+	w2, _, mem2 := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+	r3, _ := NewBroadcastReader(mem2, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(seen uint64) error { w2.Arm(seen); return nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := r3.ReadInto(ctx, nil); errc <- err }()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled reader: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	if _, err := r3.ReadInto(ctx, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("reader with a deadline: %v", err)
+	}
+	// An announcement that fails ends the wait with its error.
+	boom := errors.New("boom")
+	r4, _ := NewBroadcastReader(mem2, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(uint64) error { return boom }})
+	if _, err := r4.ReadInto(context.Background(), nil); err != boom {
+		t.Fatalf("failed announcement: %v", err)
+	}
+}
+
+// Arm after the tail moved wakes at once (the reader's announcement was
+// late); Arm with the current tail waits for the next write.
+func TestBroadcastArm(t *testing.T) {
+	w, _, _ := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+	w.Arm(w.Tail())
+	if w.Wakes() != 0 {
+		t.Fatal("woke with nothing new")
+	}
+	w.Write(0, nil)
+	if w.Wakes() != 1 {
+		t.Fatal("write did not wake the armed reader")
+	}
+	w.Write(0, nil)
+	if w.Wakes() != 1 {
+		t.Fatal("write woke with nobody armed")
+	}
+	w.Arm(0) // seen an old tail
+	if w.Wakes() != 2 {
+		t.Fatal("late announcement not woken at once")
+	}
+}
+
+func TestBroadcastAllocs(t *testing.T) {
+	w, r, _ := newBC(t, BroadcastGeometry{DataSize: 1 << 16}, nil)
+	p := make([]byte, 64)
+	dst := make([]byte, 0, 64)
+	if n := testing.AllocsPerRun(1000, func() {
+		w.Write(1, p)
+		if _, err := r.TryReadInto(dst); err != nil {
+			t.Fatal(err)
+		}
+		w.Write(1, p)
+		if _, err := r.TryPeek(); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Release(); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per write and read", n)
+	}
+}
+
+// Readers can work from a read-only mapping: they never store to the
+// ring, not even to sleep or be interrupted.
+func TestBroadcastReaderReadOnlyMapping(t *testing.T) {
+	g := BroadcastGeometry{DataSize: 1 << 16} // no lapping
+	size, _ := BroadcastSize(g)
+	fd, err := unix.MemfdCreate("bc", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		t.Fatal(err)
+	}
+	wm, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(wm)
+	rm, err := unix.Mmap(fd, 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(rm)
+	InitBroadcast(wm, g)
+	w, _ := NewBroadcastWriter(wm)
+	r, err := NewBroadcastReader(rm, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(seen uint64) error { w.Arm(seen); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		for k := uint64(0); ; k++ {
+			rec, err := r.ReadInto(context.Background(), nil)
+			if err != nil {
+				errc <- err
+				return
+			}
+			if got, ok := bcCheck(rec.Data); got != k || !ok {
+				errc <- errors.New("wrong record")
+				return
+			}
+			if k == 40 {
+				r.Interrupt()
+			}
+		}
+	}()
+	buf := make([]byte, 100)
+	for k := uint64(0); k < 100; k++ {
+		w.Write(0, bcFill(buf, k, 100))
+	}
+	w.Close()
+	if err := <-errc; err != ErrClosed {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r2, _ := NewBroadcastReader(rm, nil)
+	if err := r2.Wait(ctx); err != nil {
+		t.Fatal("closed ring: wait", err)
+	}
+}
+
+func TestBroadcastAttachChecks(t *testing.T) {
+	g := BroadcastGeometry{DataSize: 1024}
+	mem := bcMem(t, g)
+	if _, err := NewConsumer(mem, nil); !errors.Is(err, ErrBadLayout) {
+		t.Fatalf("a broadcast ring attached as a ring: %v", err)
+	}
+	if err := InitBroadcast(mem, BroadcastGeometry{DataSize: 1000}); !errors.Is(err, ErrBadLayout) {
+		t.Fatalf("size not a power of two: %v", err)
+	}
+	if err := InitBroadcast(mem[:100], g); !errors.Is(err, ErrBadLayout) {
+		t.Fatalf("short memory: %v", err)
+	}
+	if _, err := NewBroadcastReader(mem[:bcDataOff+512], nil); !errors.Is(err, ErrBadLayout) {
+		t.Fatalf("truncated ring: %v", err)
+	}
+	ring := newMem(t, Geometry{DataSize: 1024}, 0)
+	if _, err := NewBroadcastReader(ring, nil); !errors.Is(err, ErrBadLayout) {
+		t.Fatalf("a ring attached as broadcast: %v", err)
+	}
+	mem[offSeed] ^= 1
+	if _, err := NewBroadcastReader(mem, nil); !errors.Is(err, ErrBadLayout) {
+		t.Fatalf("meta checksum: %v", err)
+	}
+	if g2, err := ReadBroadcastGeometry(bcMem(t, BroadcastGeometry{DataSize: 2048, PayloadChecksum: true})); err != nil || g2.DataSize != 2048 || !g2.PayloadChecksum {
+		t.Fatal(g2, err)
+	}
+}
+
+// Hostile or broken shared memory: a reader reports ErrCorrupt (sticky)
+// or an overrun, never a panic, a hang or a bad view.
+func TestBroadcastCorrupt(t *testing.T) {
+	le := binary.LittleEndian
+	cases := map[string]func(mem []byte){
+		"checksum":       func(mem []byte) { mem[bcDataOff+12] ^= 1 },
+		"length":         func(mem []byte) { le.PutUint32(mem[bcDataOff:], 5000) },
+		"padding":        func(mem []byte) { le.PutUint32(mem[bcDataOff:], 16|bcPadFlag) },
+		"tail unaligned": func(mem []byte) { le.PutUint64(mem[bcOffTail:], 40) },
+		"sequence": func(mem []byte) {
+			// A valid record numbered out of turn at the second slot.
+			le.PutUint32(mem[bcDataOff+32+8:], 7)
+			s := bcSum(le.Uint64(mem[offSeed:]), 32, le.Uint32(mem[bcDataOff+32:]), 0, 7, 0)
+			le.PutUint32(mem[bcDataOff+32+12:], s)
+		},
+	}
+	for name, mut := range cases {
+		t.Run(name, func(t *testing.T) {
+			w, r, mem := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+			w.Write(0, make([]byte, 16))
+			w.Write(0, make([]byte, 16))
+			mut(mem)
+			var err error
+			for range 3 {
+				if _, err = r.TryReadInto(nil); err != nil {
+					break
+				}
+			}
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("got %v", err)
+			}
+			if _, err2 := r.TryReadInto(nil); err2 != err {
+				t.Fatalf("not sticky: %v", err2)
+			}
+		})
+	}
+	t.Run("tail backwards", func(t *testing.T) {
+		w, r, mem := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+		w.Write(0, make([]byte, 16))
+		r.TryReadInto(nil)
+		le.PutUint64(mem[bcOffTail:], 0)
+		if _, err := r.TryReadInto(nil); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("tail far ahead", func(t *testing.T) {
+		_, r, mem := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+		le.PutUint64(mem[bcOffTail:], 1<<40)
+		le.PutUint64(mem[bcOffIntent:], 1<<62)
+		for range 3 {
+			if _, err := r.TryReadInto(nil); !errors.Is(err, ErrOverrun) && !errors.Is(err, ErrCorrupt) && err != ErrEmpty {
+				t.Fatalf("got %v", err)
+			}
+		}
+	})
+	t.Run("release without peek", func(t *testing.T) {
+		_, r, _ := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+		if err := r.Release(); !errors.Is(err, ErrPending) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func BenchmarkBroadcastWrite(b *testing.B) {
+	w, _, _ := newBC(b, BroadcastGeometry{DataSize: 1 << 20}, nil)
+	p := make([]byte, 64)
+	b.ReportAllocs()
+	b.SetBytes(64)
+	for b.Loop() {
+		w.Write(1, p)
+	}
+}
+
+// BenchmarkBroadcastReadWrite: one writer goroutine, one reader; the
+// reader's rate (what it got, not what it lost) is reported.
+func BenchmarkBroadcastReadWrite(b *testing.B) {
+	w, r, _ := newBC(b, BroadcastGeometry{DataSize: 1 << 20}, nil)
+	p := make([]byte, 64)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for range 256 {
+				w.Write(1, p)
+			}
+		}
+	}()
+	dst := make([]byte, 0, 64)
+	b.ReportAllocs()
+	var lost uint64
+	for b.Loop() {
+		for {
+			_, err := r.TryReadInto(dst)
+			if err == nil {
+				break
+			}
+			var oe *OverrunError
+			if errors.As(err, &oe) {
+				lost += oe.Records
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	b.ReportMetric(float64(lost)/float64(b.N), "lost/op")
+}

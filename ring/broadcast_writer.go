@@ -1,0 +1,174 @@
+package ring
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/ringipc/ringipc/futex"
+)
+
+// BroadcastWriter writes records to a broadcast ring. A ring has one
+// writer; it is not safe for concurrent use (serialise Write calls)
+// except Arm, Close and the read-only accessors, which any goroutine may
+// call at any time.
+//
+// Write never waits: it overwrites whatever readers have not read. Its
+// cost does not depend on the number of readers: readers write nothing
+// the writer reads, and a wake-up, when some reader has announced it
+// sleeps, is one FUTEX_WAKE for all of them.
+type BroadcastWriter struct {
+	m    bcMeta
+	data []byte
+
+	// Shared words, all on the writer's line; only the writer stores.
+	// tail: stored (Swap) after a record's bytes, which it publishes:
+	// a reader's load that observes it sees the record.
+	// intent: stored (Swap, a full barrier) before any byte below it is
+	// overwritten, and only raised: a reader that copied bytes and then
+	// finds intent <= their position + DataSize knows none was
+	// overwritten meanwhile (the seqlock check).
+	// mark: the start of a committed record, stored after its tail when
+	// the intent moved, so within a stride and a record of the tail:
+	// where a lapped reader resumes.
+	// wake: bumped, then FUTEX_WAKEd, to wake sleeping readers (only
+	// while armed) and on Close.
+	// closed: 1 once Close ran.
+	tail, intent, mark *uint64
+	wake, closed       *uint32
+
+	pos    uint64 // tail as the writer knows it
+	intPos uint64 // intent as stored
+	seq    uint32 // number of the next record, modulo 2^32
+
+	// armed is process-local: 1 once some reader announced that it
+	// sleeps (Arm), until the next publish wakes them all. Arm stores
+	// it then loads tail; Write publishes tail then loads it: a Dekker
+	// pair, so one of them sees the other and no wake-up is lost.
+	armed atomic.Uint32
+	wakes atomic.Uint64
+}
+
+// NewBroadcastWriter attaches the writer to the broadcast ring at the
+// start of mem, which InitBroadcast laid out. It carries on from the
+// tail it finds (a restarted writer keeps readers' positions valid).
+func NewBroadcastWriter(mem []byte) (*BroadcastWriter, error) {
+	m, err := readBroadcastMeta(mem)
+	if err != nil {
+		return nil, fmt.Errorf("attach broadcast writer: %w", err)
+	}
+	w := &BroadcastWriter{
+		m:      m,
+		data:   mem[bcDataOff : bcDataOff+int(m.size) : bcDataOff+int(m.size)],
+		tail:   word64(mem, bcOffTail),
+		intent: word64(mem, bcOffIntent),
+		mark:   word64(mem, bcOffMark),
+		wake:   word32(mem, bcOffWake),
+		closed: word32(mem, bcOffClosed),
+	}
+	w.pos = atomic.LoadUint64(w.tail)
+	w.intPos = max(atomic.LoadUint64(w.intent), w.pos)
+	if w.pos%recordAlign != 0 {
+		return nil, fmt.Errorf("attach broadcast writer: %w", corrupt("tail", w.pos, w.pos))
+	}
+	return w, nil
+}
+
+// MaxPayload returns the largest payload Write accepts.
+func (w *BroadcastWriter) MaxPayload() int { return int(w.m.maxP) }
+
+// Tail returns the end of the last committed record (a byte position).
+func (w *BroadcastWriter) Tail() uint64 { return atomic.LoadUint64(w.tail) }
+
+// Wakes returns how many times a publish or Arm woke sleeping readers.
+func (w *BroadcastWriter) Wakes() uint64 { return w.wakes.Load() }
+
+// Write publishes one record. It never waits; it fails only with
+// ErrTooLarge, or ErrClosed after Close.
+func (w *BroadcastWriter) Write(typ uint32, p []byte) error {
+	if uint64(len(p)) > w.m.maxP {
+		return fmt.Errorf("%w: %d bytes, broadcast ring takes at most %d", ErrTooLarge, len(p), w.m.maxP)
+	}
+	if atomic.LoadUint32(w.closed) != 0 {
+		return ErrClosed
+	}
+	le := binary.LittleEndian
+	rs := recordSize(uint64(len(p)))
+	pos := w.pos
+	off := pos & w.m.mask
+	padPos, padLen := pos, uint64(0)
+	if off+rs > w.m.size {
+		padLen = w.m.size - off
+		pos += padLen
+		off = 0
+	}
+	end := pos + rs
+	moved := false
+	if end > w.intPos {
+		// Raise the intent before touching any byte below it. Swap is a
+		// full barrier: the stores below cannot pass it.
+		w.intPos = end + w.m.stride
+		atomic.SwapUint64(w.intent, w.intPos)
+		moved = true
+	}
+	if padLen != 0 {
+		h := w.data[padPos&w.m.mask:]
+		lw := uint32(padLen-headerSize) | bcPadFlag
+		le.PutUint32(h[0:], lw)
+		le.PutUint32(h[4:], 0)
+		le.PutUint32(h[8:], w.seq)
+		le.PutUint32(h[12:], bcSum(w.m.seed, padPos, lw, 0, w.seq, 0))
+	}
+	h := w.data[off : off+rs]
+	copy(h[headerSize:], p)
+	lw := uint32(len(p))
+	le.PutUint32(h[0:], lw)
+	le.PutUint32(h[4:], typ)
+	le.PutUint32(h[8:], w.seq)
+	le.PutUint32(h[12:], bcSum(w.m.seed, pos, lw, typ, w.seq, bcPayloadHash(&w.m, p)))
+	w.pos = end
+	w.seq++
+	// Publish: the record's bytes happen before any load that observes
+	// the new tail. Swap, not Store: it is the store half of the Dekker
+	// pair with Arm (see publishWord).
+	atomic.SwapUint64(w.tail, end)
+	if moved {
+		atomic.StoreUint64(w.mark, pos)
+	}
+	if w.armed.Load() != 0 && w.armed.Swap(0) != 0 {
+		w.wakeAll()
+	}
+	return nil
+}
+
+// Arm is how a reader that is about to sleep, having seen tail seen,
+// tells the writer (its announcement reaches the writer's process out of
+// band: readers cannot write the ring). The next Write wakes every
+// sleeping reader; if the tail has already moved past seen, or the ring
+// is closed, Arm wakes them at once. Safe to call concurrently with
+// Write.
+func (w *BroadcastWriter) Arm(seen uint64) {
+	w.armed.Swap(1) // a full barrier in every build (see publishWord)
+	if atomic.LoadUint64(w.tail) != seen || atomic.LoadUint32(w.closed) != 0 {
+		if w.armed.Swap(0) != 0 {
+			w.wakeAll()
+		}
+	}
+}
+
+// wakeAll moves the wake word, so that a reader about to FUTEX_WAIT on
+// its old value does not sleep, and wakes those already asleep.
+func (w *BroadcastWriter) wakeAll() {
+	w.wakes.Add(1)
+	atomic.AddUint32(w.wake, 1)
+	futex.Wake(w.wake, 0) //nolint:errcheck // the address is valid and aligned by construction
+}
+
+// Close ends the stream: readers read what was written, then ErrClosed.
+// Safe to call more than once and from any goroutine.
+func (w *BroadcastWriter) Close() error {
+	if atomic.SwapUint32(w.closed, 1) == 0 {
+		w.wakeAll()
+	}
+	return nil
+}
