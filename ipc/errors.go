@@ -81,6 +81,12 @@ var (
 	// FeatureCloseReason can be told apart this way; with another, the
 	// error is ErrDisconnected alone.
 	ErrPeerDied = errors.New("ipc: server died without closing the connection")
+	// ErrReconnecting: a Reconnector has no connection up (it waits to
+	// redial, or dials); the call was not sent, so it may be repeated.
+	// Its text says why there is none (the last connection's end or the
+	// last attempt's failure), but it matches neither ErrDisconnected
+	// nor a close reason: those say a request may have been handled.
+	ErrReconnecting = errors.New("ipc: reconnecting")
 	// ErrShortBuffer: CallInto's buffer was too small for the response,
 	// which was discarded; the returned n is the size needed.
 	ErrShortBuffer = errors.New("ipc: short buffer")
