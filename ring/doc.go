@@ -10,6 +10,9 @@
 // geometry and checksum.
 //
 // Producers reserve space and commit it (zero copy), or Write a copy.
+// A producer that learns the size while writing reserves the most it may
+// need and commits only what it wrote (Reservation.CommitN); the rest
+// goes back to the ring.
 // The consumer peeks at the next record and releases it (zero copy), or
 // reads a copy. Every record header carries a checksum seeded with the
 // record's position, so a header left from an earlier lap never verifies;

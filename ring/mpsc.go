@@ -293,25 +293,58 @@ func (mp *mpscProducer) takeLane(s *shared, v uint64) *uint64 {
 	return nil
 }
 
-// commit replaces the claim word by the committed one. The CAS fails only
-// if the consumer declared this producer dead and skipped the claim.
-func (mp *mpscProducer) commit(p *Producer, r Reservation) error {
-	return mp.finish(p, r, r.word&^(0xF<<stateShift)|stateCommitted<<stateShift, r.Bytes())
+// commit replaces the claim word by the committed one, of n payload
+// bytes (n <= the claim's). The CAS fails only if the consumer declared
+// this producer dead and skipped the claim.
+//
+// A shorter record than claimed leaves the claim's extent unchanged (the
+// tail is long past it): the record keeps the slack flag if slack still
+// reaches the claim's end, and otherwise drops it and the rest of the
+// claim becomes a skip record of the same slot and generation, whose word
+// is stored before the CAS that publishes the record, so that the
+// consumer, which reaches it only after the record, finds it committed.
+func (mp *mpscProducer) commit(p *Producer, r Reservation, n uint64) error {
+	m := &p.s.m
+	off := r.pos & m.mask
+	word := r.word&^(0xF<<stateShift|lenMask) | stateCommitted<<stateShift | n
+	var rest, skipWord uint64
+	if claimed := wordLen(r.word); n != claimed {
+		end := off + recordSize(claimed)
+		if r.word&flagSlack != 0 {
+			end = off + slackedSize(off, recordSize(claimed))
+		}
+		rs := recordSize(n)
+		if r.word&flagSlack == 0 || off+slackedSize(off, rs) != end {
+			word &^= flagSlack
+			if off+rs != end {
+				rest = off + rs
+				skipWord = makeWord(stateCommitted, flagSkip, mp.slot, mp.gen, end-rest-headerSize)
+			}
+		}
+	}
+	return mp.finish(p, r, word, p.s.data[off+headerSize:off+headerSize+n], rest, skipWord)
 }
 
 // abort turns the claim into a record the consumer skips.
 func (mp *mpscProducer) abort(p *Producer, r Reservation) error {
-	return mp.finish(p, r, r.word&^(0xF<<stateShift)|stateCommitted<<stateShift|flagSkip, nil)
+	return mp.finish(p, r, r.word&^(0xF<<stateShift)|stateCommitted<<stateShift|flagSkip, nil, 0, 0)
 }
 
-func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload []byte) error {
+// finish publishes the claim r as word, after storing skipWord at data
+// offset rest when a shortened record leaves the rest of the claim.
+func (mp *mpscProducer) finish(p *Producer, r Reservation, word uint64, payload []byte, rest, skipWord uint64) error {
 	s := &p.s
 	off := r.pos & s.m.mask
 	wp := word64(s.data, int(off))
-	// Look before writing type and checksum: if the claim is no longer
-	// ours, those bytes may belong to someone else by now.
+	// Look before writing type, checksum or a skip word: if the claim is
+	// no longer ours, those bytes may belong to someone else by now.
 	if atomic.LoadUint64(wp) != r.word {
 		return fmt.Errorf("claim at position %d: %w", r.pos, ErrAbandoned)
+	}
+	if skipWord != 0 {
+		// The consumer reads it only after the CAS below (it stops at
+		// the claim until then), which orders this store before.
+		atomic.StoreUint64(word64(s.data, int(rest)), skipWord)
 	}
 	if word&flagSkip == 0 {
 		sum := headerSum(s.m.seed, r.pos, word, r.typ, payloadHash(&s.m, payload))

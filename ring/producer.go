@@ -207,23 +207,48 @@ func (p *Producer) writeHeader(pos, word uint64, typ uint32, payload []byte) {
 	}
 }
 
-// Commit publishes the record: the consumer's Peek that returns it
-// happens after Commit. On an SPSC ring the store of the tail
-// synchronizes before the consumer's load of it; on an MPSC ring the CAS
-// that commits the record's word does, before the consumer's load of that
-// word.
+// Commit publishes the record with every byte reserved: the consumer's
+// Peek that returns it happens after Commit. On an SPSC ring the store of
+// the tail synchronizes before the consumer's load of it; on an MPSC ring
+// the CAS that commits the record's word does, before the consumer's load
+// of that word.
 func (r Reservation) Commit() error {
-	p := r.p
-	if p == nil {
+	if r.p == nil {
 		return fmt.Errorf("commit: %w: zero Reservation", ErrPending)
 	}
+	return r.commit(wordLen(r.word))
+}
+
+// CommitN publishes the record with only the first n bytes of its
+// payload, 0 <= n <= len(Bytes()): for a producer that reserves for the
+// largest record it may write and learns the size while writing. The
+// rest of the space goes back to the ring: an SPSC producer's tail
+// advances past the shorter record only; on an MPSC ring, where later
+// claims may already lie behind this one, the rest of the claim becomes
+// a skip record the consumer steps over (docs/design.md, 2.5). The
+// payload hash, when the ring has one, covers the n bytes.
+//
+// An n out of range is ErrTooLarge and commits nothing: the reservation
+// is still outstanding, to be committed or aborted.
+func (r Reservation) CommitN(n int) error {
+	if r.p == nil {
+		return fmt.Errorf("commit: %w: zero Reservation", ErrPending)
+	}
+	if n < 0 || uint64(n) > wordLen(r.word) {
+		return fmt.Errorf("commit %d bytes: %w (reserved %d)", n, ErrTooLarge, wordLen(r.word))
+	}
+	return r.commit(uint64(n))
+}
+
+func (r Reservation) commit(n uint64) error {
+	p := r.p
 	if p.multi {
-		return p.mp.commit(p, r)
+		return p.mp.commit(p, r, n)
 	}
 	if !p.pending || r.pos != p.tail {
 		return fmt.Errorf("commit: %w: reservation is not the outstanding one", ErrPending)
 	}
-	p.commitSPSC(r.pos, r.typ, r.word)
+	p.commitSPSC(r.pos, r.typ, n)
 	return nil
 }
 

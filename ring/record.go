@@ -15,7 +15,8 @@ import (
 //	              bits 44..55 that slot's generation at claim time
 //	              bits 56..59 flags (bit 56: padding; bit 57: skip,
 //	                          a claim given up by Abort or by the
-//	                          consumer for a dead producer; bit 58:
+//	                          consumer for a dead producer, or the rest
+//	                          of a claim after CommitN; bit 58:
 //	                          slack, the record is followed by zero
 //	                          bytes up to the next 64-byte boundary of
 //	                          the data area, set by MPSC producers)
