@@ -124,7 +124,12 @@ func (cl *Client) reserve(ctx context.Context, id uint16, n int, w *waiter, take
 
 // commit publishes a request reserve returned and lets go of sendMu.
 func (cl *Client) commit(r ring.Reservation, w *waiter) error {
-	err := r.Commit()
+	return cl.commitN(r, w, len(r.Bytes()))
+}
+
+// commitN is commit of the first n bytes of the record (header included).
+func (cl *Client) commitN(r ring.Reservation, w *waiter, n int) error {
+	err := r.CommitN(n)
 	cl.sendMu.Unlock()
 	if err != nil {
 		cl.unregister(w)

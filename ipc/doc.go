@@ -35,7 +35,9 @@
 // it into the caller's buffer without allocating, and Reserve/Send/Release
 // avoid copies altogether. A server handler answers with
 // ResponseWriter.Respond (a copy), Reserve and Commit (in place) or Fail
-// (an error with a code). Any goroutine may send a connection a dispatch
+// (an error with a code). Written in place, a body need not have its
+// final size at Reserve: PendingCall.SendN and ResponseWriter.CommitN
+// send the first n bytes and give the rest of the space back. Any goroutine may send a connection a dispatch
 // message (Conn.Dispatch); when the client does not keep up, a queue
 // bounded in messages and bytes (per connection and for the server) and a
 // Policy (block, drop, disconnect) apply, and the client can read that
@@ -58,7 +60,7 @@
 //
 // Lifetimes. Request.Data is a view of the request ring, valid only until
 // the handler returns; a slice from ResponseWriter.Reserve is valid until
-// Commit; a Response's Data is valid until Release. None may be kept.
+// Commit or CommitN; a Response's Data is valid until Release. None may be kept.
 // A PendingCall ends with exactly one Send or Abort and a Response with
 // exactly one Release: they are small values, and a second call on one
 // (or on a copy) returns ErrCallDone and does nothing, even once the

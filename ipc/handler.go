@@ -5,6 +5,7 @@ package ipc
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math"
 
 	"github.com/ringipc/ringipc/ring"
@@ -116,7 +117,8 @@ func (w *ResponseWriter) Respond(body []byte) error {
 }
 
 // Reserve claims n bytes for the response body directly in the response
-// ring. Fill them, then call Commit. The slice is valid until Commit.
+// ring. Fill them, then call Commit (or CommitN to send fewer). The
+// slice is valid until then.
 func (w *ResponseWriter) Reserve(n int) ([]byte, error) {
 	return w.reserve(respOK, 0, n)
 }
@@ -187,10 +189,39 @@ func (w *ResponseWriter) Commit() error {
 	if !w.reserved {
 		return ErrNotReserved
 	}
+	return w.commit(w.reservedLen())
+}
+
+// CommitN publishes only the first n bytes of the body reserved, for a
+// handler that reserves for the largest answer it may give and learns
+// its size while writing it in place; the rest of the space goes back to
+// the response ring (ring.Reservation.CommitN). An n outside 0..the
+// length reserved is an error matching ErrTooLarge and sends nothing:
+// the reservation is still the handler's to commit.
+func (w *ResponseWriter) CommitN(n int) error {
+	if !w.reserved {
+		return ErrNotReserved
+	}
+	if r := w.reservedLen(); n < 0 || n > r {
+		return fmt.Errorf("commit %d bytes of a %d-byte reservation: %w", n, r, ErrTooLarge)
+	}
+	return w.commit(n)
+}
+
+// reservedLen is the body length of the outstanding reservation.
+func (w *ResponseWriter) reservedLen() int {
+	if w.pend != nil {
+		return len(w.pend.b) - respHdrSize
+	}
+	return len(w.res.Bytes()) - respHdrSize
+}
+
+func (w *ResponseWriter) commit(n int) error {
 	w.reserved = false
 	w.done = true
 	c := w.c
 	if w.pend != nil {
+		w.pend.b = w.pend.b[:respHdrSize+n]
 		c.pending = append(c.pending, w.pend)
 		w.pend = nil
 		c.stats.responses.Add(1)
@@ -199,8 +230,8 @@ func (w *ResponseWriter) Commit() error {
 	// Counted before publishing, so that a client holding the response
 	// also sees it counted.
 	c.stats.responses.Add(1)
-	c.stats.bytesOut.Add(uint64(len(w.res.Bytes()) - respHdrSize))
-	if err := w.res.Commit(); err != nil {
+	c.stats.bytesOut.Add(uint64(n))
+	if err := w.res.CommitN(respHdrSize + n); err != nil {
 		return c.ringErr("respond", err)
 	}
 	return nil

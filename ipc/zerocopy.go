@@ -89,12 +89,32 @@ func (p *PendingCall) Bytes() []byte {
 // view that must be Released. Whatever it returns, the PendingCall has
 // ended.
 func (p *PendingCall) Send(ctx context.Context) (Response, error) {
-	cl, w := p.cl, p.w
-	if !live(w, p.gen, zcReserved) {
+	if !live(p.w, p.gen, zcReserved) {
 		return Response{}, fmt.Errorf("send: %w", ErrCallDone)
 	}
+	return p.send(ctx, len(p.r.Bytes())-reqHdrSize)
+}
+
+// SendN is Send with only the first n bytes of the body reserved, for a
+// request written in place before its size was known; the rest of the
+// space goes back to the request ring (ring.Reservation.CommitN). An n
+// outside 0..the length reserved is an error matching ErrTooLarge that
+// sends nothing and leaves the PendingCall live, to Send or Abort;
+// otherwise the PendingCall has ended, as after Send.
+func (p *PendingCall) SendN(ctx context.Context, n int) (Response, error) {
+	if !live(p.w, p.gen, zcReserved) {
+		return Response{}, fmt.Errorf("send: %w", ErrCallDone)
+	}
+	if r := len(p.r.Bytes()) - reqHdrSize; n < 0 || n > r {
+		return Response{}, fmt.Errorf("send %d bytes of a %d-byte reservation: %w", n, r, ErrTooLarge)
+	}
+	return p.send(ctx, n)
+}
+
+func (p *PendingCall) send(ctx context.Context, n int) (Response, error) {
+	cl, w := p.cl, p.w
 	w.stage = zcSent
-	if err := cl.commit(p.r, w); err != nil {
+	if err := cl.commitN(p.r, w, reqHdrSize+n); err != nil {
 		putWaiter(w)
 		return Response{}, err
 	}
