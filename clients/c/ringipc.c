@@ -1279,6 +1279,11 @@ void ripc_flow_control(const ripc_client *c, ripc_flow *f)
 	f->events = atomic_load((a64 *)(c->ctl + 16));
 }
 
+uint32_t ripc_close_reason(const ripc_client *c)
+{
+	return atomic_load((a32 *)(c->ctl + 24));
+}
+
 const char *ripc_strerror(int err)
 {
 	switch (err) {

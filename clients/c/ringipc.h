@@ -59,6 +59,7 @@ enum {
 
 /* Feature bits (docs/ipc.md §2.1). */
 #define RIPC_FEATURE_PAYLOAD_CHECKSUM 1u
+#define RIPC_FEATURE_CLOSE_REASON 16u /* the server says why it ended the connection: ripc_close_reason */
 
 typedef struct ripc_options {
 	/* Ring data sizes to ask for: 0 (the server's default) or a power
@@ -188,6 +189,21 @@ typedef struct ripc_flow {
 	uint64_t dropped, events;
 } ripc_flow;
 void ripc_flow_control(const ripc_client *c, ripc_flow *f);
+
+/* Why the server ended the connection (docs/ipc.md §4.1), meaningful
+ * with RIPC_FEATURE_CLOSE_REASON granted once a function has returned
+ * RIPC_EDISCONNECTED: RIPC_CLOSE_NONE then means the server died (or
+ * the connection ended from this side). Any other value is a server
+ * newer than this client. */
+enum {
+	RIPC_CLOSE_NONE = 0,          /* not closed by the server: it died */
+	RIPC_CLOSE_SHUTDOWN = 1,      /* graceful shutdown, requests it had were answered */
+	RIPC_CLOSE_SERVER = 2,        /* the server closed every connection without draining */
+	RIPC_CLOSE_CONN = 3,          /* the server closed this connection only */
+	RIPC_CLOSE_SLOW_CONSUMER = 4, /* this client did not read its dispatch ring */
+	RIPC_CLOSE_PROTOCOL = 5       /* the server judged that this client broke the protocol */
+};
+uint32_t ripc_close_reason(const ripc_client *c);
 
 /* ripc_strerror names an RIPC_E* code. */
 const char *ripc_strerror(int err);

@@ -311,7 +311,10 @@ func TestInterop(t *testing.T) {
 			})
 			t.Run("server-close", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
-				start(t, driver, driverArgs(s.addr, "server-close")).finish()
+				p := start(t, driver, driverArgs(s.addr, "server-close", "reason=1"))
+				p.expect("connected ")
+				p.expect("reason 3") // Conn.Close
+				p.finish()
 			})
 			t.Run("timeout", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
@@ -325,7 +328,7 @@ func TestInterop(t *testing.T) {
 			})
 			t.Run("shutdown", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
-				p := start(t, driver, driverArgs(s.addr, "shutdown"))
+				p := start(t, driver, driverArgs(s.addr, "shutdown", "reason=1"))
 				p.expect("connected ")
 				p.expect("sent")
 				<-s.running // the first request is in its handler
@@ -340,6 +343,7 @@ func TestInterop(t *testing.T) {
 					waitRefused(t, s.addr)
 				}
 				s.release <- struct{}{}
+				p.expect("reason 1")
 				p.finish()
 				if err := <-shut; err != nil {
 					t.Errorf("Shutdown: %v", err)
@@ -347,16 +351,20 @@ func TestInterop(t *testing.T) {
 			})
 			t.Run("violation", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
-				start(t, driver, driverArgs(s.addr, "violation")).finish()
+				p := start(t, driver, driverArgs(s.addr, "violation", "reason=1"))
+				p.expect("connected ")
+				p.expect("reason 5")
+				p.finish()
 				if err := s.waitEnded(t); !errors.Is(err, ipc.ErrProtocol) {
 					t.Errorf("OnDisconnect: %v, want ErrProtocol", err)
 				}
 			})
 			t.Run("slow-consumer", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{DispatchPolicy: ipc.PolicyDisconnect, DispatchQueue: -1})
-				p := start(t, driver, driverArgs(s.addr, "slow", "disp=4096", "n=100000", "size=100"))
+				p := start(t, driver, driverArgs(s.addr, "slow", "disp=4096", "n=100000", "size=100", "reason=1"))
 				p.expect("connected ")
 				p.expect("slow ")
+				p.expect("reason 4")
 				p.finish()
 				if err := s.waitEnded(t); !errors.Is(err, ipc.ErrSlowConsumer) {
 					t.Errorf("OnDisconnect: %v, want ErrSlowConsumer", err)
@@ -370,13 +378,14 @@ func TestInterop(t *testing.T) {
 				}
 				srv := start(t, exe, []string{"-test.run=^$"}, envServer+"="+addr, envMode+"="+m.name)
 				srv.expect("listening")
-				p := start(t, driver, driverArgs(addr, "die"))
+				p := start(t, driver, driverArgs(addr, "die", "reason=1"))
 				p.expect("connected ")
 				p.expect("blocking")
 				srv.expect("running")
 				if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 					t.Fatal(err)
 				}
+				p.expect("reason 0") // died: nothing written
 				p.finish()
 			})
 		})

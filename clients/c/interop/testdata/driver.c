@@ -102,6 +102,8 @@ static ripc_client *connect_opts(const char *addr, int argc, char **argv, ripc_i
 	ripc_options o;
 	ripc_options_init(&o);
 	o.features = opt(argc, argv, "sums", 0) ? RIPC_FEATURE_PAYLOAD_CHECKSUM : 0;
+	if (opt(argc, argv, "reason", 0))
+		o.features |= RIPC_FEATURE_CLOSE_REASON;
 	o.req_size = (uint64_t)opt(argc, argv, "req", 0);
 	o.resp_size = (uint64_t)opt(argc, argv, "resp", 0);
 	o.disp_size = (uint64_t)opt(argc, argv, "disp", 0);
@@ -110,7 +112,7 @@ static ripc_client *connect_opts(const char *addr, int argc, char **argv, ripc_i
 	int rc = ripc_connect(addr, 1, &o, &c, info);
 	if (rc)
 		fail("connect %s: %s (errno %d, status %u)", addr, ripc_strerror(rc), errno, info->status);
-	if ((info->features & RIPC_FEATURE_PAYLOAD_CHECKSUM) != o.features)
+	if (info->features != o.features)
 		fail("granted features %#x, asked %#x", info->features, o.features);
 	return c;
 }
@@ -448,6 +450,8 @@ int main(int argc, char **argv)
 	} else {
 		fail("unknown scenario %s", sc);
 	}
+	if (opt(argc, argv, "reason", 0))
+		step("reason %u", ripc_close_reason(c));
 	ripc_close(c);
 	step("ok");
 	return 0;
