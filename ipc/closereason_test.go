@@ -3,6 +3,7 @@
 package ipc
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -40,6 +41,15 @@ func TestCloseReason(t *testing.T) {
 			go srv.Shutdown(testCtx(t)) //nolint:errcheck
 		}, ErrServerShutdown},
 		{"Server.Close", func(t *testing.T, srv *Server, _ *Conn, _ *Client) { srv.Close() }, ErrServerClosed},
+		{"Shutdown past its deadline", func(t *testing.T, srv *Server, _ *Conn, _ *Client) {
+			// The handler does not return, so Shutdown falls back to
+			// Close: no longer graceful, and the client is told so.
+			ctx, cancel := context.WithCancel(testCtx(t))
+			cancel()
+			if err := srv.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+				t.Errorf("Shutdown: %v, want context.Canceled", err)
+			}
+		}, ErrServerClosed},
 		{"Conn.Close", func(t *testing.T, _ *Server, c *Conn, _ *Client) { c.Close() }, ErrClosedByServer},
 		{"protocol", func(t *testing.T, _ *Server, _ *Conn, cl *Client) {
 			// A token for a word only a client sleeps on: the server
