@@ -122,7 +122,8 @@ func BenchmarkDispatch(b *testing.B) {
 	var got atomic.Int64
 	done := make(chan struct{})
 	var want atomic.Int64
-	srv, addr := startServer(b, nil, echoService())
+	// PolicyBlock: the producer outruns the reader, and waits for it.
+	srv, addr := startServer(b, &Config{DispatchPolicy: PolicyBlock}, echoService())
 	dial(b, addr, &ClientOptions{OnDispatch: func(id uint16, body []byte) {
 		if got.Add(1) == want.Load() {
 			done <- struct{}{}

@@ -91,7 +91,11 @@ type Config struct {
 	// DispatchQueue is how many dispatch messages a connection queues
 	// when its dispatch ring is full before DispatchPolicy applies.
 	// 0 means DefaultDispatchQueue; negative means no queue.
-	DispatchQueue  int
+	DispatchQueue int
+	// DispatchPolicy is what Dispatch does when a client's ring and
+	// queue are full. PolicyDefault (the zero value) means
+	// DefaultDispatchPolicy, PolicyDisconnect: a client that stops
+	// reading is disconnected rather than allowed to stall the server.
 	DispatchPolicy Policy
 	// DispatchQueueBytes bounds the bytes of the messages one
 	// connection's dispatch queue holds, and MaxQueuedBytes those of every
@@ -196,6 +200,9 @@ func (cfg *Config) withDefaults() Config {
 	if c.MaxQueuedBytes <= 0 {
 		c.MaxQueuedBytes = DefaultMaxQueuedBytes
 	}
+	if c.DispatchPolicy == PolicyDefault {
+		c.DispatchPolicy = DefaultDispatchPolicy
+	}
 	if c.DispatchQueue == 0 {
 		c.DispatchQueue = DefaultDispatchQueue
 	} else if c.DispatchQueue < 0 {
@@ -216,7 +223,7 @@ func (cfg *Config) validate() error {
 	if cfg.RingSize > cfg.MaxRingSize {
 		return fmt.Errorf("ipc: %w: ring size %d above max %d", os.ErrInvalid, cfg.RingSize, cfg.MaxRingSize)
 	}
-	if cfg.DispatchPolicy < PolicyBlock || cfg.DispatchPolicy > PolicyDisconnect {
+	if cfg.DispatchPolicy < PolicyDefault || cfg.DispatchPolicy > PolicyDisconnect {
 		return fmt.Errorf("ipc: %w: unknown dispatch policy %d", os.ErrInvalid, cfg.DispatchPolicy)
 	}
 	return nil

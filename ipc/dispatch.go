@@ -5,6 +5,7 @@ package ipc
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -65,28 +66,102 @@ func (d *deque) pop() qitem {
 	return it
 }
 
-// Dispatch sends an asynchronous message to the client. It may be called
-// from any goroutine at any time. When the dispatch ring is full, Dispatch
-// waits briefly for the client to make room (a reader hands space back in
-// batches, so a full ring is often full for a moment only), then the
-// message waits in the connection's queue (Config.DispatchQueue entries,
+// Dispatch sends an asynchronous message to the client under the
+// connection's policy (Config.DispatchPolicy); nil means the message was
+// accepted: written to the dispatch ring, or queued behind a full ring
+// (DispatchWith says which). It may be called from any goroutine at any
+// time. When the dispatch ring is full, Dispatch waits briefly for the
+// client to make room (a reader hands space back in batches, so a full
+// ring is often full for a moment only), then the message waits in the
+// connection's queue (Config.DispatchQueue entries,
 // Config.DispatchQueueBytes bytes, and room in the server's
-// Config.MaxQueuedBytes); when it does not fit there either,
-// Config.DispatchPolicy decides: wait until ctx ends, drop (ErrDropped),
-// or disconnect the client (ErrSlowConsumer).
+// Config.MaxQueuedBytes); when it does not fit there either, the policy
+// decides: disconnect the client (PolicyDisconnect, the default:
+// ErrSlowConsumer), drop the message (PolicyDrop: ErrDropped), or wait
+// until ctx ends (PolicyBlock). Only PolicyBlock looks at ctx: under the
+// others Dispatch never waits for the client.
+//
+// Fan-out to many connections from a handler: give Dispatch a context of
+// its own (context.Background under the default policy), not the
+// handler's Request.Context, which ends with the caller's call and would
+// cancel the message for every other connection.
+//
 // Messages of one goroutine arrive in the order it sent them. A queued
 // message counts against the queue until the flusher has committed it
 // and taken it off, a moment after the client could read it; the
-// client's FlowControl shows when the queue is empty.
+// client's FlowControl shows when the queue is empty. A message still
+// queued when the connection ends is never sent: Stats.LostDispatches
+// counts it.
 func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
+	_, err := c.dispatch(ctx, id, body, c.policy)
+	return err
+}
+
+// DispatchOptions are the per-message choices of DispatchWith. The zero
+// value means the connection's defaults.
+type DispatchOptions struct {
+	// Policy applies when the dispatch ring and the connection's queue
+	// are full; PolicyDefault means Config.DispatchPolicy. A publisher
+	// that must not lose one message for one client can block for it
+	// (PolicyBlock, bounded by the context's deadline) while other
+	// messages of the same connection keep the server's policy.
+	Policy Policy
+}
+
+// DispatchResult says where DispatchWith put an accepted message.
+type DispatchResult int
+
+const (
+	// DispatchNone: the message was not accepted (the error says why).
+	DispatchNone DispatchResult = iota
+	// DispatchWritten: the message is committed to the dispatch ring; the
+	// client can read it now, and it survives the connection's end
+	// until the client has drained its ring.
+	DispatchWritten
+	// DispatchQueued: the ring was full, so the message waits in the
+	// server's queue for the client to make room. It reaches the ring in
+	// order, or is lost (Stats.LostDispatches) if the connection ends
+	// first.
+	DispatchQueued
+)
+
+func (r DispatchResult) String() string {
+	switch r {
+	case DispatchNone:
+		return "none"
+	case DispatchWritten:
+		return "written"
+	case DispatchQueued:
+		return "queued"
+	}
+	return fmt.Sprintf("DispatchResult(%d)", int(r))
+}
+
+// DispatchWith is Dispatch with per-message options, and says whether
+// the message was written to the ring or queued. It allocates nothing
+// more than Dispatch does (a queued message's copy, from a recycled
+// buffer when one fits).
+func (c *Conn) DispatchWith(ctx context.Context, id uint16, body []byte, o DispatchOptions) (DispatchResult, error) {
+	pol := o.Policy
+	if pol == PolicyDefault {
+		pol = c.policy
+	}
+	if pol < PolicyBlock || pol > PolicyDisconnect {
+		return DispatchNone, fmt.Errorf("dispatch: %w: unknown policy %d", os.ErrInvalid, pol)
+	}
+	return c.dispatch(ctx, id, body, pol)
+}
+
+// dispatch is Dispatch under policy pol.
+func (c *Conn) dispatch(ctx context.Context, id uint16, body []byte, pol Policy) (DispatchResult, error) {
 	if len(body) > c.maxDisp {
-		return tooLarge("dispatch", len(body), c.maxDisp, raiseDispRing)
+		return DispatchNone, tooLarge("dispatch", len(body), c.maxDisp, raiseDispRing)
 	}
 	c.qMu.Lock()
 	for {
 		if c.qDead {
 			c.qMu.Unlock()
-			return fmt.Errorf("dispatch: %w", ErrDisconnected)
+			return DispatchNone, fmt.Errorf("dispatch: %w", ErrDisconnected)
 		}
 		if c.q.len() == 0 {
 			// The queue is empty: the producer is ours while we hold qMu.
@@ -96,27 +171,27 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 				c.qMu.Unlock()
 				c.stats.dispatches.Add(1)
 				c.stats.bytesOut.Add(uint64(len(body)))
-				return nil
+				return DispatchWritten, nil
 			}
 			if err != ring.ErrFull {
 				c.qMu.Unlock()
-				return c.ringErr("dispatch", err)
+				return DispatchNone, c.ringErr("dispatch", err)
 			}
 		}
 		if c.queueTake(len(body)) {
 			break
 		}
-		switch c.policy {
+		switch pol {
 		case PolicyDrop:
 			c.stats.dropped.Add(1)
 			atomic.AddUint64(word64(c.ctl, ctlDropped), 1)
 			c.qMu.Unlock()
-			return ErrDropped
+			return DispatchNone, ErrDropped
 		case PolicyDisconnect:
 			c.qMu.Unlock()
 			err := fmt.Errorf("dispatch: %w", ErrSlowConsumer)
 			c.kill(err)
-			return err
+			return DispatchNone, err
 		}
 		if c.q.len() == 0 {
 			// No queue (DispatchQueue < 0), or the message does not fit
@@ -128,11 +203,11 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 			c.passRoom()
 			c.qMu.Unlock()
 			if err != nil {
-				return err
+				return DispatchNone, err
 			}
 			c.stats.dispatches.Add(1)
 			c.stats.bytesOut.Add(uint64(len(body)))
-			return nil
+			return DispatchWritten, nil
 		}
 		c.waiting++
 		c.qMu.Unlock()
@@ -147,7 +222,7 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 		if err != nil {
 			// A token we did not take stays for the next waiter.
 			c.qMu.Unlock()
-			return err
+			return DispatchNone, err
 		}
 	}
 	// Queue a copy. The ring was full a moment ago (or older entries are
@@ -175,7 +250,7 @@ func (c *Conn) Dispatch(ctx context.Context, id uint16, body []byte) error {
 		go c.flushLoop()
 	}
 	c.qMu.Unlock()
-	return nil
+	return DispatchQueued, nil
 }
 
 // queueTake reserves room for a message of n bytes in the queue: an
@@ -256,8 +331,13 @@ func (c *Conn) passRoom() {
 }
 
 // popped finishes the first n queue entries, which the flusher has
-// committed; qMu held.
+// committed; qMu held. Once the connection has ended (qDead), kill has
+// counted every entry still queued as lost: those committed before the
+// end were not, and come off that count again.
 func (c *Conn) popped(n int) {
+	if c.qDead && n > 0 {
+		c.stats.lostDispatches.Add(^uint64(n - 1))
+	}
 	for range n {
 		it := c.q.pop()
 		c.qBytes -= len(it.b)
@@ -303,12 +383,14 @@ func (c *Conn) flushLoop() {
 		}
 		c.batch = c.q.front(c.batch[:0], flushBatch)
 		c.qMu.Unlock()
-		for _, it := range c.batch {
+		for i, it := range c.batch {
 			if err := c.dispP.Write(c.ctx, uint32(it.id), it.b); err != nil {
 				c.kill(c.ringErr("dispatch", err))
 				c.qMu.Lock()
+				c.popped(i) // written before the end: sent, not lost
 				c.flushing = false
 				c.qMu.Unlock()
+				clear(c.batch)
 				return
 			}
 		}
@@ -353,16 +435,35 @@ func (c *Conn) flushQueueNow() {
 type Policy int
 
 const (
-	// PolicyBlock waits for room until the Dispatch context ends.
-	PolicyBlock Policy = iota
+	// PolicyDefault is the zero value: in Config, DefaultDispatchPolicy;
+	// in DispatchOptions, the connection's Config.DispatchPolicy.
+	PolicyDefault Policy = iota
+	// PolicyBlock waits for room until the Dispatch context ends. The
+	// caller waits for the slowest client it sends to: use it only where
+	// that is what you want (one consumer, a bounded context), never for
+	// fan-out from a handler with its Request.Context.
+	PolicyBlock
 	// PolicyDrop discards the message, counts it, and returns ErrDropped.
 	PolicyDrop
 	// PolicyDisconnect closes the connection and returns ErrSlowConsumer.
 	PolicyDisconnect
 )
 
+// DefaultDispatchPolicy is Config.DispatchPolicy when left zero: a
+// client that lets its ring and its bounded queue fill is disconnected
+// as a slow consumer (ErrSlowConsumer, Stats.SlowConsumers), as NATS
+// does. Dispatch then never waits for a client, so one that stops
+// reading cannot stall the goroutine that dispatches, the handler it
+// runs in, nor the other clients it serves; the queue's bounds
+// (DispatchQueue, DispatchQueueBytes) are the slack a client gets for a
+// burst or a pause. PolicyBlock stays available, per server or per
+// message (DispatchOptions), for a consumer that must get everything.
+const DefaultDispatchPolicy = PolicyDisconnect
+
 func (p Policy) String() string {
 	switch p {
+	case PolicyDefault:
+		return "default"
 	case PolicyBlock:
 		return "block"
 	case PolicyDrop:

@@ -40,8 +40,14 @@
 // send the first n bytes and give the rest of the space back. Any goroutine may send a connection a dispatch
 // message (Conn.Dispatch); when the client does not keep up, a queue
 // bounded in messages and bytes (per connection and for the server) and a
-// Policy (block, drop, disconnect) apply, and the client can read that
-// state (Client.FlowControl).
+// Policy apply, and the client can read that state (Client.FlowControl).
+// The default policy disconnects a client whose ring and queue are full
+// (a slow consumer, as NATS does), so Dispatch never waits for a client
+// and one that stops reading cannot stall the server's other work;
+// PolicyDrop and PolicyBlock are there per server or per message
+// (Conn.DispatchWith, which also says whether a message went into the
+// ring or the queue). Messages still queued when a connection ends are
+// counted (Stats.LostDispatches).
 //
 // Reconnector is an optional layer over Dial for clients that must
 // outlive restarts of their server: it redials with a bounded backoff,
@@ -107,7 +113,12 @@
 // External loop. In EventLoop mode nothing blocks inside Process except
 // handlers: responses that do not fit are kept aside until the client
 // makes room, and a handler must not use Dispatch with PolicyBlock on its
-// own connection, since only Process can make room. One Process call
+// own connection, since only Process can make room.
+//
+// Fan-out. A handler that dispatches to other connections (watchers,
+// subscribers) must not pass its Request.Context: that context ends with
+// the caller's call, and under PolicyBlock would cancel the message for
+// everyone else. The package Example shows the safe pattern. One Process call
 // reads a bounded amount of wake tokens and, if the loop is a Requeuer,
 // handles at most Config.MaxTurnRequests requests, so that no client can
 // hold the loop in one call.

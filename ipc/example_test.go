@@ -9,42 +9,73 @@ import (
 	"log"
 	"os"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ringipc/ringipc/ipc"
 )
 
-// An echo service: message 1 answers with the request body, and first
-// tells the client, asynchronously, that a request came in. A message id
-// the service does not know fails with ErrUnknownMessage.
+// A key-value service that pushes every change to its watchers. A
+// setter's call answers the setter and fans the change out to every
+// watching connection with Dispatch. Under the default policy
+// (PolicyDisconnect) Dispatch never waits for a watcher: one that stops
+// reading is cut off as a slow consumer once its ring and its bounded
+// queue are full, so it cannot stall the setter, the handler or the
+// other watchers. The fan-out uses a context of its own, never the
+// setter's r.Context(): that one ends with the setter's call, and would
+// cancel the change for every watcher (it matters only under
+// PolicyBlock, which waits for the slowest watcher until the context
+// ends). A message id the service does not know fails with
+// ErrUnknownMessage.
 func Example() {
 	const (
-		echoService = 1
-		msgEcho     = 1
-		msgNotice   = 7 // a dispatch message
+		kvService  = 1
+		msgWatch   = 1 // become a watcher
+		msgSet     = 2 // body: "key=value"; answers how many watchers took it
+		msgChanged = 7 // a dispatch message: "key=value"
 	)
+	var mu sync.Mutex
+	watchers := map[*ipc.Conn]bool{}
 	srv, err := ipc.NewServer(nil)
 	if err != nil {
 		log.Fatal(err)
 	}
 	err = srv.Register(&ipc.Service{
-		ID:   echoService,
-		Name: "echo",
+		ID:   kvService,
+		Name: "kv",
+		OnDisconnect: func(c *ipc.Conn, err error) {
+			mu.Lock()
+			delete(watchers, c)
+			mu.Unlock()
+		},
 		Handlers: map[uint16]ipc.Handler{
-			msgEcho: ipc.HandlerFunc(func(w *ipc.ResponseWriter, r *ipc.Request) {
-				// r.Data lives in shared memory until we return.
-				note := fmt.Sprintf("request from pid %d", r.Conn.Cred().PID)
-				if r.Conn.Cred().PID == int32(os.Getpid()) {
-					note = "request from this process"
+			msgWatch: ipc.HandlerFunc(func(w *ipc.ResponseWriter, r *ipc.Request) {
+				mu.Lock()
+				watchers[r.Conn] = true
+				mu.Unlock()
+				w.Respond(nil) //nolint:errcheck // an error means the setter left
+			}),
+			msgSet: ipc.HandlerFunc(func(w *ipc.ResponseWriter, r *ipc.Request) {
+				// r.Data lives in shared memory until we return, and
+				// Dispatch copies it. A real service would store the
+				// value first.
+				mu.Lock()
+				to := make([]*ipc.Conn, 0, len(watchers))
+				for c := range watchers {
+					to = append(to, c)
 				}
-				if err := r.Conn.Dispatch(r.Context(), msgNotice, []byte(note)); err != nil {
-					w.Fail(1, err.Error()) //nolint:errcheck // the connection is ending
-					return
+				mu.Unlock()
+				told := 0
+				for _, c := range to {
+					// Not r.Context(): see above. The error is the
+					// watcher's (ErrSlowConsumer, ErrDisconnected),
+					// not the setter's.
+					if err := c.Dispatch(context.Background(), msgChanged, r.Data); err == nil {
+						told++
+					}
 				}
-				if err := w.Respond(r.Data); err != nil {
-					log.Print(err) // the connection ended
-				}
+				w.Respond([]byte{byte(told)}) //nolint:errcheck // an error means the setter left
 			}),
 		},
 	})
@@ -52,7 +83,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	// An abstract socket: no file to clean up.
-	addr := fmt.Sprintf("@ringipc-example-echo-%d", os.Getpid())
+	addr := fmt.Sprintf("@ringipc-example-kv-%d", os.Getpid())
 	l, err := ipc.Listen(addr, 0)
 	if err != nil {
 		log.Fatal(err)
@@ -65,28 +96,37 @@ func Example() {
 	defer srv.Close()
 
 	ctx := context.Background()
-	cl, err := ipc.Dial(ctx, addr, echoService, nil)
+	watcher, err := ipc.Dial(ctx, addr, kvService, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer cl.Close()
+	defer watcher.Close()
+	if _, err := watcher.Call(ctx, msgWatch, nil); err != nil {
+		log.Fatal(err)
+	}
 
-	resp, err := cl.Call(ctx, msgEcho, []byte("hello"))
+	setter, err := ipc.Dial(ctx, addr, kvService, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("response: %s\n", resp)
-	m, err := cl.Recv(ctx)
+	defer setter.Close()
+	resp, err := setter.Call(ctx, msgSet, []byte("color=blue"))
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("dispatch %d: %s\n", m.ID, m.Data)
+	fmt.Println("watchers told:", resp[0])
 
-	_, err = cl.Call(ctx, 99, nil)
+	m, err := watcher.Recv(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("watcher got %d: %s\n", m.ID, m.Data)
+
+	_, err = setter.Call(ctx, 99, nil)
 	fmt.Println("unknown message:", errors.Is(err, ipc.ErrUnknownMessage))
 	// Output:
-	// response: hello
-	// dispatch 7: request from this process
+	// watchers told: 1
+	// watcher got 7: color=blue
 	// unknown message: true
 }
 
@@ -160,8 +200,9 @@ func Example_zeroCopy() {
 // Flow control of dispatch messages: a client that does not read fills
 // its dispatch ring; with no queue (DispatchQueue < 0) and PolicyDrop,
 // Dispatch then drops the message and says so, and the client can read
-// how many it lost. PolicyBlock (the default) would wait for room, and
-// PolicyDisconnect would close the connection.
+// how many it lost. PolicyDisconnect (the default) would close the
+// connection, and PolicyBlock would wait for room until the context
+// ends.
 func Example_flowControl() {
 	const newsService, msgNews = 3, 1
 	srv, err := ipc.NewServer(&ipc.Config{DispatchQueue: -1, DispatchPolicy: ipc.PolicyDrop})

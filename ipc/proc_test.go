@@ -91,7 +91,9 @@ func runChild(role, addr string) int {
 			}
 		}
 	case "server": // serve until killed
-		srv, err := NewServer(nil)
+		// PolicyBlock: msgFlood (BenchmarkDispatchProcess) outruns the
+		// client's reader and must wait for it, not disconnect it.
+		srv, err := NewServer(&Config{DispatchPolicy: PolicyBlock})
 		if err != nil {
 			fmt.Println(err)
 			return exitFailed

@@ -147,6 +147,9 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 		MaxConnsPerUID:      max(clients, ipc.DefaultMaxConnsPerUID),
 		MaxConns:            max(clients, ipc.DefaultMaxConns),
 		MaxMemory:           max(int64(clients)*(3*int64(p.RingSize)+1<<20), ipc.DefaultMaxMemory),
+		// The dispatch scenario measures a client that keeps up at its
+		// own pace: the producer waits for it rather than disconnect it.
+		DispatchPolicy: ipc.PolicyBlock,
 	})
 	if err != nil {
 		ln.Close()
@@ -214,7 +217,7 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 // dispatchStream dispatches body with sequence numbers 0, 1, ... in its
 // first 8 bytes until the connection ends, and returns how many it sent.
 // Paced by pc, it sends each in its slot, stamped at byte 8 (see stamps).
-// Dispatch waits (Config.DispatchPolicy is PolicyBlock) when the ring and
+// Dispatch waits (serveBench sets Config.DispatchPolicy to PolicyBlock) when the ring and
 // the connection's queue are full.
 func dispatchStream(c *ipc.Conn, body []byte, pc *pacer) (uint64, error) {
 	for seq := uint64(0); ; seq++ {

@@ -240,7 +240,9 @@ func TestInterop(t *testing.T) {
 					p.finish()
 				})
 				t.Run("dispatch/sums="+sums, func(t *testing.T) {
-					s := startServer(t, "", m.eventLoop, ipc.Config{})
+					// PolicyBlock: the C reader must get every message,
+					// however far the Go producer runs ahead of it.
+					s := startServer(t, "", m.eventLoop, ipc.Config{DispatchPolicy: ipc.PolicyBlock})
 					p := start(t, driver, driverArgs(s.addr, "dispatch", "sums="+sums, "disp=4096", "n=3000", "size=200"))
 					p.expect("connected ")
 					p.expect("dispatch 3000 ")
@@ -250,7 +252,7 @@ func TestInterop(t *testing.T) {
 			t.Run("sleeping", func(t *testing.T) {
 				// No spinning on either side: every wait sleeps and
 				// every wake-up is a token.
-				s := startServer(t, "", m.eventLoop, ipc.Config{Spin: -1})
+				s := startServer(t, "", m.eventLoop, ipc.Config{Spin: -1, DispatchPolicy: ipc.PolicyBlock})
 				p := start(t, driver, driverArgs(s.addr, "calls", "spin=-1", "req=4096", "resp=4096", "n=500"))
 				p.expect("connected ")
 				p.expect("calls 500 ")
