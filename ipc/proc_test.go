@@ -348,7 +348,9 @@ func TestClientKilled(t *testing.T) {
 					t.Errorf("OnDisconnect error %v, want ErrDisconnected", err)
 				}
 			}
-			srv, err := NewServer(nil)
+			// PolicyBlock: the stream outruns the child's reader and
+			// must wait for it until the kill, not cut it off first.
+			srv, err := NewServer(&Config{DispatchPolicy: PolicyBlock})
 			if err != nil {
 				t.Fatal(err)
 			}
