@@ -52,6 +52,10 @@ type admission struct {
 	hs   bool   // counted in the uid's handshakes (the total is hsSem)
 	conn bool   // counted in MaxConns and the uid's connections
 	mem  uint64 // ring memory charged against MaxMemory
+	// sub: the socket became a topic subscription, whose goroutine
+	// releases the admission when it ends. Set and read by the
+	// handshake goroutine only.
+	sub bool
 }
 
 // uidUse is what one uid holds; entries are removed when they reach zero.
@@ -120,7 +124,7 @@ func (s *Server) admit(uc *net.UnixConn, slot bool) {
 		s.endHandshake(uc, a)
 		if c != nil {
 			c.start()
-		} else {
+		} else if !a.sub {
 			s.release(a)
 		}
 	}()

@@ -59,6 +59,14 @@
 // poll loop, which polls Conn.Fd and calls Conn.Process; AcceptReady
 // and ListenerFd do the same for the listener.
 //
+// Topics publish to any number of subscribers at the cost of one ring
+// write (Server.AddTopic, Topic.Publish, Server.Publish): each topic is a
+// broadcast ring that subscribers (Subscribe, Subscription.Recv) map
+// read-only and read at their own pace. The server never waits for a
+// subscriber; one that falls a ring behind gets ErrOverrun, with the
+// count of messages lost, and reads on. Concurrent publishers are put in
+// one order that every subscriber sees.
+//
 // The wire protocol (handshake, segment layout, record headers, tokens,
 // shutdown) is specified in docs/ipc.md.
 //

@@ -41,6 +41,10 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 		s.reject(uc, log, statusBadVersion, 0, fmt.Errorf("%w: client speaks %d, server %d", ErrVersion, h.version, Version))
 		return nil
 	}
+	if h.features&FeatureTopic != 0 {
+		s.serveSubscribe(uc, cred, log, a, h) // a topic subscription (topic.go)
+		return nil
+	}
 	s.mu.Lock()
 	svc := s.services[h.service]
 	s.mu.Unlock()

@@ -117,6 +117,9 @@ func runChild(role, addr string) int {
 	if code, ok := runAdmitChild(role, addr); ok {
 		return code
 	}
+	if code, ok := runTopicChild(role, addr); ok {
+		return code
+	}
 	fmt.Println("unknown role", role)
 	return exitFailed
 }

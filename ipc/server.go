@@ -26,8 +26,9 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	handshake map[net.Conn]struct{}
 	conns     map[*Conn]struct{}
-	closing   bool          // no new connections; set by Shutdown and Close
-	done      chan struct{} // closed with closing
+	topics    map[uint32]*Topic // topic.go
+	closing   bool              // no new connections; set by Shutdown and Close
+	done      chan struct{}     // closed with closing
 	wg        sync.WaitGroup
 
 	// Admission accounting (admit.go), under mu: connections admitted and
@@ -248,11 +249,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.drain()
 	}
+	terr := s.closeTopics() // subscribers drain the ring on their own
 	waited := make(chan struct{})
 	go func() { s.wg.Wait(); close(waited) }()
 	select {
 	case <-waited:
-		errs := []error{lerr}
+		errs := []error{lerr, terr}
 		for _, c := range conns {
 			errs = append(errs, c.tornErr) // written before forget's wg.Done
 		}
@@ -271,8 +273,9 @@ func (s *Server) Close() error {
 	for _, c := range conns {
 		c.kill(ErrServerClosed)
 	}
+	terr := s.closeTopics()
 	s.wg.Wait()
-	errs := []error{lerr}
+	errs := []error{lerr, terr}
 	for _, c := range conns {
 		errs = append(errs, c.tornErr) // written before forget's wg.Done
 	}

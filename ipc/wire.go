@@ -34,7 +34,7 @@ import (
 //	16 u64 request ring data size (0: server default)
 //	24 u64 response ring data size (0: server default)
 //	32 u64 dispatch ring data size (0: server default)
-//	40 u64 reserved, zero
+//	40 u64 reserved, zero; with FeatureTopic: u32 topic id, u32 zero
 //
 // Reply, little-endian:
 //
@@ -221,6 +221,7 @@ type hello struct {
 	service  uint16
 	features uint32
 	sizes    [3]uint64 // request, response, dispatch data sizes
+	topic    uint32    // FeatureTopic only: the topic subscribed to
 }
 
 func (h *hello) encode(b []byte) {
@@ -233,6 +234,9 @@ func (h *hello) encode(b []byte) {
 	le.PutUint64(b[16:], h.sizes[0])
 	le.PutUint64(b[24:], h.sizes[1])
 	le.PutUint64(b[32:], h.sizes[2])
+	if h.features&FeatureTopic != 0 {
+		le.PutUint32(b[40:], h.topic)
+	}
 }
 
 // decodeHello reads a hello. It checks only the framing (magic, reserved
@@ -252,7 +256,13 @@ func decodeHello(b []byte) (hello, error) {
 		features: le.Uint32(b[12:]),
 		sizes:    [3]uint64{le.Uint64(b[16:]), le.Uint64(b[24:]), le.Uint64(b[32:])},
 	}
-	if r := le.Uint64(b[40:]); r != 0 && h.version == Version {
+	if h.features&FeatureTopic != 0 && h.version == Version {
+		// Bytes 40..47 of a subscription: topic id, then reserved.
+		h.topic = le.Uint32(b[40:])
+		if r := le.Uint32(b[44:]); r != 0 {
+			return h, fmt.Errorf("%w: hello reserved bytes %#x", ErrProtocol, r)
+		}
+	} else if r := le.Uint64(b[40:]); r != 0 && h.version == Version {
 		return h, fmt.Errorf("%w: hello reserved bytes %#x", ErrProtocol, r)
 	}
 	return h, nil

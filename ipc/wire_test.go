@@ -5,6 +5,7 @@ package ipc
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"testing"
 	"time"
 
@@ -33,6 +34,11 @@ func TestWireConstants(t *testing.T) {
 		{"statusUnavailable", statusUnavailable, 6},
 		{"FeaturePayloadChecksum", FeaturePayloadChecksum, 1},
 		{"FeatureCloseReason", FeatureCloseReason, 1 << 4},
+		{"FeatureTopic", FeatureTopic, 1 << 5},
+		{"tokTopicSleep", tokTopicSleep, 0x40},
+		{"topicSleepSize", topicSleepSize, 9},
+		{"LimitSubscribers", LimitSubscribers, 6},
+		{"ring.BroadcastWakeOffset", ring.BroadcastWakeOffset, 136},
 		{"ctlCloseReason", ctlCloseReason, 24},
 		{"closeNone", closeNone, 0},
 		{"closeShutdown", closeShutdown, 1},
@@ -77,6 +83,29 @@ func TestWireConstants(t *testing.T) {
 }
 
 func le64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+
+// TestTopicHelloLayout pins a subscription hello's topic id (§11.1).
+func TestTopicHelloLayout(t *testing.T) {
+	h := hello{version: Version, features: FeatureTopic, topic: 0x0a0b0c0d}
+	var b [helloSize]byte
+	h.encode(b[:])
+	if got := binary.LittleEndian.Uint32(b[40:]); got != 0x0a0b0c0d {
+		t.Errorf("topic@40 = %#x", got)
+	}
+	if got := binary.LittleEndian.Uint32(b[44:]); got != 0 {
+		t.Errorf("reserved@44 = %#x", got)
+	}
+	if got, err := decodeHello(b[:]); err != nil || got != h {
+		t.Errorf("decode = %+v, %v", got, err)
+	}
+	// Without FeatureTopic, bytes 40..47 stay reserved.
+	h.features = 0
+	h.encode(b[:])
+	binary.LittleEndian.PutUint32(b[40:], 1)
+	if _, err := decodeHello(b[:]); !errors.Is(err, ErrProtocol) {
+		t.Errorf("topic bytes without FeatureTopic: %v", err)
+	}
+}
 
 // TestHelloLayout and TestReplyLayout pin every field offset.
 func TestHelloLayout(t *testing.T) {

@@ -104,7 +104,55 @@ func NewBroadcastReader(mem []byte, opts *BroadcastReaderOptions) (*BroadcastRea
 		return nil, fmt.Errorf("attach broadcast reader: %w", corrupt("tail", t, t))
 	}
 	r.pos, r.tailCache = t, t
+	r.seq, r.seqKnown = r.learnSeq(t)
 	return r, nil
+}
+
+// learnSeq finds the number of the record the writer will write at tail
+// t, so that a reader lapped before its first record can still count
+// what it lost: it walks the records from the mark (at most a stride and
+// two records) to t. It gives up (the count stays unknown) on anything
+// that does not verify, or if the writer laps the walk.
+func (r *BroadcastReader) learnSeq(t uint64) (uint32, bool) {
+	if t == 0 {
+		return 0, true // nothing written yet: the first record is number 0
+	}
+	m := atomic.LoadUint64(r.mark)
+	if m%recordAlign != 0 || m >= t || t-m > r.m.size {
+		return 0, false
+	}
+	le := binary.LittleEndian
+	var seq uint32
+	for p := m; p < t; {
+		off := p & r.m.mask
+		var hdr [headerSize]byte
+		copy(hdr[:], r.data[off:off+headerSize])
+		lw, typ, hs, sum := le.Uint32(hdr[0:]), le.Uint32(hdr[4:]), le.Uint32(hdr[8:]), le.Uint32(hdr[12:])
+		n := uint64(lw & bcLenMask)
+		if lw&bcPadFlag != 0 {
+			if n != r.m.size-off-headerSize || sum != bcSum(r.m.seed, p, lw, typ, hs, 0) {
+				return 0, false
+			}
+			p += r.m.size - off
+			seq = hs
+			continue
+		}
+		rs := recordSize(n)
+		if n > r.m.maxP || off+rs > r.m.size || p+rs > t {
+			return 0, false
+		}
+		data := r.data[off+headerSize : off+headerSize+n]
+		if sum != bcSum(r.m.seed, p, lw, typ, hs, bcPayloadHash(&r.m, data)) {
+			return 0, false
+		}
+		p += rs
+		seq = hs + 1
+	}
+	r.loadFence()
+	if atomic.LoadUint64(r.intent) > m+r.m.size {
+		return 0, false
+	}
+	return seq, true
 }
 
 // Position returns the reader's position: the byte position of the next
@@ -240,14 +288,19 @@ func (r *BroadcastReader) sleep(ctx context.Context, v uint32, timeout time.Dura
 		}
 	}
 	if done := ctx.Done(); done != nil {
-		// The callback touches the ring's memory: it must be over before
-		// we return, since the caller may unmap the ring right after.
+		// A FUTEX_WAKE does not change the word, so one that comes
+		// before this goroutine is in FUTEX_WAIT is lost: the callback
+		// wakes until the sleeper is back. It touches the ring's memory,
+		// so it must be over before we return (the caller may unmap the
+		// ring right after).
+		back := make(chan struct{})
 		ran := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
 			defer close(ran)
-			r.Interrupt()
+			interruptUntil(r, back)
 		})
 		defer func() {
+			close(back)
 			if !stop() {
 				<-ran
 			}
@@ -259,10 +312,31 @@ func (r *BroadcastReader) sleep(ctx context.Context, v uint32, timeout time.Dura
 	return ctx.Err()
 }
 
+// interruptRetry is how often interruptUntil wakes a sleeper that has not
+// come back: only a sleeper that was about to enter FUTEX_WAIT when woken
+// needs a second wake-up.
+const interruptRetry = time.Millisecond
+
+// interruptUntil wakes r's sleeper until back is closed.
+func interruptUntil(r *BroadcastReader, back <-chan struct{}) {
+	t := time.NewTicker(interruptRetry)
+	defer t.Stop()
+	for {
+		r.Interrupt()
+		select {
+		case <-back:
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // Interrupt wakes a reader sleeping in Wait (and any other reader of the
 // ring sleeping at that moment, which looks and sleeps again), for a
 // goroutine that must stop it, such as one that saw the writer's process
-// go away. Safe to call from any goroutine.
+// go away. A wake-up that comes just before the reader enters the kernel
+// is lost: prefer cancelling the context Wait was given, which wakes the
+// reader until it is back. Safe to call from any goroutine.
 func (r *BroadcastReader) Interrupt() {
 	futex.Wake(r.wake, 0) //nolint:errcheck // the address is valid and aligned by construction
 }

@@ -80,6 +80,10 @@ func (w *BroadcastWriter) MaxPayload() int { return int(w.m.maxP) }
 // Tail returns the end of the last committed record (a byte position).
 func (w *BroadcastWriter) Tail() uint64 { return atomic.LoadUint64(w.tail) }
 
+// Armed reports whether some reader has announced that it sleeps and
+// no write has woken it yet.
+func (w *BroadcastWriter) Armed() bool { return w.armed.Load() != 0 }
+
 // Wakes returns how many times a publish or Arm woke sleeping readers.
 func (w *BroadcastWriter) Wakes() uint64 { return w.wakes.Load() }
 

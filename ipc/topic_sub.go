@@ -1,0 +1,460 @@
+//go:build linux
+
+package ipc
+
+// The subscriber's side of a topic (docs/ipc.md §11).
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ringipc/ringipc/ring"
+	"golang.org/x/sys/unix"
+)
+
+// SubscribeOptions tune Subscribe. The zero value is ready to use.
+type SubscribeOptions struct {
+	// Wait and Spin say whether a Recv that finds nothing polls before
+	// it sleeps, as in ClientOptions.
+	Wait ring.WaitPolicy
+	Spin time.Duration
+	// AuthorizeServer judges the server's credentials before anything
+	// is sent, as in ClientOptions; nil means DefaultAuthorizeServer.
+	AuthorizeServer func(Cred) error
+	// MaxRingSize bounds the topic ring the subscriber accepts to map
+	// (0 means DefaultMaxRingSize): a larger one fails Subscribe with
+	// ErrTooLarge before anything is mapped.
+	MaxRingSize int
+}
+
+// Subscription receives a topic's messages. Recv, RecvInto and TryRecv
+// take one message at a time (concurrent calls wait their turn); Close
+// may be called from any goroutine. A subscription starts with the
+// messages published after it was accepted.
+//
+// To subscribe again after the connection ended (the server restarted),
+// call Subscribe again: a Subscription is one connection.
+type Subscription struct {
+	topic   uint32
+	uc      *net.UnixConn
+	mem     []byte // the topic ring, mapped read-only
+	r       *ring.BroadcastReader
+	maxBody int
+	cred    Cred
+
+	lock     chan struct{}   // held by a receive; Close takes it for good
+	closedCh chan struct{}   // closed by Close
+	life     context.Context // ends when the connection does
+	cancel   context.CancelFunc
+	endOnce  sync.Once
+	endWhy   error // why the connection ended; written before cancel
+	watched  chan struct{}
+	waitCtx  context.Context // the context of the receive that waits; lock held
+
+	closeOnce sync.Once
+	overruns  atomic.Uint64
+	lost      atomic.Uint64
+}
+
+// Subscribe connects to the server at address and subscribes to topic.
+// ctx bounds the connect and the handshake. The server judges the
+// subscriber with Config.Authorize and the topic's OnSubscribe, and may
+// refuse with a *RejectError: status unknown service for an unknown
+// topic, ErrLimit with LimitSubscribers for a full topic.
+func Subscribe(ctx context.Context, address string, topic uint32, opts *SubscribeOptions) (*Subscription, error) {
+	if opts == nil {
+		opts = &SubscribeOptions{}
+	}
+	maxRing, err := (&ClientOptions{MaxRingSize: opts.MaxRingSize}).maxRing()
+	if err != nil {
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", address)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", address, err)
+	}
+	uc := nc.(*net.UnixConn)
+	sub, err := subscribeHandshake(ctx, uc, topic, maxRing, opts)
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("subscribe %s topic %d: %w", address, topic, err)
+	}
+	return sub, nil
+}
+
+func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, maxRing uint64, opts *SubscribeOptions) (*Subscription, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		uc.SetDeadline(dl) //nolint:errcheck
+	}
+	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
+	defer stop()
+	cred, err := peerCred(uc)
+	if err != nil {
+		return nil, err
+	}
+	authorize := opts.AuthorizeServer
+	if authorize == nil {
+		authorize = DefaultAuthorizeServer
+	}
+	if err := authorize(cred); err != nil {
+		return nil, fmt.Errorf("%w: pid %d uid %d gid %d: %w", ErrUnauthorizedServer, cred.PID, cred.UID, cred.GID, err)
+	}
+	h := hello{version: Version, features: FeatureTopic, topic: topic}
+	var hb [helloSize]byte
+	h.encode(hb[:])
+	_, helloErr := uc.Write(hb[:])
+	r, fds, err := readReply(ctx, uc, helloErr)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fds[0]), "ringipc-topic")
+	defer f.Close() // the mapping outlives it
+	size := r.sizes[0]
+	if r.features&FeatureTopic == 0 {
+		return nil, fmt.Errorf("%w: subscription reply without FeatureTopic", ErrProtocol)
+	}
+	if size > maxRing {
+		return nil, fmt.Errorf("%w: server granted a %d-byte topic ring, above the %d bytes this subscriber accepts", ErrTooLarge, size, maxRing)
+	}
+	if !isPow2(size) || size < MinRingSize || r.sizes[1] != 0 || r.sizes[2] != 0 || r.offs != [3]uint64{} || r.ctlOff != 0 {
+		return nil, fmt.Errorf("%w: topic reply sizes %v offsets %v", ErrProtocol, r.sizes, r.offs)
+	}
+	need, _ := ring.BroadcastSize(ring.BroadcastGeometry{DataSize: int(size)})
+	if r.payload != alignUp(uint64(need), uint64(os.Getpagesize())) || r.maxDisp != uint32(ring.MaxBroadcastPayload(int(size))) {
+		return nil, fmt.Errorf("%w: topic segment of %d bytes, body limit %d, for a %d-byte ring", ErrProtocol, r.payload, r.maxDisp, size)
+	}
+	if err := checkTopicFile(f, int64(r.payload)); err != nil {
+		return nil, err
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(r.payload), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map topic ring: %w", err)
+	}
+	sub := &Subscription{
+		topic:    topic,
+		uc:       uc,
+		mem:      mem,
+		maxBody:  int(r.maxDisp),
+		cred:     cred,
+		lock:     make(chan struct{}, 1),
+		closedCh: make(chan struct{}),
+		watched:  make(chan struct{}),
+	}
+	sub.r, err = ring.NewBroadcastReader(mem, &ring.BroadcastReaderOptions{Wait: opts.Wait, Spin: opts.Spin, Announce: sub.announce})
+	if err == nil {
+		var g ring.BroadcastGeometry
+		if g, err = ring.ReadBroadcastGeometry(mem); err == nil && uint64(g.DataSize) != size {
+			err = fmt.Errorf("ring of %d bytes, the reply says %d", g.DataSize, size)
+		}
+	}
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, fmt.Errorf("%w: topic ring: %w", ErrProtocol, err)
+	}
+	uc.SetDeadline(time.Time{}) //nolint:errcheck
+	sub.life, sub.cancel = context.WithCancel(context.Background())
+	go sub.watch()
+	return sub, nil
+}
+
+// readReply reads the handshake reply and the descriptors that came with
+// it; on success exactly one, which the caller owns.
+func readReply(ctx context.Context, uc *net.UnixConn, helloErr error) (reply, []int, error) {
+	var rb [replySize]byte
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	var fds []int
+	for got := 0; got < replySize; {
+		n, oobn, _, _, err := uc.ReadMsgUnix(rb[got:], oob)
+		if oobn > 0 {
+			fds = append(fds, parseRights(oob[:oobn])...)
+		}
+		if (err != nil || n == 0) && helloErr != nil {
+			closeFds(fds)
+			return reply{}, nil, ctxErr(ctx, fmt.Errorf("send hello: %w", helloErr))
+		}
+		if err != nil {
+			closeFds(fds)
+			return reply{}, nil, ctxErr(ctx, fmt.Errorf("read handshake reply: %w", err))
+		}
+		if n == 0 {
+			closeFds(fds)
+			return reply{}, nil, fmt.Errorf("read handshake reply: %w: connection closed", ErrDisconnected)
+		}
+		got += n
+	}
+	r, err := decodeReply(rb[:])
+	if err == nil && r.status != statusOK {
+		err = &RejectError{Status: r.status, Code: r.detail}
+	} else if err == nil && r.version != Version {
+		err = fmt.Errorf("%w: server speaks version %d, client %d", ErrVersion, r.version, Version)
+	} else if err == nil && len(fds) != 1 {
+		err = fmt.Errorf("%w: %d descriptors with the reply, want 1", ErrProtocol, len(fds))
+	}
+	if err != nil {
+		closeFds(fds)
+		return reply{}, nil, err
+	}
+	return r, fds, nil
+}
+
+// checkTopicFile requires a shared-memory file of the announced size,
+// sealed against resizing (so the server cannot truncate it under the
+// mapping, which would raise SIGBUS here).
+func checkTopicFile(f *os.File, size int64) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("topic descriptor: %w", err)
+	}
+	if st.Type != unix.TMPFS_MAGIC {
+		return fmt.Errorf("%w: topic descriptor is not shared memory (fs %#x)", ErrProtocol, st.Type)
+	}
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return fmt.Errorf("%w: topic descriptor seals: %w", ErrProtocol, err)
+	}
+	if seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
+		return fmt.Errorf("%w: topic memfd not sealed against resizing (seals %#x)", ErrProtocol, seals)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("topic descriptor: %w", err)
+	}
+	if fi.Size() != size {
+		return fmt.Errorf("%w: topic segment of %d bytes, the reply says %d", ErrProtocol, fi.Size(), size)
+	}
+	return nil
+}
+
+// Topic returns the topic subscribed to.
+func (s *Subscription) Topic() uint32 { return s.topic }
+
+// MaxBody returns the largest message body the topic carries.
+func (s *Subscription) MaxBody() int { return s.maxBody }
+
+// ServerCred returns the server's credentials, as of its listen.
+func (s *Subscription) ServerCred() Cred { return s.cred }
+
+// SubscriptionStats count what a subscriber lost to overruns.
+type SubscriptionStats struct {
+	Overruns uint64 // times the subscriber was lapped
+	Lost     uint64 // messages it lost, where known (OverrunError.Known)
+}
+
+// Stats returns the subscription's counters; safe from any goroutine.
+func (s *Subscription) Stats() SubscriptionStats {
+	return SubscriptionStats{Overruns: s.overruns.Load(), Lost: s.lost.Load()}
+}
+
+// Recv returns the next message (a copy), waiting until one is
+// published, ctx ends or the subscription does. Errors:
+//
+//   - an error matching ErrOverrun (errors.As to *OverrunError for the
+//     count): messages were overwritten before this subscriber read
+//     them; it goes on from a recent message, which the next Recv
+//     returns;
+//   - ErrDisconnected with ErrClosedByServer once the server closed the
+//     topic (or shut down) and every message before was received; with
+//     ErrPeerDied if the server went away without closing it (every
+//     message it published is still received first);
+//   - ErrProtocol: the ring broke the protocol; the subscription ends;
+//   - ErrClosed after Close; ctx's error.
+func (s *Subscription) Recv(ctx context.Context) (Message, error) {
+	return s.RecvInto(ctx, nil)
+}
+
+// RecvInto is Recv that copies the body into buf (grown if needed),
+// which Message.Data then shares: no allocation once buf is large
+// enough.
+func (s *Subscription) RecvInto(ctx context.Context, buf []byte) (Message, error) {
+	if err := s.acquire(ctx); err != nil {
+		return Message{}, err
+	}
+	defer func() { <-s.lock }()
+	return s.recv(ctx, buf, true)
+}
+
+// TryRecv returns the next message without waiting, or ErrTryAgain.
+func (s *Subscription) TryRecv() (Message, error) {
+	if err := s.acquire(context.Background()); err != nil {
+		return Message{}, err
+	}
+	defer func() { <-s.lock }()
+	return s.recv(context.Background(), nil, false)
+}
+
+func (s *Subscription) acquire(ctx context.Context) error {
+	select {
+	case s.lock <- struct{}{}:
+	case <-s.closedCh:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-s.closedCh:
+		<-s.lock
+		return ErrClosed
+	default:
+		return nil
+	}
+}
+
+// recv takes the next message; lock held.
+func (s *Subscription) recv(ctx context.Context, buf []byte, wait bool) (Message, error) {
+	for {
+		rec, err := s.r.TryReadInto(buf)
+		switch {
+		case err == nil:
+			if rec.Type>>16 != 0 {
+				perr := fmt.Errorf("%w: topic %d: message type %#x", ErrProtocol, s.topic, rec.Type)
+				s.end(perr)
+				return Message{}, perr
+			}
+			return Message{ID: uint16(rec.Type), Data: rec.Data}, nil
+		case err == ring.ErrClosed:
+			return Message{}, s.endErr(true)
+		case errors.Is(err, ring.ErrOverrun):
+			return Message{}, s.overrun(err)
+		case err != ring.ErrEmpty:
+			perr := fmt.Errorf("%w: topic %d: %w", ErrProtocol, s.topic, err)
+			s.end(perr)
+			return Message{}, perr
+		}
+		if s.life.Err() != nil {
+			return Message{}, s.endErr(false)
+		}
+		if !wait {
+			return Message{}, ErrTryAgain
+		}
+		wctx, stop := s.waitContext(ctx)
+		s.waitCtx = ctx
+		werr := s.r.Wait(wctx)
+		stop()
+		s.waitCtx = nil
+		if werr != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return Message{}, cerr
+			}
+			if s.life.Err() == nil {
+				// The announcement could not be sent: the socket is broken.
+				s.end(fmt.Errorf("%w: %w", ErrDisconnected, werr))
+			}
+		}
+	}
+}
+
+// overrun counts an overrun and wraps its error (a function of its own
+// so that the receive path does not allocate the *OverrunError target).
+func (s *Subscription) overrun(err error) error {
+	var oe *ring.OverrunError
+	if errors.As(err, &oe) {
+		s.overruns.Add(1)
+		s.lost.Add(oe.Records)
+	}
+	return fmt.Errorf("ipc: topic %d: %w", s.topic, err)
+}
+
+// waitContext returns a context that ends with ctx or the subscription.
+func (s *Subscription) waitContext(ctx context.Context) (context.Context, func()) {
+	if ctx.Done() == nil {
+		return s.life, func() {}
+	}
+	c, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.life, cancel)
+	return c, func() { stop(); cancel() }
+}
+
+// endErr is what a receive returns once the ring has nothing more:
+// closed says the server closed it.
+func (s *Subscription) endErr(closed bool) error {
+	select {
+	case <-s.closedCh:
+		return ErrClosed
+	default:
+	}
+	if closed {
+		return fmt.Errorf("%w: topic %d: %w", ErrDisconnected, s.topic, ErrClosedByServer)
+	}
+	if errors.Is(s.endWhy, ErrProtocol) {
+		return s.endWhy
+	}
+	return fmt.Errorf("%w: topic %d: %w", ErrDisconnected, s.topic, ErrPeerDied)
+}
+
+// announce tells the server that the subscriber sleeps having seen tail
+// seen (the ring's Announce): a tokTopicSleep on the socket. It waits
+// only if the socket buffer is full (a server that does not read), then
+// until the receive's context or the subscription ends.
+func (s *Subscription) announce(seen uint64) error {
+	var b [topicSleepSize]byte
+	b[0] = tokTopicSleep
+	binary.LittleEndian.PutUint64(b[1:], seen)
+	if ctx := s.waitCtx; ctx != nil && ctx.Done() != nil {
+		s.uc.SetWriteDeadline(time.Time{}) //nolint:errcheck
+		ran := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			defer close(ran)
+			s.uc.SetWriteDeadline(time.Unix(1, 0)) //nolint:errcheck
+		})
+		defer func() {
+			if !stop() {
+				<-ran
+			}
+		}()
+	}
+	_, err := s.uc.Write(b[:])
+	if err != nil && s.waitCtx != nil && s.waitCtx.Err() != nil {
+		return s.waitCtx.Err()
+	}
+	return err
+}
+
+// watch waits for the end of the socket: the server sends nothing after
+// the reply, so end of file (or anything else) ends the subscription.
+func (s *Subscription) watch() {
+	defer close(s.watched)
+	var b [16]byte
+	for {
+		n, err := s.uc.Read(b[:])
+		if n > 0 {
+			s.end(fmt.Errorf("%w: topic %d: the server sent %d bytes after the reply", ErrProtocol, s.topic, n))
+			return
+		}
+		if err != nil {
+			s.end(fmt.Errorf("%w: %w", ErrDisconnected, err))
+			return
+		}
+	}
+}
+
+// end records why the subscription ended (the first reason wins), ends
+// its life, which wakes a waiting receive, and closes the socket.
+func (s *Subscription) end(why error) {
+	s.endOnce.Do(func() {
+		s.endWhy = why
+		s.cancel()
+		s.uc.Close()
+	})
+}
+
+// Close ends the subscription and unmaps the ring, after a receive in
+// progress has returned (with ErrClosed). Safe to call more than once.
+func (s *Subscription) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.closedCh)
+		s.end(ErrClosed)
+		<-s.watched
+		s.lock <- struct{}{} // held for good: no receive touches the ring again
+		err = unix.Munmap(s.mem)
+	})
+	return err
+}

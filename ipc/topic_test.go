@@ -1,0 +1,529 @@
+//go:build linux
+
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+const testTopic = 7
+
+// runTopicChild runs the topic roles of cross-process tests.
+func runTopicChild(role, addr string) (int, bool) {
+	ctx := context.Background()
+	switch role {
+	case "topic-sub": // subscribe, then receive until killed
+		sub, err := Subscribe(ctx, addr, testTopic, &SubscribeOptions{Wait: 3 /* ring.WaitSleep */})
+		if err != nil {
+			fmt.Println("subscribe:", err)
+			return exitFailed, true
+		}
+		fmt.Println("ready")
+		for {
+			if _, err := sub.Recv(ctx); err != nil && !errors.Is(err, ErrOverrun) {
+				fmt.Println("recv:", err)
+				return exitFailed, true
+			}
+		}
+	case "topic-pub": // serve a topic, publish 100 messages to the first subscriber, hang
+		srv, err := NewServer(nil)
+		if err != nil {
+			fmt.Println(err)
+			return exitFailed, true
+		}
+		top, err := srv.AddTopic(TopicConfig{ID: testTopic})
+		if err != nil {
+			fmt.Println(err)
+			return exitFailed, true
+		}
+		l, err := Listen(addr, 0)
+		if err != nil {
+			fmt.Println(err)
+			return exitFailed, true
+		}
+		go srv.Serve(l)
+		fmt.Println("ready")
+		for top.Subscribers() == 0 {
+			waitABit()
+		}
+		for i := range 100 {
+			top.Publish(1, []byte(strconv.Itoa(i)))
+		}
+		fmt.Println("published")
+		select {}
+	}
+	return 0, false
+}
+
+func waitABit() {
+	ctx, cancel := context.WithTimeout(context.Background(), 1e6)
+	defer cancel()
+	<-ctx.Done()
+}
+
+func startTopicServer(t *testing.T, cfg *Config, tcs ...TopicConfig) (*Server, string, []*Topic) {
+	t.Helper()
+	srv, addr := startServer(t, cfg)
+	var ts []*Topic
+	for _, tc := range tcs {
+		top, err := srv.AddTopic(tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, top)
+	}
+	return srv, addr, ts
+}
+
+func subscribe(t *testing.T, addr string, topic uint32, opts *SubscribeOptions) *Subscription {
+	t.Helper()
+	sub, err := Subscribe(testCtx(t), addr, topic, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	return sub
+}
+
+func TestTopicPublishSubscribe(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	top := ts[0]
+	subs := []*Subscription{subscribe(t, addr, testTopic, nil), subscribe(t, addr, testTopic, &SubscribeOptions{Spin: -1})}
+	waitUntil(t, func() bool { return top.Subscribers() == 2 }, "two subscribers")
+	const n = 500
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(subs))
+	for _, sub := range subs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				m, err := sub.Recv(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if m.ID != uint16(i%7) || string(m.Data) != strconv.Itoa(i) {
+					errs <- fmt.Errorf("message %d: id %d %q", i, m.ID, m.Data)
+					return
+				}
+			}
+			_, err := sub.Recv(ctx)
+			errs <- err
+		}()
+	}
+	for i := range n {
+		if err := top.Publish(uint16(i%7), []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := top.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for range subs {
+		if err := <-errs; !errors.Is(err, ErrDisconnected) || !errors.Is(err, ErrClosedByServer) {
+			t.Fatalf("after the topic closed: %v", err)
+		}
+	}
+	if err := top.Publish(1, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("publish after close: %v", err)
+	}
+	if st := top.Stats(); st.Published != n || st.Subscribers != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Concurrent publishers are serialised into one order that every
+// subscriber sees.
+func TestTopicOrderAcrossPublishers(t *testing.T) {
+	srv, addr, _ := startTopicServer(t, nil, TopicConfig{ID: testTopic, RingSize: 1 << 20})
+	subs := []*Subscription{subscribe(t, addr, testTopic, nil), subscribe(t, addr, testTopic, nil), subscribe(t, addr, testTopic, nil)}
+	waitUntil(t, func() bool { return srv.Topic(testTopic).Subscribers() == 3 }, "three subscribers")
+	const pubs, each = 4, 2000 // 8,000 records of 32 bytes: no lap
+	var wg sync.WaitGroup
+	for p := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [8]byte
+			for i := range each {
+				binary.LittleEndian.PutUint32(b[:], uint32(p))
+				binary.LittleEndian.PutUint32(b[4:], uint32(i))
+				if err := srv.Publish(testTopic, 1, b[:]); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	ctx := testCtx(t)
+	var first [][8]byte
+	for si, sub := range subs {
+		next := make([]uint32, pubs)
+		for k := range pubs * each {
+			m, err := sub.Recv(ctx)
+			if err != nil {
+				t.Fatalf("subscriber %d, message %d: %v", si, k, err)
+			}
+			p, i := binary.LittleEndian.Uint32(m.Data), binary.LittleEndian.Uint32(m.Data[4:])
+			if p >= pubs || i != next[p] {
+				t.Fatalf("subscriber %d: publisher %d's message %d, want %d", si, p, i, next[p])
+			}
+			next[p]++
+			var b [8]byte
+			copy(b[:], m.Data)
+			if si == 0 {
+				first = append(first, b)
+			} else if first[k] != b {
+				t.Fatalf("subscriber %d's message %d differs from subscriber 0's: not one order", si, k)
+			}
+		}
+	}
+	if err := srv.Publish(99, 1, nil); !errors.Is(err, ErrUnknownTopic) {
+		t.Fatalf("unknown topic: %v", err)
+	}
+}
+
+// A subscriber that does not read while the server publishes more than
+// the ring holds learns it was overrun and by how many messages, then
+// reads on; a subscriber that keeps up is not affected.
+func TestTopicSlowSubscriberLapped(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic, RingSize: MinRingSize})
+	top := ts[0]
+	slow := subscribe(t, addr, testTopic, nil)
+	fast := subscribe(t, addr, testTopic, nil)
+	waitUntil(t, func() bool { return top.Subscribers() == 2 }, "two subscribers")
+	ctx := testCtx(t)
+	const n = 1000 // 64-byte records: 15 laps of 4 KiB
+	body := make([]byte, 48)
+	buf := make([]byte, 0, 64)
+	for i := range n {
+		binary.LittleEndian.PutUint64(body, uint64(i))
+		copy(body[8:], body[:8])
+		if err := top.Publish(1, body); err != nil {
+			t.Fatal(err)
+		}
+		m, err := fast.RecvInto(ctx, buf)
+		if err != nil || binary.LittleEndian.Uint64(m.Data) != uint64(i) {
+			t.Fatalf("fast subscriber, message %d: %v", i, err)
+		}
+	}
+	_, err := slow.Recv(ctx)
+	var oe *OverrunError
+	if !errors.Is(err, ErrOverrun) || !errors.As(err, &oe) || !oe.Known || oe.Records == 0 {
+		t.Fatalf("lapped subscriber: %v", err)
+	}
+	got := uint64(0)
+	for next := oe.Records; ; next++ {
+		m, err := slow.TryRecv()
+		if err == ErrTryAgain {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := binary.LittleEndian.Uint64(m.Data); v != next || binary.LittleEndian.Uint64(m.Data[8:]) != v {
+			t.Fatalf("after the overrun: message %d, want %d", v, next)
+		}
+		got++
+	}
+	if got+oe.Records != n {
+		t.Fatalf("received %d + lost %d, published %d", got, oe.Records, n)
+	}
+	if st := slow.Stats(); st.Overruns != 1 || st.Lost != oe.Records {
+		t.Fatalf("stats %+v", st)
+	}
+	if st := fast.Stats(); st.Overruns != 0 {
+		t.Fatalf("fast subscriber overrun: %+v", st)
+	}
+}
+
+// A subscriber process killed while it sleeps in Recv leaves: the server
+// forgets it and gives back its admission; publishing and the other
+// subscribers go on.
+func TestTopicSubscriberKilled(t *testing.T) {
+	srv, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	top := ts[0]
+	local := subscribe(t, addr, testTopic, nil)
+	c := startChild(t, "topic-sub", addr, nil)
+	c.expect(t, "ready")
+	waitUntil(t, func() bool { return top.Subscribers() == 2 }, "the child subscribed")
+	// Kill it asleep in Recv: announced, woken once, announced again.
+	waitUntil(t, func() bool { return top.w.Armed() }, "the child asleep")
+	top.Publish(1, []byte("x"))
+	waitUntil(t, func() bool { return top.Stats().Wakes > 0 && top.w.Armed() }, "the child woken and asleep again")
+	c.kill(t)
+	waitUntil(t, func() bool { return top.Subscribers() == 1 }, "the killed subscriber forgotten")
+	waitUntil(t, func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return srv.nconns == 1 }, "its admission given back")
+	ctx := testCtx(t)
+	for i := range 10 {
+		if err := top.Publish(2, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, err := local.Recv(ctx); err != nil || m.ID != 1 {
+		t.Fatalf("first message: %v", err)
+	}
+	for i := range 10 {
+		if m, err := local.Recv(ctx); err != nil || m.Data[0] != byte(i) {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+}
+
+// A publisher (server) process that dies leaves its subscribers every
+// message it published, then ErrDisconnected with ErrPeerDied, even for
+// a subscriber asleep in Recv.
+func TestTopicPublisherCrash(t *testing.T) {
+	addr := abstractAddr()
+	c := startChild(t, "topic-pub", addr, nil)
+	c.expect(t, "ready")
+	sub := subscribe(t, addr, testTopic, &SubscribeOptions{Spin: -1})
+	c.expect(t, "published")
+	ctx := testCtx(t)
+	for i := range 100 {
+		m, err := sub.Recv(ctx)
+		if err != nil || string(m.Data) != strconv.Itoa(i) {
+			t.Fatalf("message %d: %q, %v", i, m.Data, err)
+		}
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := sub.Recv(ctx); errc <- err }()
+	c.kill(t)
+	if err := <-errc; !errors.Is(err, ErrDisconnected) || !errors.Is(err, ErrPeerDied) {
+		t.Fatalf("after the publisher died: %v", err)
+	}
+	if _, err := sub.Recv(ctx); !errors.Is(err, ErrPeerDied) {
+		t.Fatalf("again: %v", err)
+	}
+}
+
+// The server's Close ends subscriptions gracefully: what was published
+// is received, then ErrClosedByServer.
+func TestTopicServerClose(t *testing.T) {
+	srv, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	sub := subscribe(t, addr, testTopic, nil)
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 1 }, "subscribed")
+	ts[0].Publish(3, []byte("last"))
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	if m, err := sub.Recv(ctx); err != nil || string(m.Data) != "last" {
+		t.Fatalf("after close: %q %v", m.Data, err)
+	}
+	if _, err := sub.Recv(ctx); !errors.Is(err, ErrClosedByServer) {
+		t.Fatalf("drained: %v", err)
+	}
+	if srv.Topic(testTopic) != nil {
+		t.Fatal("topic still listed")
+	}
+	if _, err := srv.AddTopic(TopicConfig{ID: 1}); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("AddTopic after close: %v", err)
+	}
+}
+
+// A subscription's Close ends a Recv in progress, and subscribing again
+// on a new connection works (what a reconnecting client does).
+func TestTopicCloseAndResubscribe(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	top := ts[0]
+	for round := range 3 {
+		sub, err := Subscribe(testCtx(t), addr, testTopic, &SubscribeOptions{Spin: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, func() bool { return top.Subscribers() == 1 }, "subscribed")
+		top.Publish(uint16(round), nil)
+		if m, err := sub.Recv(testCtx(t)); err != nil || m.ID != uint16(round) {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		errc := make(chan error, 1)
+		go func() { _, err := sub.Recv(context.Background()); errc <- err }()
+		if round == 1 {
+			waitUntil(t, func() bool { return top.w.Armed() }, "the receive asleep")
+		}
+		sub.Close()
+		if err := <-errc; !errors.Is(err, ErrClosed) {
+			t.Fatalf("recv during close: %v", err)
+		}
+		if _, err := sub.Recv(context.Background()); !errors.Is(err, ErrClosed) {
+			t.Fatalf("recv after close: %v", err)
+		}
+		sub.Close()
+		waitUntil(t, func() bool { return top.Subscribers() == 0 }, "unsubscribed")
+	}
+	// A context ends a sleeping Recv.
+	sub := subscribe(t, addr, testTopic, &SubscribeOptions{Spin: -1})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := sub.Recv(ctx); errc <- err }()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled recv: %v", err)
+	}
+}
+
+func TestTopicAdmission(t *testing.T) {
+	deny := errors.New("not you")
+	_, addr, ts := startTopicServer(t, nil,
+		TopicConfig{ID: 1, MaxSubscribers: 1},
+		TopicConfig{ID: 2, OnSubscribe: func(Cred) error { return fmt.Errorf("%w: %w", deny, RejectCode(42)) }},
+		TopicConfig{ID: 3},
+	)
+	ctx := testCtx(t)
+	if _, err := Subscribe(ctx, addr, 99, nil); !errors.Is(err, ErrUnknownService) {
+		t.Fatalf("unknown topic: %v", err)
+	}
+	var rej *RejectError
+	if _, err := Subscribe(ctx, addr, 2, nil); !errors.As(err, &rej) || rej.Status != statusRejected || rej.Code != 42 {
+		t.Fatalf("OnSubscribe refusal: %v", err)
+	}
+	subscribe(t, addr, 1, nil)
+	if _, err := Subscribe(ctx, addr, 1, nil); !errors.Is(err, ErrLimit) || !errors.As(err, &rej) || rej.Code != LimitSubscribers {
+		t.Fatalf("full topic: %v", err)
+	}
+	if st := ts[0].Stats(); st.Refused != 1 || st.Subscribers != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if _, err := Subscribe(ctx, addr, 3, &SubscribeOptions{MaxRingSize: MinRingSize}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("ring above the subscriber's limit: %v", err)
+	}
+
+	// Config.Authorize applies to subscribers as to every connection.
+	_, addr2, _ := startTopicServer(t, &Config{Authorize: func(Cred) error { return deny }}, TopicConfig{ID: 1})
+	if _, err := Subscribe(ctx, addr2, 1, nil); !errors.As(err, &rej) || rej.Status != statusUnauthorized {
+		t.Fatalf("unauthorized: %v", err)
+	}
+}
+
+// rawSubscribe sends a subscription hello as given and returns the
+// reply and the descriptor that came with it (-1 if none).
+func rawSubscribe(t *testing.T, addr string, h hello, tweak func(b []byte)) (reply, int) {
+	t.Helper()
+	uc := rawDial(t, addr)
+	var hb [helloSize]byte
+	h.encode(hb[:])
+	if tweak != nil {
+		tweak(hb[:])
+	}
+	if _, err := uc.Write(hb[:]); err != nil {
+		t.Fatal(err)
+	}
+	r, fds, err := readReply(testCtx(t), uc, nil)
+	var rej *RejectError
+	if errors.As(err, &rej) {
+		return reply{status: rej.Status, detail: rej.Code}, -1
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]) })
+	return r, fds[0]
+}
+
+func TestTopicHelloChecks(t *testing.T) {
+	_, addr, _ := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	h := hello{version: Version, features: FeatureTopic, topic: testTopic}
+	if r, fd := rawSubscribe(t, addr, h, nil); r.status != statusOK || fd < 0 || r.features&FeatureTopic == 0 {
+		t.Fatalf("good hello: %+v", r)
+	}
+	if r, _ := rawSubscribe(t, addr, h, func(b []byte) { b[44] = 1 }); r.status != statusBadHello {
+		t.Fatalf("reserved bytes: %+v", r)
+	}
+	hs := h
+	hs.sizes[1] = MinRingSize
+	if r, _ := rawSubscribe(t, addr, hs, nil); r.status != statusBadHello {
+		t.Fatalf("ring sizes in a subscription: %+v", r)
+	}
+	hs = h
+	hs.service = testService
+	if r, _ := rawSubscribe(t, addr, hs, nil); r.status != statusBadHello {
+		t.Fatalf("service in a subscription: %+v", r)
+	}
+}
+
+// A subscriber cannot write the topic's ring: the descriptor is
+// read-only and the memfd is sealed against new writable mappings and
+// writes, so the kernel refuses every way to write it.
+func TestTopicSegmentNotWritable(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	r, fd := rawSubscribe(t, addr, hello{version: Version, features: FeatureTopic, topic: testTopic}, nil)
+	if r.status != statusOK {
+		t.Fatalf("subscribe: %+v", r)
+	}
+	size := int(r.payload)
+	if _, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); !errors.Is(err, unix.EACCES) {
+		t.Fatalf("writable shared mapping of the descriptor: %v, want EACCES", err)
+	}
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err != nil || fl&unix.O_ACCMODE != unix.O_RDONLY {
+		t.Fatalf("descriptor flags %#x, %v", fl, err)
+	}
+	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); !errors.Is(err, unix.EACCES) {
+		t.Fatalf("mprotect to writable: %v, want EACCES", err)
+	}
+	if _, err := unix.Write(fd, []byte("x")); err == nil {
+		t.Fatal("write(2) on the descriptor succeeded")
+	}
+	// Reopening it read-write through /proc works for a memfd; the seal
+	// still refuses writable mappings and writes.
+	rw, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err == nil {
+		defer unix.Close(rw)
+		if _, err := unix.Mmap(rw, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); !errors.Is(err, unix.EPERM) {
+			t.Fatalf("writable mapping of a reopened descriptor: %v, want EPERM", err)
+		}
+		if _, err := unix.Pwrite(rw, []byte("x"), 4096); !errors.Is(err, unix.EPERM) {
+			t.Fatalf("write through a reopened descriptor: %v, want EPERM", err)
+		}
+		if err := unix.Ftruncate(rw, 0); !errors.Is(err, unix.EPERM) {
+			t.Fatalf("truncate: %v, want EPERM", err)
+		}
+	} else if !errors.Is(err, os.ErrPermission) {
+		t.Fatalf("reopen: %v", err)
+	}
+	// The read-only mapping sees what the server publishes.
+	ts[0].Publish(1, []byte("seen"))
+	if string(mem[384+16:384+20]) != "seen" {
+		t.Fatalf("read-only mapping: %q", mem[384+16:384+20])
+	}
+}
+
+func TestTopicRecvAllocs(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	sub := subscribe(t, addr, testTopic, nil)
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 1 }, "subscribed")
+	body := make([]byte, 64)
+	buf := make([]byte, 0, 64)
+	ctx := context.Background()
+	if n := testing.AllocsPerRun(1000, func() {
+		if err := ts[0].Publish(1, body); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sub.RecvInto(ctx, buf); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per publish and receive", n)
+	}
+}
+
+var _ net.Conn = (*net.UnixConn)(nil)
