@@ -359,9 +359,11 @@ func TestHostileClient(t *testing.T) {
 		}
 		h.checkpoint()
 
-		// Huge power-of-two sizes are clamped, not trusted.
+		// Huge power-of-two sizes are clamped, not trusted. Every
+		// feature bit but FeatureTopic, which makes the hello a topic
+		// subscription (docs/ipc.md §11).
 		p := rawConnect(t, h.addr)
-		p.handshake(rawHello(1, testService, 0xffffffff, [3]uint64{1 << 62, 1 << 40, 1}, 0))
+		p.handshake(rawHello(1, testService, 0xffffffff&^FeatureTopic, [3]uint64{1 << 62, 1 << 40, 1}, 0))
 		if r := p.reply; r.sizes != [3]uint64{1 << 16, 1 << 16, 4096} || r.features != knownFeatures {
 			t.Errorf("sizes %v, features %#x: want clamped [65536 65536 4096], only known features", r.sizes, r.features)
 		}
