@@ -322,6 +322,31 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		}
 		c := binary.LittleEndian.Uint64(rec.Data)
 		b.lock(cl)
+		if rec.Type == respStreamPart {
+			w, err := cl.streamPart(c)
+			if err != nil {
+				b.flush(cl)
+				cl.kill(err)
+				return false, err
+			}
+			if w != nil {
+				// A Stream's part: like a zero-copy response, the record
+				// stays in the ring for the caller and the role goes
+				// with it.
+				w.view, w.part, w.handed = rec.Data[respHdrSize:], true, true
+				b.flush(cl)
+				if w == own {
+					return true, nil
+				}
+				cl.signal(w)
+				return false, nil
+			}
+			if err := cl.respC.Release(); err != nil {
+				b.flush(cl)
+				return false, cl.ringErr(err)
+			}
+			continue
+		}
 		w := cl.waiters.take(c)
 		switch {
 		case w != nil:
@@ -339,8 +364,12 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 			cl.kill(err)
 			return false, err
 		}
-		if w == nil {
-			// An abandoned call's response.
+		if w == nil || w.discard {
+			// An abandoned call's response, or the end of a stream its
+			// caller stopped reading, whose waiter is ours to free.
+			if w != nil {
+				putWaiter(w)
+			}
 			if err := cl.respC.Release(); err != nil {
 				b.flush(cl)
 				return false, cl.ringErr(err)
@@ -370,6 +399,31 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		}
 		b.add(cl, w)
 	}
+}
+
+// streamPart judges a stream part for correlation id c; mu held. It
+// returns the Stream call to hand it to, or nil if the part is to be
+// dropped: one for a plain call (which then fails with ErrStreamed), for
+// a stream its caller stopped reading, or for an abandoned call (while
+// orphans are expected: parts do not count against them, the final
+// response does). A part the client never asked for (no FeatureStream)
+// or for no call at all is a protocol violation.
+func (cl *Client) streamPart(c uint64) (*waiter, error) {
+	if cl.features&FeatureStream == 0 {
+		return nil, fmt.Errorf("%w: stream part (response status %d) without FeatureStream", ErrProtocol, respStreamPart)
+	}
+	w := cl.waiters.get(c)
+	switch {
+	case w != nil && w.stream && !w.discard:
+		return w, nil
+	case w != nil:
+		if !w.stream {
+			w.streamed = true
+		}
+	case cl.orphans == 0 && !cl.dead:
+		return nil, fmt.Errorf("%w: stream part for correlation id %#x, which no call awaits", ErrProtocol, c)
+	}
+	return nil, nil
 }
 
 // waitResponse waits for the next response record; the reader role
@@ -559,6 +613,10 @@ func (cl *Client) failAll() {
 	}
 	err := cl.deadErr()
 	cl.waiters.takeAll(func(w *waiter) {
+		if w.discard {
+			putWaiter(w) // a stream nobody reads any more
+			return
+		}
 		w.pending = false
 		w.err = err
 		cl.signal(w)
@@ -568,6 +626,10 @@ func (cl *Client) failAll() {
 // fill stores a response in its waiter.
 func (cl *Client) fill(w *waiter, rec ring.Record) {
 	body := rec.Data[respHdrSize:]
+	if w.streamed {
+		w.err = errStreamed
+		return
+	}
 	switch rec.Type {
 	case respOK:
 		switch {
@@ -607,7 +669,9 @@ func (cl *Client) fill(w *waiter, rec ring.Record) {
 // reading until it has arrived.
 func (cl *Client) abandon(why error, w *waiter) error {
 	cl.mu.Lock()
-	pending := w.pending
+	// A Stream's part handed over (handed) is on its way to the caller
+	// with the reader role: take it, as a response already taken.
+	pending := w.pending && !w.handed
 	if pending {
 		cl.removeWaiter(w)
 		cl.orphans++
@@ -647,9 +711,20 @@ type waiterState struct {
 	into    bool   // CallInto: copy into buf
 	zc      bool   // zero copy: hand over the reader role with the record
 	stage   zcStage
-	buf     []byte
-	out     []byte
-	n       int
-	err     error
-	view    []byte
+	// Streamed responses (stream.go). stream: a Client.Stream call;
+	// part: view is a part, not the final body; handed (guarded by
+	// Client.mu): the reader gave the caller a part and the role;
+	// discard (guarded by Client.mu): the caller stopped reading the
+	// stream, and the reader drops the rest and frees the waiter;
+	// streamed: a plain call got parts, so it fails with ErrStreamed.
+	stream   bool
+	part     bool
+	handed   bool
+	discard  bool
+	streamed bool
+	buf      []byte
+	out      []byte
+	n        int
+	err      error
+	view     []byte
 }

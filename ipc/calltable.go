@@ -48,6 +48,19 @@ func (t *callTable) take(corr uint64) *waiter {
 	return w
 }
 
+// get returns the call with correlation id corr, leaving it in the
+// table (a stream part: more records follow for it), or nil.
+func (t *callTable) get(corr uint64) *waiter {
+	i := uint32(corr)
+	if uint64(i) >= uint64(len(t.slots)) {
+		return nil
+	}
+	if w := t.slots[i]; w != nil && w.corr == corr {
+		return w
+	}
+	return nil
+}
+
 // len returns the number of calls in flight.
 func (t *callTable) len() int { return t.n }
 

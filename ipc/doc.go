@@ -37,7 +37,10 @@
 // ResponseWriter.Respond (a copy), Reserve and Commit (in place) or Fail
 // (an error with a code). Written in place, a body need not have its
 // final size at Reserve: PendingCall.SendN and ResponseWriter.CommitN
-// send the first n bytes and give the rest of the space back. Any goroutine may send a connection a dispatch
+// send the first n bytes and give the rest of the space back. A handler
+// may also answer in parts (ResponseWriter.Send, then its final
+// response), which the client ranges over with Client.Stream, the
+// response ring being the stream's flow control. Any goroutine may send a connection a dispatch
 // message (Conn.Dispatch); when the client does not keep up, a queue
 // bounded in messages and bytes (per connection and for the server) and a
 // Policy apply, and the client can read that state (Client.FlowControl).

@@ -100,6 +100,9 @@ type ResponseWriter struct {
 	panicked bool // the handler panicked: finish answers respPanic
 	res      ring.Reservation
 	pend     *pendingResp // external mode: the response ring was full
+
+	part      bool // the reservation is a stream part (ReservePart)
+	partBytes int  // external mode: bytes of parts kept aside (stream.go)
 }
 
 // MaxBody returns the largest response body the response ring accepts.
@@ -172,10 +175,7 @@ func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, erro
 		w.res = r
 		p = r.Bytes()
 	}
-	le := binary.LittleEndian
-	le.PutUint64(p[0:], w.corr)
-	le.PutUint32(p[8:], uint32(code))
-	le.PutUint32(p[12:], 0)
+	putRespHeader(p, w.corr, code)
 	w.reserved = true
 	if status != respOK {
 		c.stats.errResponses.Add(1)
@@ -183,10 +183,18 @@ func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, erro
 	return p[respHdrSize:], nil
 }
 
+// putRespHeader writes a response record's header (docs/ipc.md §5.2).
+func putRespHeader(p []byte, corr uint64, code int32) {
+	le := binary.LittleEndian
+	le.PutUint64(p[0:], corr)
+	le.PutUint32(p[8:], uint32(code))
+	le.PutUint32(p[12:], 0)
+}
+
 // Commit publishes the body filled in after Reserve (ErrNotReserved
 // without one).
 func (w *ResponseWriter) Commit() error {
-	if !w.reserved {
+	if !w.reserved || w.part {
 		return ErrNotReserved
 	}
 	return w.commit(w.reservedLen())
@@ -199,7 +207,7 @@ func (w *ResponseWriter) Commit() error {
 // length reserved is an error matching ErrTooLarge and sends nothing:
 // the reservation is still the handler's to commit.
 func (w *ResponseWriter) CommitN(n int) error {
-	if !w.reserved {
+	if !w.reserved || w.part {
 		return ErrNotReserved
 	}
 	if r := w.reservedLen(); n < 0 || n > r {
@@ -247,7 +255,7 @@ func (w *ResponseWriter) finish() {
 		} else {
 			w.res.Abort() //nolint:errcheck // the only outstanding reservation
 		}
-		w.reserved = false
+		w.reserved, w.part = false, false
 	}
 	if w.done {
 		return

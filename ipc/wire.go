@@ -89,14 +89,18 @@ const (
 	// rings, so that the client can tell a shutdown or a close from a
 	// crash, which leaves the word 0. Dial always asks for it.
 	FeatureCloseReason = 1 << 4
+	// FeatureStream: the client takes streamed responses, response
+	// records of status respStreamPart ahead of the final response
+	// (ResponseWriter.Send, Client.Stream). Dial always asks for it.
+	FeatureStream = 1 << 2
 
-	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason
+	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason | FeatureStream
 )
 
 // defaultFeatures are asked for by every Dial, whatever
 // ClientOptions.Features says: they cost nothing per message.
 // (A variable so that a test can dial as a client that predates them.)
-var defaultFeatures uint32 = FeatureCloseReason
+var defaultFeatures uint32 = FeatureCloseReason | FeatureStream
 
 // Segment geometry kind for an IPC connection (shmseg header kind).
 // Params: [0..2] request, response, dispatch data sizes; [3..5] their
@@ -213,6 +217,7 @@ const (
 	respHandlerError   = 2 // the handler failed with a code
 	respTooLarge       = 3 // the response did not fit the response ring
 	respPanic          = 4 // the handler panicked before it answered
+	respStreamPart     = 5 // FeatureStream: a part of a streamed response, more follow
 )
 
 // hello is the decoded client hello.
