@@ -527,3 +527,53 @@ func TestTopicRecvAllocs(t *testing.T) {
 }
 
 var _ net.Conn = (*net.UnixConn)(nil)
+
+// BenchmarkTopicRecv: a subscriber's cost per message, with the messages
+// already in the ring (no publisher racing it).
+func BenchmarkTopicRecv(b *testing.B) {
+	srv, err := NewServer(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	top, _ := srv.AddTopic(TopicConfig{ID: 1, RingSize: 1 << 22})
+	addr := abstractAddr()
+	l, _ := Listen(addr, 0)
+	go srv.Serve(l)
+	sub, err := Subscribe(context.Background(), addr, 1, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Close()
+	body := make([]byte, 64)
+	buf := make([]byte, 0, 64)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for range 1000 {
+			top.Publish(1, body)
+		}
+		b.StartTimer()
+		for range 1000 {
+			if _, err := sub.RecvInto(ctx, buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkTopicPublish: the publisher's cost per message.
+func BenchmarkTopicPublish(b *testing.B) {
+	srv, err := NewServer(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	top, _ := srv.AddTopic(TopicConfig{ID: 1})
+	body := make([]byte, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		top.Publish(1, body)
+	}
+}

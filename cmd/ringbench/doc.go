@@ -4,16 +4,27 @@
 //
 // Usage:
 //
-//	ringbench [-scenario spsc,pingpong,mpsc,call,pipeline,dispatch,fanin|all]
+//	ringbench [-scenario spsc,pingpong,mpsc,call,pipeline,dispatch,fanin,broadcast|all]
 //	          [-size 64,4KiB] [-rate 0,1000,10000] [-duration 1.5s]
 //	          [-producers 2,8] [-goroutines 16] [-clients 32]
+//	          [-subscribers 1,8,32]
 //	          [-spin 50us] [-ring-size 1MiB]
 //	          [-transport ring,ipc,uds,futex,c] [-json] [-quiet]
 //	          [-report DIR]
 //
-// The default suite, every scenario, takes about 45 seconds: call runs at
-// its three default rates (as fast as it can, 1,000/s and 10,000/s) and
-// fanin with 32 clients at 1,000/s each.
+// The default suite takes about 45 seconds: call runs at its three
+// default rates (as fast as it can, 1,000/s and 10,000/s) and fanin with
+// 32 clients at 1,000/s each. broadcast is not in it (with 1, 8 and 32
+// subscriber processes it takes about 10 seconds more): ask for it with
+// -scenario broadcast or all.
+//
+// broadcast is publish/subscribe: the parent publishes as fast as it can
+// to -subscribers child processes. Over ipc it is a topic (one broadcast
+// ring the subscribers map read-only; the publisher never waits, and a
+// subscriber that cannot keep up loses messages, so its rate is what it
+// received); over uds, one socket per subscriber and each message written
+// to every one. The row's msgs/s is the publisher's, the line under it
+// the subscribers' (mean and slowest).
 //
 // Every scenario runs for each size and rate (and, for mpsc, each
 // producer count; for pipeline, each goroutine count; for fanin, each
@@ -123,8 +134,11 @@
 //	and futex), rate (each
 //	sender's messages or calls per second; 0 unpaced), clients (client
 //	processes calling a server: fanin's -clients, 1 for call, pipeline
-//	and dispatch, 0 for the ring scenarios), cpu_model, cores,
-//	go_version, goos, goarch, load_avg_1m.
+//	and dispatch, 0 for the ring scenarios; broadcast: subscriber
+//	processes), cpu_model, cores, go_version, goos, goarch, load_avg_1m;
+//	broadcast only: sub_msgs_per_sec and sub_msgs_per_sec_min (messages
+//	each subscriber received per second: the mean over subscribers, and
+//	the slowest's; msgs_per_sec is the publisher's).
 //
 // # Adding a scenario
 //

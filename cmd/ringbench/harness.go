@@ -38,6 +38,9 @@ type measurement struct {
 	elapsed time.Duration // the window
 	cpu     time.Duration // user+sys of every process over the window
 	lat     *histogram    // round-trip times, or nil
+	// subs: with harness.perChild, each child's own window count
+	// (broadcast's subscribers), instead of adding to msgs.
+	subs []uint64
 }
 
 // Children that measure their own window (fanin's clients) report its
@@ -58,6 +61,10 @@ type measurement struct {
 type harness struct {
 	rc       *runConfig
 	children []*child // appended before the clock starts, read-only after
+	// perChild: the children count what they received, each reported
+	// on its own (measurement.subs), not added to the parent's msgs; set
+	// before the first spawn.
+	perChild bool
 	phase    atomic.Int32
 
 	mu      sync.Mutex
@@ -265,7 +272,11 @@ func (h *harness) finish(loopErr error, meters ...*meter) (measurement, error) {
 		c.mu.Lock()
 		werr, marks := c.waitErr, c.marks
 		sent += c.sent
-		m.msgs += c.window
+		if h.perChild {
+			m.subs = append(m.subs, c.window)
+		} else {
+			m.msgs += c.window
+		}
 		if c.lat != nil {
 			if m.lat == nil {
 				m.lat = newHistogram()
@@ -281,7 +292,7 @@ func (h *harness) finish(loopErr error, meters ...*meter) (measurement, error) {
 		}
 		m.cpu += marks[1] - marks[0]
 	}
-	if len(h.children) > 0 && sent < m.msgs {
+	if len(h.children) > 0 && !h.perChild && sent < m.msgs {
 		return measurement{}, fmt.Errorf("the children wrote %d frames, the parent counted %d in the window", sent, m.msgs)
 	}
 	if m.msgs == 0 {

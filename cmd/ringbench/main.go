@@ -28,17 +28,18 @@ func main() {
 // registers it and its child roles from init; runs has one function per
 // transport it supports.
 type scenario struct {
-	name         string
-	order        int    // position in "all" and in the table
-	about        string // one line for the table's legend
-	minSize      int    // smallest frame: what the checks carry
-	perProducers bool   // run once per -producers value
-	perGoroutine bool   // run once per -goroutines value
-	perClients   bool   // run once per -clients value
-	rpc          bool   // a client calls a server (JSON clients >= 1)
-	pacedMinSize int    // smallest frame when paced: checks and the slot's stamp
-	defaultRates []int  // rates without -rate; nil: {0}
-	runs         map[string]runFunc
+	name           string
+	order          int    // position in "all" and in the table
+	about          string // one line for the table's legend
+	minSize        int    // smallest frame: what the checks carry
+	perProducers   bool   // run once per -producers value
+	perGoroutine   bool   // run once per -goroutines value
+	perClients     bool   // run once per -clients value
+	perSubscribers bool   // run once per -subscribers value (runConfig.clients)
+	rpc            bool   // a client calls a server (JSON clients >= 1)
+	pacedMinSize   int    // smallest frame when paced: checks and the slot's stamp
+	defaultRates   []int  // rates without -rate; nil: {0}
+	runs           map[string]runFunc
 }
 
 // A runFunc runs one measurement from the parent's side.
@@ -77,7 +78,7 @@ type runConfig struct {
 	size       int
 	producers  int
 	goroutines int // calling goroutines of the parent (pipeline; 1 otherwise)
-	clients    int // client processes (fanin; 0 otherwise)
+	clients    int // client processes (fanin), subscriber processes (broadcast); 0 otherwise
 	rate       int // each sender's messages or calls per second; 0: unpaced
 	ringSize   int
 	spin       time.Duration // ring.Options.Spin, ipc Config.Spin: 0 default, < 0 none
@@ -116,6 +117,7 @@ type config struct {
 	producers  []int
 	goroutines []int
 	clients    []int
+	subs       []int // -subscribers
 	rates      []int // -rate; nil: each scenario's defaultRates
 	transports []string
 	duration   time.Duration
@@ -144,6 +146,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		prods = fs.String("producers", "2", "comma-separated `counts` of mpsc producer processes; each is run")
 		gors  = fs.String("goroutines", "16", "comma-separated `counts` of pipeline goroutines calling on one connection; each is run")
 		clis  = fs.String("clients", "32", "comma-separated `counts` of fanin client processes calling one server; each is run")
+		subs  = fs.String("subscribers", "1,8,32", "comma-separated `counts` of broadcast subscriber processes; each is run")
 		rates = fs.String("rate", "", "comma-separated `rates`: messages or calls per second of each sender, on an absolute schedule; 0 is as fast as it can; each is run (default: 0, 1000 and 10000 for call, 1000 for fanin, 0 for the rest)")
 		spin  = fs.Duration("spin", 0, "polling budget before sleeping: 0 the default, adaptive (poll up to "+ring.AdaptiveSpin.String()+" while polling pays, else sleep at once); positive: poll that long on every wait; negative: sleep at once")
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
@@ -263,6 +266,17 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if len(cfg.clients) == 0 {
 		return nil, errors.New("-clients: none given")
+	}
+
+	for _, s := range splitList(*subs) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxClients {
+			return nil, fmt.Errorf("-subscribers: %q is not a count in 1..%d", s, maxClients)
+		}
+		cfg.subs = append(cfg.subs, n)
+	}
+	if len(cfg.subs) == 0 {
+		return nil, errors.New("-subscribers: none given")
 	}
 
 	if strings.TrimSpace(*rates) != "" {
@@ -441,6 +455,9 @@ func (cfg *config) jobs() []job {
 		prods, gors, clis := []int{1}, []int{1}, []int{0}
 		if sc.perClients {
 			clis = cfg.clients
+		}
+		if sc.perSubscribers {
+			clis = cfg.subs
 		}
 		if sc.perProducers {
 			prods = cfg.producers

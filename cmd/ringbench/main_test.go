@@ -55,7 +55,7 @@ func TestEndToEnd(t *testing.T) {
 	// Windows of 300 ms: on a loaded machine, a loop may stall for most
 	// of a shorter one, and a window without messages is an error.
 	args := []string{"-json", "-scenario", "all", "-duration", "300ms", "-size", "16",
-		"-producers", "1,3", "-goroutines", "3", "-ring-size", "64KiB", "-clients", "2"}
+		"-producers", "1,3", "-goroutines", "3", "-ring-size", "64KiB", "-clients", "2", "-subscribers", "2"}
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
 	}
@@ -68,7 +68,7 @@ func TestEndToEnd(t *testing.T) {
 		if s.perGoroutine {
 			gors = 3
 		}
-		if s.perClients {
+		if s.perClients || s.perSubscribers {
 			clients = 2
 		} else if s.rpc {
 			clients = 1
@@ -115,6 +115,9 @@ func TestEndToEnd(t *testing.T) {
 		}
 		if r.Msgs == 0 || r.MsgsPerSec <= 0 || r.BytesPerSec != r.MsgsPerSec*16 || r.Size != 16 {
 			t.Errorf("line %d: msgs %d, %v msgs/s, %v bytes/s, size %d", i+1, r.Msgs, r.MsgsPerSec, r.BytesPerSec, r.Size)
+		}
+		if (r.Scenario == "broadcast") != (r.SubMsgsPerSec > 0) || r.SubMsgsPerSecMin > r.SubMsgsPerSec {
+			t.Errorf("line %d: %s with sub_msgs_per_sec %v, min %v", i+1, r.Scenario, r.SubMsgsPerSec, r.SubMsgsPerSecMin)
 		}
 		// CPU may round to nothing on a machine busy with other work.
 		if r.DurationSec <= 0 || r.CPUSec < 0 || r.CPUPerMsgNs < 0 {

@@ -35,7 +35,11 @@ type result struct {
 	SpinNs      int64   `json:"spin_ns"`   // polling budget in effect (0 for uds)
 	Wait        string  `json:"wait"`      // ring.WaitPolicy in effect: adaptive, spin or sleep ("" for uds, futex)
 	Rate        int     `json:"rate"`      // each sender's messages or calls per second (-rate); 0: unpaced
-	Clients     int     `json:"clients"`   // client processes calling a server: fanin's -clients; 1 for call, pipeline, dispatch; 0 for spsc, pingpong, mpsc
+	Clients     int     `json:"clients"`   // client processes calling a server: fanin's -clients; 1 for call, pipeline, dispatch; 0 for spsc, pingpong, mpsc; broadcast: subscriber processes
+	// Broadcast only: messages each subscriber received per second in
+	// its window, the mean over subscribers and the slowest's.
+	SubMsgsPerSec    float64 `json:"sub_msgs_per_sec,omitempty"`
+	SubMsgsPerSecMin float64 `json:"sub_msgs_per_sec_min,omitempty"`
 	machine
 }
 
@@ -59,6 +63,16 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 	if s := m.elapsed.Seconds(); s > 0 {
 		r.MsgsPerSec = float64(m.msgs) / s
 		r.BytesPerSec = r.MsgsPerSec * float64(rc.size)
+	}
+	if s := m.elapsed.Seconds(); s > 0 && len(m.subs) > 0 {
+		var sum uint64
+		low := m.subs[0]
+		for _, n := range m.subs {
+			sum += n
+			low = min(low, n)
+		}
+		r.SubMsgsPerSec = float64(sum) / float64(len(m.subs)) / s
+		r.SubMsgsPerSecMin = float64(low) / s
 	}
 	if m.msgs > 0 {
 		r.CPUPerMsgNs = float64(m.cpu.Nanoseconds()) / float64(m.msgs)
@@ -144,6 +158,10 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Goroutines, res.Clients, benchreport.RateText(res.Rate),
 		res.Transport, si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
 		res.CPUSec, res.CPUPerMsgNs)
+	if res.SubMsgsPerSec > 0 {
+		fmt.Fprintf(r.w, "%-37s %-9s %10s %9.1f   (per subscriber: mean; slowest %s)\n", "", "per sub", si(res.SubMsgsPerSec),
+			res.SubMsgsPerSec*float64(res.Size)/1e6, si(res.SubMsgsPerSecMin))
+	}
 	if len(r.group) > 0 && !sameGroup(r.group[0], res) {
 		r.group = r.group[:0]
 	}

@@ -1,0 +1,220 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+
+	"github.com/ringipc/ringipc/ipc"
+)
+
+// broadcast: one publisher (the parent) sends a stream of messages to N
+// subscriber processes (-subscribers), as fast as it can. The row's msgs/s
+// is the publisher's rate; each subscriber counts what it received in its
+// own window (sub_msgs_per_sec: their mean; sub_msgs_per_sec_min: the
+// slowest). The ipc variant is a topic: the parent's ipc.Server publishes
+// with Topic.Publish into one broadcast ring that every subscriber maps
+// read-only and reads with Subscription.RecvInto; the publisher never
+// waits, so a subscriber slower than the publisher loses messages
+// (ErrOverrun) and its rate is what it received. The uds variant has one
+// socket per subscriber and the publisher writes each message to every
+// socket (one write(2) each, waiting for the slowest).
+
+func init() {
+	register(&scenario{
+		name:           "broadcast",
+		order:          80,
+		minSize:        8,
+		perSubscribers: true,
+		about: "the parent publishes to N subscriber processes (-subscribers, column cli) as fast as it can; msgs = messages " +
+			"published; per subscriber: what each received in the window (mean, min; checked in order); cpu = every process " +
+			"(ipc: an ipc.Server topic, Topic.Publish into one broadcast ring the subscribers map read-only and read with " +
+			"Subscription.RecvInto, the publisher never waits and a slower subscriber loses messages; uds: one socket per " +
+			"subscriber, each message written to every socket)",
+		runs: map[string]runFunc{"ipc": broadcastIPC, "uds": broadcastUDS},
+	})
+	registerChild("bcast-ipc-sub", bcastIPCSubChild)
+	registerChild("bcast-uds-sub", bcastUDSSubChild)
+}
+
+const bcastTopic = 1
+
+func broadcastIPC(rc *runConfig) (measurement, error) {
+	h := newHarness(rc)
+	defer h.cleanup()
+	h.perChild = true
+	srv, err := ipc.NewServer(&ipc.Config{MaxHandshakesPerUID: maxClients, MaxConnsPerUID: 2 * maxClients})
+	if err != nil {
+		return measurement{}, err
+	}
+	defer srv.Close()
+	top, err := srv.AddTopic(ipc.TopicConfig{ID: bcastTopic, RingSize: rc.ringSize, MaxSubscribers: maxClients})
+	if err != nil {
+		return measurement{}, err
+	}
+	if top.MaxBody() < rc.size {
+		return measurement{}, fmt.Errorf("a topic ring of %d bytes takes messages up to %d bytes (raise -ring-size)", rc.ringSize, top.MaxBody())
+	}
+	addr := fmt.Sprintf("@ringbench-bcast-%d-%d", os.Getpid(), ipcAddrSeq.Add(1))
+	l, err := ipc.Listen(addr, 0)
+	if err != nil {
+		return measurement{}, err
+	}
+	go srv.Serve(l) //nolint:errcheck // ends with srv.Close
+	for i := range rc.clients {
+		p := rc.childParams(i)
+		p.Addr = addr
+		if err := h.spawn("bcast-ipc-sub", p); err != nil {
+			return measurement{}, err
+		}
+	}
+	if err := h.waitReady(); err != nil {
+		return measurement{}, err
+	}
+	h.onAbort(func() { top.Close() })
+	h.startClock()
+	body := payload(rc.size)
+	var m meter
+	for seq := uint64(0); ; seq++ {
+		putTag(body, seq)
+		if err := top.Publish(benchFrame, body); err != nil {
+			h.failIf(fmt.Errorf("publish: %w", err))
+			break
+		}
+		if !m.tick(h) {
+			break
+		}
+	}
+	top.Close() // the subscribers drain and end
+	return h.finish(nil, &m)
+}
+
+func bcastIPCSubChild(cc *childCtx) (uint64, error) {
+	ctx, cancel := context.WithTimeout(bg, readyTimeout)
+	sub, err := ipc.Subscribe(ctx, cc.p.Addr, bcastTopic, &ipc.SubscribeOptions{Spin: cc.p.Spin, MaxRingSize: maxIPCRing})
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("subscribe: %w", err)
+	}
+	defer sub.Close()
+	cc.ready()
+	buf := make([]byte, 0, cc.p.Size)
+	var m meter
+	counting := true
+	next := uint64(0)
+	for {
+		msg, err := sub.RecvInto(bg, buf)
+		switch {
+		case errors.Is(err, ipc.ErrOverrun):
+			continue // lost some; the next one says where we are
+		case errors.Is(err, ipc.ErrClosedByServer):
+			cc.window = windowOf(&m)
+			return m.n, nil
+		case err != nil:
+			return m.n, err
+		case len(msg.Data) != cc.p.Size || msg.ID != benchFrame || getTag(msg.Data) < next:
+			return m.n, fmt.Errorf("message %d bytes, id %d, sequence %d after %d", len(msg.Data), msg.ID, getTag(msg.Data), next)
+		}
+		next = getTag(msg.Data) + 1
+		if counting {
+			counting = m.tick(cc.h)
+		}
+	}
+}
+
+func broadcastUDS(rc *runConfig) (measurement, error) {
+	h := newHarness(rc)
+	defer h.cleanup()
+	h.perChild = true
+	conns := make([]net.Conn, 0, rc.clients)
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	defer closeAll()
+	for i := range rc.clients {
+		c, f, err := socketPair()
+		if err != nil {
+			return measurement{}, err
+		}
+		err = h.spawn("bcast-uds-sub", rc.childParams(i), f)
+		f.Close()
+		if err != nil {
+			c.Close()
+			return measurement{}, err
+		}
+		conns = append(conns, c)
+	}
+	if err := h.waitReady(); err != nil {
+		return measurement{}, err
+	}
+	h.onAbort(closeAll)
+	h.startClock()
+	body := payload(rc.size)
+	var m meter
+	var loopErr error
+loop:
+	for seq := uint64(0); ; seq++ {
+		putTag(body, seq)
+		for i, c := range conns {
+			if _, err := c.Write(body); err != nil {
+				loopErr = fmt.Errorf("write to subscriber %d: %w", i, err)
+				break loop
+			}
+		}
+		if !m.tick(h) {
+			break
+		}
+	}
+	h.failIf(loopErr)
+	closeAll() // the subscribers read to the end and stop
+	return h.finish(loopErr, &m)
+}
+
+func bcastUDSSubChild(cc *childCtx) (uint64, error) {
+	conn, err := openSocket(cc.files[0])
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	r := bufio.NewReaderSize(conn, udsReadBuffer)
+	buf := make([]byte, cc.p.Size)
+	cc.ready()
+	var m meter
+	counting := true
+	for next := uint64(0); ; next++ {
+		if _, err := io.ReadFull(r, buf); err != nil {
+			if errors.Is(err, io.EOF) {
+				cc.window = windowOf(&m)
+				return m.n, nil
+			}
+			return m.n, err
+		}
+		if getTag(buf) != next {
+			return m.n, fmt.Errorf("frame %d carries sequence %d", next, getTag(buf))
+		}
+		if counting {
+			counting = m.tick(cc.h)
+		}
+	}
+}
+
+// windowOf is what a receiver's meter counted in the window, also when
+// the window's end came after its last message (no tick saw it): then
+// the window holds everything from its start.
+func windowOf(m *meter) uint64 {
+	switch {
+	case m.seen >= phaseDone:
+		return m.at[1] - m.at[0]
+	case m.seen == phaseMeasure:
+		return m.n - m.at[0]
+	}
+	return 0
+}
