@@ -138,7 +138,8 @@
 //	processes), cpu_model, cores, go_version, goos, goarch, load_avg_1m;
 //	broadcast only: sub_msgs_per_sec and sub_msgs_per_sec_min (messages
 //	each subscriber received per second: the mean over subscribers, and
-//	the slowest's; msgs_per_sec is the publisher's).
+//	the slowest's; msgs_per_sec is the publisher's) and
+//	pub_cpu_per_msg_ns (the publisher process's own CPU per message).
 //
 // # Adding a scenario
 //

@@ -41,6 +41,9 @@ type measurement struct {
 	// subs: with harness.perChild, each child's own window count
 	// (broadcast's subscribers), instead of adding to msgs.
 	subs []uint64
+	// parentCPU: the parent's own share of cpu (broadcast: the
+	// publisher's).
+	parentCPU time.Duration
 }
 
 // Children that measure their own window (fanin's clients) report its
@@ -258,6 +261,7 @@ func (h *harness) finish(loopErr error, meters ...*meter) (measurement, error) {
 	h.mu.Lock()
 	m.elapsed = h.at[1].Sub(h.at[0])
 	m.cpu = h.selfCPU[1] - h.selfCPU[0]
+	m.parentCPU = m.cpu
 	h.mu.Unlock()
 	for _, c := range h.children {
 		// Wait can return before the last lines of the child's output

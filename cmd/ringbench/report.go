@@ -40,6 +40,10 @@ type result struct {
 	// its window, the mean over subscribers and the slowest's.
 	SubMsgsPerSec    float64 `json:"sub_msgs_per_sec,omitempty"`
 	SubMsgsPerSecMin float64 `json:"sub_msgs_per_sec_min,omitempty"`
+	// Broadcast only: the publisher process's own CPU per message
+	// published, which does not grow with the subscribers when
+	// publishing costs the same for any number of them.
+	PubCPUPerMsgNs float64 `json:"pub_cpu_per_msg_ns,omitempty"`
 	machine
 }
 
@@ -73,6 +77,9 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 		}
 		r.SubMsgsPerSec = float64(sum) / float64(len(m.subs)) / s
 		r.SubMsgsPerSecMin = float64(low) / s
+		if m.msgs > 0 {
+			r.PubCPUPerMsgNs = float64(m.parentCPU.Nanoseconds()) / float64(m.msgs)
+		}
 	}
 	if m.msgs > 0 {
 		r.CPUPerMsgNs = float64(m.cpu.Nanoseconds()) / float64(m.msgs)
@@ -159,8 +166,8 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 		res.Transport, si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
 		res.CPUSec, res.CPUPerMsgNs)
 	if res.SubMsgsPerSec > 0 {
-		fmt.Fprintf(r.w, "%-37s %-9s %10s %9.1f   (per subscriber: mean; slowest %s)\n", "", "per sub", si(res.SubMsgsPerSec),
-			res.SubMsgsPerSec*float64(res.Size)/1e6, si(res.SubMsgsPerSecMin))
+		fmt.Fprintf(r.w, "%-37s %-9s %10s %9.1f   (per subscriber: mean; slowest %s; publisher CPU %.1f ns/msg)\n", "", "per sub",
+			si(res.SubMsgsPerSec), res.SubMsgsPerSec*float64(res.Size)/1e6, si(res.SubMsgsPerSecMin), res.PubCPUPerMsgNs)
 	}
 	if len(r.group) > 0 && !sameGroup(r.group[0], res) {
 		r.group = r.group[:0]
