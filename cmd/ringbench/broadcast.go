@@ -24,7 +24,8 @@ import (
 // waits, so a subscriber slower than the publisher loses messages
 // (ErrOverrun) and its rate is what it received. The uds variant has one
 // socket per subscriber and the publisher writes each message to every
-// socket (one write(2) each, waiting for the slowest).
+// socket (one write(2) each, waiting for the slowest). It runs unpaced
+// only (-rate does not apply): what it measures is saturated rates.
 
 func init() {
 	register(&scenario{
@@ -32,6 +33,7 @@ func init() {
 		order:          80,
 		minSize:        8,
 		perSubscribers: true,
+		unpaced:        true, // its targets are saturated rates
 		about: "the parent publishes to N subscriber processes (-subscribers, column cli) as fast as it can; msgs = messages " +
 			"published; per subscriber: what each received in the window (mean, min; checked in order); cpu = every process " +
 			"(ipc: an ipc.Server topic, Topic.Publish into one broadcast ring the subscribers map read-only and read with " +

@@ -24,7 +24,8 @@
 // subscriber that cannot keep up loses messages, so its rate is what it
 // received); over uds, one socket per subscriber and each message written
 // to every one. The row's msgs/s is the publisher's, the line under it
-// the subscribers' (mean and slowest).
+// the subscribers' (mean and slowest). It runs unpaced only: -rate does
+// not apply to it.
 //
 // Every scenario runs for each size and rate (and, for mpsc, each
 // producer count; for pipeline, each goroutine count; for fanin, each

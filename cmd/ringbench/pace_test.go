@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"github.com/ringipc/ringipc/cmd/ringbench/internal/benchreport"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,7 +79,7 @@ func TestPacedRows(t *testing.T) {
 	// 80 messages per sender in a window: enough to survive a loaded
 	// machine's stalls, far below what an unpaced sender moves.
 	args := []string{"-json", "-scenario", "all", "-rate", "200", "-duration", "400ms", "-size", "32",
-		"-producers", "2", "-goroutines", "2", "-clients", "3", "-ring-size", "64KiB"}
+		"-producers", "2", "-goroutines", "2", "-clients", "3", "-subscribers", "1", "-ring-size", "64KiB"}
 	start := time.Now()
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
@@ -91,6 +92,12 @@ func TestPacedRows(t *testing.T) {
 			t.Fatalf("line %d: %v\n%s", i+1, err, line)
 		}
 		seen[r.Scenario+"/"+r.Transport] = true
+		if sc := scenarios[slices.IndexFunc(scenarios, func(s *scenario) bool { return s.name == r.Scenario })]; sc.unpaced {
+			if r.Rate != 0 {
+				t.Errorf("line %d: %s runs unpaced only, got rate %d", i+1, r.Scenario, r.Rate)
+			}
+			continue
+		}
 		senders := 1
 		switch r.Scenario {
 		case "mpsc":
