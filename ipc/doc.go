@@ -55,7 +55,8 @@
 // Reconnector is an optional layer over Dial for clients that must
 // outlive restarts of their server: it redials with a bounded backoff,
 // reports each end (with the server's reason) and each new connection,
-// runs OnConnect on every new connection, and re-sends nothing.
+// subscribes its topics again and runs OnConnect on every new
+// connection, and re-sends nothing.
 //
 // By default the server runs two goroutines per connection. With
 // Config.EventLoop it instead hands connections to the application's own

@@ -50,10 +50,12 @@ type ReconnectOptions struct {
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
 	// OnConnect, if set, runs on every new connection before the
-	// Reconnector hands it out or reports it: the place to restore what
-	// the server keeps per connection (subscriptions, a session) with
-	// calls on cl. An error closes cl and counts as a failed attempt.
-	// ctx ends with the attempt's DialTimeout or with Close.
+	// Reconnector hands it out or reports it, and after it has
+	// subscribed again the topics of Reconnector.Subscribe: the place
+	// to restore what the server keeps per connection (a session, a
+	// snapshot of what the topics describe) with calls on cl. An error
+	// closes cl and counts as a failed attempt. ctx ends with the
+	// attempt's DialTimeout or with Close.
 	OnConnect func(ctx context.Context, cl *Client) error
 	// OnEvent, if set, is told of every connection, end and failed
 	// attempt, one at a time and in order, on the Reconnector's
@@ -135,6 +137,12 @@ type Event struct {
 // received but not delivered when it ended are lost with it: OnConnect
 // is where an application resynchronises.
 //
+// Topics: Subscribe registers a topic, which the Reconnector subscribes
+// again on every new connection before OnConnect runs and before it
+// reports the connection; a TopicSubscription's Recv reports the end of
+// each subscription once (ErrDisconnected with the reason), then reads
+// the next.
+//
 // A Reconnector is safe for concurrent use. Its Clients are ordinary
 // ones; the application must not Close them (Close the Reconnector).
 type Reconnector struct {
@@ -148,13 +156,18 @@ type Reconnector struct {
 	done   chan struct{} // closed when run returns
 
 	// mu guards the state the callers read: cl is the connection up (nil
-	// while there is none), why the reason there is none, change is
-	// closed (and replaced) whenever cl changes, closed is set by Close.
+	// while there is none), gen counts the connections made, why is the
+	// reason there is none, change is closed (and replaced) whenever
+	// that state or a topic's changes, closed is set by Close. topics
+	// are the TopicSubscriptions to renew (reconnect_topic.go), whose
+	// own state mu guards too.
 	mu     sync.Mutex
 	cl     *Client
+	gen    uint64
 	why    error
 	change chan struct{}
 	closed bool
+	topics map[*TopicSubscription]struct{}
 }
 
 // NewReconnector starts keeping a connection to service at address
@@ -207,6 +220,7 @@ func NewReconnector(address string, service uint16, opts *ClientOptions, ropts *
 		done:    make(chan struct{}),
 		why:     errors.New("not connected yet"),
 		change:  make(chan struct{}),
+		topics:  make(map[*TopicSubscription]struct{}),
 	}
 	go r.run()
 	return r, nil
@@ -292,10 +306,12 @@ func (r *Reconnector) Recv(ctx context.Context) (Message, error) {
 }
 
 // Close stops redialing and closes the connection up, if any (see
-// Client.Close); it waits for the Reconnector's goroutine, so it must
-// not be called from OnEvent or OnConnect. Calls and Waits after it fail
-// with ErrClosed. It returns what closing the connection failed with.
+// Client.Close), and the topic subscriptions; it waits for the
+// Reconnector's goroutine, so it must not be called from OnEvent or
+// OnConnect. Calls, Waits and Recvs after it fail with ErrClosed. It
+// returns what closing the connection and subscriptions failed with.
 func (r *Reconnector) Close() error {
+	r.cancel() // first: run, finding it ended, reports nothing more
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -305,12 +321,23 @@ func (r *Reconnector) Close() error {
 	r.closed = true
 	cl := r.cl
 	r.cl = nil
-	close(r.change)
-	r.mu.Unlock()
-	r.cancel()
-	<-r.done
-	if cl != nil {
-		return cl.Close()
+	var subs []*Subscription
+	for ts := range r.topics {
+		if ts.sub != nil {
+			subs = append(subs, ts.sub)
+		}
+		ts.sub = nil
 	}
-	return nil
+	clear(r.topics)
+	r.changed()
+	r.mu.Unlock()
+	<-r.done
+	var errs []error
+	if cl != nil {
+		errs = append(errs, cl.Close())
+	}
+	for _, s := range subs {
+		errs = append(errs, s.Close())
+	}
+	return errors.Join(errs...)
 }

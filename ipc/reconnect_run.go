@@ -35,10 +35,6 @@ func (r *Reconnector) run() {
 			}
 			continue
 		}
-		if !r.setUp(cl) {
-			cl.Close()
-			return
-		}
 		kind := EventConnected
 		if connected {
 			kind = EventReconnected
@@ -69,7 +65,9 @@ func (r *Reconnector) run() {
 	}
 }
 
-// attempt dials once and runs OnConnect, within DialTimeout.
+// attempt dials once, subscribes the registered topics, runs OnConnect
+// and publishes the connection (setUpLocked), within DialTimeout. On
+// error it leaves nothing open.
 func (r *Reconnector) attempt() (*Client, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, r.ro.DialTimeout)
 	defer cancel()
@@ -77,11 +75,24 @@ func (r *Reconnector) attempt() (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.ro.OnConnect != nil {
-		if err := r.ro.OnConnect(ctx, cl); err != nil {
-			cl.Close()
-			return nil, fmt.Errorf("ipc: reconnector: OnConnect: %w", err)
+	subs := make(map[*TopicSubscription]*Subscription)
+	err = r.subscribeMissing(ctx, cl, subs, false)
+	if err == nil && r.ro.OnConnect != nil {
+		if err = r.ro.OnConnect(ctx, cl); err != nil {
+			err = fmt.Errorf("ipc: reconnector: OnConnect: %w", err)
 		}
+	}
+	if err == nil {
+		// Topics registered while OnConnect ran are subscribed too,
+		// before the connection is published.
+		err = r.subscribeMissing(ctx, cl, subs, true)
+	}
+	if err != nil {
+		for _, s := range subs {
+			s.Close()
+		}
+		cl.Close()
+		return nil, err
 	}
 	return cl, nil
 }
@@ -120,17 +131,31 @@ func (r *Reconnector) emit(e Event) {
 	}
 }
 
-// setUp publishes cl as the connection up, unless Close came first.
-func (r *Reconnector) setUp(cl *Client) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// setUpLocked publishes cl as the connection up, a new generation, with
+// subs as its topics' subscriptions, unless Close came first; mu held.
+// It returns the subscriptions subs replaced, for the caller to close
+// once it has let go of mu.
+func (r *Reconnector) setUpLocked(cl *Client, subs map[*TopicSubscription]*Subscription) (old []*Subscription, ok bool) {
 	if r.closed {
-		return false
+		return nil, false
 	}
+	r.gen++
 	r.cl, r.why = cl, nil
+	for ts, s := range subs {
+		if ts.sub != nil {
+			old = append(old, ts.sub)
+		}
+		ts.sub, ts.gen = s, r.gen
+	}
+	r.changed()
+	return old, true
+}
+
+// changed wakes everyone waiting for the state under mu to change; mu
+// held.
+func (r *Reconnector) changed() {
 	close(r.change)
 	r.change = make(chan struct{})
-	return true
 }
 
 // setDown records that no connection is up, and why; old is the one
@@ -141,7 +166,6 @@ func (r *Reconnector) setDown(old *Client, why error) {
 	r.why = why
 	if old != nil && r.cl == old {
 		r.cl = nil
-		close(r.change)
-		r.change = make(chan struct{})
+		r.changed()
 	}
 }

@@ -395,3 +395,115 @@ func TestReconnectOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestReconnectTopics: the Reconnector subscribes its topics again on
+// each new connection, before OnConnect and before it reports the
+// connection, including a topic registered while no server was up; a
+// TopicSubscription's Recv reports the end of the old subscription
+// once, then reads the new one.
+func TestReconnectTopics(t *testing.T) {
+	noLeaks(t)
+	const topicA, topicB = 1, 2
+	addr := abstractAddr()
+	var cur atomic.Pointer[Server] // the server up, for OnConnect to look at
+	serve := func() *Server {
+		srv, _ := startServerAt(t, addr, nil, echoService())
+		for _, id := range []uint32{topicA, topicB} {
+			if _, err := srv.AddTopic(TopicConfig{ID: id}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cur.Store(srv)
+		return srv
+	}
+	srv1 := serve()
+	events := newEventLog()
+	ro := tinyBackoff(events)
+	var subscribed [][2]int // per connection: topicA's and topicB's subscribers when OnConnect ran
+	ro.OnConnect = func(ctx context.Context, cl *Client) error {
+		srv := cur.Load()
+		subscribed = append(subscribed, [2]int{srv.Topic(topicA).Subscribers(), srv.Topic(topicB).Subscribers()})
+		return nil
+	}
+	r, err := NewReconnector(addr, testService, nil, ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	ctx := testCtx(t)
+	events.next(t, EventConnected, false)
+	a, err := r.Subscribe(ctx, topicA, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Subscribe(ctx, 99, nil); !errors.Is(err, ErrRejected) {
+		t.Errorf("Subscribe to an unknown topic: %v, want ErrRejected", err)
+	}
+	if err := srv1.Publish(topicA, 7, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := a.Recv(ctx); err != nil || m.ID != 7 || string(m.Data) != "one" {
+		t.Fatalf("Recv: %+v, %v", m, err)
+	}
+
+	if err := srv1.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Recv(ctx); !errors.Is(err, ErrDisconnected) {
+		t.Errorf("Recv as the server shut down: %v, want ErrDisconnected", err)
+	}
+	events.next(t, EventDisconnected, false)
+	// Registered in the gap: subscribed by the next connection.
+	b, err := r.Subscribe(ctx, topicB, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gapCtx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := a.Recv(gapCtx); !errors.Is(err, ErrReconnecting) || !errors.Is(err, context.Canceled) {
+		t.Errorf("Recv in the gap: %v, want ErrReconnecting and context.Canceled", err)
+	}
+	type result struct {
+		m   Message
+		err error
+	}
+	got := make(chan result, 2)
+	for _, ts := range []*TopicSubscription{a, b} {
+		go func() { m, err := ts.Recv(ctx); got <- result{m, err} }()
+	}
+
+	srv2 := serve()
+	events.next(t, EventReconnected, true)
+	// Subscriptions start with what is published after them: these
+	// arrive only because both topics were subscribed before the event.
+	if err := srv2.Publish(topicA, 8, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv2.Publish(topicB, 9, []byte("three")); err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint16]string{8: "two", 9: "three"}
+	for range 2 {
+		res := <-got
+		if res.err != nil || want[res.m.ID] != string(res.m.Data) {
+			t.Errorf("Recv after reconnecting: %+v, %v", res.m, res.err)
+		}
+		delete(want, res.m.ID)
+	}
+	if len(subscribed) != 2 || subscribed[0] != [2]int{0, 0} || subscribed[1] != [2]int{1, 1} {
+		t.Errorf("subscribers of A and B when OnConnect ran: %v, want [[0 0] [1 1]]", subscribed)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Recv(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("Recv after Close: %v", err)
+	}
+	waitUntil(t, func() bool { return srv2.Topic(topicA).Subscribers() == 0 }, "the closed subscription to go")
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Recv(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("Recv after the Reconnector's Close: %v", err)
+	}
+}
