@@ -30,7 +30,8 @@ func init() {
 			"msgs = calls, p50/p99/p999 = call time of a random 1 in 8 calls, of every call when paced (ipc: Client.CallInto, handler ResponseWriter.Respond; " +
 			"uds: a length-prefixed request written with one write(2), the response read back through a bufio.Reader; " +
 			"futex: the floor, see futex above; c: the C client of clients/c calling the same server, see ccall.go)",
-		runs: map[string]runFunc{"ipc": callIPC, "uds": callUDS, "futex": callFutex, "c": callC},
+		zeroCopy: true,
+		runs:     map[string]runFunc{"ipc": callIPC, "uds": callUDS, "futex": callFutex, "c": callC},
 	})
 	registerChild("rpc-uds", rpcUDSChild)
 }
@@ -119,6 +120,31 @@ func callPacer(rate, g, n int) *pacer {
 // latencyStride: callLoop times one call in this many.
 const latencyStride = 8
 
+// ipcZCCaller makes zero-copy calls (-zerocopy): the request is written
+// in place (Client.Reserve, only its head), the handler answers in place
+// (benchEchoZC) and the response's head is read in place until Release.
+type ipcZCCaller struct{ cl *ipc.Client }
+
+func (c ipcZCCaller) call(req, resp []byte) error {
+	p, err := c.cl.Reserve(bg, benchEchoZC, len(req))
+	if err != nil {
+		return err
+	}
+	copy(p.Bytes(), head(req))
+	r, err := p.Send(bg)
+	if err != nil {
+		return err
+	}
+	if len(r.Data) != len(req) {
+		err = fmt.Errorf("%d-byte response to a %d-byte request", len(r.Data), len(req))
+	}
+	copy(resp, head(r.Data))
+	if rerr := r.Release(); err == nil {
+		err = rerr
+	}
+	return err
+}
+
 // ipcCaller calls the echo handler with CallInto, which allocates nothing.
 type ipcCaller struct{ cl *ipc.Client }
 
@@ -143,7 +169,11 @@ func ipcCalls(rc *runConfig, goroutines int) (measurement, error) {
 	defer cl.Close()
 	callers := make([]caller, goroutines)
 	for g := range callers {
-		callers[g] = ipcCaller{cl}
+		if rc.zerocopy {
+			callers[g] = ipcZCCaller{cl}
+		} else {
+			callers[g] = ipcCaller{cl}
+		}
 	}
 	return runCalls(h, callers, func() { cl.Close() })
 }

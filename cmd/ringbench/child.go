@@ -47,6 +47,7 @@ type childParams struct {
 	Rate     int           `json:"rate"`      // a sender's messages or calls per second; 0: unpaced
 	Clients  int           `json:"clients"`   // fanin: client processes the server serves
 	Addr     string        `json:"addr"`      // fanin: the ipc server's address
+	ZeroCopy bool          `json:"zerocopy"`  // hand frames off in place (-zerocopy)
 }
 
 // A childFunc is one role's side of a measurement. It calls cc.ready once

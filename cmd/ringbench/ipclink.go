@@ -32,6 +32,7 @@ const (
 	benchEcho    = 1 // respond with the request body
 	benchStream  = 2 // start the dispatch stream, respond empty
 	benchFrame   = 3 // the id of every dispatch message of the stream
+	benchEchoZC  = 4 // respond in place with a body of the request's size, its head copied (-zerocopy)
 )
 
 // maxIPCRing is the largest ring the child's server is configured to grant.
@@ -184,6 +185,16 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 		Handlers: map[uint16]ipc.Handler{
 			benchEcho: ipc.HandlerFunc(func(w *ipc.ResponseWriter, r *ipc.Request) {
 				if w.Respond(r.Data) == nil {
+					responses.Add(1)
+				}
+			}),
+			benchEchoZC: ipc.HandlerFunc(func(w *ipc.ResponseWriter, r *ipc.Request) {
+				b, err := w.Reserve(len(r.Data))
+				if err != nil {
+					return
+				}
+				copy(b, head(r.Data))
+				if w.Commit() == nil {
 					responses.Add(1)
 				}
 			}),

@@ -40,6 +40,7 @@ type scenario struct {
 	pacedMinSize   int    // smallest frame when paced: checks and the slot's stamp
 	defaultRates   []int  // rates without -rate; nil: {0}
 	unpaced        bool   // runs only as fast as it can: -rate does not apply
+	zeroCopy       bool   // -zerocopy applies (over ring and ipc)
 	runs           map[string]runFunc
 }
 
@@ -78,9 +79,10 @@ var transports = []string{"ring", "ipc", "uds", "futex"}
 type runConfig struct {
 	size       int
 	producers  int
-	goroutines int // calling goroutines of the parent (pipeline; 1 otherwise)
-	clients    int // client processes (fanin), subscriber processes (broadcast); 0 otherwise
-	rate       int // each sender's messages or calls per second; 0: unpaced
+	goroutines int  // calling goroutines of the parent (pipeline; 1 otherwise)
+	clients    int  // client processes (fanin), subscriber processes (broadcast); 0 otherwise
+	rate       int  // each sender's messages or calls per second; 0: unpaced
+	zerocopy   bool // hand frames off in place (-zerocopy, where the scenario and transport can)
 	ringSize   int
 	spin       time.Duration // ring.Options.Spin, ipc Config.Spin: 0 default, < 0 none
 	duration   time.Duration
@@ -90,7 +92,7 @@ type runConfig struct {
 func (rc *runConfig) ringOptions() *ring.Options { return &ring.Options{Spin: rc.spin} }
 
 func (rc *runConfig) childParams(id int) childParams {
-	return childParams{Size: rc.size, RingSize: rc.ringSize, Spin: rc.spin, ID: id, Rate: rc.rate, Clients: rc.clients}
+	return childParams{Size: rc.size, RingSize: rc.ringSize, Spin: rc.spin, ID: id, Rate: rc.rate, Clients: rc.clients, ZeroCopy: rc.zerocopy}
 }
 
 // effectiveSpin is the polling budget the ring uses for rc.spin: with
@@ -125,6 +127,7 @@ type config struct {
 	warmup     time.Duration
 	spin       time.Duration
 	ringSize   int
+	zerocopy   bool // -zerocopy
 	json       bool
 	quiet      bool   // no progress on stderr
 	reportDir  string // -report: where to write the plots and page; "" for none
@@ -153,6 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
 		quiet = fs.Bool("quiet", false, "print no progress on stderr (-json prints none either)")
+		zc    = fs.Bool("zerocopy", false, "spsc and call over ring and ipc hand each frame off in place (Reserve/Commit, Peek/Release and their ipc forms) and write and read only its first 16 bytes: the hand-off cost without the copy (uds rows still copy)")
 		repo  = fs.String("report", "", "also write a report to `dir`: PNG plots and an index.html page with the machine, the command and the table")
 	)
 	fs.Usage = func() {
@@ -165,7 +169,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	cfg := &config{duration: *dur, spin: *spin, json: *js, quiet: *quiet, reportDir: *repo}
+	cfg := &config{duration: *dur, spin: *spin, json: *js, quiet: *quiet, reportDir: *repo, zerocopy: *zc}
 	if cfg.duration <= 0 {
 		return nil, fmt.Errorf("-duration %v: must be positive", cfg.duration)
 	}
@@ -479,6 +483,7 @@ func (cfg *config) jobs() []job {
 								}
 								out = append(out, job{sc: sc, transport: tr, rc: &runConfig{
 									size: size, producers: np, goroutines: ng, clients: nc, rate: rate,
+									zerocopy: cfg.zerocopy && sc.zeroCopy && (tr == "ring" || tr == "ipc"),
 									ringSize: cfg.ringSize, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
 								}})
 							}

@@ -41,7 +41,7 @@ var requiredFields = []string{
 	"p50_ns", "p99_ns", "p999_ns", "cpu_sec", "producers", "duration_sec",
 	"msgs", "cpu_per_msg_ns", "cpu_model", "cores", "go_version", "goos", "goarch",
 	"ring_size", "spin_ns", "load_avg_1m", "goroutines", "rate", "clients",
-	"wait",
+	"wait", "zerocopy",
 }
 
 // latencyScenarios are the scenarios that measure round trips.
@@ -153,6 +153,45 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if stderr.Len() > 0 {
 		t.Logf("stderr:\n%s", stderr.String())
+	}
+}
+
+// TestZeroCopy runs the -zerocopy scenarios over every transport: the
+// ring and ipc rows hand frames off in place (zerocopy true, "-zc" in the
+// table, the sequence numbers and tags still checked), the others copy
+// as before (zerocopy false), and a scenario without a zero-copy form
+// is unaffected. Sizes beyond the 16 bytes the zero-copy links move.
+func TestZeroCopy(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"-json", "-zerocopy", "-scenario", "spsc,call,pingpong", "-duration", "300ms", "-size", "1000",
+		"-rate", "0", "-ring-size", "64KiB", "-transport", "ring,ipc,uds"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
+	}
+	var got []string
+	for i, line := range strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n") {
+		var r result
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("line %d: %v", i+1, err)
+		}
+		if r.Msgs == 0 || r.Size != 1000 {
+			t.Errorf("line %d: %d msgs of %d bytes", i+1, r.Msgs, r.Size)
+		}
+		got = append(got, fmt.Sprintf("%s/%s/%v", r.Scenario, r.Transport, r.ZeroCopy))
+	}
+	want := []string{"spsc/ring/true", "spsc/uds/false", "pingpong/ring/false", "pingpong/uds/false", "call/ipc/true", "call/uds/false"}
+	if !slices.Equal(got, want) {
+		t.Errorf("rows\n got %q\nwant %q", got, want)
+	}
+	stdout.Reset()
+	args = []string{"-zerocopy", "-scenario", "call", "-duration", "300ms", "-rate", "0", "-transport", "ipc,uds"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
+	}
+	for _, want := range []string{" ipc-zc ", "ipc-zc/uds", "-zerocopy: the frame is handed off in place"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, stdout.String())
+		}
 	}
 }
 

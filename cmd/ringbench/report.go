@@ -36,6 +36,7 @@ type result struct {
 	Wait        string  `json:"wait"`      // ring.WaitPolicy in effect: adaptive, spin or sleep ("" for uds, futex)
 	Rate        int     `json:"rate"`      // each sender's messages or calls per second (-rate); 0: unpaced
 	Clients     int     `json:"clients"`   // client processes calling a server: fanin's -clients; 1 for call, pipeline, dispatch; 0 for spsc, pingpong, mpsc; broadcast: subscriber processes
+	ZeroCopy    bool    `json:"zerocopy"`  // frames handed off in place, only their first 16 bytes written and read (-zerocopy: spsc, call over ring and ipc)
 	// Broadcast only: messages each subscriber received per second in
 	// its window, the mean over subscribers and the slowest's.
 	SubMsgsPerSec    float64 `json:"sub_msgs_per_sec,omitempty"`
@@ -59,6 +60,7 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 		CPUSec:      m.cpu.Seconds(),
 		Rate:        rc.rate,
 		Clients:     rc.clients,
+		ZeroCopy:    rc.zerocopy,
 		machine:     mach,
 	}
 	if r.Clients == 0 && sc.rpc {
@@ -163,7 +165,7 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 		return fmt.Sprint(v)
 	}
 	fmt.Fprintf(r.w, tableRow, res.Scenario, res.Size, res.Producers, res.Goroutines, res.Clients, benchreport.RateText(res.Rate),
-		res.Transport, si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
+		transportText(res), si(res.MsgsPerSec), res.BytesPerSec/1e6, lat(res.P50Ns), lat(res.P99Ns), lat(res.P999Ns),
 		res.CPUSec, res.CPUPerMsgNs)
 	if res.SubMsgsPerSec > 0 {
 		fmt.Fprintf(r.w, "%-37s %-9s %10s %9.1f   (per subscriber: mean; slowest %s; publisher CPU %.1f ns/msg)\n", "", "per sub",
@@ -195,12 +197,21 @@ func (r *reporter) add(sc *scenario, transport string, rc *runConfig, m measurem
 			}
 			return ratio(float64(a), float64(b))
 		}
-		fmt.Fprintf(r.w, tableHead, "", "", "", "", "", "", p.Transport+"/"+res.Transport,
+		fmt.Fprintf(r.w, tableHead, "", "", "", "", "", "", transportText(p)+"/"+transportText(res),
 			ratio(p.MsgsPerSec, res.MsgsPerSec), ratio(p.BytesPerSec, res.BytesPerSec),
 			latRatio(p.P50Ns, res.P50Ns), latRatio(p.P99Ns, res.P99Ns), latRatio(p.P999Ns, res.P999Ns),
 			ratio(p.CPUSec, res.CPUSec), ratio(p.CPUPerMsgNs, res.CPUPerMsgNs))
 	}
 	r.group = append(r.group, res)
+}
+
+// transportText is a row's transport in the table: "-zc" marks a
+// zero-copy row (-zerocopy).
+func transportText(r result) string {
+	if r.ZeroCopy {
+		return r.Transport + "-zc"
+	}
+	return r.Transport
 }
 
 // sameGroup reports whether two rows measure the same parameters over
@@ -242,6 +253,13 @@ func (r *reporter) end() {
 		"the ring data area's size) in a sealed memfd; a waiting side polls while polling pays, then sleeps: "+
 		"a caller with a call outstanding and the server's loop in FUTEX_WAIT for a few ms (woken by one FUTEX_WAKE), "+
 		"every other wait on the socket until the other sends a one-byte wake token", 96))
+	if r.cfg.zerocopy {
+		b.WriteString(wrap("-zc      ", "-zerocopy: the frame is handed off in place and only its first 16 bytes (sequence number "+
+			"or tag, and a paced frame's stamp) are written and read, so the row is the hand-off cost without the fill or the "+
+			"copy. ring-zc: Producer.Reserve/Commit, Consumer.Peek/Release; ipc-zc: call with Client.Reserve, PendingCall.Send, "+
+			"Response.Release and a handler answering with ResponseWriter.Reserve/Commit. The uds rows still copy: a socket "+
+			"cannot do otherwise", 96))
+	}
 	if r.cfg.uses("futex") {
 		b.WriteString(wrap("futex    ", "the floor of a call that sleeps (call only): a raw futex ping-pong between "+
 			"the same two processes, a request word and a response word in a shared memfd, each side "+

@@ -20,7 +20,8 @@ func init() {
 		pacedMinSize: 16,
 		about: "one producer process streams frames to the parent, which checks every sequence number; msgs = frames received " +
 			"(paced: p50/p99/p999 = from each frame's slot to its receipt)",
-		runs: map[string]runFunc{"ring": spscRing, "uds": spscUDS},
+		zeroCopy: true,
+		runs:     map[string]runFunc{"ring": spscRing, "uds": spscUDS},
 	})
 	registerChild("spsc-ring", spscRingChild)
 	registerChild("spsc-uds", spscUDSChild)
@@ -36,7 +37,11 @@ func spscRing(rc *runConfig) (measurement, error) {
 	if err != nil {
 		return measurement{}, err
 	}
-	return runStream(rc, ringReader{c}, func(h *harness) error {
+	var r frameReader = ringReader{c}
+	if rc.zerocopy {
+		r = zcRingReader{c}
+	}
+	return runStream(rc, r, func(h *harness) error {
 		return h.spawn("spsc-ring", rc.childParams(0), seg.File())
 	})
 }
@@ -144,7 +149,11 @@ func streamRingChild(cc *childCtx, buf []byte, seqOff int) (uint64, error) {
 		return 0, err
 	}
 	cc.ready()
-	return sendStream(ringWriter{p}, buf, seqOff, callPacer(cc.p.Rate, 0, 1))
+	var w frameWriter = ringWriter{p}
+	if cc.p.ZeroCopy {
+		w = zcRingWriter{p}
+	}
+	return sendStream(w, buf, seqOff, callPacer(cc.p.Rate, 0, 1))
 }
 
 func spscUDSChild(cc *childCtx) (uint64, error) {
