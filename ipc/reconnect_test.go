@@ -507,3 +507,49 @@ func TestReconnectTopics(t *testing.T) {
 		t.Errorf("Recv after the Reconnector's Close: %v", err)
 	}
 }
+
+// TestReconnectTopicReplaced: the server closes only the service
+// connection, so the topic's subscription is still live when the
+// Reconnector subscribes again on the new connection; Recv says once
+// that what was published in between is lost, then reads the new one.
+func TestReconnectTopicReplaced(t *testing.T) {
+	noLeaks(t)
+	const topic = 1
+	srv, addr := startServer(t, nil, echoService())
+	if _, err := srv.AddTopic(TopicConfig{ID: topic}); err != nil {
+		t.Fatal(err)
+	}
+	events := newEventLog()
+	r, err := NewReconnector(addr, testService, nil, tinyBackoff(events))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	ctx := testCtx(t)
+	events.next(t, EventConnected, false)
+	ts, err := r.Subscribe(ctx, topic, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Publish(topic, 1, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := ts.Recv(ctx); err != nil || string(m.Data) != "one" {
+		t.Fatalf("Recv: %+v, %v", m, err)
+	}
+	firstConn(t, srv).Close()
+	if e := events.next(t, EventDisconnected, false); !errors.Is(e.Err, ErrClosedByServer) {
+		t.Errorf("disconnected because %v, want ErrClosedByServer", e.Err)
+	}
+	events.next(t, EventReconnected, true)
+	if err := srv.Publish(topic, 2, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ts.Recv(ctx)
+	if !errors.Is(err, ErrDisconnected) {
+		t.Errorf("first Recv after the renewal: %v, want ErrDisconnected", err)
+	}
+	if m, err := ts.Recv(ctx); err != nil || string(m.Data) != "two" {
+		t.Fatalf("Recv of the new subscription: %+v, %v", m, err)
+	}
+}

@@ -24,11 +24,12 @@ type TopicSubscription struct {
 	opts  SubscribeOptions
 
 	// Guarded by r.mu: sub is the current subscription (nil before the
-	// first), made on connection gen (Reconnector.gen); told is the gen
-	// whose subscription Recv has reported ended; closed is set by
-	// Close.
+	// first), made on connection gen (Reconnector.gen); seen is the gen
+	// of the subscription Recv last read, told the gen whose end Recv
+	// has reported (0: none); closed is set by Close.
 	sub    *Subscription
 	gen    uint64
+	seen   uint64
 	told   uint64
 	closed bool
 }
@@ -89,12 +90,14 @@ func (ts *TopicSubscription) Topic() uint32 { return ts.topic }
 
 // Recv returns the next message of the current subscription, waiting
 // for one until ctx ends (an error that also matches ErrReconnecting
-// while no subscription is up) or Close. When a subscription ends (the
-// server shut down, closed the topic, or died) Recv returns its error
-// once: ErrDisconnected with the reason, the messages published until a
-// new connection subscribes again being lost. The next Recv waits for
-// that subscription. (If only the topic was closed and the server stays
-// up, no new connection comes: the application decides from that error
+// while no subscription is up) or Close. When Recv moves on from a
+// subscription it read, it first returns one error saying that the
+// messages published until the next subscription are lost:
+// ErrDisconnected, with the reason if the subscription ended (the server
+// shut down, closed the topic, or died), or without one if a new
+// connection replaced it. The next Recv waits for the next subscription
+// and reads it. (If only the topic was closed and the server stays up,
+// no new connection comes: the application decides from that error
 // whether to go on waiting.) ErrOverrun is returned as by a
 // Subscription, which goes on.
 func (ts *TopicSubscription) Recv(ctx context.Context) (Message, error) {
@@ -105,29 +108,36 @@ func (ts *TopicSubscription) Recv(ctx context.Context) (Message, error) {
 			r.mu.Unlock()
 			return Message{}, fmt.Errorf("ipc: topic %d: %w", ts.topic, ErrClosed)
 		}
-		sub, gen, told, change := ts.sub, ts.gen, ts.told, r.change
-		r.mu.Unlock()
-		if sub == nil || gen == told {
+		sub, gen, change := ts.sub, ts.gen, r.change
+		switch {
+		case sub == nil || gen == ts.told:
+			r.mu.Unlock()
 			select {
 			case <-change:
 				continue
 			case <-ctx.Done():
 				return Message{}, fmt.Errorf("%w (%w: topic %d: no subscription up)", ctx.Err(), ErrReconnecting, ts.topic)
 			}
+		case ts.seen != 0 && ts.seen != gen && ts.seen != ts.told:
+			// Replaced while it was live: its unread messages, and
+			// what was published until the new one, are gone.
+			ts.told = ts.seen
+			r.mu.Unlock()
+			return Message{}, fmt.Errorf("%w: topic %d: subscribed again on a new connection; what was published in between is lost", ErrDisconnected, ts.topic)
 		}
+		ts.seen = gen
+		r.mu.Unlock()
 		m, err := sub.Recv(ctx)
 		switch {
 		case err == nil || ctx.Err() != nil:
 			return m, err
 		case errors.Is(err, ErrClosed):
-			// Closed by a new connection's renewal, or by Close: look
-			// again.
+			// Replaced by a new connection's (the next turn says so),
+			// or Close.
 			continue
 		case errors.Is(err, ErrDisconnected):
 			r.mu.Lock()
-			if ts.gen == gen {
-				ts.told = gen
-			}
+			ts.told = gen
 			r.mu.Unlock()
 		}
 		return m, err
