@@ -292,6 +292,7 @@ func (s *Server) stop() ([]*Conn, error) {
 		s.closing = true
 		close(s.done)
 	}
+	s.closeRings() // topic.go: before any subscriber's socket closes
 	var lerrs []error
 	for l := range s.listeners {
 		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {

@@ -252,6 +252,19 @@ func (t *Topic) Close() error {
 	return err
 }
 
+// closeRings marks every topic's ring closed; Server.stop calls it (mu
+// held) before it closes any socket, so that a subscriber whose socket
+// ends sees a closed ring: a close, not a crash.
+func (s *Server) closeRings() {
+	for _, t := range s.topics {
+		t.mu.Lock()
+		if t.w != nil {
+			t.w.Close()
+		}
+		t.mu.Unlock()
+	}
+}
+
 // closeTopics closes every topic; from Server.Close and Shutdown.
 func (s *Server) closeTopics() error {
 	s.mu.Lock()
@@ -317,6 +330,9 @@ func (s *Server) serveSubscribe(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 	t.subs[sub] = struct{}{}
 	t.subWG.Add(1)
 	a.sub = true // from here on the subscriber goroutine releases a
+	// The subscriber starts here: it gets every message published from
+	// now on (Subscribers counts it already), unless it is lapped.
+	start := t.w.Tail()
 	t.subMu.Unlock()
 
 	r := reply{
@@ -324,6 +340,7 @@ func (s *Server) serveSubscribe(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 		status:   statusOK,
 		features: FeatureTopic | h.features&FeaturePayloadChecksum&topicChecksum(t),
 		sizes:    [3]uint64{uint64(t.cfg.RingSize)},
+		offs:     [3]uint64{start},
 		payload:  uint64(len(t.mem)),
 		maxDisp:  uint32(t.max),
 	}

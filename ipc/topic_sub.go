@@ -36,8 +36,9 @@ type SubscribeOptions struct {
 
 // Subscription receives a topic's messages. Recv, RecvInto and TryRecv
 // take one message at a time (concurrent calls wait their turn); Close
-// may be called from any goroutine. A subscription starts with the
-// messages published after it was accepted.
+// may be called from any goroutine. A subscription receives every message
+// published after the server accepted it (from the moment
+// Topic.Subscribers counts it), unless it is lapped.
 //
 // To subscribe again after the connection ended (the server restarted),
 // call Subscribe again: a Subscription is one connection.
@@ -56,8 +57,11 @@ type Subscription struct {
 	cancel   context.CancelFunc
 	endOnce  sync.Once
 	endWhy   error // why the connection ended; written before cancel
-	watched  chan struct{}
-	waitCtx  context.Context // the context of the receive that waits; lock held
+	// ringClosed: the server had closed the ring when the socket ended
+	// (a graceful end); written before cancel.
+	ringClosed bool
+	watched    chan struct{}
+	waitCtx    context.Context // the context of the receive that waits; lock held
 
 	closeOnce sync.Once
 	overruns  atomic.Uint64
@@ -125,7 +129,7 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 	if size > maxRing {
 		return nil, fmt.Errorf("%w: server granted a %d-byte topic ring, above the %d bytes this subscriber accepts", ErrTooLarge, size, maxRing)
 	}
-	if !isPow2(size) || size < MinRingSize || r.sizes[1] != 0 || r.sizes[2] != 0 || r.offs != [3]uint64{} || r.ctlOff != 0 {
+	if !isPow2(size) || size < MinRingSize || r.sizes[1] != 0 || r.sizes[2] != 0 || r.offs[1] != 0 || r.offs[2] != 0 || r.ctlOff != 0 {
 		return nil, fmt.Errorf("%w: topic reply sizes %v offsets %v", ErrProtocol, r.sizes, r.offs)
 	}
 	need, _ := ring.BroadcastSize(ring.BroadcastGeometry{DataSize: int(size)})
@@ -149,7 +153,9 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 		closedCh: make(chan struct{}),
 		watched:  make(chan struct{}),
 	}
-	sub.r, err = ring.NewBroadcastReader(mem, &ring.BroadcastReaderOptions{Wait: opts.Wait, Spin: opts.Spin, Announce: sub.announce})
+	// Start where the server accepted us: every message published since
+	// is ours (reply byte 48).
+	sub.r, err = ring.NewBroadcastReaderAt(mem, r.offs[0], &ring.BroadcastReaderOptions{Wait: opts.Wait, Spin: opts.Spin, Announce: sub.announce})
 	if err == nil {
 		var g ring.BroadcastGeometry
 		if g, err = ring.ReadBroadcastGeometry(mem); err == nil && uint64(g.DataSize) != size {
@@ -437,7 +443,16 @@ func (s *Subscription) watch() {
 			return
 		}
 		if err != nil {
-			s.end(fmt.Errorf("%w: %w", ErrDisconnected, err))
+			// The server closes the ring before the socket: at end of
+			// file, a closed ring tells a close from a crash. Read here,
+			// where the ring is surely mapped (Close waits for us).
+			closed := s.r.WriterClosed()
+			s.endOnce.Do(func() {
+				s.ringClosed = closed
+				s.endWhy = fmt.Errorf("%w: %w", ErrDisconnected, err)
+				s.cancel()
+				s.uc.Close()
+			})
 			return
 		}
 	}
@@ -451,6 +466,24 @@ func (s *Subscription) end(why error) {
 		s.cancel()
 		s.uc.Close()
 	})
+}
+
+// Done is closed when the subscription's connection has ended: the
+// server closed the topic or went away, or Close was called. Messages
+// published before may still wait to be received.
+func (s *Subscription) Done() <-chan struct{} { return s.life.Done() }
+
+// Err returns nil while the connection is up, then what Recv returns
+// once every message has been received: ErrDisconnected with
+// ErrClosedByServer (the server closed the topic or shut down) or with
+// ErrPeerDied (it went away without closing it), ErrProtocol, or
+// ErrClosed after Close. A reconnecting client tells a restart it may
+// wait for from a crash with it.
+func (s *Subscription) Err() error {
+	if s.life.Err() == nil {
+		return nil
+	}
+	return s.endErr(s.ringClosed)
 }
 
 // Close ends the subscription and unmaps the ring, after a receive in

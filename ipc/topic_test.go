@@ -309,6 +309,10 @@ func TestTopicPublisherCrash(t *testing.T) {
 	if _, err := sub.Recv(ctx); !errors.Is(err, ErrPeerDied) {
 		t.Fatalf("again: %v", err)
 	}
+	<-sub.Done()
+	if err := sub.Err(); !errors.Is(err, ErrDisconnected) || !errors.Is(err, ErrPeerDied) {
+		t.Fatalf("Err after the publisher died: %v", err)
+	}
 }
 
 // The server's Close ends subscriptions gracefully: what was published
@@ -328,6 +332,10 @@ func TestTopicServerClose(t *testing.T) {
 	if _, err := sub.Recv(ctx); !errors.Is(err, ErrClosedByServer) {
 		t.Fatalf("drained: %v", err)
 	}
+	<-sub.Done()
+	if err := sub.Err(); !errors.Is(err, ErrDisconnected) || !errors.Is(err, ErrClosedByServer) {
+		t.Fatalf("Err after the server closed: %v", err)
+	}
 	if srv.Topic(testTopic) != nil {
 		t.Fatal("topic still listed")
 	}
@@ -346,6 +354,9 @@ func TestTopicCloseAndResubscribe(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if sub.Err() != nil {
+			t.Fatalf("Err of a live subscription: %v", sub.Err())
+		}
 		waitUntil(t, func() bool { return top.Subscribers() == 1 }, "subscribed")
 		top.Publish(uint16(round), nil)
 		if m, err := sub.Recv(testCtx(t)); err != nil || m.ID != uint16(round) {
@@ -362,6 +373,9 @@ func TestTopicCloseAndResubscribe(t *testing.T) {
 		}
 		if _, err := sub.Recv(context.Background()); !errors.Is(err, ErrClosed) {
 			t.Fatalf("recv after close: %v", err)
+		}
+		if err := sub.Err(); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Err after close: %v", err)
 		}
 		sub.Close()
 		waitUntil(t, func() bool { return top.Subscribers() == 0 }, "unsubscribed")

@@ -104,52 +104,87 @@ func NewBroadcastReader(mem []byte, opts *BroadcastReaderOptions) (*BroadcastRea
 		return nil, fmt.Errorf("attach broadcast reader: %w", corrupt("tail", t, t))
 	}
 	r.pos, r.tailCache = t, t
-	r.seq, r.seqKnown = r.learnSeq(t)
+	r.seq, r.seqKnown = seqAt(&r.m, r.data, r.mark, r.intent, t, t, r.loadFence)
 	return r, nil
 }
 
-// learnSeq finds the number of the record the writer will write at tail
-// t, so that a reader lapped before its first record can still count
-// what it lost: it walks the records from the mark (at most a stride and
-// two records) to t. It gives up (the count stays unknown) on anything
-// that does not verify, or if the writer laps the walk.
-func (r *BroadcastReader) learnSeq(t uint64) (uint32, bool) {
+// NewBroadcastReaderAt is NewBroadcastReader starting at position pos, a
+// record boundary at or before the tail (within a lap of it), such as the
+// tail as the writer's process saw it when it accepted this reader: the
+// reader then gets every record written since, unless it is lapped first.
+// A position that cannot be one is ErrCorrupt.
+func NewBroadcastReaderAt(mem []byte, pos uint64, opts *BroadcastReaderOptions) (*BroadcastReader, error) {
+	r, err := NewBroadcastReader(mem, opts)
+	if err != nil {
+		return nil, err
+	}
+	t := r.pos
+	if pos%recordAlign != 0 || pos > t || t-pos > r.m.size {
+		return nil, fmt.Errorf("attach broadcast reader: %w", corrupt("start position", t, pos))
+	}
+	if pos != t {
+		r.pos, r.tailCache = pos, pos
+		r.seq, r.seqKnown = seqAt(&r.m, r.data, r.mark, r.intent, pos, t, r.loadFence)
+	}
+	return r, nil
+}
+
+// seqAt finds the number of the record at position target (the next one
+// the writer writes, if target is the tail t), so that a reader lapped
+// before its first record can still count what it lost: it walks the
+// records from the mark (at most a stride and two records before the
+// tail) to target. It gives up (the count stays unknown) if target is
+// before the mark, on anything that does not verify, or if the writer
+// laps the walk.
+func seqAt(m *bcMeta, data []byte, mark, intent *uint64, target, t uint64, fence func()) (uint32, bool) {
 	if t == 0 {
 		return 0, true // nothing written yet: the first record is number 0
 	}
-	m := atomic.LoadUint64(r.mark)
-	if m%recordAlign != 0 || m >= t || t-m > r.m.size {
+	mk := atomic.LoadUint64(mark)
+	if mk%recordAlign != 0 || mk > target || mk >= t || t-mk > m.size || target > t {
 		return 0, false
 	}
 	le := binary.LittleEndian
 	var seq uint32
-	for p := m; p < t; {
-		off := p & r.m.mask
+	for p := mk; ; {
+		if p == target && p == t {
+			break // seq: one past the last record walked
+		}
+		off := p & m.mask
 		var hdr [headerSize]byte
-		copy(hdr[:], r.data[off:off+headerSize])
+		copy(hdr[:], data[off:off+headerSize])
 		lw, typ, hs, sum := le.Uint32(hdr[0:]), le.Uint32(hdr[4:]), le.Uint32(hdr[8:]), le.Uint32(hdr[12:])
 		n := uint64(lw & bcLenMask)
+		next := p + m.size - off // padding
 		if lw&bcPadFlag != 0 {
-			if n != r.m.size-off-headerSize || sum != bcSum(r.m.seed, p, lw, typ, hs, 0) {
+			if n != m.size-off-headerSize || sum != bcSum(m.seed, p, lw, typ, hs, 0) {
 				return 0, false
 			}
-			p += r.m.size - off
-			seq = hs
-			continue
+		} else {
+			rs := recordSize(n)
+			if n > m.maxP || off+rs > m.size || p+rs > t {
+				return 0, false
+			}
+			body := data[off+headerSize : off+headerSize+n]
+			if sum != bcSum(m.seed, p, lw, typ, hs, bcPayloadHash(m, body)) {
+				return 0, false
+			}
+			next = p + rs
 		}
-		rs := recordSize(n)
-		if n > r.m.maxP || off+rs > r.m.size || p+rs > t {
-			return 0, false
+		if p == target {
+			seq = hs // padding carries the next record's number too
+			break
 		}
-		data := r.data[off+headerSize : off+headerSize+n]
-		if sum != bcSum(r.m.seed, p, lw, typ, hs, bcPayloadHash(&r.m, data)) {
-			return 0, false
+		seq = hs
+		if lw&bcPadFlag == 0 {
+			seq = hs + 1
 		}
-		p += rs
-		seq = hs + 1
+		if p = next; p > target {
+			return 0, false // target is not a record boundary
+		}
 	}
-	r.loadFence()
-	if atomic.LoadUint64(r.intent) > m+r.m.size {
+	fence()
+	if atomic.LoadUint64(intent) > mk+m.size {
 		return 0, false
 	}
 	return seq, true
@@ -162,6 +197,10 @@ func (r *BroadcastReader) Position() uint64 { return r.pos }
 // Lag returns how many bytes the writer has committed that the reader
 // has not read yet (more than the data size once it is lapped).
 func (r *BroadcastReader) Lag() uint64 { return atomic.LoadUint64(r.tail) - r.pos }
+
+// WriterClosed reports whether the writer has closed the ring (records
+// may still be waiting to be read).
+func (r *BroadcastReader) WriterClosed() bool { return atomic.LoadUint32(r.closed) != 0 }
 
 // Stats returns what the reader has lost to overruns so far.
 func (r *BroadcastReader) Stats() BroadcastReaderStats { return r.stats }

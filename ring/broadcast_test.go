@@ -619,3 +619,72 @@ func BenchmarkBroadcastReadWrite(b *testing.B) {
 	wg.Wait()
 	b.ReportMetric(float64(lost)/float64(b.N), "lost/op")
 }
+
+// A reader started at an earlier position (the tail when its writer's
+// process accepted it) reads everything from there, with the records'
+// numbering known; a position that cannot be one is refused.
+func TestBroadcastReaderAt(t *testing.T) {
+	w, _, mem := newBC(t, BroadcastGeometry{DataSize: 4096}, nil)
+	buf := make([]byte, 64)
+	for k := range uint64(10) {
+		w.Write(0, bcFill(buf, k, 40))
+	}
+	start := w.Tail()
+	for k := uint64(10); k < 30; k++ {
+		w.Write(0, bcFill(buf, k, 40))
+	}
+	r, err := NewBroadcastReaderAt(mem, start, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := uint64(10); k < 30; k++ {
+		rec, err := r.TryReadInto(nil)
+		if got, ok := bcCheck(rec.Data); err != nil || got != k || !ok {
+			t.Fatalf("record %d: %v, got %d", k, err, got)
+		}
+	}
+	for _, bad := range []uint64{start + 8, w.Tail() + 16, w.Tail() - 4096 - 16} {
+		if _, err := NewBroadcastReaderAt(mem, bad, nil); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("start at %d (tail %d): %v", bad, w.Tail(), err)
+		}
+	}
+	// Lapped before its first record, it still counts what it lost.
+	r2, err := NewBroadcastReaderAt(mem, w.Tail(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := uint64(30); k < 300; k++ {
+		w.Write(0, bcFill(buf, k, 40))
+	}
+	var oe *OverrunError
+	if _, err := r2.TryReadInto(nil); !errors.As(err, &oe) || !oe.Known || oe.Records == 0 {
+		t.Fatalf("lapped new reader: %v", err)
+	}
+	rec, err := r2.TryReadInto(nil)
+	if got, _ := bcCheck(rec.Data); err != nil || got != 30+oe.Records {
+		t.Fatalf("after the overrun: record %d, %v; lost %d", got, err, oe.Records)
+	}
+}
+
+// A writer that takes over a ring numbers on, so its readers read on.
+func TestBroadcastWriterTakeover(t *testing.T) {
+	w, r, mem := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+	buf := make([]byte, 64)
+	for k := range uint64(40) { // past a wrap
+		w.Write(0, bcFill(buf, k, 24))
+		if _, err := r.TryReadInto(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w2, err := NewBroadcastWriter(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := uint64(40); k < 80; k++ {
+		w2.Write(0, bcFill(buf, k, 24))
+		rec, err := r.TryReadInto(nil)
+		if got, _ := bcCheck(rec.Data); err != nil || got != k {
+			t.Fatalf("record %d after the takeover: %v, %d", k, err, got)
+		}
+	}
+}

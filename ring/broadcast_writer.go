@@ -51,7 +51,8 @@ type BroadcastWriter struct {
 
 // NewBroadcastWriter attaches the writer to the broadcast ring at the
 // start of mem, which InitBroadcast laid out. It carries on from the
-// tail it finds (a restarted writer keeps readers' positions valid).
+// tail and the record number it finds, so a writer may take over a ring
+// from one that is gone (one writer at a time).
 func NewBroadcastWriter(mem []byte) (*BroadcastWriter, error) {
 	m, err := readBroadcastMeta(mem)
 	if err != nil {
@@ -71,6 +72,13 @@ func NewBroadcastWriter(mem []byte) (*BroadcastWriter, error) {
 	if w.pos%recordAlign != 0 {
 		return nil, fmt.Errorf("attach broadcast writer: %w", corrupt("tail", w.pos, w.pos))
 	}
+	// A writer taking over a ring numbers on from the last record, or
+	// readers would take the restart for corruption.
+	seq, ok := seqAt(&w.m, w.data, w.mark, w.intent, w.pos, w.pos, func() {})
+	if !ok {
+		return nil, fmt.Errorf("attach broadcast writer: %w", corrupt("records before the tail", w.pos, w.pos))
+	}
+	w.seq = seq
 	return w, nil
 }
 
