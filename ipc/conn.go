@@ -84,7 +84,9 @@ type Conn struct {
 	// whoever holds qMu while the queue is empty (Dispatch's direct
 	// write), and to the flusher (goroutine or Process) while it is not:
 	// the flusher pops an entry only after committing it, so a non-empty
-	// queue keeps every Dispatch away from the producer.
+	// queue keeps every Dispatch away from the producer. A zero-copy
+	// dispatch (dispatchzc.go) owns it while zcHeld: waiting for room
+	// (without qMu), then reserved (holding qMu until Commit or Abort).
 	qMu      sync.Mutex
 	q        deque
 	qBytes   int           // bytes of the queued messages, also counted in Server.queued until qDead
@@ -94,6 +96,9 @@ type Conn struct {
 	waiting  int           // Dispatch calls waiting for room (PolicyBlock)
 	free     [][]byte      // recycled queue buffers
 	batch    []qitem       // the flusher's: entries being written, still queued
+	zcHeld   bool          // a ReserveDispatch owns the producer (dispatchzc.go)
+	zcSeq    uint64        // numbers ReserveDispatch's reservations, under qMu
+	zcLive   atomic.Uint64 // the live DispatchReservation's number, 0 if none
 
 	// External mode lifecycle (process.go), under pmu: started once
 	// EventLoop.AddConn returned; running while Process runs; pendingOut

@@ -163,7 +163,7 @@ func (c *Conn) dispatch(ctx context.Context, id uint16, body []byte, pol Policy)
 			c.qMu.Unlock()
 			return DispatchNone, fmt.Errorf("dispatch: %w", ErrDisconnected)
 		}
-		if c.q.len() == 0 {
+		if c.q.len() == 0 && !c.zcHeld {
 			// The queue is empty: the producer is ours while we hold qMu.
 			err := c.writeDirect(id, body)
 			if err == nil {
@@ -193,7 +193,7 @@ func (c *Conn) dispatch(ctx context.Context, id uint16, body []byte, pol Policy)
 			c.kill(err)
 			return DispatchNone, err
 		}
-		if c.q.len() == 0 {
+		if c.q.len() == 0 && !c.zcHeld {
 			// No queue (DispatchQueue < 0), or the message does not fit
 			// in the byte budgets with nothing of ours queued: nothing
 			// will ever signal queue room, so wait for ring space
@@ -244,7 +244,7 @@ func (c *Conn) dispatch(ctx context.Context, id uint16, body []byte, pol Policy)
 	}
 	atomic.StoreUint32(word32(c.ctl, ctlQueued), uint32(c.q.len()))
 	c.passRoom()
-	if !c.external && !c.flushing {
+	if !c.external && !c.flushing && !c.zcHeld {
 		c.flushing = true
 		c.wg.Add(1)
 		go c.flushLoop()

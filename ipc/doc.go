@@ -37,7 +37,8 @@
 // ResponseWriter.Respond (a copy), Reserve and Commit (in place) or Fail
 // (an error with a code). Written in place, a body need not have its
 // final size at Reserve: PendingCall.SendN and ResponseWriter.CommitN
-// send the first n bytes and give the rest of the space back. A handler
+// send the first n bytes and give the rest of the space back;
+// Conn.ReserveDispatch writes a dispatch message in place the same way. A handler
 // may also answer in parts (ResponseWriter.Send, then its final
 // response), which the client ranges over with Client.Stream, the
 // response ring being the stream's flow control. Any goroutine may send a connection a dispatch

@@ -30,7 +30,8 @@ func init() {
 		about: "a server in a child sends dispatch messages to the parent as fast as it can (paced: at -rate); the parent checks " +
 			"every sequence number; msgs = messages received, paced: p50/p99/p999 = from each message's slot to its receipt (ipc: Conn.Dispatch with PolicyBlock, received " +
 			"with ClientOptions.OnDispatch, in place: no copy, no allocation, where Recv allocates a copy of each; uds: as spsc)",
-		runs: map[string]runFunc{"ipc": dispatchIPC, "uds": spscUDS}, // the uds baseline is spsc's
+		zeroCopy: true,
+		runs:     map[string]runFunc{"ipc": dispatchIPC, "uds": spscUDS}, // the uds baseline is spsc's
 	})
 }
 

@@ -112,10 +112,12 @@
 // # Zero copy
 //
 // -zerocopy separates the cost of handing a message over from the cost of
-// copying it: spsc and call over ring and ipc then hand each frame off in
-// place (ring: Producer.Reserve/Commit and Consumer.Peek/Release; ipc:
-// Client.Reserve, PendingCall.Send and Response.Release against a
-// handler that answers with ResponseWriter.Reserve/Commit) and write and
+// copying it: spsc, call and dispatch over ring and ipc then hand each
+// frame off in place (ring: Producer.Reserve/Commit and
+// Consumer.Peek/Release; ipc: Client.Reserve, PendingCall.Send and
+// Response.Release against a handler that answers with
+// ResponseWriter.Reserve/Commit; dispatch: Conn.ReserveDispatch, taken in
+// place by ClientOptions.OnDispatch as always) and write and
 // read only its first 16 bytes, the sequence number or tag and a paced
 // frame's stamp. Those rows show "-zc" after the transport (JSON
 // zerocopy: true); the uds rows, and the scenarios without a zero-copy

@@ -168,7 +168,7 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 	)
 	left.Store(int64(max(p.Clients, 1)))
 	stream := func(c *ipc.Conn) {
-		n, err := dispatchStream(c, payload(p.Size), callPacer(p.Rate, 0, 1))
+		n, err := dispatchStream(c, payload(p.Size), callPacer(p.Rate, 0, 1), p.ZeroCopy)
 		streamMu.Lock()
 		streamN += n
 		streamErr = errors.Join(streamErr, err)
@@ -229,14 +229,26 @@ func serveBench(ln net.Listener, p childParams, ready func()) (uint64, error) {
 // first 8 bytes until the connection ends, and returns how many it sent.
 // Paced by pc, it sends each in its slot, stamped at byte 8 (see stamps).
 // Dispatch waits (serveBench sets Config.DispatchPolicy to PolicyBlock) when the ring and
-// the connection's queue are full.
-func dispatchStream(c *ipc.Conn, body []byte, pc *pacer) (uint64, error) {
+// the connection's queue are full. With zc (-zerocopy) each message is
+// reserved in the ring (Conn.ReserveDispatch, which waits for room) and
+// only its head written.
+func dispatchStream(c *ipc.Conn, body []byte, pc *pacer, zc bool) (uint64, error) {
 	for seq := uint64(0); ; seq++ {
 		putTag(body, seq)
 		if pc.paced() {
 			putTag(body[8:], uint64(pc.monoSlot(pc.wait())))
 		}
-		if err := c.Dispatch(bg, benchFrame, body); err != nil {
+		var err error
+		if zc {
+			var d ipc.DispatchReservation
+			if d, err = c.ReserveDispatch(bg, benchFrame, len(body)); err == nil {
+				copy(d.Bytes(), head(body))
+				err = d.Commit()
+			}
+		} else {
+			err = c.Dispatch(bg, benchFrame, body)
+		}
+		if err != nil {
 			select {
 			case <-c.Done(): // the parent closed its client
 				return seq, nil

@@ -156,7 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
 		quiet = fs.Bool("quiet", false, "print no progress on stderr (-json prints none either)")
-		zc    = fs.Bool("zerocopy", false, "spsc and call over ring and ipc hand each frame off in place (Reserve/Commit, Peek/Release and their ipc forms) and write and read only its first 16 bytes: the hand-off cost without the copy (uds rows still copy)")
+		zc    = fs.Bool("zerocopy", false, "spsc, call and dispatch over ring and ipc hand each frame off in place (Reserve/Commit, Peek/Release and their ipc forms) and write and read only its first 16 bytes: the hand-off cost without the copy (uds rows still copy)")
 		repo  = fs.String("report", "", "also write a report to `dir`: PNG plots and an index.html page with the machine, the command and the table")
 	)
 	fs.Usage = func() {

@@ -163,7 +163,7 @@ func TestEndToEnd(t *testing.T) {
 // is unaffected. Sizes beyond the 16 bytes the zero-copy links move.
 func TestZeroCopy(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	args := []string{"-json", "-zerocopy", "-scenario", "spsc,call,pingpong", "-duration", "300ms", "-size", "1000",
+	args := []string{"-json", "-zerocopy", "-scenario", "spsc,call,pingpong,dispatch", "-duration", "300ms", "-size", "1000",
 		"-rate", "0", "-ring-size", "64KiB", "-transport", "ring,ipc,uds"}
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
@@ -179,7 +179,8 @@ func TestZeroCopy(t *testing.T) {
 		}
 		got = append(got, fmt.Sprintf("%s/%s/%v", r.Scenario, r.Transport, r.ZeroCopy))
 	}
-	want := []string{"spsc/ring/true", "spsc/uds/false", "pingpong/ring/false", "pingpong/uds/false", "call/ipc/true", "call/uds/false"}
+	want := []string{"spsc/ring/true", "spsc/uds/false", "pingpong/ring/false", "pingpong/uds/false", "call/ipc/true", "call/uds/false",
+		"dispatch/ipc/true", "dispatch/uds/false"}
 	if !slices.Equal(got, want) {
 		t.Errorf("rows\n got %q\nwant %q", got, want)
 	}

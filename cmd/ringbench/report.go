@@ -36,7 +36,7 @@ type result struct {
 	Wait        string  `json:"wait"`      // ring.WaitPolicy in effect: adaptive, spin or sleep ("" for uds, futex)
 	Rate        int     `json:"rate"`      // each sender's messages or calls per second (-rate); 0: unpaced
 	Clients     int     `json:"clients"`   // client processes calling a server: fanin's -clients; 1 for call, pipeline, dispatch; 0 for spsc, pingpong, mpsc; broadcast: subscriber processes
-	ZeroCopy    bool    `json:"zerocopy"`  // frames handed off in place, only their first 16 bytes written and read (-zerocopy: spsc, call over ring and ipc)
+	ZeroCopy    bool    `json:"zerocopy"`  // frames handed off in place, only their first 16 bytes written and read (-zerocopy: spsc, call, dispatch over ring and ipc)
 	// Broadcast only: messages each subscriber received per second in
 	// its window, the mean over subscribers and the slowest's.
 	SubMsgsPerSec    float64 `json:"sub_msgs_per_sec,omitempty"`
@@ -257,8 +257,8 @@ func (r *reporter) end() {
 		b.WriteString(wrap("-zc      ", "-zerocopy: the frame is handed off in place and only its first 16 bytes (sequence number "+
 			"or tag, and a paced frame's stamp) are written and read, so the row is the hand-off cost without the fill or the "+
 			"copy. ring-zc: Producer.Reserve/Commit, Consumer.Peek/Release; ipc-zc: call with Client.Reserve, PendingCall.Send, "+
-			"Response.Release and a handler answering with ResponseWriter.Reserve/Commit. The uds rows still copy: a socket "+
-			"cannot do otherwise", 96))
+			"Response.Release and a handler answering with ResponseWriter.Reserve/Commit, dispatch with Conn.ReserveDispatch "+
+			"received by OnDispatch (which is in place anyway). The uds rows still copy: a socket cannot do otherwise", 96))
 	}
 	if r.cfg.uses("futex") {
 		b.WriteString(wrap("futex    ", "the floor of a call that sleeps (call only): a raw futex ping-pong between "+
