@@ -267,6 +267,18 @@ func TestInterop(t *testing.T) {
 					t.Errorf("tokens in %d, out %d: the sleeping path was not taken", st.TokensIn, st.TokensOut)
 				}
 			})
+			t.Run("stream-refused", func(t *testing.T) {
+				// The C client asks for no streamed responses: a Go
+				// handler's Send fails with ErrNoStream and nothing
+				// reaches the wire, and its ordinary response does.
+				s := startServer(t, "", m.eventLoop, ipc.Config{})
+				start(t, driver, []string{s.addr, "expect", "expect=ok,ok", "msg=9"}).finish()
+				for range 2 {
+					if err := <-s.sendErr; !errors.Is(err, ipc.ErrNoStream) {
+						t.Errorf("Send to the C client: %v, want ErrNoStream", err)
+					}
+				}
+			})
 			t.Run("reject", func(t *testing.T) {
 				s := startServer(t, "", m.eventLoop, ipc.Config{})
 				start(t, driver, driverArgs(s.addr, "reject")).finish()

@@ -30,6 +30,7 @@ const (
 	mClose    = 6 // dispatch 3 messages, answer "bye", close the connection
 	mBlock    = 7 // wait until the test releases it (or the connection ends)
 	mSum      = 8 // answer {len(body), sum of its bytes} as two u64
+	mStream   = 9 // try to stream a part (the error goes to server.sendErr), then echo the body
 )
 
 // server is a Go ipc.Server as the C client meets it, in one of the two
@@ -40,6 +41,7 @@ type server struct {
 	running chan struct{}  // a value each time an mBlock handler starts
 	release chan struct{}  // a value lets one mBlock handler answer
 	ended   chan error     // OnDisconnect's error, per connection
+	sendErr chan error     // what each mStream handler's Send returned
 	loopErr chan error     // external mode: Process errors
 	stop    func() error   // closes the server and waits for its loop
 	wg      sync.WaitGroup // dispatch goroutines
@@ -73,6 +75,7 @@ func newServer(addr string, eventLoop bool, cfg ipc.Config) (*server, error) {
 		running: make(chan struct{}, 16),
 		release: make(chan struct{}, 16),
 		ended:   make(chan error, 16),
+		sendErr: make(chan error, 16),
 		loopErr: make(chan error, 16),
 	}
 	var loop *epollLoop
@@ -176,6 +179,10 @@ func (s *server) service() *ipc.Service {
 				}
 				out := binary.LittleEndian.AppendUint64(nil, uint64(len(r.Data)))
 				w.Respond(binary.LittleEndian.AppendUint64(out, sum))
+			}),
+			mStream: h(func(w *ipc.ResponseWriter, r *ipc.Request) {
+				s.sendErr <- w.Send([]byte("part"))
+				w.Respond(r.Data)
 			}),
 			mBlock: h(func(w *ipc.ResponseWriter, r *ipc.Request) {
 				s.running <- struct{}{}

@@ -21,7 +21,7 @@
 
 #include "ringipc.h"
 
-enum { M_ECHO = 1, M_FAIL = 2, M_PANIC = 3, M_HUGE = 4, M_DISPATCH = 5, M_CLOSE = 6, M_BLOCK = 7, M_SUM = 8 };
+enum { M_ECHO = 1, M_FAIL = 2, M_PANIC = 3, M_HUGE = 4, M_DISPATCH = 5, M_CLOSE = 6, M_BLOCK = 7, M_SUM = 8, M_STREAM = 9 };
 
 static void fail(const char *fmt, ...)
 {
@@ -299,7 +299,9 @@ int main(int argc, char **argv)
 
 	if (!strcmp(sc, "expect")) {
 		/* expect=connect=CODE: the connection must fail so;
-		 * expect=CODE,CODE...: the results of successive echo calls;
+		 * expect=CODE,CODE...: the results of successive echo calls
+		 * (msg=ID: of calls of that message id instead, body "x";
+		 * a success must echo it);
 		 * recv=1: then a dispatch receive must fail with RIPC_EPROTO. */
 		const char *want = NULL;
 		for (int i = 3; i < argc; i++)
@@ -327,7 +329,10 @@ int main(int argc, char **argv)
 			ripc_response r;
 			char what[32];
 			snprintf(what, sizeof what, "call %d", k);
-			expect(ripc_call(c, M_ECHO, "x", 1, out, sizeof out, &r, -1), code_of(tok), what);
+			rc = ripc_call(c, (uint16_t)opt(argc, argv, "msg", M_ECHO), "x", 1, out, sizeof out, &r, -1);
+			expect(rc, code_of(tok), what);
+			if (rc == 0 && (r.len != 1 || out[0] != 'x'))
+				fail("%s: a response of %u bytes, not the echo", what, (unsigned)r.len);
 		}
 		if (opt(argc, argv, "recv", 0)) {
 			ripc_message m;
