@@ -79,7 +79,8 @@
 //
 // Lifetimes. Request.Data is a view of the request ring, valid only until
 // the handler returns; a slice from ResponseWriter.Reserve is valid until
-// Commit or CommitN; a Response's Data is valid until Release. None may be kept.
+// Commit or CommitN; a Response's Data is valid until Release; a part
+// from Client.Stream until the loop body returns. None may be kept.
 // A PendingCall ends with exactly one Send or Abort and a Response with
 // exactly one Release: they are small values, and a second call on one
 // (or on a copy) returns ErrCallDone and does nothing, even once the
@@ -88,7 +89,15 @@
 // no other call of that Client can receive its response (or send, and a
 // caller waiting to send then waits whatever its context says): release
 // promptly, and never start another call from the goroutine that holds
-// one.
+// one. The same holds for the body of a loop over Client.Stream, which
+// holds each part in place: a call on the same Client from inside it
+// waits for the stream to end (the server handles the stream's request
+// first), and the stream for the loop.
+//
+// Streams. ResponseWriter.Send reaches only clients that asked for
+// FeatureStream (the Go client always does; the C client does not: Send
+// fails with ErrNoStream). A client that stops reading a stream discards
+// the rest as it arrives; the handler is not told and runs to its end.
 //
 // Trust. The peer maps the same memory and can rewrite it at any time.
 // Every header word is read once and validated, and corruption ends the

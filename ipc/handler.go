@@ -87,8 +87,9 @@ type Request struct {
 func (r *Request) Context() context.Context { return r.ctx }
 
 // ResponseWriter sends the one response to a request: Respond (a copy),
-// Reserve+Commit (zero copy), or Fail (an error). If the handler returns
-// without any of them, an empty success response is sent. A
+// Reserve+Commit (zero copy), or Fail (an error), after parts of a
+// streamed response if the handler sends any (Send, ReservePart). If the
+// handler returns without a response, an empty success response is sent. A
 // ResponseWriter is valid only during ServeIPC and must not be used by
 // other goroutines.
 type ResponseWriter struct {
