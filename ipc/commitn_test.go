@@ -219,10 +219,10 @@ func TestCommitNAllocs(t *testing.T) {
 		zc()
 		into()
 	}
-	if n := testing.AllocsPerRun(1000, zc); n != 0 {
+	if n := testing.AllocsPerRun(300, zc); n != 0 {
 		t.Errorf("%.2f allocations per SendN round trip (the handler's CommitN included), want 0", n)
 	}
-	if n := testing.AllocsPerRun(1000, into); n != 0 {
+	if n := testing.AllocsPerRun(300, into); n != 0 {
 		t.Errorf("%.2f allocations per CallInto round trip (the handler's CommitN included), want 0", n)
 	}
 	if bad != nil {
