@@ -5,6 +5,8 @@ package ipc
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -94,6 +96,53 @@ func TestResponseCommitN(t *testing.T) {
 				checkPattern(t, got, tc.reserve)
 			}
 		})
+	}
+}
+
+// Random reservations and partial commits on both sides, through small
+// rings many times over (records wrap at every size), with a few callers
+// at once so that the server's responses queue behind each other.
+func TestCommitNRandomWraps(t *testing.T) {
+	refused := make(chan error, 1)
+	_, addr := startServer(t, nil, commitNService(refused))
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: MinRingSize, ResponseRingSize: MinRingSize})
+	ctx := testCtx(t)
+	errc := make(chan error, 3)
+	for g := range 3 {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 5))
+			for range 300 {
+				reserve := rng.IntN(cl.MaxResponse() + 1)
+				n := rng.IntN(reserve + 1)
+				req := commitNReq(reserve, n)
+				p, err := cl.Reserve(ctx, msgCommitN, 8+rng.IntN(cl.MaxRequest()-8+1))
+				if err != nil {
+					errc <- err
+					return
+				}
+				copy(p.Bytes(), req)
+				r, err := p.SendN(ctx, len(req))
+				if err != nil {
+					errc <- err
+					return
+				}
+				ok := len(r.Data) == n
+				for i := 0; ok && i < n; i++ {
+					ok = r.Data[i] == byte(i*7)
+				}
+				r.Release()
+				if !ok {
+					errc <- fmt.Errorf("reserve %d, commit %d: a response of %d bytes, not the pattern", reserve, n, len(r.Data))
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 3 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
