@@ -689,3 +689,37 @@ func BenchmarkTopicPublish(b *testing.B) {
 		top.Publish(1, body)
 	}
 }
+
+func TestTopicConfigChecks(t *testing.T) {
+	srv, _ := startServer(t, nil)
+	top, err := srv.AddTopic(TopicConfig{ID: 1, RingSize: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if top.MaxBody() != 8192/4-16 || top.ID() != 1 {
+		t.Fatalf("ring of 5000 bytes rounds up to 8192: max body %d", top.MaxBody())
+	}
+	if err := top.Publish(1, make([]byte, top.MaxBody()+1)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("body above MaxBody: %v", err)
+	}
+	if err := top.Publish(1, make([]byte, top.MaxBody())); err != nil {
+		t.Fatalf("body of MaxBody: %v", err)
+	}
+	if _, err := srv.AddTopic(TopicConfig{ID: 1}); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("topic id in use: %v", err)
+	}
+	for _, bad := range []TopicConfig{{ID: 2, RingSize: -1}, {ID: 2, MaxSubscribers: -1}, {ID: 2, RingSize: 1 << 62}} {
+		if _, err := srv.AddTopic(bad); !errors.Is(err, os.ErrInvalid) {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+	if err := top.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Topic(1) != nil {
+		t.Fatal("closed topic still listed")
+	}
+	if _, err := srv.AddTopic(TopicConfig{ID: 1, RingSize: MinRingSize}); err != nil {
+		t.Fatalf("the id of a closed topic: %v", err)
+	}
+}
