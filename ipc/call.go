@@ -82,23 +82,28 @@ func (cl *Client) roundTrip(ctx context.Context, id uint16, req []byte, w *waite
 	if len(req) > cl.maxReq {
 		return cl.reqTooLarge(len(req))
 	}
-	r, err := cl.reserve(ctx, id, len(req), w, true)
+	typ, hdr, dl := cl.requestHeader(ctx, id, len(req))
+	r, err := cl.reserve(ctx, typ, hdr+len(req), w, true)
 	if err != nil {
 		return err
 	}
-	copy(r.Bytes()[reqHdrSize:], req)
+	if hdr != reqHdrSize {
+		binary.LittleEndian.PutUint64(r.Bytes()[reqHdrSize:], uint64(dl))
+	}
+	copy(r.Bytes()[hdr:], req)
 	if err := cl.commit(r, w); err != nil {
 		return err
 	}
 	return cl.wait(ctx, w)
 }
 
-// reserve claims the room of a request with an n-byte body and registers
-// w under a fresh correlation id; with takeRole, the caller takes the
-// reader role too if it is free (w.reader), under the same lock. It
+// reserve claims the room of a request record of type typ and size
+// bytes (headers included) and registers w under a fresh correlation id,
+// which it writes at the record's start; with takeRole, the caller takes
+// the reader role too if it is free (w.reader), under the same lock. It
 // returns with sendMu held.
-func (cl *Client) reserve(ctx context.Context, id uint16, n int, w *waiter, takeRole bool) (ring.Reservation, error) {
-	r, err := cl.reserveRoom(ctx, id, reqHdrSize+n)
+func (cl *Client) reserve(ctx context.Context, typ uint32, size int, w *waiter, takeRole bool) (ring.Reservation, error) {
+	r, err := cl.reserveRoom(ctx, typ, size)
 	if err != nil {
 		return r, err
 	}
@@ -164,8 +169,8 @@ func (cl *Client) removeWaiter(w *waiter) {
 
 // reserveRoom claims room for a size-byte request record and returns
 // with sendMu held; on error it is not held.
-func (cl *Client) reserveRoom(ctx context.Context, id uint16, size int) (ring.Reservation, error) {
-	r, err := cl.tryReserveRoom(id, size)
+func (cl *Client) reserveRoom(ctx context.Context, typ uint32, size int) (ring.Reservation, error) {
+	r, err := cl.tryReserveRoom(typ, size)
 	if err == nil {
 		return r, nil
 	}
@@ -175,17 +180,20 @@ func (cl *Client) reserveRoom(ctx context.Context, id uint16, size int) (ring.Re
 	case cl.nonBlocking:
 		return r, ErrTryAgain
 	}
-	return cl.waitRoom(ctx, id, size)
+	return cl.waitRoom(ctx, typ, size)
 }
 
 // tryReserveRoom is reserveRoom without waiting.
-func (cl *Client) tryReserveRoom(id uint16, size int) (ring.Reservation, error) {
+func (cl *Client) tryReserveRoom(typ uint32, size int) (ring.Reservation, error) {
 	cl.sendMu.Lock()
 	if cl.sendGone {
 		cl.sendMu.Unlock()
 		return ring.Reservation{}, cl.deadErr()
 	}
-	r, err := cl.reqP.TryReserve(uint32(id), size)
+	if cl.cancelsQueued.Load() != 0 {
+		cl.flushCancels()
+	}
+	r, err := cl.reqP.TryReserve(typ, size)
 	if err != nil {
 		cl.sendMu.Unlock()
 	}
@@ -196,7 +204,7 @@ func (cl *Client) tryReserveRoom(id uint16, size int) (ring.Reservation, error) 
 // room, the holder of spaceLock, so that one wake-up token (the server's,
 // for the request ring's producer word) serves one sleeper; others wait
 // for spaceLock, honouring their contexts.
-func (cl *Client) waitRoom(ctx context.Context, id uint16, size int) (ring.Reservation, error) {
+func (cl *Client) waitRoom(ctx context.Context, typ uint32, size int) (ring.Reservation, error) {
 	if err := cl.lock(ctx, cl.spaceLock); err != nil {
 		return ring.Reservation{}, err
 	}
@@ -204,7 +212,7 @@ func (cl *Client) waitRoom(ctx context.Context, id uint16, size int) (ring.Reser
 	var r ring.Reservation
 	var err error
 	werr := cl.reqP.Waiter().Wait(ctx, func() bool {
-		r, err = cl.tryReserveRoom(id, size)
+		r, err = cl.tryReserveRoom(typ, size)
 		return err != ring.ErrFull
 	})
 	if werr != nil {
@@ -655,6 +663,12 @@ func (cl *Client) fill(w *waiter, rec ring.Record) {
 		w.err = tooLarge("call: response", int(binary.LittleEndian.Uint32(rec.Data[8:])), cl.maxResp, raiseRespRing)
 	case respPanic:
 		w.err = errHandlerPanic
+	case respCancelled:
+		if cl.cancelOn {
+			w.err = errCallCancelled
+			break
+		}
+		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, rec.Type)
 	default:
 		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, rec.Type)
 	}
@@ -672,6 +686,7 @@ func (cl *Client) abandon(why error, w *waiter) error {
 	// A Stream's part handed over (handed) is on its way to the caller
 	// with the reader role: take it, as a response already taken.
 	pending := w.pending && !w.handed
+	corr := w.corr
 	if pending {
 		cl.removeWaiter(w)
 		cl.orphans++
@@ -682,6 +697,9 @@ func (cl *Client) abandon(why error, w *waiter) error {
 	}
 	cl.mu.Unlock()
 	if pending {
+		if cl.cancelOn {
+			cl.sendCancel(corr)
+		}
 		return why
 	}
 	cl.received(w)

@@ -45,6 +45,19 @@ type Client struct {
 	maxDisp     int
 	nonBlocking bool
 	onDispatch  func(uint16, []byte)
+	// cancelOn: FeatureCancel was granted, so calls send their deadlines
+	// and abandoned calls a cancel record (cancel_client.go);
+	// clockOffset is what to add to a CLOCK_MONOTONIC deadline of ours
+	// to get the server's (0 unless it runs in another time namespace).
+	cancelOn    bool
+	clockOffset int64
+
+	// Cancels kept for later (cancel_client.go): cancelQ[:cancelN] under
+	// cancelMu, and their count for a lock-free look on the send path.
+	cancelMu      sync.Mutex
+	cancelQ       [MaxQueuedCancels]uint64
+	cancelN       int
+	cancelsQueued atomic.Int32
 
 	// sendMu guards reqP and nextCorr. It is held to reserve, fill and
 	// commit one request (by a PendingCall, until Send or Abort), never

@@ -80,6 +80,10 @@ type Conn struct {
 	again    bool           // external mode: Process stopped at MaxTurnRequests
 	pendFree []*pendingResp
 
+	// The client's cancels and deadlines (cancel.go): shared by the loop
+	// and the token reader under cx.mu.
+	cx cancelState
+
 	// The dispatch queue (dispatch.go). The dispatch producer belongs to
 	// whoever holds qMu while the queue is empty (Dispatch's direct
 	// write), and to the flusher (goroutine or Process) while it is not:
@@ -164,6 +168,13 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		}
 	}
 	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done)
+	if features&FeatureCancel != 0 {
+		c.cx.on = true
+		c.cx.visitFn = c.cx.visit
+		c.waker.onReqToken = c.reqToken
+		// Before the reply: the client reads it once it has the segment.
+		atomic.StoreUint64(word64(c.ctl, ctlClock), uint64(monoClockNow()))
+	}
 	opts := ringOptions(s.cfg.Wait, s.cfg.Spin, c.waker)
 	// Attaching freshly initialised rings cannot fail.
 	c.reqC, _ = ring.NewConsumer(mem[offs[0]:], opts)
@@ -256,6 +267,9 @@ func (c *Conn) kill(err error) {
 		c.respP.Close() //nolint:errcheck
 		c.dispP.Close() //nolint:errcheck
 		c.cancel()
+		if c.cx.on {
+			c.connEnded()
+		}
 		close(c.done)
 		if errors.Is(err, ErrProtocol) || errors.Is(err, ErrSlowConsumer) {
 			if errors.Is(err, ErrProtocol) {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringipc/ringipc/ring"
@@ -196,6 +197,7 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 	// A server judges the client's credentials at accept, before the
 	// hello: it may have refused and closed already, and then the write
 	// fails while its reject reply waits to be read. Read it first.
+	sent := monoClockNow() // the server's ctlClock reading comes after this
 	_, helloErr := uc.Write(hb[:])
 	var rb [replySize]byte
 	oob := make([]byte, unix.CmsgSpace(4*4))
@@ -219,6 +221,7 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 		}
 		got += n
 	}
+	gotReply := monoClockNow() // and before this
 	r, err := decodeReply(rb[:])
 	if err != nil {
 		closeFds(fds)
@@ -256,6 +259,10 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 	if err != nil {
 		seg.Close()
 		return nil, err
+	}
+	if cl.features&FeatureCancel != 0 {
+		cl.cancelOn = true
+		cl.clockOffset = clockOffset(int64(atomic.LoadUint64(word64(cl.ctl, ctlClock))), sent, gotReply)
 	}
 	uc.SetDeadline(time.Time{}) //nolint:errcheck
 	cl.start()

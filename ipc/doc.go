@@ -120,6 +120,16 @@
 // reading until the responses of abandoned calls have come, so that they
 // cannot fill the response ring and block the server.
 //
+// Cancellation and deadlines. The Go client asks for FeatureCancel: a
+// call's deadline travels with its request, and a call abandoned after
+// its request went out sends the server a cancel record (without
+// waiting: see docs/ipc.md 5.1.1). The server skips a request whose
+// cancel or deadline it sees before the handler starts (the call is
+// answered "cancelled"), and ends a running handler's Request.Context
+// with either, so that an abandoned slow handler does not hold up the
+// calls queued behind it on the connection. Handlers that may run long
+// should watch r.Context().Done().
+//
 // Panics. A handler that panics is recovered: its call fails with
 // ErrHandlerPanic (unless the handler had already answered), the panic
 // and its stack are logged (Config.Logger) and counted (Stats.Panics), and

@@ -83,8 +83,28 @@ type Request struct {
 	ctx  context.Context
 }
 
-// Context is done when the connection ends.
-func (r *Request) Context() context.Context { return r.ctx }
+// Context is the request's context. It is done when the connection ends
+// and, if the client asked for FeatureCancel (the Go client does), also
+// when the client cancels the call (its context ended before the
+// response came: Err is context.Canceled), at the call's deadline, which
+// travels with the request (context.DeadlineExceeded; Deadline returns
+// it), and once the handler has returned. A handler that returns after
+// its context ended by the client's cancel or deadline, without
+// answering, answers that the call was cancelled; the client has given
+// up on it anyway. With an external poll loop (Config.EventLoop) nobody
+// reads the client's cancel while a handler runs: the context then ends
+// at the deadline or with the connection, and a cancel that came first
+// skips the request instead.
+//
+// The context is made on first use: a handler that never asks for it
+// costs no allocation, and one that does costs one (and one more for
+// its Done channel).
+func (r *Request) Context() context.Context {
+	if r.Conn == nil || !r.Conn.cx.on {
+		return r.ctx
+	}
+	return r.Conn.requestContext()
+}
 
 // ResponseWriter sends the one response to a request: Respond (a copy),
 // Reserve+Commit (zero copy), or Fail (an error), after parts of a
@@ -104,6 +124,9 @@ type ResponseWriter struct {
 
 	part      bool // the reservation is a stream part (ReservePart)
 	partBytes int  // external mode: bytes of parts kept aside (stream.go)
+	// cancelled: the client's cancel or deadline ended the request;
+	// finish answers respCancelled if the handler did not answer.
+	cancelled bool
 }
 
 // MaxBody returns the largest response body the response ring accepts.
@@ -266,6 +289,8 @@ func (w *ResponseWriter) finish() {
 	switch {
 	case w.panicked:
 		status = respPanic
+	case w.cancelled:
+		status = respCancelled
 	case w.tooLarge > 0:
 		// The code tells the client the size it was refused (u32).
 		status, code = respTooLarge, int32(uint32(min(w.tooLarge, math.MaxUint32)))

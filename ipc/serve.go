@@ -87,8 +87,13 @@ func (c *Conn) loopErr(err error) error {
 // handle runs the handler of one request record and sends its response.
 func (c *Conn) handle(rec ring.Record) {
 	data := rec.Data
-	if len(data) < reqHdrSize || rec.Type>>16 != 0 {
+	hdr, dl, hasDL, cancel, ok := c.requestKind(rec.Type, data)
+	if !ok {
 		c.kill(fmt.Errorf("%w: request record type %#x with %d bytes", ErrProtocol, rec.Type, len(data)))
+		return
+	}
+	if cancel {
+		c.cancelRecord()
 		return
 	}
 	var taken time.Duration
@@ -99,20 +104,35 @@ func (c *Conn) handle(rec ring.Record) {
 	corr := binary.LittleEndian.Uint64(data)
 	id := uint16(rec.Type)
 	c.stats.calls.Add(1)
-	c.stats.bytesIn.Add(uint64(len(data) - reqHdrSize))
+	c.stats.bytesIn.Add(uint64(len(data) - hdr))
 	c.rw = ResponseWriter{c: c, corr: corr}
+	if c.cx.on && c.begin(corr, dl, hasDL) {
+		// Cancelled, or past its deadline, before its handler started.
+		c.stats.cancelled.Add(1)
+		if _, err := c.rw.reserve(respCancelled, 0, 0); err == nil {
+			c.rw.Commit() //nolint:errcheck // a failure ends the connection
+		}
+		return
+	}
 	h := c.sel.Select(c.svc.ID, id)
 	if h == nil {
+		if c.cx.on {
+			c.end()
+		}
 		if _, err := c.rw.reserve(respUnknownMessage, 0, 0); err == nil {
 			c.rw.Commit() //nolint:errcheck // a failure ends the connection
 		}
 		return
 	}
-	c.req = Request{Conn: c, ID: id, Data: data[reqHdrSize:], ctx: c.ctx}
+	c.req = Request{Conn: c, ID: id, Data: data[hdr:], ctx: c.ctx}
 	if timing {
 		c.serveTimed(h, taken)
 	} else {
 		c.serve(h)
+	}
+	if c.cx.on && c.end() {
+		c.rw.cancelled = true
+		c.stats.cancelled.Add(1)
 	}
 	c.rw.finish()
 	c.req = Request{}

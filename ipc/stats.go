@@ -39,6 +39,11 @@ type Stats struct {
 	ProtocolErrors uint64 // connections ended by a protocol violation (ErrProtocol)
 	SlowConsumers  uint64 // connections ended as slow consumers (ErrSlowConsumer)
 	LostDispatches uint64 // dispatch messages still queued when their connection ended, never sent
+	// Cancelled counts the requests answered "cancelled" (FeatureCancel):
+	// skipped because the client's cancel or the call's deadline came
+	// before their handler started, or whose handler that ended without
+	// an answer. Also counted in ErrorResponses.
+	Cancelled uint64
 }
 
 // ServiceStats are the counters of one registered service: Stats summed
@@ -73,6 +78,7 @@ type connCounters struct {
 	calls, responses, errResponses, dispatches, dropped, flowEvents atomic.Uint64
 	bytesIn, bytesOut, errors, panics                               atomic.Uint64
 	protocolErrors, slowConsumers, lostDispatches                   atomic.Uint64
+	cancelled                                                       atomic.Uint64
 }
 
 // counterField pairs a connection counter with the Stats field it adds to.
@@ -84,7 +90,7 @@ type counterField struct {
 // fields is the one list of a connection's counters, each with its field
 // of s; addTo and retire both walk it, so a new counter is added here
 // only.
-func (k *connCounters) fields(s *Stats) [13]counterField {
+func (k *connCounters) fields(s *Stats) [14]counterField {
 	return [...]counterField{
 		{&k.calls, &s.Calls},
 		{&k.responses, &s.Responses},
@@ -99,6 +105,7 @@ func (k *connCounters) fields(s *Stats) [13]counterField {
 		{&k.protocolErrors, &s.ProtocolErrors},
 		{&k.slowConsumers, &s.SlowConsumers},
 		{&k.lostDispatches, &s.LostDispatches},
+		{&k.cancelled, &s.Cancelled},
 	}
 }
 

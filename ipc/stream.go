@@ -14,6 +14,7 @@ package ipc
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"iter"
@@ -168,7 +169,8 @@ func (w *ResponseWriter) CommitPart(n int) error {
 // client never buffers parts. Breaking out of the loop ends the call
 // for the caller: the client discards the parts still to come and the
 // final response as they arrive, and the connection goes on serving
-// other calls meanwhile (the handler is not told, and runs to its end).
+// other calls meanwhile; with FeatureCancel (which Dial asks for) the
+// handler is told, as for an abandoned call: its Request.Context ends.
 // ctx bounds the whole stream; when it ends, the rest is discarded as
 // well.
 //
@@ -183,13 +185,17 @@ func (cl *Client) Stream(ctx context.Context, id uint16, req []byte) iter.Seq2[[
 		}
 		w := getWaiter()
 		w.zc, w.stream = true, true
-		r, err := cl.reserve(ctx, id, len(req), w, true)
+		typ, hdr, dl := cl.requestHeader(ctx, id, len(req))
+		r, err := cl.reserve(ctx, typ, hdr+len(req), w, true)
 		if err != nil {
 			putWaiter(w)
 			yield(nil, err)
 			return
 		}
-		copy(r.Bytes()[reqHdrSize:], req)
+		if hdr != reqHdrSize {
+			binary.LittleEndian.PutUint64(r.Bytes()[reqHdrSize:], uint64(dl))
+		}
+		copy(r.Bytes()[hdr:], req)
 		if err := cl.commit(r, w); err != nil {
 			putWaiter(w)
 			yield(nil, err)
@@ -238,10 +244,15 @@ func (cl *Client) yieldRecord(w *waiter, yield func([]byte, error) bool) (more b
 		more = part && wanted && rerr == nil
 		cl.mu.Lock()
 		w.handed, w.part, w.view = false, false, nil
-		if part && !more {
+		stopped := part && !more
+		if stopped {
 			w.discard = true
 		}
+		corr := w.corr
 		cl.mu.Unlock()
+		if stopped && cl.cancelOn {
+			cl.sendCancel(corr) // the handler's context ends
+		}
 		if !more {
 			cl.releaseRole()
 		}

@@ -68,6 +68,9 @@ func (w *sockWaker) deliverAll(b []byte) error {
 		last = int(t)
 	}
 	w.tokensIn.Add(uint64(len(b)))
+	if seen&(1<<wReqCons) != 0 && w.onReqToken != nil {
+		w.onReqToken()
+	}
 	for i := range numWakeWords {
 		if seen&(1<<i) != 0 {
 			select {

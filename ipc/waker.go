@@ -43,6 +43,12 @@ type sockWaker struct {
 	tokensOut atomic.Uint64
 	tokensIn  atomic.Uint64
 
+	// onReqToken, set before the waker is used (server, FeatureCancel),
+	// runs on the token reader each time a run of tokens names the
+	// request ring's consumer word: the client sends one after every
+	// cancel record, which the server must see while a handler runs.
+	onReqToken func()
+
 	// mu guards the deferred-token state: pending is the set of words
 	// (bit i: word i) whose token waits for socket space; flushing is
 	// true while a flushPending goroutine runs; closed (set by close)

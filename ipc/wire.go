@@ -93,14 +93,22 @@ const (
 	// records of status respStreamPart ahead of the final response
 	// (ResponseWriter.Send, Client.Stream). Dial always asks for it.
 	FeatureStream = 1 << 2
+	// FeatureCancel: the client may send cancel records (reqCancel) and
+	// put its call's deadline in a request (reqDeadline); the server
+	// skips a request whose cancel or deadline it sees before the
+	// handler starts, ends the running handler's Request.Context on
+	// either, and answers such requests with respCancelled. The server
+	// publishes its clock in the control block (ctlClock). Dial always
+	// asks for it.
+	FeatureCancel = 1 << 3
 
-	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason | FeatureStream
+	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason | FeatureStream | FeatureCancel
 )
 
 // defaultFeatures are asked for by every Dial, whatever
 // ClientOptions.Features says: they cost nothing per message.
 // (A variable so that a test can dial as a client that predates them.)
-var defaultFeatures uint32 = FeatureCloseReason | FeatureStream
+var defaultFeatures uint32 = FeatureCloseReason | FeatureStream | FeatureCancel
 
 // Segment geometry kind for an IPC connection (shmseg header kind).
 // Params: [0..2] request, response, dispatch data sizes; [3..5] their
@@ -130,6 +138,10 @@ const segmentKind = 2
 //	24 u32 close reason (FeatureCloseReason only): why the server ended
 //	       the connection (close...), stored once before it closes the
 //	       rings; 0 while the connection is up, and if the server died
+//	64 i64 clock (FeatureCancel only): the server's CLOCK_MONOTONIC, in
+//	       ns, as it set the connection up, before its reply; a client
+//	       whose own clock disagrees (another time namespace) learns
+//	       the offset to apply to the deadlines it sends
 const (
 	ctlSize        = 128
 	ctlFlow        = 0
@@ -137,6 +149,7 @@ const (
 	ctlDropped     = 8
 	ctlFlowEvents  = 16
 	ctlCloseReason = 24
+	ctlClock       = 64
 	ringAlign      = 128
 )
 
@@ -196,6 +209,17 @@ func tokenIndex(b byte) int {
 //	+0 u64 correlation id, chosen by the client, echoed in the response
 //	+8 ...  request body
 //
+// With FeatureCancel, two more kinds (every other bit 16..31 is still a
+// violation):
+//
+//	Type  bit 18 (reqDeadline) | message id: a request with a deadline
+//	+0  u64 correlation id
+//	+8  i64 deadline: CLOCK_MONOTONIC in ns, in the server's clock
+//	+16 ... request body
+//
+//	Type  exactly bit 17 (reqCancel): a cancel record, never answered
+//	+0  u64 correlation id of the call to cancel; payload exactly 8 bytes
+//
 // Response (response ring):
 //
 //	Type  response status (respOK, ...)
@@ -218,6 +242,12 @@ const (
 	respTooLarge       = 3 // the response did not fit the response ring
 	respPanic          = 4 // the handler panicked before it answered
 	respStreamPart     = 5 // FeatureStream: a part of a streamed response, more follow
+	respCancelled      = 6 // skipped, or ended without an answer, by the client's cancel or deadline (FeatureCancel)
+
+	reqCancel          = 1 << 17 // request Type: a cancel record (FeatureCancel)
+	reqDeadline        = 1 << 18 // request Type bit: a deadline follows the corr (FeatureCancel)
+	reqDeadlineHdrSize = 16      // corr and deadline
+	cancelRecordSize   = 8       // a cancel record's payload: the corr
 )
 
 // hello is the decoded client hello.

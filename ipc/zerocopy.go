@@ -67,7 +67,8 @@ func (cl *Client) Reserve(ctx context.Context, id uint16, n int) (PendingCall, e
 	}
 	w := getWaiter()
 	w.zc = true
-	r, err := cl.reserve(ctx, id, n, w, false)
+	// No deadline rides here: the context that bounds the call is Send's.
+	r, err := cl.reserve(ctx, uint32(id), reqHdrSize+n, w, false)
 	if err != nil {
 		putWaiter(w)
 		return PendingCall{}, err

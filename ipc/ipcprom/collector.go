@@ -58,6 +58,7 @@ var serviceMetrics = []serverMetric{
 	{desc("dispatches_lost_total", "Dispatch messages still queued when their connection ended.", svcLabels), prometheus.CounterValue, func(s *ipc.Stats) uint64 { return s.LostDispatches }},
 	{desc("protocol_errors_total", "Connections ended by a protocol violation.", svcLabels), prometheus.CounterValue, func(s *ipc.Stats) uint64 { return s.ProtocolErrors }},
 	{desc("slow_consumer_disconnects_total", "Connections ended as slow consumers.", svcLabels), prometheus.CounterValue, func(s *ipc.Stats) uint64 { return s.SlowConsumers }},
+	{desc("calls_cancelled_total", "Requests answered cancelled: skipped, or ended, by the client's cancel or deadline.", svcLabels), prometheus.CounterValue, func(s *ipc.Stats) uint64 { return s.Cancelled }},
 }
 
 var (

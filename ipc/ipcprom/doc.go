@@ -35,6 +35,7 @@
 //	ringipc_dispatches_lost_total              counter  dispatch messages still queued when their connection ended
 //	ringipc_protocol_errors_total              counter  connections ended by a protocol violation
 //	ringipc_slow_consumer_disconnects_total    counter  connections ended as slow consumers
+//	ringipc_calls_cancelled_total              counter  requests answered "cancelled": skipped, or ended, by the client's cancel or deadline
 //	ringipc_handler_duration_seconds           histogram time handlers ran (ipc.Config.Timing)
 //	ringipc_queue_duration_seconds             histogram time from taking a request off the ring to its handler's start (ipc.Config.Timing)
 //
