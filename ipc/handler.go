@@ -293,7 +293,7 @@ func (w *ResponseWriter) finish() {
 		status = respCancelled
 	case w.tooLarge > 0:
 		// The code tells the client the size it was refused (u32).
-		status, code = respTooLarge, int32(uint32(min(w.tooLarge, math.MaxUint32)))
+		status, code = respTooLarge, int32(uint32(min(uint64(w.tooLarge), math.MaxUint32)))
 	}
 	if _, err := w.reserve(status, code, 0); err == nil {
 		w.Commit() //nolint:errcheck // a failure ends the connection, reported by the loop
