@@ -119,6 +119,11 @@ func TestCommitNRandomWraps(t *testing.T) {
 				t.Fatal(err)
 			}
 			const perProducer = 3000
+			// A record's type is its sequence's low 32 bits: the
+			// producer's id goes there too (bits 16..31, beside i), so
+			// that a record too short to carry the sequence is still
+			// known by its type alone.
+			seqOf := func(id int, i uint64) uint64 { return uint64(id)<<32 | uint64(id)<<16 | i }
 			ctx := context.Background()
 			var wg sync.WaitGroup
 			errc := make(chan error, producers)
@@ -133,7 +138,7 @@ func TestCommitNRandomWraps(t *testing.T) {
 					defer p.Close()
 					rng := rand.New(rand.NewPCG(uint64(id), 9))
 					for i := range uint64(perProducer) {
-						seq := uint64(id)<<32 | i
+						seq := seqOf(id, i)
 						reserved := rng.IntN(p.MaxPayload() + 1)
 						n := rng.IntN(reserved + 1)
 						r, err := p.Reserve(ctx, uint32(seq), reserved)
@@ -164,8 +169,8 @@ func TestCommitNRandomWraps(t *testing.T) {
 					// bytes against each producer's next record.
 					ok := false
 					for id := range producers {
-						if rec.Type == uint32(uint64(id)<<32|next[id]) {
-							check(t, rec, uint64(id)<<32|next[id], len(rec.Data))
+						if rec.Type == uint32(seqOf(id, next[id])) {
+							check(t, rec, seqOf(id, next[id]), len(rec.Data))
 							next[id]++
 							ok = true
 							break
@@ -178,7 +183,7 @@ func TestCommitNRandomWraps(t *testing.T) {
 					seq := uint64(rec.Data[0]) | uint64(rec.Data[1])<<8 | uint64(rec.Data[2])<<16 | uint64(rec.Data[3])<<24 |
 						uint64(rec.Data[4])<<32 | uint64(rec.Data[5])<<40 | uint64(rec.Data[6])<<48 | uint64(rec.Data[7])<<56
 					id := int(seq >> 32)
-					if id >= producers || seq != uint64(id)<<32|next[id] {
+					if id >= producers || seq != seqOf(id, next[id]) {
 						t.Fatalf("record %d: sequence %#x out of order", got, seq)
 					}
 					check(t, rec, seq, len(rec.Data))
