@@ -89,6 +89,16 @@ func helloVerdict(b []byte) (status uint32, sizes [3]uint64, features uint32) {
 	if le.Uint16(b[8:]) != 1 {
 		return 1, sizes, 0
 	}
+	if le.Uint32(b[12:])&FeatureTopic != 0 {
+		// A subscription (§11): bytes 40..43 name the topic, 44..47
+		// are reserved; no service, no ring sizes. This server has no
+		// topics.
+		if le.Uint32(b[44:]) != 0 || le.Uint16(b[10:]) != 0 ||
+			le.Uint64(b[16:]) != 0 || le.Uint64(b[24:]) != 0 || le.Uint64(b[32:]) != 0 {
+			return 2, sizes, 0
+		}
+		return 3, sizes, 0
+	}
 	if le.Uint64(b[40:]) != 0 {
 		return 2, sizes, 0
 	}
@@ -100,8 +110,8 @@ func helloVerdict(b []byte) (status uint32, sizes [3]uint64, features uint32) {
 		switch {
 		case s == 0:
 			sizes[i] = 1 << 16
-		case s > 1<<62:
-			return 2, sizes, 0 // cannot be rounded up to a power of two
+		case s > 1<<62 && s&(s-1) != 0:
+			return 2, sizes, 0 // cannot be rounded up to a power of two (1<<63 is one)
 		default:
 			r := uint64(1)
 			for r < s {
@@ -110,7 +120,8 @@ func helloVerdict(b []byte) (status uint32, sizes [3]uint64, features uint32) {
 			sizes[i] = min(max(r, 4096), 1<<16)
 		}
 	}
-	return 0, sizes, le.Uint32(b[12:]) & 1
+	// The server grants what was asked among the bits it knows.
+	return 0, sizes, le.Uint32(b[12:]) & knownFeatures
 }
 
 func fuzzServerHandshake(t *testing.T, srv *Server, hello []byte) {
@@ -118,8 +129,14 @@ func fuzzServerHandshake(t *testing.T, srv *Server, hello []byte) {
 		if !errors.Is(err, ErrProtocol) {
 			t.Fatalf("decodeHello: %v does not match ErrProtocol", err)
 		}
-	} else if len(hello) >= helloSize && h.version == Version && binary.LittleEndian.Uint64(hello[40:]) != 0 {
-		t.Fatal("decodeHello accepted reserved bytes")
+	} else if len(hello) >= helloSize && h.version == Version {
+		reserved := binary.LittleEndian.Uint64(hello[40:])
+		if h.features&FeatureTopic != 0 {
+			reserved = uint64(binary.LittleEndian.Uint32(hello[44:])) // 40..43: the topic
+		}
+		if reserved != 0 {
+			t.Fatal("decodeHello accepted reserved bytes")
+		}
 	}
 
 	if len(hello) > 4096 {
@@ -227,13 +244,18 @@ func fuzzClientHandshake(t *testing.T, replyXor, segXor []byte, fdMode uint8) {
 	r.encode(rb[:])
 
 	// What the client checks; the rest (reserved, detail) it may accept
-	// changed. It asked for no feature, so any granted one is refused.
+	// changed. It asks only for the features every Dial asks for
+	// (defaultFeatures), which change nothing in the segment, so
+	// granting those is fine and any other is refused.
 	changed := false
 	for i, x := range replyXor[:min(len(replyXor), replySize)] {
 		rb[i] ^= x
-		if x != 0 && (i < 10 || (i >= 12 && i < 20) || i >= 24) {
+		if x != 0 && (i < 10 || (i >= 12 && i < 16) || i >= 24) {
 			changed = true
 		}
+	}
+	if binary.LittleEndian.Uint32(rb[16:])&^defaultFeatures != 0 {
+		changed = true
 	}
 	// segXor: the segment header's 88 bytes, then the three ring metas.
 	fd := int(seg.File().Fd())
