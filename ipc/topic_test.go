@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -708,7 +709,7 @@ func TestTopicConfigChecks(t *testing.T) {
 	if _, err := srv.AddTopic(TopicConfig{ID: 1}); !errors.Is(err, os.ErrExist) {
 		t.Fatalf("topic id in use: %v", err)
 	}
-	for _, bad := range []TopicConfig{{ID: 2, RingSize: -1}, {ID: 2, MaxSubscribers: -1}, {ID: 2, RingSize: 1 << 62}} {
+	for _, bad := range []TopicConfig{{ID: 2, RingSize: -1}, {ID: 2, MaxSubscribers: -1}, {ID: 2, RingSize: int(min(uint64(math.MaxInt), 1<<62))}} {
 		if _, err := srv.AddTopic(bad); !errors.Is(err, os.ErrInvalid) {
 			t.Errorf("%+v: %v", bad, err)
 		}
