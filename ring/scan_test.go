@@ -132,3 +132,47 @@ func mustSize(t *testing.T, g Geometry) int {
 	}
 	return n
 }
+
+// FuzzScan: whatever the producer wrote into the data area and the tail
+// word, and wherever the caller starts, Scan stays in bounds, visits at
+// most max records, each a view inside the data area of at most
+// MaxPayload bytes, and never returns a position past the tail.
+func FuzzScan(f *testing.F) {
+	f.Add([]byte{}, uint64(0), uint64(0))
+	var rec [48]byte
+	binary.LittleEndian.PutUint64(rec[0:], stateCommitted<<stateShift|8)
+	binary.LittleEndian.PutUint32(rec[8:], 1<<17)
+	binary.LittleEndian.PutUint64(rec[32:], stateCommitted<<stateShift|flagPad|4000)
+	f.Add(rec[:], uint64(0), uint64(32))
+	f.Add(rec[:], uint64(4096), uint64(4096+32))
+	f.Add(rec[:], uint64(0), uint64(1<<63))
+	f.Fuzz(func(t *testing.T, data []byte, from, tail uint64) {
+		const size = 4096
+		mem := make([]byte, mustSize(t, Geometry{DataSize: size}))
+		if err := Init(mem, Geometry{DataSize: size}); err != nil {
+			t.Fatal(err)
+		}
+		c, err := NewConsumer(mem, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(data); i += size {
+			copy(c.s.data, data[i:])
+		}
+		atomic.StoreUint64(c.s.tail, tail)
+		const max = 64
+		visited := 0
+		next, more := c.Scan(from, max, func(pos uint64, r Record) {
+			visited++
+			if pos-from >= size || uint64(len(r.Data)) > c.s.m.maxP {
+				t.Fatalf("visited a record at %d (from %d) of %d bytes", pos, from, len(r.Data))
+			}
+		})
+		if visited > max || (more && next == from) {
+			t.Fatalf("visited %d records, more %v at %d", visited, more, next)
+		}
+		if next != from && (next-from > tail-from || tail-from > size) {
+			t.Fatalf("scan from %d with tail %d stopped at %d", from, tail, next)
+		}
+	})
+}
