@@ -50,7 +50,12 @@ type Subscription struct {
 	maxBody int
 	cred    Cred
 
-	lock     chan struct{}   // held by a receive; Close takes it for good
+	// The receive lock: busy while a receive (or, for good, Close)
+	// holds it; waiters count those waiting for it, whom unlock tells
+	// through turn (buffered 1; a stale token only costs a retry).
+	busy     atomic.Bool
+	waiters  atomic.Int32
+	turn     chan struct{}
 	closedCh chan struct{}   // closed by Close
 	closed   atomic.Bool     // set by Close before closedCh is closed
 	life     context.Context // ends when the connection does
@@ -149,7 +154,7 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 		mem:      mem,
 		maxBody:  int(r.maxDisp),
 		cred:     cred,
-		lock:     make(chan struct{}, 1),
+		turn:     make(chan struct{}, 1),
 		closedCh: make(chan struct{}),
 		watched:  make(chan struct{}),
 	}
@@ -285,7 +290,7 @@ func (s *Subscription) RecvInto(ctx context.Context, buf []byte) (Message, error
 		return Message{}, err
 	}
 	m, err := s.recv(ctx, buf, true)
-	<-s.lock
+	s.unlock()
 	return m, err
 }
 
@@ -295,30 +300,68 @@ func (s *Subscription) TryRecv() (Message, error) {
 		return Message{}, err
 	}
 	m, err := s.recv(context.Background(), nil, false)
-	<-s.lock
+	s.unlock()
 	return m, err
 }
 
-// acquire takes the receive lock. Uncontended it is one non-blocking
-// channel send and one atomic load: a three-way select costs more than a
-// whole message.
+// acquire takes the receive lock. Uncontended it is one CAS: a select
+// on channels costs more than the rest of a message. Contended, it waits
+// for its turn, ctx or Close. unlock and acquire are a Dekker pair (the
+// holder clears busy, then looks for waiters; a waiter counts itself,
+// then tries busy again), so no turn is missed.
 func (s *Subscription) acquire(ctx context.Context) error {
-	select {
-	case s.lock <- struct{}{}:
-	default:
+	for {
+		if s.busy.CompareAndSwap(false, true) {
+			break
+		}
+		s.waiters.Add(1)
+		if s.busy.CompareAndSwap(false, true) {
+			s.waiters.Add(-1)
+			break
+		}
 		select {
-		case s.lock <- struct{}{}:
+		case <-s.turn:
+			s.waiters.Add(-1)
 		case <-s.closedCh:
+			s.waiters.Add(-1)
 			return ErrClosed
 		case <-ctx.Done():
+			s.waiters.Add(-1)
 			return ctx.Err()
 		}
 	}
 	if s.closed.Load() {
-		<-s.lock
+		s.unlock()
 		return ErrClosed
 	}
 	return nil
+}
+
+// unlock gives the receive lock back and tells a waiter. Swap, not
+// Store: it is the store half of the pair (under the race detector a
+// Store may pass the load that follows).
+func (s *Subscription) unlock() {
+	s.busy.Swap(false)
+	if s.waiters.Load() > 0 {
+		select {
+		case s.turn <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// lockForGood takes the receive lock and never gives it back: Close,
+// after which no receive touches the ring.
+func (s *Subscription) lockForGood() {
+	for {
+		s.waiters.Add(1)
+		if s.busy.CompareAndSwap(false, true) {
+			s.waiters.Add(-1)
+			return
+		}
+		<-s.turn
+		s.waiters.Add(-1)
+	}
 }
 
 // recv takes the next message; lock held.
@@ -495,7 +538,7 @@ func (s *Subscription) Close() error {
 		close(s.closedCh)
 		s.end(ErrClosed)
 		<-s.watched
-		s.lock <- struct{}{} // held for good: no receive touches the ring again
+		s.lockForGood() // no receive touches the ring again
 		err = unix.Munmap(s.mem)
 	})
 	return err

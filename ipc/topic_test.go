@@ -724,3 +724,48 @@ func TestTopicConfigChecks(t *testing.T) {
 		t.Fatalf("the id of a closed topic: %v", err)
 	}
 }
+
+// Receives on one subscription take turns: one waiting for the lock
+// ends with its context, the next gets it when the holder returns, and
+// Close waits for the holder.
+func TestTopicConcurrentReceives(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	top := ts[0]
+	sub := subscribe(t, addr, testTopic, &SubscribeOptions{Spin: -1})
+	first := make(chan error, 1)
+	go func() {
+		m, err := sub.Recv(context.Background())
+		if err == nil && string(m.Data) != "a" {
+			err = fmt.Errorf("got %q", m.Data)
+		}
+		first <- err
+	}()
+	waitUntil(t, func() bool { return top.w.Armed() }, "the first receive asleep, holding the lock")
+	ctx, cancel := context.WithTimeout(context.Background(), 5e6)
+	defer cancel()
+	if _, err := sub.Recv(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("receive waiting for the lock: %v", err)
+	}
+	second := make(chan error, 1)
+	go func() {
+		m, err := sub.Recv(testCtx(t))
+		if err == nil && string(m.Data) != "b" {
+			err = fmt.Errorf("got %q", m.Data)
+		}
+		second <- err
+	}()
+	top.Publish(1, []byte("a"))
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	top.Publish(1, []byte("b"))
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	third := make(chan error, 1)
+	go func() { _, err := sub.Recv(context.Background()); third <- err }()
+	sub.Close()
+	if err := <-third; !errors.Is(err, ErrClosed) {
+		t.Fatalf("receive during Close: %v", err)
+	}
+}

@@ -688,3 +688,24 @@ func TestBroadcastWriterTakeover(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBroadcastRead: a reader's cost per record, the records already
+// in the ring (no writer racing it).
+func BenchmarkBroadcastRead(b *testing.B) {
+	w, r, _ := newBC(b, BroadcastGeometry{DataSize: 1 << 22}, nil)
+	p := make([]byte, 64)
+	dst := make([]byte, 0, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for range 1000 {
+			w.Write(1, p)
+		}
+		b.StartTimer()
+		for range 1000 {
+			if _, err := r.TryReadInto(dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
