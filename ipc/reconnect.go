@@ -18,8 +18,8 @@ import (
 
 // Reconnector defaults (ReconnectOptions).
 const (
-	// DefaultMinBackoff is the wait before the first redial after a
-	// connection ends, and after the first failed attempt.
+	// DefaultMinBackoff is the first wait: after a failed attempt, or
+	// after a connection that lasted MaxBackoff ends.
 	DefaultMinBackoff = 10 * time.Millisecond
 	// DefaultMaxBackoff bounds the wait between attempts, which doubles
 	// with each failure.
@@ -125,7 +125,9 @@ type Event struct {
 // Nothing is retried behind the caller's back. A call in flight when the
 // connection ends fails as a Client's does, with ErrDisconnected and the
 // server's close reason: its request may or may not have been handled,
-// which only the application can judge. A call made while no connection
+// which only the application can judge (a call that began just as the
+// connection ended may fail so without having sent anything: the error
+// errs on the side of "maybe handled"). A call made while no connection
 // is up fails at once with ErrReconnecting, and nothing was sent; Wait
 // lets a caller whose context allows it wait for the next connection
 // instead. Requests are never re-sent on a new connection.
