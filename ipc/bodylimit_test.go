@@ -8,8 +8,9 @@ import (
 )
 
 // The exported body limits are what a live connection with rings of
-// those sizes reports, and what it carries: a body of the limit goes
-// through each ring, one byte more is ErrTooLarge.
+// those sizes and no large bodies (MaxMessage -1) reports, and what it
+// carries: a body of the limit goes through each ring, one byte more is
+// ErrTooLarge.
 func TestBodyLimits(t *testing.T) {
 	const reqSize, respSize, dispSize = 8 << 10, 16 << 10, 4 << 10
 	maxBody := make(chan int, 1)
@@ -20,7 +21,7 @@ func TestBodyLimits(t *testing.T) {
 		w.Respond(make([]byte, w.MaxBody()))
 	})
 	srv, addr := startServer(t, nil, svc)
-	cl := dial(t, addr, &ClientOptions{RequestRingSize: reqSize, ResponseRingSize: respSize, DispatchRingSize: dispSize})
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: reqSize, ResponseRingSize: respSize, DispatchRingSize: dispSize, MaxMessage: -1})
 	ctx := testCtx(t)
 
 	if got, want := cl.MaxRequest(), MaxRequestBody(reqSize); got != want {

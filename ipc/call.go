@@ -82,6 +82,12 @@ func (cl *Client) roundTrip(ctx context.Context, id uint16, req []byte, w *waite
 	if len(req) > cl.maxReq {
 		return cl.reqTooLarge(len(req))
 	}
+	if len(req) > cl.ringReq {
+		if err := cl.sendLarge(ctx, id, req, w); err != nil {
+			return err
+		}
+		return cl.wait(ctx, w)
+	}
 	typ, hdr, dl := cl.requestHeader(ctx, id, len(req))
 	r, err := cl.reserve(ctx, typ, hdr+len(req), w, true)
 	if err != nil {
@@ -328,9 +334,26 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 			cl.kill(err)
 			return false, err
 		}
+		status, body := rec.Type, rec.Data[respHdrSize:]
+		large := status&typeLarge != 0 && cl.large
+		var tooBig error // a large body above the client's limit: that call fails
+		if large {
+			status &^= typeLarge
+			var err error
+			body, err = cl.largeBody(ctx, cl.respIn, body)
+			if err != nil {
+				if !errors.Is(err, ErrTooLarge) {
+					// The record stays for the next reader (a context
+					// that ended), or the connection has ended.
+					b.flush(cl)
+					return false, err
+				}
+				tooBig = err
+			}
+		}
 		c := binary.LittleEndian.Uint64(rec.Data)
 		b.lock(cl)
-		if rec.Type == respStreamPart {
+		if status == respStreamPart {
 			w, err := cl.streamPart(c)
 			if err != nil {
 				b.flush(cl)
@@ -341,7 +364,15 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 				// A Stream's part: like a zero-copy response, the record
 				// stays in the ring for the caller and the role goes
 				// with it.
-				w.view, w.part, w.handed = rec.Data[respHdrSize:], true, true
+				if tooBig != nil {
+					// A part above the client's limit ends the stream
+					// (the server sends parts of one call in order, and
+					// a hole would go unnoticed).
+					b.flush(cl)
+					cl.kill(fmt.Errorf("%w: %w", ErrProtocol, tooBig))
+					return false, tooBig
+				}
+				w.view, w.part, w.handed, w.large = body, true, true, large
 				b.flush(cl)
 				if w == own {
 					return true, nil
@@ -349,7 +380,7 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 				cl.signal(w)
 				return false, nil
 			}
-			if err := cl.respC.Release(); err != nil {
+			if err := cl.releaseResp(large); err != nil {
 				b.flush(cl)
 				return false, cl.ringErr(err)
 			}
@@ -378,16 +409,21 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 			if w != nil {
 				putWaiter(w)
 			}
-			if err := cl.respC.Release(); err != nil {
+			if err := cl.releaseResp(large); err != nil {
 				b.flush(cl)
 				return false, cl.ringErr(err)
 			}
 			continue
 		}
-		if len(rec.Data) > bigResponse {
+		if len(body) > bigResponse {
 			b.unlock(cl)
 		}
-		cl.fill(w, rec)
+		if tooBig != nil {
+			w.err = tooBig
+		} else {
+			cl.fill(w, status, rec.Data, body)
+		}
+		w.large = large
 		if w.zc && w.err == nil {
 			// The record stays in the ring for the caller's view, and
 			// the role goes with it.
@@ -398,7 +434,7 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 			cl.signal(w)
 			return false, nil
 		}
-		if err := cl.respC.Release(); err != nil {
+		if err := cl.releaseResp(large); err != nil {
 			b.flush(cl)
 			return false, cl.ringErr(err)
 		}
@@ -631,14 +667,23 @@ func (cl *Client) failAll() {
 	})
 }
 
-// fill stores a response in its waiter.
-func (cl *Client) fill(w *waiter, rec ring.Record) {
-	body := rec.Data[respHdrSize:]
+// releaseResp releases the response record read last; a large one is
+// handed back at once (the server may wait to reuse its segment).
+func (cl *Client) releaseResp(large bool) error {
+	if large {
+		return releaseLarge(cl.respC)
+	}
+	return cl.respC.Release()
+}
+
+// fill stores a response in its waiter: its status, its record's
+// payload (for the code) and its body (in the ring or a body segment).
+func (cl *Client) fill(w *waiter, status uint32, data, body []byte) {
 	if w.streamed {
 		w.err = errStreamed
 		return
 	}
-	switch rec.Type {
+	switch status {
 	case respOK:
 		switch {
 		case w.zc:
@@ -656,11 +701,15 @@ func (cl *Client) fill(w *waiter, rec ring.Record) {
 	case respUnknownMessage:
 		w.err = errUnknownMessage
 	case respHandlerError:
-		w.err = &HandlerError{Code: int32(binary.LittleEndian.Uint32(rec.Data[8:])), Msg: string(body)}
+		w.err = &HandlerError{Code: int32(binary.LittleEndian.Uint32(data[8:])), Msg: string(body)}
 	case respTooLarge:
 		// The code says how large the handler's response was (0 from a
 		// server that does not say).
-		w.err = tooLarge("call: response", int(binary.LittleEndian.Uint32(rec.Data[8:])), cl.maxResp, raiseRespRing)
+		raise := raiseRespRing
+		if cl.large {
+			raise = raiseLarge
+		}
+		w.err = tooLarge("call: response", int(binary.LittleEndian.Uint32(data[8:])), cl.srvResp, raise)
 	case respPanic:
 		w.err = errHandlerPanic
 	case respCancelled:
@@ -668,9 +717,9 @@ func (cl *Client) fill(w *waiter, rec ring.Record) {
 			w.err = errCallCancelled
 			break
 		}
-		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, rec.Type)
+		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, status)
 	default:
-		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, rec.Type)
+		w.err = fmt.Errorf("%w: response status %d", ErrProtocol, status)
 	}
 }
 
@@ -728,6 +777,7 @@ type waiterState struct {
 	reader  bool   // the caller holds the reader role
 	into    bool   // CallInto: copy into buf
 	zc      bool   // zero copy: hand over the reader role with the record
+	large   bool   // the response's body is in the response body segment
 	stage   zcStage
 	// Streamed responses (stream.go). stream: a Client.Stream call;
 	// part: view is a part, not the final body; handed (guarded by

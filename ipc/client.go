@@ -40,9 +40,14 @@ type Client struct {
 	serverCred  Cred
 	features    uint32
 	ringSizes   [3]int // request, response, dispatch data sizes granted
-	maxReq      int
+	ringReq     int    // the largest request body the request ring carries
+	maxReq      int    // the largest bodies, in the ring or (large) a body segment
 	maxResp     int
 	maxDisp     int
+	srvResp     int     // the largest response body the server sends: status 3 above it
+	large       bool    // FeatureLarge granted (large.go)
+	respIn      *bodyIn // response bodies; the reader role's
+	dispIn      *bodyIn // dispatch bodies; dispLock's
 	nonBlocking bool
 	onDispatch  func(uint16, []byte)
 	// cancelOn: FeatureCancel was granted, so calls send their deadlines
@@ -73,6 +78,12 @@ type Client struct {
 	// waits for room in the request ring, dispLock guards dispC (recv.go).
 	spaceLock chan struct{}
 	dispLock  chan struct{}
+	// largeLock (FeatureLarge) is held by the one caller writing a large
+	// request: from waiting for the segment to the commit of its
+	// descriptor (a PendingCall: from Reserve to Send or Abort). reqOut is
+	// its.
+	largeLock chan struct{}
+	reqOut    bodyOut
 
 	// mu guards the call state (call.go): waiters (calls sent and not yet
 	// answered, by correlation id), orphans
@@ -183,6 +194,11 @@ func (cl *Client) teardown() {
 	}
 	cl.takeRoleForGood()
 	cl.dispLock <- struct{}{}
+	var berr error
+	if cl.large {
+		cl.largeLock <- struct{}{}
+		berr = closeErr("unmap body segments", errors.Join(cl.reqOut.close(), cl.respIn.close(), cl.dispIn.close()))
+	}
 	cl.ctlMu.Lock()
 	cl.ctlGone = true
 	cl.ctlMu.Unlock()
@@ -191,7 +207,7 @@ func (cl *Client) teardown() {
 	if fd := cl.efd.Load(); fd >= 0 {
 		eerr = unix.Close(int(fd))
 	}
-	cl.tornErr = errors.Join(closeErr("close socket", nerr), serr, closeErr("close dispatch fd", eerr))
+	cl.tornErr = errors.Join(closeErr("close socket", nerr), serr, closeErr("close dispatch fd", eerr), berr)
 	close(cl.torn)
 }
 
@@ -261,18 +277,25 @@ func (cl *Client) ServerCred() Cred { return cl.serverCred }
 func (cl *Client) Features() uint32 { return cl.features }
 
 // MaxRequest returns the largest request body a call may send: what the
-// request ring carries. A larger one fails with ErrTooLarge.
+// request ring carries or, with FeatureLarge, the smaller of
+// ClientOptions.MaxMessage and the server's Config.MaxMessage if that is
+// more. A larger one fails with ErrTooLarge.
 func (cl *Client) MaxRequest() int { return cl.maxReq }
 
 // MaxResponse returns the largest response body the client receives:
-// what the response ring carries. The server refuses a larger one, and
-// the call fails with ErrTooLarge.
+// what the response ring carries or, with FeatureLarge,
+// ClientOptions.MaxMessage if that is more. A call whose response is
+// larger (or above the server's limits) fails with ErrTooLarge.
 func (cl *Client) MaxResponse() int { return cl.maxResp }
 
 // MaxDispatch returns the largest dispatch message body the client
-// receives: what the dispatch ring carries (Conn.MaxDispatch on the
-// server's side).
+// receives, as MaxResponse; Recv returns ErrTooLarge for a larger one
+// (and OnDispatch does not see it).
 func (cl *Client) MaxDispatch() int { return cl.maxDisp }
+
+// Large reports whether the connection carries bodies larger than its
+// rings (FeatureLarge was asked for and granted).
+func (cl *Client) Large() bool { return cl.large }
 
 // RingSizes returns the data sizes of the request, response and dispatch
 // rings as the server granted them: what was asked, rounded up to a power
@@ -284,6 +307,9 @@ func (cl *Client) RingSizes() (request, response, dispatch int) {
 
 // reqTooLarge is the error of a request body of n bytes above maxReq.
 func (cl *Client) reqTooLarge(n int) error {
+	if cl.large {
+		return tooLarge("call: request", n, cl.maxReq, raiseLarge)
+	}
 	return tooLarge("call: request", n, cl.maxReq, raiseReqRing)
 }
 

@@ -88,6 +88,14 @@ type Config struct {
 	// DefaultRingSize and DefaultMaxRingSize.
 	RingSize    int
 	MaxRingSize int
+	// MaxMessage is the largest body the server accepts in a request and
+	// sends in a response or dispatch message, when the client asks for
+	// FeatureLarge (the Go client does): bodies larger than their ring
+	// travel in a body segment (docs/ipc.md §5.4). 0 means
+	// DefaultMaxMessage; negative means no large bodies (FeatureLarge is
+	// not granted, and a body is at most what its ring carries). At most
+	// MaxMessageLimit. The client sees it in Client.MaxRequest.
+	MaxMessage int
 	// DispatchQueue is how many dispatch messages a connection queues
 	// when its dispatch ring is full before DispatchPolicy applies.
 	// 0 means DefaultDispatchQueue; negative means no queue.
@@ -191,6 +199,9 @@ func (cfg *Config) withDefaults() Config {
 		c.RingSize = min(DefaultRingSize, c.MaxRingSize)
 	}
 	c.RingSize = roundRingSize(c.RingSize)
+	if c.MaxMessage == 0 {
+		c.MaxMessage = DefaultMaxMessage
+	}
 	if c.MaxTurnRequests <= 0 {
 		c.MaxTurnRequests = DefaultMaxTurnRequests
 	}
@@ -222,6 +233,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.RingSize > cfg.MaxRingSize {
 		return fmt.Errorf("ipc: %w: ring size %d above max %d", os.ErrInvalid, cfg.RingSize, cfg.MaxRingSize)
+	}
+	if cfg.MaxMessage > MaxMessageLimit {
+		return fmt.Errorf("ipc: %w: MaxMessage %d above MaxMessageLimit %d", os.ErrInvalid, cfg.MaxMessage, MaxMessageLimit)
 	}
 	if cfg.DispatchPolicy < PolicyDefault || cfg.DispatchPolicy > PolicyDisconnect {
 		return fmt.Errorf("ipc: %w: unknown dispatch policy %d", os.ErrInvalid, cfg.DispatchPolicy)

@@ -44,9 +44,12 @@ type Conn struct {
 	respP    *ring.Producer
 	dispP    *ring.Producer
 	waker    *sockWaker
-	maxReq   int
+	maxReq   int // ring limits: bodies up to these go in the ring
 	maxResp  int
 	maxDisp  int
+	large    bool    // FeatureLarge granted: larger bodies, up to maxMsg, go in body segments
+	maxMsg   int     // Config.MaxMessage
+	reqIn    *bodyIn // request bodies (large.go); nil without FeatureLarge
 	qLimit   int
 	policy   Policy
 	external bool
@@ -77,6 +80,7 @@ type Conn struct {
 	rw       ResponseWriter
 	tokBuf   [tokenSmall]byte
 	pending  []*pendingResp // external mode: responses awaiting ring space
+	respOut  bodyOut        // response body segment (large.go)
 	again    bool           // external mode: Process stopped at MaxTurnRequests
 	pendFree []*pendingResp
 
@@ -103,6 +107,7 @@ type Conn struct {
 	zcHeld   bool          // a ReserveDispatch owns the producer (dispatchzc.go)
 	zcSeq    uint64        // numbers ReserveDispatch's reservations, under qMu
 	zcLive   atomic.Uint64 // the live DispatchReservation's number, 0 if none
+	dispOut  bodyOut       // dispatch body segment (large.go); the producer's owner's
 
 	// External mode lifecycle (process.go), under pmu: started once
 	// EventLoop.AddConn returned; running while Process runs; pendingOut
@@ -187,6 +192,14 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 	c.maxReq = MaxRequestBody(int(sizes[0]))
 	c.maxResp = MaxResponseBody(int(sizes[1]))
 	c.maxDisp = MaxDispatchBody(int(sizes[2]))
+	if features&FeatureLarge != 0 {
+		c.large, c.maxMsg = true, s.cfg.MaxMessage
+		atomic.StoreUint64(word64(c.ctl, ctlMaxMessage), uint64(c.maxMsg))
+		c.reqIn = newBodyIn("request", max(c.maxMsg, c.maxReq), "the server's Config.MaxMessage raises it")
+		c.waker.bodies[0] = c.reqIn // tokReqBody
+		c.respOut = bodyOut{tok: tokRespBody, limit: c.maxMsg}
+		c.dispOut = bodyOut{tok: tokDispBody, limit: c.maxMsg}
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.loopCtx, c.loopCancel = context.WithCancel(c.ctx)
 	c.reply = reply{
@@ -328,7 +341,15 @@ func (c *Conn) teardown() {
 		c.wg.Wait()
 		c.waker.close()
 		c.svc.OnDisconnect(c, c.err)
-		c.tornErr = errors.Join(closeErr("close socket", nerr), c.seg.Close())
+		var berr error
+		if c.large {
+			// The loop has ended (this is it, or Process can no more
+			// start); a Dispatch may still hold the producer: wait for it.
+			c.qMu.Lock()
+			berr = errors.Join(c.reqIn.close(), c.respOut.close(), c.dispOut.close())
+			c.qMu.Unlock()
+		}
+		c.tornErr = errors.Join(closeErr("close socket", nerr), c.seg.Close(), closeErr("unmap body segments", berr))
 		if c.tornErr != nil {
 			c.log.Warn("connection teardown", "err", c.tornErr)
 		}
@@ -400,5 +421,25 @@ func (c *Conn) SetPrivate(v any) {
 // EventLoop.RemoveConn.
 func (c *Conn) Fd() int { return rawFd(c.rc) }
 
-// MaxDispatch returns the largest dispatch body the client's ring accepts.
-func (c *Conn) MaxDispatch() int { return c.maxDisp }
+// MaxDispatch returns the largest dispatch body Dispatch sends: what the
+// dispatch ring carries or, with FeatureLarge, Config.MaxMessage if that
+// is more. A client whose ClientOptions.MaxMessage is smaller refuses a
+// larger message when it arrives (its Recv returns ErrTooLarge).
+func (c *Conn) MaxDispatch() int {
+	if c.large {
+		return max(c.maxDisp, c.maxMsg)
+	}
+	return c.maxDisp
+}
+
+// maxResponse is the largest response body a handler may send.
+func (c *Conn) maxResponse() int {
+	if c.large {
+		return max(c.maxResp, c.maxMsg)
+	}
+	return c.maxResp
+}
+
+// Large reports whether the connection carries bodies larger than its
+// rings (FeatureLarge was asked for and granted).
+func (c *Conn) Large() bool { return c.large }

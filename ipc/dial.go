@@ -56,6 +56,14 @@ type ClientOptions struct {
 	// Security and limits, for when a path socket in a protected
 	// directory is the better guard.
 	AuthorizeServer func(Cred) error
+	// MaxMessage is the largest body the client sends in a request and
+	// accepts in a response or dispatch message: bodies larger than
+	// their ring travel in a body segment (FeatureLarge, which the client
+	// asks for unless MaxMessage is negative; docs/ipc.md §5.4). The
+	// server's Config.MaxMessage bounds requests too: Client.MaxRequest
+	// says the smaller. 0 means DefaultMaxMessage; negative means no
+	// large bodies. At most MaxMessageLimit.
+	MaxMessage int
 	// MaxRingSize bounds the ring sizes the client accepts from the
 	// server (rounded up to a power of two, at most RingSizeLimit; 0
 	// means DefaultMaxRingSize). A ring size asked for above it is an error;
@@ -93,6 +101,23 @@ func (o *ClientOptions) maxRing() (uint64, error) {
 	return uint64(m), nil
 }
 
+// asked returns the feature bits the client asks for: Features, and
+// FeatureLarge unless MaxMessage is negative.
+func (o *ClientOptions) asked() uint32 {
+	if o.MaxMessage < 0 {
+		return o.Features &^ FeatureLarge
+	}
+	return o.Features | FeatureLarge
+}
+
+// maxMessage returns ClientOptions.MaxMessage with its default.
+func (o *ClientOptions) maxMessage() int {
+	if o.MaxMessage == 0 {
+		return DefaultMaxMessage
+	}
+	return o.MaxMessage
+}
+
 // Dial connects to the server at address (a path, or "@name" for an
 // abstract socket) and opens service. ctx bounds the connect and the
 // handshake. opts may be nil. While the server refuses because its
@@ -106,6 +131,9 @@ func Dial(ctx context.Context, address string, service uint16, opts *ClientOptio
 	maxRing, err := opts.maxRing()
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
+	}
+	if opts.MaxMessage > MaxMessageLimit {
+		return nil, fmt.Errorf("dial: %w: MaxMessage %d above MaxMessageLimit %d", os.ErrInvalid, opts.MaxMessage, MaxMessageLimit)
 	}
 	var sizes [3]uint64
 	for i, asked := range []int{opts.RequestRingSize, opts.ResponseRingSize, opts.DispatchRingSize} {
@@ -191,7 +219,7 @@ func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]u
 	if err != nil {
 		return nil, err
 	}
-	h := hello{version: Version, service: service, features: opts.Features, sizes: sizes}
+	h := hello{version: Version, service: service, features: opts.asked(), sizes: sizes}
 	var hb [helloSize]byte
 	h.encode(hb[:])
 	// A server judges the client's credentials at accept, before the
@@ -378,8 +406,10 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 		serverCred:  cred,
 		features:    r.features,
 		ringSizes:   [3]int{int(r.sizes[0]), int(r.sizes[1]), int(r.sizes[2])},
+		ringReq:     MaxRequestBody(int(r.sizes[0])),
 		maxReq:      MaxRequestBody(int(r.sizes[0])),
 		maxResp:     MaxResponseBody(int(r.sizes[1])),
+		srvResp:     MaxResponseBody(int(r.sizes[1])),
 		maxDisp:     MaxDispatchBody(int(r.sizes[2])),
 		nonBlocking: opts.NonBlocking,
 		onDispatch:  opts.OnDispatch,
@@ -417,9 +447,30 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 			return nil, fmt.Errorf("%w: ring %d geometry %+v, reply says %d bytes", ErrProtocol, i, g, r.sizes[i])
 		}
 	}
-	if err := checkGrant(r, opts.Features, region); err != nil {
+	if err := checkGrant(r, opts.asked(), region); err != nil {
 		cancel()
 		return nil, err
+	}
+	if r.features&FeatureLarge != 0 {
+		// Read once: the server's limit for requests, written before
+		// the reply.
+		srvMax := atomic.LoadUint64(word64(cl.ctl, ctlMaxMessage))
+		if srvMax == 0 {
+			cancel()
+			return nil, fmt.Errorf("%w: FeatureLarge granted with a MaxMessage of 0", ErrProtocol)
+		}
+		own := opts.maxMessage()
+		cl.large = true
+		cl.maxReq = max(cl.maxReq, int(min(srvMax, uint64(own))))
+		cl.maxResp = max(cl.maxResp, own)
+		cl.srvResp = max(cl.srvResp, int(min(srvMax, MaxMessageLimit)))
+		cl.maxDisp = max(cl.maxDisp, own)
+		cl.reqOut = bodyOut{tok: tokReqBody, limit: cl.maxReq}
+		cl.respIn = newBodyIn("response", cl.maxResp, "ClientOptions.MaxMessage raises it")
+		cl.dispIn = newBodyIn("dispatch message", cl.maxDisp, "ClientOptions.MaxMessage raises it")
+		cl.waker.bodies[tokRespBody-tokReqBody] = cl.respIn
+		cl.waker.bodies[tokDispBody-tokReqBody] = cl.dispIn
+		cl.largeLock = make(chan struct{}, 1)
 	}
 	return cl, nil
 }

@@ -155,7 +155,19 @@ func (c *Conn) DispatchWith(ctx context.Context, id uint16, body []byte, o Dispa
 // dispatch is Dispatch under policy pol.
 func (c *Conn) dispatch(ctx context.Context, id uint16, body []byte, pol Policy) (DispatchResult, error) {
 	if len(body) > c.maxDisp {
-		return DispatchNone, tooLarge("dispatch", len(body), c.maxDisp, raiseDispRing)
+		switch {
+		case !c.large:
+			return DispatchNone, tooLarge("dispatch", len(body), c.maxDisp, raiseDispRing)
+		case len(body) > c.MaxDispatch():
+			return DispatchNone, tooLarge("dispatch", len(body), c.MaxDispatch(), raiseLarge)
+		}
+		// A large message waits for room in its segment whatever the
+		// policy: it is never queued (the queue's byte budget is far
+		// below it), and dropping it would be the only other choice.
+		if err := c.dispatchLarge(ctx, id, body); err != nil {
+			return DispatchNone, err
+		}
+		return DispatchWritten, nil
 	}
 	c.qMu.Lock()
 	for {

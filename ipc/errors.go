@@ -188,6 +188,7 @@ const (
 	raiseReqRing  = "a larger ClientOptions.RequestRingSize raises it, up to the server's Config.MaxRingSize"
 	raiseRespRing = "a larger ClientOptions.ResponseRingSize raises it, up to the server's Config.MaxRingSize"
 	raiseDispRing = "a larger ClientOptions.DispatchRingSize raises it, up to the server's Config.MaxRingSize"
+	raiseLarge    = "ClientOptions.MaxMessage and the server's Config.MaxMessage raise it"
 )
 
 // Errors of a method called when it cannot be: the API used against its

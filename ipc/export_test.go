@@ -27,8 +27,8 @@ func (w *sockWaker) sleep(ctx context.Context, i int) error {
 	}
 }
 
-// deliver routes one token from the peer, as the token reader does.
-func (w *sockWaker) deliver(b byte) error { return w.deliverAll([]byte{b}) }
+// deliverOne routes one token from the peer, as the token reader does.
+func (w *sockWaker) deliverOne(b byte) error { return w.deliverAll([]byte{b}) }
 
 // isFlushing reports whether a goroutine waits to write deferred tokens:
 // one found the socket buffer full.

@@ -120,6 +120,7 @@ type ResponseWriter struct {
 	tooLarge int  // the size of a response refused as too large, else 0
 	panicked bool // the handler panicked: finish answers respPanic
 	res      ring.Reservation
+	body     []byte       // a large body reserved in the response body segment
 	pend     *pendingResp // external mode: the response ring was full
 
 	part      bool // the reservation is a stream part (ReservePart)
@@ -129,8 +130,11 @@ type ResponseWriter struct {
 	cancelled bool
 }
 
-// MaxBody returns the largest response body the response ring accepts.
-func (w *ResponseWriter) MaxBody() int { return w.c.maxResp }
+// MaxBody returns the largest response body the handler may send: what
+// the response ring carries or, with FeatureLarge, Config.MaxMessage if
+// that is more (a client whose ClientOptions.MaxMessage is smaller fails
+// the call with ErrTooLarge).
+func (w *ResponseWriter) MaxBody() int { return w.c.maxResponse() }
 
 // Respond sends body as the success response (a copy). Respond, Reserve
 // and Fail return ErrResponded once the handler has answered.
@@ -168,11 +172,17 @@ func (w *ResponseWriter) reserve(status uint32, code int32, n int) ([]byte, erro
 	if w.done || w.reserved {
 		return nil, ErrResponded
 	}
-	if n < 0 || n > w.c.maxResp {
-		w.tooLarge = max(n, 1)
-		return nil, tooLarge("response", n, w.c.maxResp, raiseRespRing)
-	}
 	c := w.c
+	if n < 0 || n > c.maxResponse() {
+		w.tooLarge = max(n, 1)
+		if c.large {
+			return nil, tooLarge("response", n, c.maxResponse(), raiseLarge)
+		}
+		return nil, tooLarge("response", n, c.maxResp, raiseRespRing)
+	}
+	if n > c.maxResp {
+		return w.reserveLarge(status, code, n)
+	}
 	total := respHdrSize + n
 	var p []byte
 	if c.external {
@@ -259,6 +269,9 @@ func (w *ResponseWriter) commit(n int) error {
 		c.stats.responses.Add(1)
 		return nil
 	}
+	if w.body != nil {
+		return w.commitLarge()
+	}
 	// Counted before publishing, so that a client holding the response
 	// also sees it counted.
 	c.stats.responses.Add(1)
@@ -278,6 +291,7 @@ func (w *ResponseWriter) finish() {
 			w.pend = nil
 		} else {
 			w.res.Abort() //nolint:errcheck // the only outstanding reservation
+			w.body = nil
 		}
 		w.reserved, w.part = false, false
 	}

@@ -74,7 +74,11 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 		s.reject(uc, log, statusLimit, LimitMemory, fmt.Errorf("%w: %d bytes of rings over the memory budget", ErrLimit, total))
 		return nil
 	}
-	c, err := newConn(s, uc, svc, cred, sizes, h.features&knownFeatures)
+	grantable := uint32(knownFeatures)
+	if s.cfg.MaxMessage < 0 {
+		grantable &^= FeatureLarge
+	}
+	c, err := newConn(s, uc, svc, cred, sizes, h.features&grantable)
 	if err != nil {
 		svc.stats.rejected.Add(1)
 		s.reject(uc, log, statusUnavailable, 0, err)

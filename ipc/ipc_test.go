@@ -179,7 +179,7 @@ func TestHelloValidation(t *testing.T) {
 	ctx := testCtx(t)
 	// Sizes are clamped to the server's limits (the client's own limit
 	// raised so that it may ask).
-	cl, err := Dial(ctx, addr, testService, &ClientOptions{RequestRingSize: 1 << 30, ResponseRingSize: 1024, MaxRingSize: 1 << 30})
+	cl, err := Dial(ctx, addr, testService, &ClientOptions{RequestRingSize: 1 << 30, ResponseRingSize: 1024, MaxRingSize: 1 << 30, MaxMessage: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func TestListenPath(t *testing.T) {
 func TestPayloadChecksumFeature(t *testing.T) {
 	_, addr := startServer(t, nil, echoService())
 	cl := dial(t, addr, &ClientOptions{Features: FeaturePayloadChecksum | 1<<7})
-	if cl.Features() != FeaturePayloadChecksum|defaultFeatures {
+	if cl.Features() != FeaturePayloadChecksum|defaultFeatures|FeatureLarge {
 		t.Fatalf("granted %#x", cl.Features())
 	}
 	if got, err := cl.Call(testCtx(t), msgEcho, []byte("sum")); err != nil || string(got) != "sum" {

@@ -15,7 +15,7 @@ import (
 func TestRingSizesRoundUpAndShow(t *testing.T) {
 	_, addr := startServer(t, &Config{RingSize: 5000, MaxRingSize: 40000}, echoService())
 	// 5000 rounds up to 8192, 40000 to 65536.
-	cl := dial(t, addr, &ClientOptions{RequestRingSize: 5000, ResponseRingSize: 1 << 20, MaxRingSize: 1 << 20})
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: 5000, ResponseRingSize: 1 << 20, MaxRingSize: 1 << 20, MaxMessage: -1})
 	req, resp, disp := cl.RingSizes()
 	if req != 8192 || resp != 65536 || disp != 8192 {
 		t.Errorf("RingSizes %d, %d, %d; want 8192 (rounded up), 65536 (clamped to the rounded MaxRingSize), 8192 (the rounded default)", req, resp, disp)
@@ -36,8 +36,8 @@ func TestTooLargeErrorsSayLimitAndFix(t *testing.T) {
 	svc.Handlers[msgBig] = HandlerFunc(func(w *ResponseWriter, r *Request) {
 		w.Respond(make([]byte, w.MaxBody()+10))
 	})
-	srv, addr := startServer(t, nil, svc)
-	cl := dial(t, addr, &ClientOptions{RequestRingSize: 8192, ResponseRingSize: 8192, DispatchRingSize: 8192})
+	srv, addr := startServer(t, &Config{MaxMessage: 1 << 20}, svc)
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: 8192, ResponseRingSize: 8192, DispatchRingSize: 8192, MaxMessage: -1})
 	ctx := testCtx(t)
 	check := func(what string, err error, size, limit int, fix string) {
 		t.Helper()
@@ -60,4 +60,33 @@ func TestTooLargeErrorsSayLimitAndFix(t *testing.T) {
 	c := firstConn(t, srv)
 	err = c.Dispatch(ctx, 9, make([]byte, c.MaxDispatch()+1))
 	check("dispatch", err, c.MaxDispatch()+1, c.MaxDispatch(), "DispatchRingSize")
+
+	// With large bodies the limits are the MaxMessage settings, and so
+	// are the fixes. The client's own limit is below the server's.
+	const own = 1<<20 - 4096
+	cl = dial(t, addr, &ClientOptions{MaxMessage: own})
+	if cl.MaxRequest() != own {
+		t.Errorf("MaxRequest %d, want the client's MaxMessage %d", cl.MaxRequest(), own)
+	}
+	_, err = cl.Call(ctx, msgEcho, make([]byte, own+1))
+	check("large request", err, own+1, own, "ClientOptions.MaxMessage")
+	_, err = cl.Call(ctx, msgBig, nil)
+	check("large response", err, 1<<20+10, 1<<20, "Config.MaxMessage")
+	waitUntil(t, func() bool { return len(srv.Conns()) == 2 }, "the second connection")
+	for _, c := range srv.Conns() {
+		if c.Large() {
+			err = c.Dispatch(ctx, 9, make([]byte, 1<<20+1))
+			check("large dispatch", err, 1<<20+1, 1<<20, "Config.MaxMessage")
+			// Within the server's limit, above the client's: the client
+			// refuses it as it arrives, and goes on.
+			if err := c.Dispatch(ctx, 9, make([]byte, own+1)); err != nil {
+				t.Fatal(err)
+			}
+			_, err = cl.Recv(ctx)
+			check("dispatch above the client's limit", err, own+1, own, "ClientOptions.MaxMessage")
+		}
+	}
+	if got, err := cl.Call(ctx, msgEcho, []byte("on")); err != nil || string(got) != "on" {
+		t.Errorf("after the refusals: %q, %v", got, err)
+	}
 }

@@ -16,6 +16,7 @@ import (
 type pendingResp struct {
 	status uint32
 	b      []byte
+	large  bool // b's body goes to the response body segment (large_server.go)
 }
 
 // Process is the external poll loop's entry point (Config.EventLoop): call
@@ -148,6 +149,14 @@ func (c *Conn) flushPendingArmed() bool {
 func (c *Conn) flushPending() bool {
 	for len(c.pending) > 0 {
 		p := c.pending[0]
+		if p.large {
+			if !c.flushLarge(p) {
+				return false
+			}
+			c.pending[0] = nil
+			c.pending = c.pending[1:]
+			continue
+		}
 		r, err := c.respP.TryReserve(p.status, len(p.b))
 		if err == ring.ErrFull {
 			return false
@@ -182,7 +191,7 @@ func (c *Conn) newPending(status uint32, n int) *pendingResp {
 }
 
 func (c *Conn) freePending(p *pendingResp) {
-	if len(c.pendFree) < 16 {
+	if !p.large && len(c.pendFree) < 16 {
 		c.pendFree = append(c.pendFree, p)
 	}
 }

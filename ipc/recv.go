@@ -86,10 +86,13 @@ func (cl *Client) recv(ctx context.Context, wait bool) (Message, error) {
 	}
 	var m Message
 	if err == nil {
-		m, err = cl.takeMessage(rec)
+		m, err = cl.takeMessage(ctx, rec)
 	}
 	<-cl.dispLock
 	if err == ring.ErrEmpty {
+		return Message{}, err
+	}
+	if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrProtocol) {
 		return Message{}, err
 	}
 	if err != nil {
@@ -104,7 +107,11 @@ func (cl *Client) recv(ctx context.Context, wait bool) (Message, error) {
 // low 16 bits would hand the application something the server never
 // meant. It ends the connection instead, with ErrProtocol.
 func (cl *Client) dispatchID(rec ring.Record) (uint16, error) {
-	if rec.Type>>16 != 0 {
+	hi := rec.Type >> 16
+	if cl.large {
+		hi &^= typeLarge >> 16
+	}
+	if hi != 0 {
 		err := fmt.Errorf("%w: dispatch record type %#x", ErrProtocol, rec.Type)
 		cl.kill(err)
 		return 0, err
@@ -112,14 +119,44 @@ func (cl *Client) dispatchID(rec ring.Record) (uint16, error) {
 	return uint16(rec.Type), nil
 }
 
-// takeMessage copies a dispatch record out and releases it; dispLock held.
-func (cl *Client) takeMessage(rec ring.Record) (Message, error) {
-	id, err := cl.dispatchID(rec)
-	if err != nil {
+// takeMessage copies a dispatch record out and releases it; dispLock
+// held. A large message above ClientOptions.MaxMessage is released
+// unread and returned as an ErrTooLarge error.
+func (cl *Client) takeMessage(ctx context.Context, rec ring.Record) (Message, error) {
+	id, body, large, err := cl.dispatchBody(ctx, rec)
+	if err != nil && !errors.Is(err, ErrTooLarge) {
 		return Message{}, err
 	}
-	m := Message{ID: id, Data: append([]byte(nil), rec.Data...)}
-	return m, cl.dispC.Release()
+	var m Message
+	if err == nil {
+		m = Message{ID: id, Data: append([]byte(nil), body...)}
+	}
+	if rerr := cl.releaseDisp(large); rerr != nil {
+		return Message{}, rerr
+	}
+	return m, err
+}
+
+// dispatchBody returns a dispatch record's id and body: the record's
+// payload, or with the large bit its body in the dispatch body segment.
+func (cl *Client) dispatchBody(ctx context.Context, rec ring.Record) (id uint16, body []byte, large bool, err error) {
+	if id, err = cl.dispatchID(rec); err != nil {
+		return 0, nil, false, err
+	}
+	if rec.Type&typeLarge == 0 {
+		return id, rec.Data, false, nil
+	}
+	body, err = cl.largeBody(ctx, cl.dispIn, rec.Data)
+	return id, body, true, err
+}
+
+// releaseDisp releases the dispatch record read last; a large one at
+// once (the server may wait to reuse its segment).
+func (cl *Client) releaseDisp(large bool) error {
+	if large {
+		return releaseLarge(cl.dispC)
+	}
+	return cl.dispC.Release()
 }
 
 func (cl *Client) dispatchLoop() {
@@ -130,10 +167,15 @@ func (cl *Client) dispatchLoop() {
 		}
 		rec, err := cl.dispC.Peek(cl.ctx)
 		if err == nil {
-			var id uint16
-			if id, err = cl.dispatchID(rec); err == nil {
-				cl.onDispatch(id, rec.Data)
-				err = cl.dispC.Release()
+			id, body, large, berr := cl.dispatchBody(cl.ctx, rec)
+			err = berr
+			if berr == nil || errors.Is(berr, ErrTooLarge) {
+				// A message above ClientOptions.MaxMessage is not
+				// delivered; the connection goes on.
+				if berr == nil {
+					cl.onDispatch(id, body)
+				}
+				err = cl.releaseDisp(large)
 			}
 		}
 		<-cl.dispLock

@@ -162,7 +162,7 @@ func TestTokenBufferFull(t *testing.T) {
 		for {
 			n, err := b.Read(buf[:])
 			for _, tok := range buf[:n] {
-				if err := wb.deliver(tok); err != nil {
+				if err := wb.deliverOne(tok); err != nil {
 					t.Error(err)
 					return
 				}

@@ -45,7 +45,12 @@ func (c *Conn) serveLoop() {
 // false once releasing failed, which has killed the connection.
 func (c *Conn) handleOne(rec ring.Record) bool {
 	c.handle(rec)
-	if err := c.reqC.Release(); err != nil {
+	err := c.reqC.Release()
+	if c.large && rec.Type&typeLarge != 0 {
+		// The client may wait to write the body segment again.
+		c.reqC.Flush()
+	}
+	if err != nil {
 		c.kill(c.ringErr("release request", err))
 		return false
 	}
@@ -87,14 +92,25 @@ func (c *Conn) loopErr(err error) error {
 // handle runs the handler of one request record and sends its response.
 func (c *Conn) handle(rec ring.Record) {
 	data := rec.Data
-	hdr, dl, hasDL, cancel, ok := c.requestKind(rec.Type, data)
-	if !ok {
+	typ := rec.Type
+	large := c.large && typ&typeLarge != 0
+	if large {
+		typ &^= typeLarge // the large bit rides on a request's other bits
+	}
+	hdr, dl, hasDL, cancel, ok := c.requestKind(typ, data)
+	if !ok || (cancel && large) {
 		c.kill(fmt.Errorf("%w: request record type %#x with %d bytes", ErrProtocol, rec.Type, len(data)))
 		return
 	}
 	if cancel {
 		c.cancelRecord()
 		return
+	}
+	body := data[hdr:]
+	if large {
+		if body, ok = c.requestBody(binary.LittleEndian.Uint64(data), body); !ok {
+			return
+		}
 	}
 	var taken time.Duration
 	timing := c.srv.cfg.Timing
@@ -104,7 +120,7 @@ func (c *Conn) handle(rec ring.Record) {
 	corr := binary.LittleEndian.Uint64(data)
 	id := uint16(rec.Type)
 	c.stats.calls.Add(1)
-	c.stats.bytesIn.Add(uint64(len(data) - hdr))
+	c.stats.bytesIn.Add(uint64(len(body)))
 	c.rw = ResponseWriter{c: c, corr: corr}
 	if c.cx.on && c.begin(corr, dl, hasDL) {
 		// Cancelled, or past its deadline, before its handler started.
@@ -124,7 +140,7 @@ func (c *Conn) handle(rec ring.Record) {
 		}
 		return
 	}
-	c.req = Request{Conn: c, ID: id, Data: data[hdr:], ctx: c.ctx}
+	c.req = Request{Conn: c, ID: id, Data: body, ctx: c.ctx}
 	if timing {
 		c.serveTimed(h, taken)
 	} else {

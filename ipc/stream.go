@@ -86,8 +86,22 @@ func (w *ResponseWriter) ReservePart(n int) ([]byte, error) {
 	if c.reply.features&FeatureStream == 0 {
 		return nil, fmt.Errorf("stream part: %w", ErrNoStream)
 	}
-	if n < 0 || n > c.maxResp {
+	if n < 0 || n > c.maxResponse() {
+		if c.large {
+			return nil, tooLarge("stream part", n, c.maxResponse(), raiseLarge)
+		}
 		return nil, tooLarge("stream part", n, c.maxResp, raiseRespRing)
+	}
+	if n > c.maxResp {
+		// A large part goes in the response body segment (large.go).
+		if c.external && (len(c.pending) > 0 || !c.respOut.released(c.respP)) {
+			return nil, fmt.Errorf("stream part of %d bytes: %w: the response body segment is busy, and an event-loop handler cannot wait for the client", n, ErrTryAgain)
+		}
+		b, err := w.reserveLarge(respStreamPart, 0, n)
+		if err == nil {
+			w.part = true
+		}
+		return b, err
 	}
 	total := respHdrSize + n
 	var p []byte
@@ -134,6 +148,9 @@ func (w *ResponseWriter) CommitPart(n int) error {
 	}
 	w.reserved, w.part = false, false
 	c := w.c
+	if w.body != nil {
+		return w.commitLarge()
+	}
 	if w.pend != nil {
 		w.pend.b = w.pend.b[:respHdrSize+n]
 		w.partBytes += len(w.pend.b)
@@ -180,11 +197,20 @@ func (w *ResponseWriter) CommitPart(n int) error {
 func (cl *Client) Stream(ctx context.Context, id uint16, req []byte) iter.Seq2[[]byte, error] {
 	return func(yield func([]byte, error) bool) {
 		if len(req) > cl.maxReq {
-			yield(nil, tooLarge("call", len(req), cl.maxReq, raiseReqRing))
+			yield(nil, cl.reqTooLarge(len(req)))
 			return
 		}
 		w := getWaiter()
 		w.zc, w.stream = true, true
+		if len(req) > cl.ringReq {
+			if err := cl.sendLarge(ctx, id, req, w); err != nil {
+				putWaiter(w)
+				yield(nil, err)
+				return
+			}
+			cl.streamParts(ctx, w, yield)
+			return
+		}
 		typ, hdr, dl := cl.requestHeader(ctx, id, len(req))
 		r, err := cl.reserve(ctx, typ, hdr+len(req), w, true)
 		if err != nil {
@@ -237,10 +263,10 @@ func (cl *Client) streamParts(ctx context.Context, w *waiter, yield func([]byte,
 // discards the rest of the stream and frees w once its final response
 // is in.
 func (cl *Client) yieldRecord(w *waiter, yield func([]byte, error) bool) (more bool) {
-	part, view := w.part, w.view
+	part, view, large := w.part, w.view, w.large
 	wanted := false // the caller asks for more; false if yield panics
 	defer func() {
-		rerr := cl.respC.Release()
+		rerr := cl.releaseResp(large)
 		more = part && wanted && rerr == nil
 		cl.mu.Lock()
 		w.handed, w.part, w.view = false, false, nil

@@ -57,34 +57,6 @@ func writeToken(fd uintptr, b []byte) error {
 	}
 }
 
-// readTokens reads what tokens are there without waiting: n bytes, or
-// eof when the peer has closed (or reset) the connection.
-func readTokens(rc syscall.RawConn, buf []byte) (n int, eof bool, err error) {
-	var rerr error
-	cerr := rc.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = unix.Read(int(fd), buf)
-			if rerr != unix.EINTR {
-				return true
-			}
-		}
-	})
-	if cerr != nil {
-		return 0, true, cerr
-	}
-	switch {
-	case rerr == unix.EAGAIN:
-		return 0, false, nil
-	case rerr == unix.ECONNRESET:
-		return 0, true, nil
-	case rerr != nil:
-		return 0, true, rerr
-	case n == 0:
-		return 0, true, nil
-	}
-	return n, false, nil
-}
-
 // acceptNow accepts one pending connection without waiting; it returns
 // nil, nil when there is none.
 func acceptNow(l *net.UnixListener) (*net.UnixConn, error) {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Token reading, the same on both sides (Client.readLoop, Conn.readLoop,
@@ -49,23 +51,50 @@ var tokenFloodWait = func(done <-chan struct{}) {
 
 // deliverAll routes a run of tokens from the peer to the local sleepers:
 // every byte must be a token for a word this side sleeps on (else the
-// peer broke the protocol), and each word named is signalled once.
-func (w *sockWaker) deliverAll(b []byte) error {
+// peer broke the protocol), and each word named is signalled once. It is
+// deliver for reads that can carry no descriptor.
+func (w *sockWaker) deliverAll(b []byte) error { return w.deliver(b, nil) }
+
+// deliver is deliverAll for a run that may end with a body token
+// (FeatureLarge) and the one descriptor that came with it, which goes to
+// that direction's bodyIn. A body token this side does not receive, or
+// a count of descriptors other than that of body tokens, is a protocol
+// violation; the descriptors are then closed.
+func (w *sockWaker) deliver(b []byte, fds []int) error {
 	if len(b) == 0 {
+		closeFds(fds)
 		return nil
 	}
 	var seen uint32
 	last := -1
+	var body *bodyIn
+	bodies := 0
 	for _, t := range b {
+		if d, ok := isBodyToken(t); ok {
+			if body = w.bodies[d]; body == nil {
+				closeFds(fds)
+				return fmt.Errorf("%w: body token %#x", ErrProtocol, t)
+			}
+			bodies++
+			continue
+		}
 		if int(t) == last {
 			continue
 		}
 		i := tokenIndex(t)
 		if i < 0 || w.local[i] == nil {
+			closeFds(fds)
 			return fmt.Errorf("%w: wake token %#x", ErrProtocol, t)
 		}
 		seen |= 1 << i
 		last = int(t)
+	}
+	if bodies != len(fds) || bodies > 1 {
+		closeFds(fds)
+		return fmt.Errorf("%w: %d body tokens with %d descriptors", ErrProtocol, bodies, len(fds))
+	}
+	if body != nil {
+		body.stage(fds[0])
 	}
 	w.tokensIn.Add(uint64(len(b)))
 	if seen&(1<<wReqCons) != 0 && w.onReqToken != nil {
@@ -82,16 +111,37 @@ func (w *sockWaker) deliverAll(b []byte) error {
 	return nil
 }
 
+// tokenOOB is the control buffer of a token read: room for a few
+// descriptors, so that a peer sending more than the one a body token
+// carries is seen doing it (and its descriptors closed).
+const tokenOOB = 64
+
 // readTokenLoop is a side's token reader goroutine: it reads tokens until
 // the socket ends or the peer breaks the protocol, and returns why the
 // connection ends (end of file or a reset is the peer leaving or dying).
 // done is closed when the connection ends for another reason.
 func readTokenLoop(nc *net.UnixConn, rc syscall.RawConn, w *sockWaker, done <-chan struct{}) error {
 	var small [tokenSmall]byte
+	var oob [tokenOOB]byte
 	for {
-		n, err := nc.Read(small[:])
-		if derr := w.deliverAll(small[:n]); derr != nil {
+		// recvmsg, not read: a body token's descriptor would be closed
+		// by the kernel on a read. A read stops after a message that
+		// carries descriptors, so those belong to its last byte.
+		n, oobn, flags, _, err := nc.ReadMsgUnix(small[:], oob[:])
+		n, oobn = max(n, 0), max(oobn, 0)
+		var fds []int
+		if oobn > 0 {
+			fds = parseRights(oob[:oobn])
+		}
+		if flags&unix.MSG_CTRUNC != 0 {
+			closeFds(fds)
+			return fmt.Errorf("%w: more descriptors than one body token carries", ErrProtocol)
+		}
+		if derr := w.deliver(small[:n], fds); derr != nil {
 			return derr
+		}
+		if err == nil && n == 0 {
+			err = io.EOF
 		}
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrDisconnected, err)
@@ -115,8 +165,12 @@ func readTokenLoop(nc *net.UnixConn, rc syscall.RawConn, w *sockWaker, done <-ch
 func readTokensLarge(rc syscall.RawConn, w *sockWaker) (full bool, err error) {
 	buf := tokenBufs.Get().(*[tokenLarge]byte)
 	defer tokenBufs.Put(buf)
-	n, eof, rerr := readTokens(rc, buf[:])
-	if derr := w.deliverAll(buf[:n]); derr != nil {
+	var oob [tokenOOB]byte
+	n, fds, eof, rerr := recvTokens(rc, buf[:], oob[:])
+	if rerr != nil && !eof {
+		return false, rerr
+	}
+	if derr := w.deliver(buf[:n], fds); derr != nil {
 		return false, derr
 	}
 	if eof {
@@ -133,8 +187,12 @@ func readTokensLarge(rc syscall.RawConn, w *sockWaker) (full bool, err error) {
 // cannot keep Process from returning. Tokens left in the socket keep the
 // descriptor readable for the next turn.
 func (c *Conn) readTokensTurn() error {
-	n, eof, err := readTokens(c.rc, c.tokBuf[:])
-	if derr := c.waker.deliverAll(c.tokBuf[:n]); derr != nil {
+	var oob [tokenOOB]byte
+	n, fds, eof, err := recvTokens(c.rc, c.tokBuf[:], oob[:])
+	if err != nil && !eof {
+		return err
+	}
+	if derr := c.waker.deliver(c.tokBuf[:n], fds); derr != nil {
 		return derr
 	}
 	if eof {

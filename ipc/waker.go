@@ -39,6 +39,10 @@ type sockWaker struct {
 	done  <-chan struct{}             // closed once the connection ends
 	rc    syscall.RawConn             // the socket, for raw non-blocking token writes
 	send  [numWakeWords]func(uintptr)
+	// bodies receive the body segments of the directions this side
+	// receives large bodies on (FeatureLarge), by body token - 0x30;
+	// nil where it receives none. Set before the reader starts.
+	bodies [3]*bodyIn
 
 	tokensOut atomic.Uint64
 	tokensIn  atomic.Uint64

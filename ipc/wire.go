@@ -102,7 +102,7 @@ const (
 	// asks for it.
 	FeatureCancel = 1 << 3
 
-	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason | FeatureStream | FeatureCancel
+	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason | FeatureStream | FeatureCancel | FeatureLarge
 )
 
 // defaultFeatures are asked for by every Dial, whatever
@@ -138,6 +138,8 @@ const segmentKind = 2
 //	24 u32 close reason (FeatureCloseReason only): why the server ended
 //	       the connection (close...), stored once before it closes the
 //	       rings; 0 while the connection is up, and if the server died
+//	32 u64 the server's MaxMessage if FeatureLarge is granted, else 0
+//	       (large.go; bytes 40..63 are reserved for large bodies, zero)
 //	64 i64 clock (FeatureCancel only): the server's CLOCK_MONOTONIC, in
 //	       ns, as it set the connection up, before its reply; a client
 //	       whose own clock disagrees (another time namespace) learns

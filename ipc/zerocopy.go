@@ -38,6 +38,11 @@ type PendingCall struct {
 	w   *waiter
 	gen uint64
 	r   ring.Reservation
+	// A body larger than the request ring (FeatureLarge) is written in
+	// the request body segment, whose largeLock the PendingCall holds;
+	// its descriptor is reserved only at Send.
+	body []byte
+	id   uint16
 }
 
 // Response is a zero-copy response: Data is a view of the response ring,
@@ -65,6 +70,16 @@ func (cl *Client) Reserve(ctx context.Context, id uint16, n int) (PendingCall, e
 	if n < 0 || n > cl.maxReq {
 		return PendingCall{}, cl.reqTooLarge(n)
 	}
+	if n > cl.ringReq {
+		body, err := cl.takeReqBody(ctx, n)
+		if err != nil {
+			return PendingCall{}, err
+		}
+		w := getWaiter()
+		w.zc = true
+		w.stage = zcReserved
+		return PendingCall{cl: cl, w: w, gen: w.gen.Load(), body: body, id: id}, nil
+	}
 	w := getWaiter()
 	w.zc = true
 	// No deadline rides here: the context that bounds the call is Send's.
@@ -83,6 +98,9 @@ func (p *PendingCall) Bytes() []byte {
 	if !live(p.w, p.gen, zcReserved) {
 		return nil
 	}
+	if p.body != nil {
+		return p.body
+	}
 	return p.r.Bytes()[reqHdrSize:]
 }
 
@@ -93,7 +111,15 @@ func (p *PendingCall) Send(ctx context.Context) (Response, error) {
 	if !live(p.w, p.gen, zcReserved) {
 		return Response{}, fmt.Errorf("send: %w", ErrCallDone)
 	}
-	return p.send(ctx, len(p.r.Bytes())-reqHdrSize)
+	return p.send(ctx, p.reserved())
+}
+
+// reserved is the body length Reserve asked for.
+func (p *PendingCall) reserved() int {
+	if p.body != nil {
+		return len(p.body)
+	}
+	return len(p.r.Bytes()) - reqHdrSize
 }
 
 // SendN is Send with only the first n bytes of the body reserved, for a
@@ -106,7 +132,7 @@ func (p *PendingCall) SendN(ctx context.Context, n int) (Response, error) {
 	if !live(p.w, p.gen, zcReserved) {
 		return Response{}, fmt.Errorf("send: %w", ErrCallDone)
 	}
-	if r := len(p.r.Bytes()) - reqHdrSize; n < 0 || n > r {
+	if r := p.reserved(); n < 0 || n > r {
 		return Response{}, fmt.Errorf("send %d bytes of a %d-byte reservation: %w", n, r, ErrTooLarge)
 	}
 	return p.send(ctx, n)
@@ -115,7 +141,14 @@ func (p *PendingCall) SendN(ctx context.Context, n int) (Response, error) {
 func (p *PendingCall) send(ctx context.Context, n int) (Response, error) {
 	cl, w := p.cl, p.w
 	w.stage = zcSent
-	if err := cl.commitN(p.r, w, reqHdrSize+n); err != nil {
+	var err error
+	if p.body != nil {
+		err = cl.commitLarge(ctx, p.id, n, w, false)
+		<-cl.largeLock
+	} else {
+		err = cl.commitN(p.r, w, reqHdrSize+n)
+	}
+	if err != nil {
 		putWaiter(w)
 		return Response{}, err
 	}
@@ -138,6 +171,12 @@ func (p *PendingCall) Abort() error {
 		return fmt.Errorf("abort: %w", ErrCallDone)
 	}
 	w.stage = zcNone
+	if p.body != nil {
+		// Nothing was registered or reserved in the ring yet.
+		<-cl.largeLock
+		putWaiter(w)
+		return nil
+	}
 	p.r.Abort() //nolint:errcheck // the only outstanding reservation
 	cl.sendMu.Unlock()
 	cl.unregister(w)
@@ -154,7 +193,7 @@ func (r *Response) Release() error {
 		return fmt.Errorf("release: %w", ErrCallDone)
 	}
 	w.stage = zcNone
-	err := cl.respC.Release()
+	err := cl.releaseResp(w.large)
 	cl.releaseRole()
 	putWaiter(w)
 	r.Data = nil

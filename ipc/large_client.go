@@ -1,0 +1,125 @@
+//go:build linux
+
+package ipc
+
+// The client's side of large bodies (large.go): requests written into
+// the request body segment, responses and dispatch messages read from
+// theirs.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// sendLarge sends req, larger than the request ring carries, through the
+// request body segment, registered under w (which takes the reader role
+// if it is free, as a ring-sized call does). The caller then waits.
+func (cl *Client) sendLarge(ctx context.Context, id uint16, req []byte, w *waiter) error {
+	body, err := cl.takeReqBody(ctx, len(req))
+	if err != nil {
+		return err
+	}
+	copy(body, req)
+	err = cl.commitLarge(ctx, id, len(req), w, true)
+	<-cl.largeLock
+	return err
+}
+
+// takeReqBody takes largeLock, waits until the server has released the
+// last large request, and returns n bytes of the segment to fill. On
+// error largeLock is not held.
+func (cl *Client) takeReqBody(ctx context.Context, n int) ([]byte, error) {
+	if err := cl.lock(ctx, cl.largeLock); err != nil {
+		return nil, err
+	}
+	if !cl.reqOut.released(cl.reqP) {
+		if err := cl.waitReqReleased(ctx); err != nil {
+			<-cl.largeLock
+			return nil, err
+		}
+	}
+	body, err := cl.reqOut.segment(n, ctx, cl.done, cl.rc)
+	if err != nil {
+		<-cl.largeLock
+		select {
+		case <-cl.done:
+			return nil, cl.deadErr()
+		default:
+		}
+		return nil, err
+	}
+	return body, nil
+}
+
+// waitReqReleased waits, as the one waiter on the request ring's
+// producer word (spaceLock), until the server has released the last
+// large request: its release publishes the ring's head and wakes us.
+func (cl *Client) waitReqReleased(ctx context.Context) error {
+	if err := cl.lock(ctx, cl.spaceLock); err != nil {
+		return err
+	}
+	defer func() { <-cl.spaceLock }()
+	err := cl.reqP.Waiter().Wait(ctx, func() bool {
+		select {
+		case <-cl.done:
+			return true
+		default:
+		}
+		return cl.reqOut.released(cl.reqP)
+	})
+	if err != nil {
+		return cl.ringErr(err)
+	}
+	select {
+	case <-cl.done:
+		return cl.deadErr()
+	default:
+	}
+	return nil
+}
+
+// commitLarge writes and commits the descriptor of an n-byte request
+// filled in the segment, registered under w; largeLock held (the caller
+// lets go of it).
+func (cl *Client) commitLarge(ctx context.Context, id uint16, n int, w *waiter, takeRole bool) error {
+	r, err := cl.reserve(ctx, uint32(id)|typeLarge, largeDescSize, w, takeRole)
+	if err != nil {
+		return err
+	}
+	putDesc(r.Bytes()[reqHdrSize:], n, cl.reqOut.gen)
+	end := r.End()
+	if err := cl.commit(r, w); err != nil {
+		return err
+	}
+	cl.reqOut.sent(end)
+	return nil
+}
+
+// largeBody resolves a large record's descriptor (at d) to its body in
+// the segment of in, waiting for the segment's token until ctx ends. A
+// body above the client's limit is ErrTooLarge for that message only;
+// anything else wrong ends the connection.
+func (cl *Client) largeBody(ctx context.Context, in *bodyIn, d []byte) ([]byte, error) {
+	if len(d) != largeDescSize {
+		err := fmt.Errorf("%w: %s descriptor of %d bytes", ErrProtocol, in.what, len(d))
+		cl.kill(err)
+		return nil, err
+	}
+	n, gen := getDesc(d)
+	body, err := in.body(n, gen, ctx, cl.done)
+	if err != nil && errors.Is(err, ErrProtocol) {
+		cl.kill(err)
+	}
+	return body, err
+}
+
+// releaseLarge releases a large record and hands it back at once: the
+// server may be waiting to write the segment again.
+func releaseLarge(c *ring.Consumer) error {
+	err := c.Release()
+	c.Flush()
+	return err
+}

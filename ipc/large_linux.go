@@ -1,0 +1,171 @@
+package ipc
+
+// The system calls of large bodies (large.go): body segments and the
+// body tokens that carry them.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var pageSize = os.Getpagesize()
+
+// newBodySegment creates a body segment of size bytes: a memfd sealed
+// against shrinking, growing and further seals (so the receiver can map
+// it without fear of SIGBUS), mapped read-write here, and sent with a
+// body token tok. Only the mapping is kept: it holds the memfd.
+func newBodySegment(size int, tok byte, ctx context.Context, done <-chan struct{}, rc syscall.RawConn) ([]byte, error) {
+	fd, err := unix.MemfdCreate("ringipc-body", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("body segment: memfd_create: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		return nil, fmt.Errorf("body segment of %d bytes: ftruncate: %w", size, err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		return nil, fmt.Errorf("body segment: seal: %w", err)
+	}
+	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("body segment of %d bytes: mmap: %w", size, err)
+	}
+	if err := sendBodyToken(ctx, done, rc, tok, fd); err != nil {
+		unix.Munmap(mem) //nolint:errcheck // ours, of the right length
+		return nil, err
+	}
+	return mem, nil
+}
+
+// mapBodySegment maps a body segment the peer sent: a memfd on tmpfs
+// (not hugetlbfs, whose pages its owner could take away) sealed against
+// shrinking, mapped read-write and shared up to limit bytes (page
+// rounded) however large the file is. Every number comes from the peer's
+// file: fstat and the seals are read once, here.
+func mapBodySegment(fd, limit int) ([]byte, error) {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return nil, fmt.Errorf("fstatfs: %w", err)
+	}
+	if fs.Type != unix.TMPFS_MAGIC {
+		return nil, fmt.Errorf("not a tmpfs memfd (filesystem %#x)", fs.Type)
+	}
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return nil, fmt.Errorf("seals: %w", err)
+	}
+	if seals&unix.F_SEAL_SHRINK == 0 {
+		return nil, fmt.Errorf("not sealed against shrinking (seals %#x)", seals)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("fstat: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size <= 0 {
+		return nil, fmt.Errorf("mode %#o, size %d", st.Mode, st.Size)
+	}
+	n := int(min(st.Size, int64(alignInt(limit, pageSize))))
+	mem, err := unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d bytes: %w", n, err)
+	}
+	return mem, nil
+}
+
+func unmapBody(mem []byte) error { return unix.Munmap(mem) }
+
+func closeFd(fd int) { unix.Close(fd) } //nolint:errcheck // a descriptor we own, closed once
+
+// errPeerNotReading: a body token found the socket full for as long as
+// the sender could wait: the peer does not read its socket.
+var errPeerNotReading = errors.New("the peer does not read its socket")
+
+// sendBodyToken sends body token tok with the descriptor fd. The socket
+// is full only if the peer stopped reading it (an honest peer has at most
+// a few wake tokens outstanding), so a full socket is waited for in 5 ms
+// slices of poll(2) until ctx ends or done is closed, and a nil ctx (an
+// external loop, which must not wait) does not wait at all.
+func sendBodyToken(ctx context.Context, done <-chan struct{}, rc syscall.RawConn, tok byte, fd int) error {
+	b := []byte{tok}
+	oob := unix.UnixRights(fd)
+	for {
+		var serr error
+		if err := rc.Control(func(s uintptr) {
+			for {
+				serr = unix.Sendmsg(int(s), b, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+				if serr != unix.EINTR {
+					return
+				}
+			}
+		}); err != nil {
+			return fmt.Errorf("send body segment: %w", err)
+		}
+		if serr != unix.EAGAIN {
+			if serr != nil {
+				return fmt.Errorf("send body segment: %w", serr)
+			}
+			return nil
+		}
+		if ctx == nil {
+			return fmt.Errorf("send body segment: %w", errPeerNotReading)
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("send body segment: %w (%w)", err, errPeerNotReading)
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("send body segment: %w", ErrDisconnected)
+		default:
+		}
+		rc.Control(func(s uintptr) { //nolint:errcheck // the next Sendmsg says
+			unix.Poll([]unix.PollFd{{Fd: int32(s), Events: unix.POLLOUT}}, int(5*time.Millisecond/time.Millisecond)) //nolint:errcheck
+		})
+	}
+}
+
+// recvTokens reads what tokens are there without waiting, with any
+// descriptors that came with them (body tokens): n bytes, the
+// descriptors, or eof when the peer has closed (or reset) the
+// connection. A control message the buffer truncated is an error (its
+// descriptors are lost).
+func recvTokens(rc syscall.RawConn, buf, oob []byte) (n int, fds []int, eof bool, err error) {
+	var rerr error
+	var oobn, flags int
+	cerr := rc.Read(func(fd uintptr) bool {
+		for {
+			n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+			if rerr != unix.EINTR {
+				return true
+			}
+		}
+	})
+	if cerr != nil {
+		return 0, nil, true, cerr
+	}
+	switch {
+	case rerr == unix.EAGAIN:
+		return 0, nil, false, nil
+	case rerr == unix.ECONNRESET:
+		return 0, nil, true, nil
+	case rerr != nil:
+		return 0, nil, true, rerr
+	}
+	if oobn > 0 {
+		fds = parseRights(oob[:oobn])
+	}
+	if flags&unix.MSG_CTRUNC != 0 {
+		closeFds(fds)
+		return n, nil, false, fmt.Errorf("%w: more descriptors than one body token carries", ErrProtocol)
+	}
+	if n == 0 {
+		closeFds(fds)
+		return 0, nil, true, nil
+	}
+	return n, fds, false, nil
+}

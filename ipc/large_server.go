@@ -1,0 +1,240 @@
+//go:build linux
+
+package ipc
+
+// The server's side of large bodies (large.go): requests read from the
+// request body segment, responses and dispatch messages written into
+// theirs.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/ringipc/ringipc/ring"
+)
+
+// requestBody resolves the descriptor d of a large request (correlation
+// id corr) to its body. A body above Config.MaxMessage is answered with
+// status 3 without running a handler; anything else wrong ends the
+// connection. ok false: nothing more to do for this record.
+func (c *Conn) requestBody(corr uint64, d []byte) (body []byte, ok bool) {
+	if len(d) != largeDescSize {
+		c.kill(fmt.Errorf("%w: request descriptor of %d bytes", ErrProtocol, len(d)))
+		return nil, false
+	}
+	n, gen := getDesc(d)
+	var ctx context.Context // nil: an external loop does not wait
+	if !c.external {
+		ctx = c.ctx
+	}
+	body, err := c.reqIn.body(n, gen, ctx, c.done)
+	if err == errBodyNotYet {
+		// An external loop reads the socket only in Process: the client
+		// sent the segment before it committed the record, so the token
+		// is there to read now.
+		if terr := c.readTokensTurn(); terr != nil {
+			c.kill(terr)
+			return nil, false
+		}
+		body, err = c.reqIn.body(n, gen, nil, nil)
+	}
+	switch {
+	case err == nil:
+		return body, true
+	case errors.Is(err, ErrTooLarge):
+		c.stats.calls.Add(1)
+		c.rw = ResponseWriter{c: c, corr: corr, tooLarge: int(min(n, math.MaxUint32))}
+		c.rw.finish()
+	case errors.Is(err, ErrProtocol):
+		c.kill(err)
+	default:
+		c.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
+	}
+	return nil, false
+}
+
+// reserveLarge is ResponseWriter.reserve for a body larger than the
+// response ring carries. In goroutine mode it waits until the client has
+// released the last large response, reserves the descriptor record and
+// returns the body in the response body segment (zero copy). An external
+// loop must not wait: if the segment or the ring is busy, the body goes
+// to a private buffer kept aside (pending) like a response that found the
+// ring full, and Process handles no more requests until it is out.
+func (w *ResponseWriter) reserveLarge(status uint32, code int32, n int) ([]byte, error) {
+	c := w.c
+	var r ring.Reservation
+	if c.external {
+		if len(c.pending) == 0 && c.respOut.released(c.respP) {
+			var err error
+			r, err = c.respP.TryReserve(status|typeLarge, respHdrSize+largeDescSize)
+			if err != nil && err != ring.ErrFull {
+				return nil, c.ringErr("respond", err)
+			}
+		}
+		if r == (ring.Reservation{}) {
+			w.pend = &pendingResp{status: status, b: make([]byte, respHdrSize+n), large: true}
+			return w.reserved1(status, code, w.pend.b), nil
+		}
+	} else {
+		if !c.respOut.released(c.respP) {
+			err := c.respP.Waiter().Wait(c.ctx, func() bool { return c.isDead() || c.respOut.released(c.respP) })
+			if err == nil && c.isDead() {
+				err = ring.ErrClosed
+			}
+			if err != nil {
+				return nil, c.ringErr("respond", err)
+			}
+		}
+		var err error
+		if r, err = c.respP.Reserve(c.ctx, status|typeLarge, respHdrSize+largeDescSize); err != nil {
+			return nil, c.ringErr("respond", err)
+		}
+	}
+	var ctx context.Context // nil: an external loop does not wait
+	if !c.external {
+		ctx = c.ctx
+	}
+	body, err := c.respOut.segment(n, ctx, c.done, c.rc)
+	if err != nil {
+		r.Abort() //nolint:errcheck // the only outstanding reservation
+		err = fmt.Errorf("respond: %w: %w", ErrDisconnected, err)
+		c.kill(err)
+		return nil, err
+	}
+	w.res, w.body = r, body
+	putDesc(r.Bytes()[respHdrSize:], n, c.respOut.gen)
+	w.reserved1(status, code, r.Bytes())
+	return body, nil
+}
+
+// reserved1 writes a response header into p and marks the writer
+// reserved; it returns the body after the header.
+func (w *ResponseWriter) reserved1(status uint32, code int32, p []byte) []byte {
+	le := binary.LittleEndian
+	le.PutUint64(p[0:], w.corr)
+	le.PutUint32(p[8:], uint32(code))
+	le.PutUint32(p[12:], 0)
+	w.reserved = true
+	if status != respOK {
+		w.c.stats.errResponses.Add(1)
+	}
+	return p[respHdrSize:]
+}
+
+// commitLarge publishes a large response reserved in the segment.
+func (w *ResponseWriter) commitLarge() error {
+	c := w.c
+	c.stats.responses.Add(1)
+	c.stats.bytesOut.Add(uint64(len(w.body)))
+	end := w.res.End()
+	w.body = nil
+	if err := w.res.Commit(); err != nil {
+		return c.ringErr("respond", err)
+	}
+	c.respOut.sent(end)
+	return nil
+}
+
+// flushLarge writes out a large response kept aside (external mode): it
+// reports false, and leaves it queued, while the segment or the ring is
+// busy.
+func (c *Conn) flushLarge(p *pendingResp) bool {
+	if !c.respOut.released(c.respP) {
+		return false
+	}
+	r, err := c.respP.TryReserve(p.status|typeLarge, respHdrSize+largeDescSize)
+	if err == ring.ErrFull {
+		return false
+	}
+	if err != nil {
+		c.kill(c.ringErr("respond", err))
+		return false
+	}
+	n := len(p.b) - respHdrSize
+	body, err := c.respOut.segment(n, nil, c.done, c.rc)
+	if err != nil {
+		r.Abort() //nolint:errcheck // the only outstanding reservation
+		c.kill(fmt.Errorf("respond: %w: %w", ErrDisconnected, err))
+		return false
+	}
+	copy(body, p.b[respHdrSize:])
+	copy(r.Bytes(), p.b[:respHdrSize])
+	putDesc(r.Bytes()[respHdrSize:], n, c.respOut.gen)
+	end := r.End()
+	if err := r.Commit(); err != nil {
+		c.kill(c.ringErr("respond", err))
+		return false
+	}
+	c.respOut.sent(end)
+	c.stats.bytesOut.Add(uint64(n))
+	return true
+}
+
+// dispatchLarge is Dispatch for a body larger than the dispatch ring
+// carries. It waits until the queue is empty (the messages before it go
+// first, and the producer is then whoever holds qMu), then, holding qMu,
+// until the client has released the last large message, and writes the
+// body into the dispatch body segment and its descriptor into the ring.
+// Other Dispatch calls wait for qMu meanwhile, as behind a PolicyBlock
+// write into a full ring.
+func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error {
+	c.qMu.Lock()
+	for c.q.len() > 0 && !c.qDead {
+		c.waiting++
+		c.qMu.Unlock()
+		var err error
+		select {
+		case <-c.room:
+		case <-ctx.Done():
+			err = fmt.Errorf("dispatch: %w", ctx.Err())
+		}
+		c.qMu.Lock()
+		c.waiting--
+		c.passRoom() // the token was for everyone waiting
+		if err != nil {
+			c.qMu.Unlock()
+			return err
+		}
+	}
+	defer c.qMu.Unlock()
+	if c.qDead {
+		return fmt.Errorf("dispatch: %w", ErrDisconnected)
+	}
+	if !c.dispOut.released(c.dispP) {
+		err := c.dispP.Waiter().Wait(ctx, func() bool { return c.isDead() || c.dispOut.released(c.dispP) })
+		if err == nil && c.isDead() {
+			err = ring.ErrClosed
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("dispatch: %w", ctx.Err())
+			}
+			return c.ringErr("dispatch", err)
+		}
+	}
+	r, err := c.dispP.Reserve(ctx, uint32(id)|typeLarge, largeDescSize)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("dispatch: %w", ctx.Err())
+		}
+		return c.ringErr("dispatch", err)
+	}
+	seg, err := c.dispOut.segment(len(body), ctx, c.done, c.rc)
+	if err != nil {
+		r.Abort() //nolint:errcheck // the only outstanding reservation
+		return fmt.Errorf("dispatch: %w", err)
+	}
+	copy(seg, body)
+	putDesc(r.Bytes(), len(body), c.dispOut.gen)
+	end := r.End()
+	if err := r.Commit(); err != nil {
+		return c.ringErr("dispatch", err)
+	}
+	c.dispOut.sent(end)
+	c.stats.dispatches.Add(1)
+	c.stats.bytesOut.Add(uint64(len(body)))
+	return nil
+}

@@ -1,0 +1,129 @@
+//go:build linux
+
+package ipc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+// pattern fills a body whose every byte depends on its size and place, so
+// a body from the wrong message or the wrong offset shows.
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7) ^ byte(i>>9) ^ seed
+	}
+	return b
+}
+
+// Bodies at every boundary of the default 64 KiB rings and of a small
+// MaxMessage go through requests, responses (copied, CallInto, zero
+// copy) and dispatch; one byte above the maximum is ErrTooLarge with
+// nothing sent, in both modes of the server.
+func TestLargeBoundaries(t *testing.T) {
+	for _, external := range []bool{false, true} {
+		name := "goroutines"
+		if external {
+			name = "eventloop"
+		}
+		t.Run(name, func(t *testing.T) {
+			const maxMsg = 3<<20 + 123
+			cfg := Config{MaxMessage: maxMsg}
+			var srv *Server
+			var addr string
+			if external {
+				srv, addr, _ = startEpollServer(t, cfg, echoService())
+			} else {
+				srv, addr = startServer(t, &cfg, echoService())
+			}
+			cl := dial(t, addr, nil)
+			if !cl.Large() {
+				t.Fatal("FeatureLarge not granted")
+			}
+			if cl.MaxRequest() != maxMsg || cl.MaxResponse() != DefaultMaxMessage || cl.MaxDispatch() != DefaultMaxMessage {
+				t.Fatalf("limits %d/%d/%d, want %d (the server's) and %d", cl.MaxRequest(), cl.MaxResponse(), cl.MaxDispatch(), maxMsg, DefaultMaxMessage)
+			}
+			c := firstConn(t, srv)
+			ctx := testCtx(t)
+			ring := DefaultRingSize
+			sizes := []int{0, 1, ring/2 - 1, ring / 2, ring/2 + 1, MaxRequestBody(ring), MaxRequestBody(ring) + 1,
+				MaxResponseBody(ring), MaxResponseBody(ring) + 1, MaxDispatchBody(ring), MaxDispatchBody(ring) + 1,
+				ring, 1 << 20, 1<<20 + 1, maxMsg - 1, maxMsg, 1000}
+			buf := make([]byte, maxMsg)
+			for i, n := range sizes {
+				req := pattern(n, byte(i))
+				got, err := cl.Call(ctx, msgEcho, req)
+				if err != nil || !bytes.Equal(got, req) {
+					t.Fatalf("Call of %d bytes: %d bytes back, %v", n, len(got), err)
+				}
+				m, err := cl.CallInto(ctx, msgEchoZC, req, buf)
+				if err != nil || !bytes.Equal(buf[:m], req) {
+					t.Fatalf("CallInto of %d bytes (zero-copy handler): %d bytes back, %v", n, m, err)
+				}
+				p, err := cl.Reserve(ctx, msgEcho, n)
+				if err != nil {
+					t.Fatalf("Reserve %d: %v", n, err)
+				}
+				copy(p.Bytes(), req)
+				resp, err := p.Send(ctx)
+				if err != nil || !bytes.Equal(resp.Data, req) {
+					t.Fatalf("zero-copy call of %d bytes: %d bytes back, %v", n, len(resp.Data), err)
+				}
+				resp.Release()
+				if err := c.Dispatch(ctx, 7, req); err != nil {
+					t.Fatalf("Dispatch of %d bytes: %v", n, err)
+				}
+				msg, err := cl.Recv(ctx)
+				if err != nil || msg.ID != 7 || !bytes.Equal(msg.Data, req) {
+					t.Fatalf("Recv of %d bytes: %d bytes, id %d, %v", n, len(msg.Data), msg.ID, err)
+				}
+			}
+			if _, err := cl.Call(ctx, msgEcho, make([]byte, maxMsg+1)); !errors.Is(err, ErrTooLarge) {
+				t.Errorf("request of the server's MaxMessage+1: %v, want ErrTooLarge", err)
+			}
+			if err := c.Dispatch(ctx, 7, make([]byte, maxMsg+1)); !errors.Is(err, ErrTooLarge) {
+				t.Errorf("dispatch of MaxMessage+1: %v, want ErrTooLarge", err)
+			}
+			if got, err := cl.Call(ctx, msgEcho, []byte("still up")); err != nil || string(got) != "still up" {
+				t.Errorf("after the refusals: %q, %v", got, err)
+			}
+		})
+	}
+}
+
+// Random sizes on both sides of the ring limit, from several goroutines
+// at once, so that large and ring-sized messages interleave and the ring
+// wraps under the descriptors.
+func TestLargeRandomConcurrent(t *testing.T) {
+	_, addr := startServer(t, &Config{MaxMessage: 1 << 20}, echoService())
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: 8192, ResponseRingSize: 8192})
+	ctx := testCtx(t)
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			r := rand.New(rand.NewPCG(uint64(g), 12))
+			for i := range 60 {
+				n := r.IntN(3 * 8192)
+				if i%7 == 0 {
+					n = r.IntN(1 << 20)
+				}
+				req := pattern(n, byte(i+g))
+				got, err := cl.Call(ctx, msgEcho, req)
+				if err != nil || !bytes.Equal(got, req) {
+					errs <- fmt.Errorf("goroutine %d call %d of %d bytes: %d back, %w", g, i, n, len(got), err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
