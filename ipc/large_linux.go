@@ -10,6 +10,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -139,7 +140,7 @@ func recvTokens(rc syscall.RawConn, buf, oob []byte) (n int, fds []int, eof bool
 	var oobn, flags int
 	cerr := rc.Read(func(fd uintptr) bool {
 		for {
-			n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+			n, oobn, flags, rerr = recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
 			if rerr != unix.EINTR {
 				return true
 			}
@@ -168,4 +169,77 @@ func recvTokens(rc syscall.RawConn, buf, oob []byte) (n int, fds []int, eof bool
 		return 0, nil, true, nil
 	}
 	return n, fds, false, nil
+}
+
+// recvmsg is recvmsg(2) without the sender's address, which the token
+// readers have no use for and whose decoding (unix.Recvmsg,
+// net.UnixConn.ReadMsgUnix) allocates on every read from a bound peer.
+func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, err error) {
+	var msg unix.Msghdr
+	var iov unix.Iovec
+	if len(p) > 0 {
+		iov.Base = &p[0]
+		iov.SetLen(len(p))
+	}
+	msg.Iov = &iov
+	msg.SetIovlen(1)
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if e != 0 {
+		return 0, 0, 0, e
+	}
+	return int(r), int(msg.Controllen), int(msg.Flags), nil
+}
+
+// tokenReader reads tokens blocking in the netpoller, with their
+// descriptors; its closure is built once, so that a read allocates
+// nothing.
+type tokenReader struct {
+	rc    syscall.RawConn
+	buf   []byte
+	oob   []byte
+	n     int
+	oobn  int
+	flags int
+	err   error
+	read  func(uintptr) bool
+}
+
+func newTokenReader(rc syscall.RawConn, buf, oob []byte) *tokenReader {
+	r := &tokenReader{rc: rc, buf: buf, oob: oob}
+	r.read = func(fd uintptr) bool {
+		for {
+			r.n, r.oobn, r.flags, r.err = recvmsg(int(fd), r.buf, r.oob, unix.MSG_CMSG_CLOEXEC)
+			switch r.err {
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false // wait in the netpoller
+			}
+			return true
+		}
+	}
+	return r
+}
+
+// next reads one run of tokens: n bytes, the descriptors that came with
+// them; n == 0 with a nil error is end of file.
+func (r *tokenReader) next() (n int, fds []int, err error) {
+	if cerr := r.rc.Read(r.read); cerr != nil {
+		return 0, nil, cerr
+	}
+	if r.err != nil {
+		return 0, nil, r.err
+	}
+	if r.oobn > 0 {
+		fds = parseRights(r.oob[:r.oobn])
+	}
+	if r.flags&unix.MSG_CTRUNC != 0 {
+		closeFds(fds)
+		return 0, nil, fmt.Errorf("%w: more descriptors than one body token carries", ErrProtocol)
+	}
+	return r.n, fds, nil
 }

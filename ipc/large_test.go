@@ -127,3 +127,53 @@ func TestLargeRandomConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A large body costs at most its destination buffer: CallInto (request
+// and response of 1 MiB) allocates nothing once the segments exist, Call
+// only the result, and a large dispatch message only Recv's copy.
+func TestLargeAllocs(t *testing.T) {
+	srv, addr := startServer(t, nil, echoService())
+	cl := dial(t, addr, nil)
+	c := firstConn(t, srv)
+	ctx := testCtx(t)
+	req := pattern(1<<20, 1)
+	buf := make([]byte, 1<<20)
+	into := func() {
+		if n, err := cl.CallInto(ctx, msgEchoZC, req, buf); err != nil || n != len(req) {
+			t.Fatal(n, err)
+		}
+	}
+	call := func() {
+		if _, err := cl.Call(ctx, msgEcho, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func() {
+		if err := c.Dispatch(ctx, 3, req); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Recv(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		into()
+		call()
+		recv()
+	}
+	// Under the race detector a dropped pooled waiter (a waiter and its
+	// channel) comes on top now and then.
+	slack := 0.0
+	if raceOn {
+		slack = 2
+	}
+	if n := testing.AllocsPerRun(50, into); n > slack {
+		t.Errorf("%.2f allocations per 1 MiB CallInto round trip, want 0", n)
+	}
+	if n := testing.AllocsPerRun(50, call); n > 1+slack {
+		t.Errorf("%.2f allocations per 1 MiB Call, want 1 (the response)", n)
+	}
+	if n := testing.AllocsPerRun(50, recv); n > 1 {
+		t.Errorf("%.2f allocations per 1 MiB Dispatch and Recv, want 1 (the message)", n)
+	}
+}

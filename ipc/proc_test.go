@@ -90,6 +90,15 @@ func runChild(role, addr string) int {
 				fmt.Println("ready")
 			}
 		}
+	case "largecall": // a large call blocked in its handler, a large dispatch unread; the parent kills us
+		cl, err := Dial(ctx, addr, testService, nil)
+		if err != nil {
+			fmt.Println("dial:", err)
+			return exitFailed
+		}
+		fmt.Println("ready")
+		cl.Call(ctx, msgLargeBlock, make([]byte, 2<<20))
+		return exitFailed
 	case "server": // serve until killed
 		// PolicyBlock: msgFlood (BenchmarkDispatchProcess) outruns the
 		// client's reader and must wait for it, not disconnect it.
@@ -104,6 +113,7 @@ func runChild(role, addr string) int {
 			r.Conn.Dispatch(r.Context(), 1, nil) // tell the client we are in
 			<-r.Context().Done()
 		})
+		svc.Handlers[msgLargeBlock] = largeBlockHandler
 		srv.Register(svc)
 		l, err := Listen(addr, 0)
 		if err != nil {
@@ -288,7 +298,7 @@ func TestAuthorizeOtherUID(t *testing.T) {
 }
 
 // resourceCount counts this process's descriptors and the mappings of
-// connection segments.
+// connection segments and body segments.
 func resourceCount(t *testing.T) (fds, segMaps, allMaps int) {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -301,7 +311,7 @@ func resourceCount(t *testing.T) (fds, segMaps, allMaps int) {
 	}
 	lines := strings.Split(strings.TrimSpace(string(maps)), "\n")
 	for _, l := range lines {
-		if strings.Contains(l, "memfd:ringipc-conn") {
+		if strings.Contains(l, "memfd:ringipc-conn") || strings.Contains(l, "memfd:ringipc-body") {
 			segMaps++
 		}
 	}

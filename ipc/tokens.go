@@ -3,14 +3,13 @@
 package ipc
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Token reading, the same on both sides (Client.readLoop, Conn.readLoop,
@@ -123,19 +122,14 @@ const tokenOOB = 64
 func readTokenLoop(nc *net.UnixConn, rc syscall.RawConn, w *sockWaker, done <-chan struct{}) error {
 	var small [tokenSmall]byte
 	var oob [tokenOOB]byte
+	// recvmsg, not read: a body token's descriptor would be closed by
+	// the kernel on a read. A read stops after a message that carries
+	// descriptors, so those belong to its last byte.
+	tr := newTokenReader(rc, small[:], oob[:])
 	for {
-		// recvmsg, not read: a body token's descriptor would be closed
-		// by the kernel on a read. A read stops after a message that
-		// carries descriptors, so those belong to its last byte.
-		n, oobn, flags, _, err := nc.ReadMsgUnix(small[:], oob[:])
-		n, oobn = max(n, 0), max(oobn, 0)
-		var fds []int
-		if oobn > 0 {
-			fds = parseRights(oob[:oobn])
-		}
-		if flags&unix.MSG_CTRUNC != 0 {
-			closeFds(fds)
-			return fmt.Errorf("%w: more descriptors than one body token carries", ErrProtocol)
+		n, fds, err := tr.next()
+		if errors.Is(err, ErrProtocol) {
+			return err
 		}
 		if derr := w.deliver(small[:n], fds); derr != nil {
 			return derr

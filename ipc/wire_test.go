@@ -80,6 +80,14 @@ func TestWireConstants(t *testing.T) {
 		{"MinRingSize", MinRingSize, 4096},
 		{"DefaultRingSize", DefaultRingSize, 65536},
 		{"shmseg.HeaderSize", shmseg.HeaderSize, 4096},
+		{"FeatureLarge", FeatureLarge, 2},
+		{"typeLarge", typeLarge, 1 << 16},
+		{"largeDescSize", largeDescSize, 16},
+		{"tokReqBody", tokReqBody, 0x30},
+		{"tokRespBody", tokRespBody, 0x31},
+		{"tokDispBody", tokDispBody, 0x32},
+		{"ctlMaxMessage", ctlMaxMessage, 32},
+		{"DefaultMaxMessage", DefaultMaxMessage, 64 << 20},
 	}
 	for _, p := range pins {
 		if p.got != p.want {

@@ -1,0 +1,187 @@
+//go:build linux
+
+package ipc
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawBodySegment makes a memfd of size bytes for a hostile peer's body
+// token, sealed with seals (0: none).
+func rawBodySegment(t *testing.T, size int64, seals int) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate("ringipc-body", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		t.Fatal(err)
+	}
+	if seals != 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fd
+}
+
+// bodyMapped sums the sizes of this process's body segment mappings.
+func bodyMapped(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "memfd:ringipc-body") {
+			continue
+		}
+		var lo, hi uint64
+		if _, err := fmt.Sscanf(l, "%x-%x", &lo, &hi); err == nil {
+			total += int(hi - lo)
+		}
+	}
+	return total
+}
+
+const sealsOK = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+
+// largeRequest commits a large-request descriptor {n, gen} as corr and
+// wakes the server.
+func (p *rawPeer) largeRequest(id uint16, corr uint64, n uint64, gen uint32) {
+	pl := make([]byte, 8+largeDescSize)
+	binary.LittleEndian.PutUint64(pl, corr)
+	binary.LittleEndian.PutUint64(pl[8:], n)
+	binary.LittleEndian.PutUint32(pl[16:], gen)
+	next, _ := p.writeRecord(uint32(id)|typeLarge, pl, 0)
+	atomic.StoreUint64(p.rings[0].tail(), next)
+	p.wake(0, rawOffConsWait, 0x01)
+}
+
+// A hostile client of large bodies can make the server map no more than
+// Config.MaxMessage and hold nothing past the connection's life: a
+// descriptor whose segment never comes holds only that connection (the
+// others are served) until it ends; a huge segment is mapped only up to
+// the limit and a huge length is refused with status 3; every malformed
+// segment, token or descriptor ends the connection with ErrProtocol; and
+// no descriptor or mapping outlives the connection.
+func TestLargeHostileClient(t *testing.T) {
+	const maxMsg = 4 << 20
+	h := newHostileHarness(t, &Config{MaxMessage: maxMsg})
+	connect := func(features uint32) *rawPeer {
+		p := rawConnect(t, h.addr)
+		p.handshake(rawHello(1, testService, features, [3]uint64{}, 0))
+		return p
+	}
+	deadline := func() time.Time { return time.Now().Add(rawIOTimeout) }
+
+	t.Run("descriptor whose segment never comes", func(t *testing.T) {
+		p := connect(FeatureLarge)
+		p.largeRequest(msgEcho, 1, 1<<40, 1)
+		// The server waits for the segment, holding nothing but the
+		// connection; everyone else is served meanwhile.
+		h.checkpoint()
+		h.checkpoint()
+		h.expectKept(p)
+		h.checkResources()
+	})
+	t.Run("huge segment and huge length", func(t *testing.T) {
+		p := connect(FeatureLarge)
+		fd := rawBodySegment(t, 1<<40, sealsOK)
+		if err := p.send([]byte{tokReqBody}, fd); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		p.largeRequest(msgEcho, 2, 1<<40, 1)
+		r, err := p.readResponse(deadline())
+		if err != nil || r.status != respTooLarge || r.corr != 2 || uint32(r.code) != 0xffffffff {
+			t.Fatalf("response %+v (%v), want status 3 for corr 2 with the size saturated", r, err)
+		}
+		// The server mapped at most MaxMessage of it.
+		if got := bodyMapped(t); got > maxMsg {
+			t.Errorf("%d bytes of body segments mapped, MaxMessage %d", got, maxMsg)
+		}
+		// A body within the limit then goes through the same segment
+		// (and is echoed as a large response: a descriptor).
+		p.largeRequest(msgEcho, 3, 100000, 1)
+		r, err = p.readResponse(deadline())
+		if n, _ := getDesc(r.body); err != nil || r.status != typeLarge|respOK || r.corr != 3 || n != 100000 {
+			t.Fatalf("response %+v (%v), want a large response of 100000 bytes", r, err)
+		}
+		h.expectKept(p)
+		h.checkResources()
+	})
+
+	drops := []struct {
+		name     string
+		features uint32
+		act      func(t *testing.T, p *rawPeer)
+	}{
+		{"unsealed segment", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			fd := rawBodySegment(t, 1<<20, 0)
+			defer unix.Close(fd)
+			p.send([]byte{tokReqBody}, fd)
+			p.largeRequest(msgEcho, 1, 100000, 1)
+		}},
+		{"not a memfd", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			var pfd [2]int
+			if err := unix.Pipe2(pfd[:], unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(pfd[0])
+			defer unix.Close(pfd[1])
+			p.send([]byte{tokReqBody}, pfd[0])
+			p.largeRequest(msgEcho, 1, 100000, 1)
+		}},
+		{"body token without a descriptor", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			p.send([]byte{tokReqBody})
+		}},
+		{"two descriptors with one token", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			a, b := rawBodySegment(t, 1<<20, sealsOK), rawBodySegment(t, 1<<20, sealsOK)
+			defer unix.Close(a)
+			defer unix.Close(b)
+			p.send([]byte{tokReqBody}, a, b)
+		}},
+		{"a server's body token", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			fd := rawBodySegment(t, 1<<20, sealsOK)
+			defer unix.Close(fd)
+			p.send([]byte{tokRespBody}, fd)
+		}},
+		{"body token without FeatureLarge", 0, func(t *testing.T, p *rawPeer) {
+			fd := rawBodySegment(t, 1<<20, sealsOK)
+			defer unix.Close(fd)
+			p.send([]byte{tokReqBody}, fd)
+		}},
+		{"large bit without FeatureLarge", 0, func(t *testing.T, p *rawPeer) {
+			p.largeRequest(msgEcho, 1, 100000, 1)
+		}},
+		{"length beyond the segment", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			fd := rawBodySegment(t, 1<<20, sealsOK)
+			defer unix.Close(fd)
+			p.send([]byte{tokReqBody}, fd)
+			p.largeRequest(msgEcho, 1, 2<<20, 1)
+		}},
+		{"generation skipped", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			p.largeRequest(msgEcho, 1, 100000, 5)
+		}},
+	}
+	for _, tc := range drops {
+		t.Run(tc.name, func(t *testing.T) {
+			p := connect(tc.features)
+			errs0 := h.srv.Stats().Errors
+			tc.act(t, p)
+			h.expectDrop(errs0, ErrProtocol)
+			p.close()
+			h.checkResources()
+		})
+	}
+}
