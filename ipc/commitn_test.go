@@ -72,7 +72,7 @@ func TestResponseCommitN(t *testing.T) {
 			} else {
 				_, addr, _ = startEpollServer(t, Config{}, commitNService(refused))
 			}
-			cl := dial(t, addr, nil)
+			cl := dial(t, addr, &ClientOptions{MaxMessage: -1}) // ring-sized bodies
 			ctx := testCtx(t)
 			max := cl.MaxResponse()
 			for _, tc := range []struct{ reserve, n int }{
@@ -151,7 +151,7 @@ func TestCommitNRandomWraps(t *testing.T) {
 func TestResponseCommitNQueued(t *testing.T) {
 	refused := make(chan error, 1)
 	srv, addr, _ := startEpollServer(t, Config{}, commitNService(refused))
-	cl := dial(t, addr, &ClientOptions{ResponseRingSize: MinRingSize})
+	cl := dial(t, addr, &ClientOptions{ResponseRingSize: MinRingSize, MaxMessage: -1})
 	ctx := testCtx(t)
 	max := cl.MaxResponse()
 	// A held zero-copy response of the largest body fills half the
@@ -199,7 +199,7 @@ func TestResponseCommitNQueued(t *testing.T) {
 // sent; a count out of range is ErrTooLarge and leaves the call live.
 func TestPendingCallSendN(t *testing.T) {
 	_, addr := startServer(t, nil, echoService())
-	cl := dial(t, addr, nil)
+	cl := dial(t, addr, &ClientOptions{MaxMessage: -1}) // ring-sized bodies
 	ctx := testCtx(t)
 	max := min(cl.MaxRequest(), cl.MaxResponse()) // echoed
 	for _, tc := range []struct{ reserve, n int }{{0, 0}, {100, 0}, {100, 50}, {100, 100}, {max, 1}, {max, max}} {

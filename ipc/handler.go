@@ -255,6 +255,9 @@ func (w *ResponseWriter) reservedLen() int {
 	if w.pend != nil {
 		return len(w.pend.b) - respHdrSize
 	}
+	if w.body != nil {
+		return len(w.body)
+	}
 	return len(w.res.Bytes()) - respHdrSize
 }
 
@@ -270,7 +273,7 @@ func (w *ResponseWriter) commit(n int) error {
 		return nil
 	}
 	if w.body != nil {
-		return w.commitLarge()
+		return w.commitLarge(n)
 	}
 	// Counted before publishing, so that a client holding the response
 	// also sees it counted.

@@ -124,11 +124,14 @@ func (w *ResponseWriter) reserved1(status uint32, code int32, p []byte) []byte {
 	return p[respHdrSize:]
 }
 
-// commitLarge publishes a large response reserved in the segment.
-func (w *ResponseWriter) commitLarge() error {
+// commitLarge publishes the first n bytes of a large response reserved
+// in the segment (the descriptor says n; the rest of the segment is
+// simply not read).
+func (w *ResponseWriter) commitLarge(n int) error {
 	c := w.c
 	c.stats.responses.Add(1)
-	c.stats.bytesOut.Add(uint64(len(w.body)))
+	c.stats.bytesOut.Add(uint64(n))
+	putDesc(w.res.Bytes()[respHdrSize:], n, c.respOut.gen)
 	end := w.res.End()
 	w.body = nil
 	if err := w.res.Commit(); err != nil {

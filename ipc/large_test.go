@@ -177,3 +177,34 @@ func TestLargeAllocs(t *testing.T) {
 		t.Errorf("%.2f allocations per 1 MiB Dispatch and Recv, want 1 (the message)", n)
 	}
 }
+
+// A large reservation committed short (CommitN, SendN) sends the first n
+// bytes, through the body segment or, short enough, still through it.
+func TestLargeCommitN(t *testing.T) {
+	svc := echoService()
+	const msgShort = 61
+	svc.Handlers[msgShort] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+		b, err := w.Reserve(2 << 20)
+		if err != nil {
+			return
+		}
+		n := copy(b, r.Data)
+		w.CommitN(n)
+	})
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx := testCtx(t)
+	for _, n := range []int{0, 100, 700000} {
+		req := pattern(n, 9)
+		p, err := cl.Reserve(ctx, msgShort, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(p.Bytes(), req)
+		resp, err := p.SendN(ctx, n)
+		if err != nil || !bytes.Equal(resp.Data, req) {
+			t.Fatalf("SendN %d of a 1 MiB reservation, CommitN of 2 MiB: %d bytes back, %v", n, len(resp.Data), err)
+		}
+		resp.Release()
+	}
+}
