@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ringipc/ringipc/ring"
 	"github.com/ringipc/ringipc/shmseg"
@@ -68,6 +69,7 @@ type Conn struct {
 	// done is closed by kill, after err is set and the rings are closed:
 	// a receive from done happens after both.
 	done     chan struct{}
+	ending   chan struct{} // closed first thing by kill, before it takes qMu
 	killOnce sync.Once
 	err      error
 
@@ -107,7 +109,11 @@ type Conn struct {
 	zcHeld   bool          // a ReserveDispatch owns the producer (dispatchzc.go)
 	zcSeq    uint64        // numbers ReserveDispatch's reservations, under qMu
 	zcLive   atomic.Uint64 // the live DispatchReservation's number, 0 if none
-	dispOut  bodyOut       // dispatch body segment (large.go); the producer's owner's
+	// Large dispatches (large_server.go) take turns through dispLarge
+	// (buffered 1), which guards dispOut and dispTimer.
+	dispLarge chan struct{}
+	dispOut   bodyOut
+	dispTimer *time.Timer
 
 	// External mode lifecycle (process.go), under pmu: started once
 	// EventLoop.AddConn returned; running while Process runs; pendingOut
@@ -144,19 +150,21 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		return nil, fmt.Errorf("create connection segment: %w", err)
 	}
 	c := &Conn{
-		srv:      s,
-		id:       s.nextID.Add(1),
-		svc:      svc,
-		sel:      s.selector(),
-		cred:     cred,
-		nc:       uc,
-		rc:       rc,
-		seg:      seg,
-		qLimit:   s.cfg.DispatchQueue,
-		policy:   s.cfg.DispatchPolicy,
-		external: s.cfg.EventLoop != nil,
-		done:     make(chan struct{}),
-		room:     make(chan struct{}, 1),
+		srv:       s,
+		id:        s.nextID.Add(1),
+		svc:       svc,
+		sel:       s.selector(),
+		cred:      cred,
+		nc:        uc,
+		rc:        rc,
+		seg:       seg,
+		qLimit:    s.cfg.DispatchQueue,
+		policy:    s.cfg.DispatchPolicy,
+		external:  s.cfg.EventLoop != nil,
+		done:      make(chan struct{}),
+		ending:    make(chan struct{}),
+		dispLarge: make(chan struct{}, 1),
+		room:      make(chan struct{}, 1),
 	}
 	c.log = s.log.With("conn", c.id)
 	mem := seg.Payload()
@@ -269,6 +277,10 @@ func (c *Conn) ringErr(op string, err error) error {
 func (c *Conn) kill(err error) {
 	c.killOnce.Do(func() {
 		c.err = err
+		// First, without qMu: a large Dispatch holds qMu while it waits
+		// for the client (dispatchLarge), and must see the end.
+		close(c.ending)
+		c.dispP.Close() //nolint:errcheck // always nil
 		c.qMu.Lock()
 		c.qDead = true
 		c.srv.queued.Add(-int64(c.qBytes)) // nobody will flush them
@@ -344,10 +356,10 @@ func (c *Conn) teardown() {
 		var berr error
 		if c.large {
 			// The loop has ended (this is it, or Process can no more
-			// start); a Dispatch may still hold the producer: wait for it.
-			c.qMu.Lock()
+			// start); a large Dispatch may still be writing: wait for it
+			// (it sees ending and returns).
+			c.dispLarge <- struct{}{}
 			berr = errors.Join(c.reqIn.close(), c.respOut.close(), c.dispOut.close())
-			c.qMu.Unlock()
 		}
 		c.tornErr = errors.Join(closeErr("close socket", nerr), c.seg.Close(), closeErr("unmap body segments", berr))
 		if c.tornErr != nil {

@@ -55,8 +55,11 @@ const (
 	// segment of its direction.
 	typeLarge = 1 << 16
 	// largeDescSize is a descriptor's size: u64 body length, u32
-	// segment generation, u32 reserved (zero, ignored on read).
+	// segment generation, u32 the body's offset in the segment in
+	// bodyPage units.
 	largeDescSize = 16
+	// bodyPage is the unit of a descriptor's offset.
+	bodyPage = 4096
 
 	// Body tokens: one byte sent with exactly one SCM_RIGHTS descriptor,
 	// the next body segment of its direction. The k-th of a direction
@@ -83,22 +86,19 @@ func isBodyToken(b byte) (int, bool) {
 	return 0, false
 }
 
-func putDesc(b []byte, n int, gen uint32) {
+// getDesc decodes a descriptor: the body's length, its segment's
+// generation and its offset in the segment.
+func getDesc(b []byte) (n uint64, gen uint32, off uint64) {
 	le := binary.LittleEndian
-	le.PutUint64(b, uint64(n))
-	le.PutUint32(b[8:], gen)
-	le.PutUint32(b[12:], 0)
+	return le.Uint64(b), le.Uint32(b[8:]), uint64(le.Uint32(b[12:])) * bodyPage
 }
 
-func getDesc(b []byte) (n uint64, gen uint32) {
-	le := binary.LittleEndian
-	return le.Uint64(b), le.Uint32(b[8:])
-}
-
-// segmentSize is the size of a new body segment for an n-byte body: the
-// next power of two, at least bodySegMin, at most limit (page-rounded).
+// segmentSize is the size of a new body segment for an n-byte body:
+// room for two (see bodyOut), a power of two of at least bodySegMin, but
+// no more than limit (page-rounded), so a receiver never maps more than
+// its limit; at least the body, page-rounded.
 func segmentSize(n, limit, page int) int {
-	s := max(roundRingSize(n), bodySegMin)
+	s := max(roundRingSize(2*alignInt(n, page)), bodySegMin)
 	s = min(s, alignInt(limit, page))
 	return max(s, alignInt(n, page))
 }
@@ -108,23 +108,83 @@ func alignInt(n, a int) int { return (n + a - 1) &^ (a - 1) }
 // bodyOut is the sending side of one direction's body segment. It is
 // owned by whoever owns the ring's producer for large messages (see the
 // callers); nothing in it is shared.
+//
+// The segment is used as a queue of bodies in ring order: each body is
+// placed, page-aligned, after the last one still in flight (or at 0 when
+// that does not fit), and a body's pages are free again once the
+// receiver has released its descriptor record, which it does in ring
+// order too. A segment twice the body's size (segmentSize) thus holds
+// two bodies: the sender fills the next while the receiver reads the
+// last, and neither waits for the other's wake-up.
 type bodyOut struct {
-	tok   byte
-	limit int    // the largest body sent: sizes the segment
-	mem   []byte // the segment, mapped read-write; nil before the first
-	gen   uint32 // its generation (body tokens sent)
-	busy  bool   // a descriptor record not yet seen released
-	end   uint64 // the ring position past that record
+	tok    byte
+	limit  int      // the largest body sent: bounds the segment
+	mem    []byte   // the segment, mapped read-write; nil before the first
+	gen    uint32   // its generation (body tokens sent)
+	flight []placed // bodies whose records the receiver has not released, oldest first
+	cur    placed   // the body being written (segment)
 }
 
-// released reports whether the segment may be written: no large message
-// is in flight, or the receiver has released its record.
-func (o *bodyOut) released(p *ring.Producer) bool { return !o.busy || p.Released(o.end) }
+// placed is a body in the segment: its page-aligned span and the ring
+// position past its descriptor record.
+type placed struct {
+	off, size int
+	end       uint64
+}
 
-// segment returns the first n bytes of the segment, first replacing it
-// with a larger one if it is smaller, sent over rc (waiting for socket
-// space until ctx ends or done is closed; a nil ctx does not wait). Call
-// it only once released says so.
+// maxFlight bounds the bodies in flight in one segment.
+const maxFlight = 8
+
+// reap forgets the bodies whose records the receiver has released.
+func (o *bodyOut) reap(p *ring.Producer) {
+	i := 0
+	for i < len(o.flight) && p.Released(o.flight[i].end) {
+		i++
+	}
+	if i > 0 {
+		o.flight = append(o.flight[:0], o.flight[i:]...)
+	}
+}
+
+// place returns where an n-byte body goes in the segment now, if
+// anywhere.
+func (o *bodyOut) place(n int) (int, bool) {
+	size := alignInt(n, pageSize)
+	if len(o.flight) == 0 {
+		return 0, size <= len(o.mem)
+	}
+	if len(o.flight) == maxFlight {
+		return 0, false
+	}
+	head := o.flight[0].off
+	last := o.flight[len(o.flight)-1]
+	tail := last.off + last.size
+	if last.off >= head { // not wrapped: free are [tail, len) and [0, head)
+		if tail+size <= len(o.mem) {
+			return tail, true
+		}
+		return 0, size <= head
+	}
+	return tail, tail+size <= head // wrapped: free is [tail, head)
+}
+
+// room reports whether an n-byte body can be written now: it fits beside
+// the bodies in flight, or the segment is too small and will be
+// replaced by a larger one (which needs no wait: the receiver keeps the
+// old mapping until it has read everything in it).
+func (o *bodyOut) room(p *ring.Producer, n int) bool {
+	if n > len(o.mem) {
+		return true
+	}
+	o.reap(p)
+	_, ok := o.place(n)
+	return ok
+}
+
+// segment returns n bytes of the segment to write a body into, first
+// replacing the segment with a larger one if it is too small, sent over
+// rc (waiting for socket space until ctx ends or done is closed; a nil
+// ctx does not wait). Call it only once room says so.
 func (o *bodyOut) segment(n int, ctx context.Context, done <-chan struct{}, rc syscall.RawConn) ([]byte, error) {
 	if n > len(o.mem) {
 		mem, err := newBodySegment(segmentSize(n, o.limit, pageSize), o.tok, ctx, done, rc)
@@ -134,12 +194,30 @@ func (o *bodyOut) segment(n int, ctx context.Context, done <-chan struct{}, rc s
 		o.close()
 		o.mem = mem
 		o.gen++
+		o.flight = o.flight[:0] // in the old segment, which the receiver still maps
 	}
-	return o.mem[:n:n], nil
+	off, ok := o.place(n)
+	if !ok {
+		return nil, fmt.Errorf("%w: no room for a %d-byte body", errInternal, n)
+	}
+	o.cur = placed{off: off, size: alignInt(n, pageSize)}
+	return o.mem[off : off+n : off+n], nil
 }
 
-// sent notes the descriptor record just committed, ending at end.
-func (o *bodyOut) sent(end uint64) { o.busy, o.end = true, end }
+// desc writes the descriptor of the current body, n bytes of it, into b.
+func (o *bodyOut) desc(b []byte, n int) {
+	le := binary.LittleEndian
+	le.PutUint64(b, uint64(n))
+	le.PutUint32(b[8:], o.gen)
+	le.PutUint32(b[12:], uint32(o.cur.off/bodyPage))
+}
+
+// sent notes the current body's descriptor record, committed, ending at
+// end.
+func (o *bodyOut) sent(end uint64) {
+	o.cur.end = end
+	o.flight = append(o.flight, o.cur)
+}
 
 // close unmaps the segment; at teardown, once no sender can run.
 func (o *bodyOut) close() error {
@@ -215,6 +293,9 @@ func (in *bodyIn) take(gen uint32) (int, error) {
 	return -1, nil
 }
 
+// errInternal marks a broken invariant of this package.
+var errInternal = fmt.Errorf("ipc: internal error")
+
 // errBodyNotYet: a descriptor's segment has not come, and the caller
 // cannot wait.
 var errBodyNotYet = fmt.Errorf("%w: a large body's descriptor came before its segment", ErrProtocol)
@@ -226,7 +307,7 @@ var errBodyNotYet = fmt.Errorf("%w: a large body's descriptor came before its se
 // yet, body waits for it until ctx ends or done is closed (the peer sent
 // the token before the record, so an honest one is never waited for
 // long); a nil ctx does not wait (errBodyNotYet).
-func (in *bodyIn) body(n uint64, gen uint32, ctx context.Context, done <-chan struct{}) ([]byte, error) {
+func (in *bodyIn) body(n uint64, gen uint32, off uint64, ctx context.Context, done <-chan struct{}) ([]byte, error) {
 	if gen != in.gen {
 		if gen != in.gen+1 {
 			return nil, fmt.Errorf("%w: %s body in segment %d, the current is %d", ErrProtocol, in.what, gen, in.gen)
@@ -257,10 +338,10 @@ func (in *bodyIn) body(n uint64, gen uint32, ctx context.Context, done <-chan st
 	if n > uint64(in.limit) {
 		return nil, tooLarge(in.what, int(min(n, 1<<62)), in.limit, in.raise)
 	}
-	if n > uint64(len(in.mem)) {
-		return nil, fmt.Errorf("%w: %s body of %d bytes in a segment of %d", ErrProtocol, in.what, n, len(in.mem))
+	if size := uint64(len(in.mem)); off > size || n > size-off {
+		return nil, fmt.Errorf("%w: %s body of %d bytes at %d in a segment of %d", ErrProtocol, in.what, n, off, size)
 	}
-	return in.mem[:n:n], nil
+	return in.mem[off : off+n : off+n], nil
 }
 
 // install maps the segment fd (closing it) in place of the current one.

@@ -28,15 +28,15 @@ func (cl *Client) sendLarge(ctx context.Context, id uint16, req []byte, w *waite
 	return err
 }
 
-// takeReqBody takes largeLock, waits until the server has released the
-// last large request, and returns n bytes of the segment to fill. On
-// error largeLock is not held.
+// takeReqBody takes largeLock, waits until the request body segment has
+// room for n bytes (the server releases bodies as their handlers
+// return), and returns them to fill. On error largeLock is not held.
 func (cl *Client) takeReqBody(ctx context.Context, n int) ([]byte, error) {
 	if err := cl.lock(ctx, cl.largeLock); err != nil {
 		return nil, err
 	}
-	if !cl.reqOut.released(cl.reqP) {
-		if err := cl.waitReqReleased(ctx); err != nil {
+	if !cl.reqOut.room(cl.reqP, n) {
+		if err := cl.waitReqRoom(ctx, n); err != nil {
 			<-cl.largeLock
 			return nil, err
 		}
@@ -54,10 +54,11 @@ func (cl *Client) takeReqBody(ctx context.Context, n int) ([]byte, error) {
 	return body, nil
 }
 
-// waitReqReleased waits, as the one waiter on the request ring's
-// producer word (spaceLock), until the server has released the last
-// large request: its release publishes the ring's head and wakes us.
-func (cl *Client) waitReqReleased(ctx context.Context) error {
+// waitReqRoom waits, as the one waiter on the request ring's producer
+// word (spaceLock), until the request body segment has room for n bytes:
+// the server's release of a large request publishes the ring's head and
+// wakes us.
+func (cl *Client) waitReqRoom(ctx context.Context, n int) error {
 	if err := cl.lock(ctx, cl.spaceLock); err != nil {
 		return err
 	}
@@ -68,7 +69,7 @@ func (cl *Client) waitReqReleased(ctx context.Context) error {
 			return true
 		default:
 		}
-		return cl.reqOut.released(cl.reqP)
+		return cl.reqOut.room(cl.reqP, n)
 	})
 	if err != nil {
 		return cl.ringErr(err)
@@ -89,7 +90,7 @@ func (cl *Client) commitLarge(ctx context.Context, id uint16, n int, w *waiter, 
 	if err != nil {
 		return err
 	}
-	putDesc(r.Bytes()[reqHdrSize:], n, cl.reqOut.gen)
+	cl.reqOut.desc(r.Bytes()[reqHdrSize:], n)
 	end := r.End()
 	if err := cl.commit(r, w); err != nil {
 		return err
@@ -108,8 +109,8 @@ func (cl *Client) largeBody(ctx context.Context, in *bodyIn, d []byte) ([]byte, 
 		cl.kill(err)
 		return nil, err
 	}
-	n, gen := getDesc(d)
-	body, err := in.body(n, gen, ctx, cl.done)
+	n, gen, off := getDesc(d)
+	body, err := in.body(n, gen, off, ctx, cl.done)
 	if err != nil && errors.Is(err, ErrProtocol) {
 		cl.kill(err)
 	}

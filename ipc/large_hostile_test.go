@@ -55,13 +55,19 @@ func bodyMapped(t *testing.T) int {
 
 const sealsOK = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
 
-// largeRequest commits a large-request descriptor {n, gen} as corr and
-// wakes the server.
+// largeRequest commits a large-request descriptor {n, gen, offset 0} as
+// corr and wakes the server.
 func (p *rawPeer) largeRequest(id uint16, corr uint64, n uint64, gen uint32) {
+	p.largeRequestAt(id, corr, n, gen, 0)
+}
+
+// largeRequestAt is largeRequest with the body at page pages.
+func (p *rawPeer) largeRequestAt(id uint16, corr uint64, n uint64, gen, pages uint32) {
 	pl := make([]byte, 8+largeDescSize)
 	binary.LittleEndian.PutUint64(pl, corr)
 	binary.LittleEndian.PutUint64(pl[8:], n)
 	binary.LittleEndian.PutUint32(pl[16:], gen)
+	binary.LittleEndian.PutUint32(pl[20:], pages)
 	next, _ := p.writeRecord(uint32(id)|typeLarge, pl, 0)
 	atomic.StoreUint64(p.rings[0].tail(), next)
 	p.wake(0, rawOffConsWait, 0x01)
@@ -114,7 +120,7 @@ func TestLargeHostileClient(t *testing.T) {
 		// (and is echoed as a large response: a descriptor).
 		p.largeRequest(msgEcho, 3, 100000, 1)
 		r, err = p.readResponse(deadline())
-		if n, _ := getDesc(r.body); err != nil || r.status != typeLarge|respOK || r.corr != 3 || n != 100000 {
+		if n, _, _ := getDesc(r.body); err != nil || r.status != typeLarge|respOK || r.corr != 3 || n != 100000 {
 			t.Fatalf("response %+v (%v), want a large response of 100000 bytes", r, err)
 		}
 		h.expectKept(p)
@@ -169,6 +175,18 @@ func TestLargeHostileClient(t *testing.T) {
 			defer unix.Close(fd)
 			p.send([]byte{tokReqBody}, fd)
 			p.largeRequest(msgEcho, 1, 2<<20, 1)
+		}},
+		{"offset beyond the segment", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			fd := rawBodySegment(t, 1<<20, sealsOK)
+			defer unix.Close(fd)
+			p.send([]byte{tokReqBody}, fd)
+			p.largeRequestAt(msgEcho, 1, 100000, 1, 0xffffffff)
+		}},
+		{"body reaching past the segment's end", FeatureLarge, func(t *testing.T, p *rawPeer) {
+			fd := rawBodySegment(t, 1<<20, sealsOK)
+			defer unix.Close(fd)
+			p.send([]byte{tokReqBody}, fd)
+			p.largeRequestAt(msgEcho, 1, 100000, 1, 255)
 		}},
 		{"generation skipped", FeatureLarge, func(t *testing.T, p *rawPeer) {
 			p.largeRequest(msgEcho, 1, 100000, 5)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/ringipc/ringipc/ring"
 )
@@ -25,12 +26,12 @@ func (c *Conn) requestBody(corr uint64, d []byte) (body []byte, ok bool) {
 		c.kill(fmt.Errorf("%w: request descriptor of %d bytes", ErrProtocol, len(d)))
 		return nil, false
 	}
-	n, gen := getDesc(d)
+	n, gen, off := getDesc(d)
 	var ctx context.Context // nil: an external loop does not wait
 	if !c.external {
 		ctx = c.ctx
 	}
-	body, err := c.reqIn.body(n, gen, ctx, c.done)
+	body, err := c.reqIn.body(n, gen, off, ctx, c.done)
 	if err == errBodyNotYet {
 		// An external loop reads the socket only in Process: the client
 		// sent the segment before it committed the record, so the token
@@ -39,7 +40,7 @@ func (c *Conn) requestBody(corr uint64, d []byte) (body []byte, ok bool) {
 			c.kill(terr)
 			return nil, false
 		}
-		body, err = c.reqIn.body(n, gen, nil, nil)
+		body, err = c.reqIn.body(n, gen, off, nil, nil)
 	}
 	switch {
 	case err == nil:
@@ -67,7 +68,7 @@ func (w *ResponseWriter) reserveLarge(status uint32, code int32, n int) ([]byte,
 	c := w.c
 	var r ring.Reservation
 	if c.external {
-		if len(c.pending) == 0 && c.respOut.released(c.respP) {
+		if len(c.pending) == 0 && c.respOut.room(c.respP, n) {
 			var err error
 			r, err = c.respP.TryReserve(status|typeLarge, respHdrSize+largeDescSize)
 			if err != nil && err != ring.ErrFull {
@@ -79,8 +80,8 @@ func (w *ResponseWriter) reserveLarge(status uint32, code int32, n int) ([]byte,
 			return w.reserved1(status, code, w.pend.b), nil
 		}
 	} else {
-		if !c.respOut.released(c.respP) {
-			err := c.respP.Waiter().Wait(c.ctx, func() bool { return c.isDead() || c.respOut.released(c.respP) })
+		if !c.respOut.room(c.respP, n) {
+			err := c.respP.Waiter().Wait(c.ctx, func() bool { return c.isDead() || c.respOut.room(c.respP, n) })
 			if err == nil && c.isDead() {
 				err = ring.ErrClosed
 			}
@@ -105,7 +106,7 @@ func (w *ResponseWriter) reserveLarge(status uint32, code int32, n int) ([]byte,
 		return nil, err
 	}
 	w.res, w.body = r, body
-	putDesc(r.Bytes()[respHdrSize:], n, c.respOut.gen)
+	c.respOut.desc(r.Bytes()[respHdrSize:], n)
 	w.reserved1(status, code, r.Bytes())
 	return body, nil
 }
@@ -131,7 +132,7 @@ func (w *ResponseWriter) commitLarge(n int) error {
 	c := w.c
 	c.stats.responses.Add(1)
 	c.stats.bytesOut.Add(uint64(n))
-	putDesc(w.res.Bytes()[respHdrSize:], n, c.respOut.gen)
+	c.respOut.desc(w.res.Bytes()[respHdrSize:], n)
 	end := w.res.End()
 	w.body = nil
 	if err := w.res.Commit(); err != nil {
@@ -145,7 +146,7 @@ func (w *ResponseWriter) commitLarge(n int) error {
 // reports false, and leaves it queued, while the segment or the ring is
 // busy.
 func (c *Conn) flushLarge(p *pendingResp) bool {
-	if !c.respOut.released(c.respP) {
+	if !c.respOut.room(c.respP, len(p.b)-respHdrSize) {
 		return false
 	}
 	r, err := c.respP.TryReserve(p.status|typeLarge, respHdrSize+largeDescSize)
@@ -165,7 +166,7 @@ func (c *Conn) flushLarge(p *pendingResp) bool {
 	}
 	copy(body, p.b[respHdrSize:])
 	copy(r.Bytes(), p.b[:respHdrSize])
-	putDesc(r.Bytes()[respHdrSize:], n, c.respOut.gen)
+	c.respOut.desc(r.Bytes()[respHdrSize:], n)
 	end := r.End()
 	if err := r.Commit(); err != nil {
 		c.kill(c.ringErr("respond", err))
@@ -177,13 +178,33 @@ func (c *Conn) flushLarge(p *pendingResp) bool {
 }
 
 // dispatchLarge is Dispatch for a body larger than the dispatch ring
-// carries. It waits until the queue is empty (the messages before it go
-// first, and the producer is then whoever holds qMu), then, holding qMu,
-// until the client has released the last large message, and writes the
-// body into the dispatch body segment and its descriptor into the ring.
-// Other Dispatch calls wait for qMu meanwhile, as behind a PolicyBlock
-// write into a full ring.
+// carries. Large dispatches take turns (dispLarge, which guards
+// dispOut). One waits, without holding anything else, until the
+// dispatch body segment has room (the client releases what it read),
+// writes the body there, and only then takes qMu, waits until the queue
+// is empty (the messages before it go first, and the producer is then
+// whoever holds qMu), and commits the descriptor. It does not wait on
+// the ring's producer word, which Dispatch and the flusher arm: it polls
+// the segment, 20 µs doubling to 1 ms between looks, which a message of
+// this size hardly notices.
 func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error {
+	select {
+	case c.dispLarge <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("dispatch: %w", ctx.Err())
+	case <-c.ending:
+		return fmt.Errorf("dispatch: %w", ErrDisconnected)
+	}
+	defer func() { <-c.dispLarge }()
+	if err := c.waitDispRoom(ctx, len(body)); err != nil {
+		return err
+	}
+	seg, err := c.dispOut.segment(len(body), ctx, c.ending, c.rc)
+	if err != nil {
+		return fmt.Errorf("dispatch: %w", err)
+	}
+	copy(seg, body)
+
 	c.qMu.Lock()
 	for c.q.len() > 0 && !c.qDead {
 		c.waiting++
@@ -206,18 +227,6 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error 
 	if c.qDead {
 		return fmt.Errorf("dispatch: %w", ErrDisconnected)
 	}
-	if !c.dispOut.released(c.dispP) {
-		err := c.dispP.Waiter().Wait(ctx, func() bool { return c.isDead() || c.dispOut.released(c.dispP) })
-		if err == nil && c.isDead() {
-			err = ring.ErrClosed
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("dispatch: %w", ctx.Err())
-			}
-			return c.ringErr("dispatch", err)
-		}
-	}
 	r, err := c.dispP.Reserve(ctx, uint32(id)|typeLarge, largeDescSize)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -225,19 +234,38 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error 
 		}
 		return c.ringErr("dispatch", err)
 	}
-	seg, err := c.dispOut.segment(len(body), ctx, c.done, c.rc)
-	if err != nil {
-		r.Abort() //nolint:errcheck // the only outstanding reservation
-		return fmt.Errorf("dispatch: %w", err)
-	}
-	copy(seg, body)
-	putDesc(r.Bytes(), len(body), c.dispOut.gen)
+	c.dispOut.desc(r.Bytes(), len(body))
 	end := r.End()
 	if err := r.Commit(); err != nil {
 		return c.ringErr("dispatch", err)
 	}
 	c.dispOut.sent(end)
+	c.passRoom()
 	c.stats.dispatches.Add(1)
 	c.stats.bytesOut.Add(uint64(len(body)))
+	return nil
+}
+
+// waitDispRoom waits until the dispatch body segment has room for n
+// bytes, ctx ends or the connection does; dispLarge held.
+func (c *Conn) waitDispRoom(ctx context.Context, n int) error {
+	d := 20 * time.Microsecond
+	for !c.dispOut.room(c.dispP, n) {
+		if c.dispTimer == nil {
+			c.dispTimer = time.NewTimer(d)
+		} else {
+			c.dispTimer.Reset(d)
+		}
+		select {
+		case <-c.dispTimer.C:
+		case <-ctx.Done():
+			c.dispTimer.Stop()
+			return fmt.Errorf("dispatch: %w", ctx.Err())
+		case <-c.ending:
+			c.dispTimer.Stop()
+			return fmt.Errorf("dispatch: %w", ErrDisconnected)
+		}
+		d = min(2*d, time.Millisecond)
+	}
 	return nil
 }

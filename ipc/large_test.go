@@ -4,6 +4,7 @@ package ipc
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -206,5 +207,48 @@ func TestLargeCommitN(t *testing.T) {
 			t.Fatalf("SendN %d of a 1 MiB reservation, CommitN of 2 MiB: %d bytes back, %v", n, len(resp.Data), err)
 		}
 		resp.Release()
+	}
+}
+
+// BenchmarkLargeCall is a CallInto of a 1 MiB request echoed back
+// through the body segments of the default 64 KiB rings.
+func BenchmarkLargeCall(b *testing.B) {
+	_, addr := startServer(b, nil, echoService())
+	cl := dial(b, addr, nil)
+	ctx := context.Background()
+	req := pattern(1<<20, 3)
+	buf := make([]byte, 1<<20)
+	b.SetBytes(int64(len(req)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := cl.CallInto(ctx, msgEchoZC, req, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A Dispatch of a large message waiting for the client to release the
+// last one ends when the connection does (it holds the dispatch queue's
+// lock meanwhile, which the connection's end also needs).
+func TestLargeDispatchEndsWithConnection(t *testing.T) {
+	srv, addr := startServer(t, &Config{MaxMessage: 4 << 20}, echoService())
+	cl := dial(t, addr, nil)
+	c := firstConn(t, srv)
+	ctx := testCtx(t)
+	errs := make(chan error, 1)
+	go func() {
+		// 4 MiB bodies fill the 4 MiB segment one at a time; the client
+		// never reads, so the second waits for the first's release.
+		for {
+			if err := c.Dispatch(ctx, 1, make([]byte, 4<<20)); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	waitUntil(t, func() bool { return c.Stats().Dispatches >= 1 }, "the first large dispatch")
+	cl.Close()
+	if err := <-errs; !errors.Is(err, ErrDisconnected) {
+		t.Errorf("the waiting Dispatch ended with %v, want ErrDisconnected", err)
 	}
 }

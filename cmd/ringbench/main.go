@@ -144,7 +144,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	var (
 		scen  = fs.String("scenario", defaultScenarios, "comma-separated scenarios, or all ("+strings.Join(scenarioNames(), ", ")+")")
-		sizes = fs.String("size", "64", "comma-separated payload `sizes` in bytes (suffixes KiB, MiB)")
+		sizes = fs.String("size", "64", "comma-separated payload `sizes` in bytes (suffixes KiB, MiB), or \"sweep\": "+sizeSweep)
 		dur   = fs.Duration("duration", defaultDuration, "measured time of each result, after a warm-up of a tenth of it (50ms to 500ms)")
 		js    = fs.Bool("json", false, "print one JSON object per result on stdout, and nothing else")
 		prods = fs.String("producers", "2", "comma-separated `counts` of mpsc producer processes; each is run")
@@ -218,6 +218,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	cfg.ringSize = rs
 
+	if *sizes == "sweep" {
+		*sizes = sizeSweep
+	}
 	for _, s := range splitList(*sizes) {
 		n, err := parseBytes(s)
 		if err != nil {
@@ -231,8 +234,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		if cfg.uses("ring") && n > ring.MaxPayload(rs) {
 			return nil, fmt.Errorf("-size %d: a ring of %d bytes takes records up to %d bytes (raise -ring-size)", n, rs, ring.MaxPayload(rs))
 		}
-		if cfg.uses("ipc") && n > maxIPCBody(rs) {
-			return nil, fmt.Errorf("-size %d: ipc rings of %d bytes take bodies up to %d bytes (raise -ring-size)", n, rs, maxIPCBody(rs))
+		if cfg.uses("c") && n > maxIPCBody(rs) {
+			return nil, fmt.Errorf("-size %d: the C client (transport c) does not ask for large bodies: its rings of %d bytes take up to %d bytes (raise -ring-size, or leave out c)", n, rs, maxIPCBody(rs))
+		}
+		if cfg.uses("ipc") && n > max(maxIPCBody(rs), ipc.DefaultMaxMessage) {
+			// Beyond its ring a body travels in the connection's body
+			// segment (ipc.FeatureLarge), up to MaxMessage.
+			return nil, fmt.Errorf("-size %d: ipc bodies go up to %d bytes (ipc.DefaultMaxMessage) or what the rings of %d bytes carry", n, ipc.DefaultMaxMessage, rs)
 		}
 		cfg.sizes = append(cfg.sizes, n)
 	}
@@ -339,6 +347,10 @@ func (cfg *config) ratesFor(sc *scenario) []int {
 // maxGoroutines bounds -goroutines, generously: a call's tag has 16 bits
 // for its goroutine.
 const maxGoroutines = 1 << 12
+
+// sizeSweep is what -size sweep stands for: 64 B to 64 MiB, the ipc
+// sizes beyond the rings (ipc.DefaultMaxMessage) included.
+const sizeSweep = "64,1KiB,16KiB,64KiB,256KiB,1MiB,4MiB,16MiB,64MiB"
 
 // uses reports whether some selected scenario runs over transport t.
 func (cfg *config) uses(t string) bool {
