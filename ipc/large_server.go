@@ -130,7 +130,9 @@ func (w *ResponseWriter) reserved1(status uint32, code int32, p []byte) []byte {
 // simply not read).
 func (w *ResponseWriter) commitLarge(n int) error {
 	c := w.c
-	c.stats.responses.Add(1)
+	if !w.part {
+		c.stats.responses.Add(1) // a stream part is not a response
+	}
 	c.stats.bytesOut.Add(uint64(n))
 	c.respOut.desc(w.res.Bytes()[respHdrSize:], n)
 	end := w.res.End()

@@ -252,3 +252,48 @@ func TestLargeDispatchEndsWithConnection(t *testing.T) {
 		t.Errorf("the waiting Dispatch ended with %v, want ErrDisconnected", err)
 	}
 }
+
+// Streamed responses carry parts larger than the ring, and a large
+// request starts a stream: each part comes whole and in order.
+func TestLargeStreamParts(t *testing.T) {
+	svc := echoService()
+	const msgParts = 62
+	sizes := []int{10, 100000, 1 << 20, 5, 3 << 20}
+	svc.Handlers[msgParts] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+		for i, n := range sizes {
+			if err := w.Send(pattern(n, byte(i))); err != nil {
+				w.Fail(1, err.Error())
+				return
+			}
+		}
+		w.Respond(r.Data) // the final response echoes the request
+	})
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx := testCtx(t)
+	req := pattern(2<<20, 77)
+	i := 0
+	for part, err := range cl.Stream(ctx, msgParts, req) {
+		if err != nil {
+			t.Fatalf("part %d: %v", i, err)
+		}
+		want := req
+		if i < len(sizes) {
+			want = pattern(sizes[i], byte(i))
+		}
+		if !bytes.Equal(part, want) {
+			t.Fatalf("part %d: %d bytes, want %d", i, len(part), len(want))
+		}
+		i++
+	}
+	if i != len(sizes)+1 {
+		t.Fatalf("%d parts and final body, want %d", i, len(sizes)+1)
+	}
+	// Stopping midway discards the rest, large parts included.
+	for range cl.Stream(ctx, msgParts, nil) {
+		break
+	}
+	if got, err := cl.Call(ctx, msgEcho, req); err != nil || !bytes.Equal(got, req) {
+		t.Fatalf("a call after a stream given up: %d bytes, %v", len(got), err)
+	}
+}

@@ -94,7 +94,7 @@ func (w *ResponseWriter) ReservePart(n int) ([]byte, error) {
 	}
 	if n > c.maxResp {
 		// A large part goes in the response body segment (large.go).
-		if c.external && (len(c.pending) > 0 || !c.respOut.released(c.respP)) {
+		if c.external && (len(c.pending) > 0 || !c.respOut.room(c.respP, n)) {
 			return nil, fmt.Errorf("stream part of %d bytes: %w: the response body segment is busy, and an event-loop handler cannot wait for the client", n, ErrTryAgain)
 		}
 		b, err := w.reserveLarge(respStreamPart, 0, n)
@@ -146,11 +146,14 @@ func (w *ResponseWriter) CommitPart(n int) error {
 	if r := w.reservedLen(); n < 0 || n > r {
 		return fmt.Errorf("commit %d bytes of a %d-byte part: %w", n, r, ErrTooLarge)
 	}
+	if w.body != nil {
+		w.reserved = false
+		err := w.commitLarge(n) // a part: not counted as a response
+		w.part = false
+		return err
+	}
 	w.reserved, w.part = false, false
 	c := w.c
-	if w.body != nil {
-		return w.commitLarge()
-	}
 	if w.pend != nil {
 		w.pend.b = w.pend.b[:respHdrSize+n]
 		w.partBytes += len(w.pend.b)
