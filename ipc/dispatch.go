@@ -161,10 +161,7 @@ func (c *Conn) dispatch(ctx context.Context, id uint16, body []byte, pol Policy)
 		case len(body) > c.MaxDispatch():
 			return DispatchNone, tooLarge("dispatch", len(body), c.MaxDispatch(), raiseLarge)
 		}
-		// A large message waits for room in its segment whatever the
-		// policy: it is never queued (the queue's byte budget is far
-		// below it), and dropping it would be the only other choice.
-		if err := c.dispatchLarge(ctx, id, body); err != nil {
+		if err := c.dispatchLarge(ctx, id, body, pol); err != nil {
 			return DispatchNone, err
 		}
 		return DispatchWritten, nil

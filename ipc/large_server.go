@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringipc/ringipc/ring"
@@ -180,17 +181,22 @@ func (c *Conn) flushLarge(p *pendingResp) bool {
 }
 
 // dispatchLarge is Dispatch for a body larger than the dispatch ring
-// carries. Large dispatches take turns (dispLarge, which guards
-// dispOut). One waits, without holding anything else, until the
-// dispatch body segment has room (the client releases what it read),
+// carries, under policy pol. Large dispatches take turns (dispLarge,
+// which guards dispOut). One waits, without holding anything else, until
+// the dispatch body segment has room (the client releases what it read),
 // writes the body there, and only then takes qMu, waits until the queue
 // is empty (the messages before it go first, and the producer is then
-// whoever holds qMu), and commits the descriptor. It does not wait on
-// the ring's producer word, which Dispatch and the flusher arm: it polls
+// whoever holds qMu), and commits the descriptor. A large message is
+// never queued: the segment's bodies in flight are its queue. So under
+// PolicyDrop and PolicyDisconnect a client that has not released the
+// bodies before (after a poll of dispatchSpin), or has messages queued,
+// or a full ring, is not keeping up, and the policy applies; only
+// PolicyBlock waits. It does not wait on the ring's producer word, which
+// Dispatch and the flusher arm: it polls
 // the segment, 10 µs doubling to 200 µs between looks (a 1 MiB body
 // takes about that long to copy), which a message of this size hardly
 // notices.
-func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error {
+func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Policy) error {
 	select {
 	case c.dispLarge <- struct{}{}:
 	case <-ctx.Done():
@@ -199,7 +205,14 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error 
 		return fmt.Errorf("dispatch: %w", ErrDisconnected)
 	}
 	defer func() { <-c.dispLarge }()
-	if err := c.waitDispRoom(ctx, len(body)); err != nil {
+	var limit time.Duration // PolicyBlock: none
+	if pol != PolicyBlock {
+		limit = dispatchSpin
+	}
+	if err := c.waitDispRoom(ctx, len(body), limit); err != nil {
+		if err == errNoRoom {
+			return c.notKeepingUp(pol)
+		}
 		return err
 	}
 	seg, err := c.dispOut.segment(len(body), ctx, c.ending, c.rc)
@@ -209,6 +222,10 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error 
 	copy(seg, body)
 
 	c.qMu.Lock()
+	if c.q.len() > 0 && !c.qDead && pol != PolicyBlock {
+		c.qMu.Unlock()
+		return c.notKeepingUp(pol)
+	}
 	for c.q.len() > 0 && !c.qDead {
 		c.waiting++
 		c.qMu.Unlock()
@@ -230,7 +247,15 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error 
 	if c.qDead {
 		return fmt.Errorf("dispatch: %w", ErrDisconnected)
 	}
-	r, err := c.dispP.Reserve(ctx, uint32(id)|typeLarge, largeDescSize)
+	var r ring.Reservation
+	if pol == PolicyBlock {
+		r, err = c.dispP.Reserve(ctx, uint32(id)|typeLarge, largeDescSize)
+	} else if r, err = c.dispP.TryReserve(uint32(id)|typeLarge, largeDescSize); err == ring.ErrFull {
+		c.qMu.Unlock()
+		err = c.notKeepingUp(pol)
+		c.qMu.Lock() // for the deferred Unlock
+		return err
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("dispatch: %w", ctx.Err())
@@ -249,17 +274,39 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte) error 
 	return nil
 }
 
+// notKeepingUp applies PolicyDrop or PolicyDisconnect to a large
+// message the client has no room for; qMu not held.
+func (c *Conn) notKeepingUp(pol Policy) error {
+	if pol == PolicyDrop {
+		c.stats.dropped.Add(1)
+		atomic.AddUint64(word64(c.ctl, ctlDropped), 1)
+		return ErrDropped
+	}
+	err := fmt.Errorf("dispatch: %w", ErrSlowConsumer)
+	c.kill(err)
+	return err
+}
+
 // The polls of waitDispRoom.
 const (
 	dispRoomPollMin = 10 * time.Microsecond
 	dispRoomPollMax = 200 * time.Microsecond
 )
 
+// errNoRoom: waitDispRoom's limit passed.
+var errNoRoom = errors.New("no room in the dispatch body segment")
+
 // waitDispRoom waits until the dispatch body segment has room for n
-// bytes, ctx ends or the connection does; dispLarge held.
-func (c *Conn) waitDispRoom(ctx context.Context, n int) error {
+// bytes, ctx ends, the connection does, or (limit > 0) limit has passed
+// (errNoRoom); dispLarge held.
+func (c *Conn) waitDispRoom(ctx context.Context, n int, limit time.Duration) error {
 	d := dispRoomPollMin
+	var waited time.Duration
 	for !c.dispOut.room(c.dispP, n) {
+		if limit > 0 && waited >= limit {
+			return errNoRoom
+		}
+		waited += d
 		if c.dispTimer == nil {
 			c.dispTimer = time.NewTimer(d)
 		} else {

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // pattern fills a body whose every byte depends on its size and place, so
@@ -240,7 +242,7 @@ func TestLargeDispatchEndsWithConnection(t *testing.T) {
 		// 4 MiB bodies fill the 4 MiB segment one at a time; the client
 		// never reads, so the second waits for the first's release.
 		for {
-			if err := c.Dispatch(ctx, 1, make([]byte, 4<<20)); err != nil {
+			if _, err := c.DispatchWith(ctx, 1, make([]byte, 4<<20), DispatchOptions{Policy: PolicyBlock}); err != nil {
 				errs <- err
 				return
 			}
@@ -296,4 +298,79 @@ func TestLargeStreamParts(t *testing.T) {
 	if got, err := cl.Call(ctx, msgEcho, req); err != nil || !bytes.Equal(got, req) {
 		t.Fatalf("a call after a stream given up: %d bytes, %v", len(got), err)
 	}
+}
+
+// BenchmarkBodySegment compares, for a 1 MiB body, filling a fresh memfd
+// (create, size, map, write: the page faults of a segment per message)
+// with filling the same mapped segment again (what a connection's body
+// segment costs after its first message): docs/design.md §3.
+func BenchmarkBodySegment(b *testing.B) {
+	const n = 1 << 20
+	body := pattern(n, 5)
+	b.Run("fresh", func(b *testing.B) {
+		b.SetBytes(n)
+		for b.Loop() {
+			fd, err := unix.MemfdCreate("ringipc-body", unix.MFD_CLOEXEC)
+			if err != nil {
+				b.Fatal(err)
+			}
+			unix.Ftruncate(fd, n)
+			mem, err := unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				b.Fatal(err)
+			}
+			copy(mem, body)
+			unix.Munmap(mem)
+			unix.Close(fd)
+		}
+	})
+	b.Run("reused", func(b *testing.B) {
+		fd, err := unix.MemfdCreate("ringipc-body", unix.MFD_CLOEXEC)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer unix.Close(fd)
+		unix.Ftruncate(fd, n)
+		mem, err := unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer unix.Munmap(mem)
+		b.SetBytes(n)
+		for b.Loop() {
+			copy(mem, body)
+		}
+	})
+}
+
+// A large message the client has no room for (it has not released the
+// bodies before) falls under the dispatch policy like a full ring and
+// queue: PolicyDrop drops it, PolicyDisconnect ends the connection; only
+// PolicyBlock waits (TestLargeDispatchEndsWithConnection).
+func TestLargeDispatchPolicy(t *testing.T) {
+	srv, addr := startServer(t, &Config{MaxMessage: 4 << 20}, echoService())
+	cl := dial(t, addr, nil)
+	c := firstConn(t, srv)
+	ctx := testCtx(t)
+	body := make([]byte, 4<<20) // one fills the segment
+	if _, err := c.DispatchWith(ctx, 1, body, DispatchOptions{Policy: PolicyDrop}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DispatchWith(ctx, 2, body, DispatchOptions{Policy: PolicyDrop}); !errors.Is(err, ErrDropped) {
+		t.Errorf("a second large message, unread first, PolicyDrop: %v, want ErrDropped", err)
+	}
+	if fc := cl.FlowControl(); fc.Dropped != 1 {
+		t.Errorf("FlowControl.Dropped %d, want 1", fc.Dropped)
+	}
+	if m, err := cl.Recv(ctx); err != nil || m.ID != 1 || len(m.Data) != len(body) {
+		t.Fatalf("Recv: id %d, %d bytes, %v", m.ID, len(m.Data), err)
+	}
+	// Released: room again.
+	if _, err := c.DispatchWith(ctx, 3, body, DispatchOptions{Policy: PolicyDrop}); err != nil {
+		t.Fatalf("after the client read the first: %v", err)
+	}
+	if _, err := c.DispatchWith(ctx, 4, body, DispatchOptions{Policy: PolicyDisconnect}); !errors.Is(err, ErrSlowConsumer) {
+		t.Errorf("PolicyDisconnect: %v, want ErrSlowConsumer", err)
+	}
+	<-cl.Done()
 }
