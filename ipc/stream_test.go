@@ -106,7 +106,9 @@ func TestStream(t *testing.T) {
 			} else {
 				_, addr, _ = startEpollServer(t, Config{}, partsService(nil))
 			}
-			cl := dial(t, addr, &ClientOptions{ResponseRingSize: MinRingSize})
+			// Ring-sized parts here (MaxMessage -1): large_test.go
+			// streams parts larger than the ring.
+			cl := dial(t, addr, &ClientOptions{ResponseRingSize: MinRingSize, MaxMessage: -1})
 			if cl.Features()&FeatureStream == 0 {
 				t.Fatal("FeatureStream not granted")
 			}
@@ -209,7 +211,7 @@ func TestStreamSendLimits(t *testing.T) {
 		errs <- w.Send(nil)
 	})
 	_, addr := startServer(t, nil, svc)
-	cl := dial(t, addr, nil)
+	cl := dial(t, addr, &ClientOptions{MaxMessage: -1}) // the ring's limit
 	ctx := testCtx(t)
 	var sizes []int
 	for b, err := range cl.Stream(ctx, msgParts, nil) {
