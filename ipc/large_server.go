@@ -226,7 +226,9 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Po
 		c.qMu.Unlock()
 		return c.notKeepingUp(pol)
 	}
-	for c.q.len() > 0 && !c.qDead {
+	// A zero-copy dispatch waiting for ring room owns the producer too
+	// (dispatchzc.go): wait for it, as for the queue.
+	for (c.q.len() > 0 || c.zcHeld) && !c.qDead {
 		c.waiting++
 		c.qMu.Unlock()
 		var err error
