@@ -105,7 +105,8 @@ func TestResponseCommitN(t *testing.T) {
 func TestCommitNRandomWraps(t *testing.T) {
 	refused := make(chan error, 1)
 	_, addr := startServer(t, nil, commitNService(refused))
-	cl := dial(t, addr, &ClientOptions{RequestRingSize: MinRingSize, ResponseRingSize: MinRingSize})
+	// Ring-sized bodies (MaxMessage -1): the limits below are the rings'.
+	cl := dial(t, addr, &ClientOptions{RequestRingSize: MinRingSize, ResponseRingSize: MinRingSize, MaxMessage: -1})
 	ctx := testCtx(t)
 	errc := make(chan error, 3)
 	for g := range 3 {
