@@ -140,7 +140,7 @@ type placed struct {
 }
 
 // maxFlight bounds the bodies in flight in one segment.
-const maxFlight = 8
+const maxFlight = 64
 
 // reap forgets the bodies whose records the receiver has released.
 func (o *bodyOut) reap(p *ring.Producer) {
