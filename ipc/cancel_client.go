@@ -37,7 +37,7 @@ var errCallCancelled = fmt.Errorf("ipc: the server gave up the call at its deadl
 // too: the call still ends with its context).
 func (cl *Client) requestHeader(ctx context.Context, id uint16, n int) (typ uint32, hdr int, dl int64) {
 	if cl.cancelOn {
-		if d, ok := ctx.Deadline(); ok && n <= cl.maxReq-(reqDeadlineHdrSize-reqHdrSize) {
+		if d, ok := ctx.Deadline(); ok && n <= cl.ringReq-(reqDeadlineHdrSize-reqHdrSize) {
 			return uint32(id) | reqDeadline, reqDeadlineHdrSize, monoAt(d) + cl.clockOffset
 		}
 	}

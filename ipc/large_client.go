@@ -8,6 +8,7 @@ package ipc
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -86,11 +87,17 @@ func (cl *Client) waitReqRoom(ctx context.Context, n int) error {
 // filled in the segment, registered under w; largeLock held (the caller
 // lets go of it).
 func (cl *Client) commitLarge(ctx context.Context, id uint16, n int, w *waiter, takeRole bool) error {
-	r, err := cl.reserve(ctx, uint32(id)|typeLarge, largeDescSize, w, takeRole)
+	// The descriptor takes the body's place after the header, which
+	// carries ctx's deadline as for any request (FeatureCancel).
+	typ, hdr, dl := cl.requestHeader(ctx, id, largeDescSize)
+	r, err := cl.reserve(ctx, typ|typeLarge, hdr+largeDescSize, w, takeRole)
 	if err != nil {
 		return err
 	}
-	cl.reqOut.desc(r.Bytes()[reqHdrSize:], n)
+	if hdr != reqHdrSize {
+		binary.LittleEndian.PutUint64(r.Bytes()[reqHdrSize:], uint64(dl))
+	}
+	cl.reqOut.desc(r.Bytes()[hdr:], n)
 	end := r.End()
 	if err := cl.commit(r, w); err != nil {
 		return err
