@@ -88,18 +88,26 @@ func TestCancelDuringHandler(t *testing.T) {
 		if _, err := cl.Call(short, msgHold, nil); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("call: %v, want the deadline", err)
 		}
+		// Not stuck behind the abandoned handler: answered once the
+		// server is done with the first request, in order.
+		if got, err := cl.Call(ctx, msgEcho, []byte("next")); err != nil || string(got) != "next" {
+			t.Fatalf("next call: %q, %v", got, err)
+		}
 		// The handler saw the call's deadline, on the clock both
 		// processes share (here one process: exactly), and its context
 		// ended: with the deadline, or with the cancel that followed.
-		if got := <-p.deadline; !got.Equal(want) {
-			t.Errorf("handler's deadline %v, want %v", got, want)
-		}
-		if err := <-p.ended; !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-			t.Errorf("handler's context ended with %v", err)
-		}
-		<-p.entered
-		if got, err := cl.Call(ctx, msgEcho, []byte("next")); err != nil || string(got) != "next" {
-			t.Fatalf("next call: %q, %v", got, err)
+		// (On a machine so loaded that the server took the request
+		// only after its deadline, it skipped it instead.)
+		select {
+		case <-p.entered:
+			if got := <-p.deadline; !got.Equal(want) {
+				t.Errorf("handler's deadline %v, want %v", got, want)
+			}
+			if err := <-p.ended; !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				t.Errorf("handler's context ended with %v", err)
+			}
+		default:
+			t.Log("the server took the request after its deadline: skipped")
 		}
 	})
 
@@ -196,13 +204,6 @@ func TestCancelAcrossProcesses(t *testing.T) {
 		}
 		if got, err := cl.Call(ctx, msgEcho, []byte("next")); err != nil || string(got) != "next" {
 			t.Fatalf("round %d: the next call: %q, %v", i, got, err)
-		}
-	}
-	// The blocking handler's dispatch (it tells the client it is in)
-	// went out each time.
-	for i := range 3 {
-		if _, err := cl.Recv(ctx); err != nil {
-			t.Fatalf("dispatch %d: %v", i, err)
 		}
 	}
 }
