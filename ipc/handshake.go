@@ -103,6 +103,10 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 		return nil
 	}
 	s.conns[c] = struct{}{}
+	// From now on Shutdown and Close end it as a connection, whose
+	// teardown closes the socket: stop() must not close it too as a
+	// pending handshake (endHandshake forgets it only later).
+	delete(s.handshake, uc)
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.stats.connections.Add(1)
