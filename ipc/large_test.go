@@ -374,3 +374,28 @@ func TestLargeDispatchPolicy(t *testing.T) {
 	}
 	<-cl.Done()
 }
+
+// A large call's deadline reaches its handler, as a ring-sized call's
+// does (FeatureCancel): the descriptor record carries it.
+func TestLargeCallDeadline(t *testing.T) {
+	svc := echoService()
+	const msgDeadline = 63
+	svc.Handlers[msgDeadline] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+		_, ok := r.Context().Deadline()
+		if !ok || len(r.Data) != 1<<20 {
+			w.Fail(1, fmt.Sprintf("deadline %v, %d bytes", ok, len(r.Data)))
+			return
+		}
+		w.Respond([]byte("has a deadline"))
+	})
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx := testCtx(t) // has a deadline
+	if _, ok := ctx.Deadline(); !ok {
+		t.Fatal("the test context has no deadline")
+	}
+	got, err := cl.Call(ctx, msgDeadline, make([]byte, 1<<20))
+	if err != nil || string(got) != "has a deadline" {
+		t.Fatalf("large call with a deadline: %q, %v", got, err)
+	}
+}
