@@ -81,6 +81,12 @@ func (d *deque) pop() qitem {
 // until ctx ends (PolicyBlock). Only PolicyBlock looks at ctx: under the
 // others Dispatch never waits for the client.
 //
+// A body larger than the dispatch ring carries (FeatureLarge, up to
+// MaxDispatch) goes in the connection's dispatch body segment and is
+// never queued: the bodies the client has not released yet are its
+// queue. When they leave no room (after a poll of dispatchSpin), or
+// messages are queued, or the ring is full, the policy decides as above.
+//
 // Fan-out to many connections from a handler: give Dispatch a context of
 // its own (context.Background under the default policy), not the
 // handler's Request.Context, which ends with the caller's call and would
