@@ -97,7 +97,9 @@
 // Streams. ResponseWriter.Send reaches only clients that asked for
 // FeatureStream (the Go client always does; the C client does not: Send
 // fails with ErrNoStream). A client that stops reading a stream discards
-// the rest as it arrives; the handler is not told and runs to its end.
+// the rest as it arrives and, with FeatureCancel, cancels the call: the
+// handler's Send then fails (context.Canceled) and its Request.Context
+// ends; on an event-loop server the handler is not told while it runs.
 //
 // Trust. The peer maps the same memory and can rewrite it at any time.
 // Every header word is read once and validated, and corruption ends the

@@ -58,8 +58,16 @@ func (c *Conn) partQueueLimit() int { return int(c.reply.sizes[1]) }
 // matching ErrTryAgain.
 //
 // A client that stops reading the stream midway (breaks out of its
-// loop) makes its side discard the remaining parts; the handler is not
-// told and runs to its end. A client that did not ask for streamed
+// loop, or its context ends) makes its side discard the remaining parts
+// and, with FeatureCancel (which Dial asks for), tells the server: once
+// the cancel is in, Send fails with an error matching context.Canceled
+// (context.DeadlineExceeded once the call's deadline passed), so a
+// handler that stops at Send's first error stops working for nobody,
+// and the call is answered cancelled. Without FeatureCancel, or on a
+// server driven by an event loop (which reads no cancel while a handler
+// runs), the handler is not told and runs to its end.
+//
+// A client that did not ask for streamed
 // responses (FeatureStream; the C client does not) cannot take parts:
 // Send returns an error matching ErrNoStream, and nothing goes out. Send
 // after the final response, or with a reservation outstanding, returns
@@ -91,6 +99,11 @@ func (w *ResponseWriter) ReservePart(n int) ([]byte, error) {
 			return nil, tooLarge("stream part", n, c.maxResponse(), raiseLarge)
 		}
 		return nil, tooLarge("stream part", n, c.maxResp, raiseRespRing)
+	}
+	if err := c.requestEnded(); err != nil {
+		// The client stopped reading (its cancel came) or the call's
+		// deadline passed: nobody wants the rest.
+		return nil, fmt.Errorf("stream part: %w", err)
 	}
 	if n > c.maxResp {
 		// A large part goes in the response body segment (large.go).
@@ -134,6 +147,25 @@ func (w *ResponseWriter) ReservePart(n int) ([]byte, error) {
 	putRespHeader(p, w.corr, 0)
 	w.reserved, w.part = true, true
 	return p[respHdrSize:], nil
+}
+
+// requestEnded says why the running request was given up, with
+// FeatureCancel: context.Canceled once the client's cancel came (a
+// Stream whose loop stopped, or whose context ended),
+// context.DeadlineExceeded once the call's deadline passed; nil while it
+// stands. It reads the clock only for a request with a deadline, and
+// allocates nothing (Request.Context would).
+func (c *Conn) requestEnded() error {
+	cx := &c.cx
+	if !cx.on {
+		return nil
+	}
+	cx.mu.Lock()
+	defer cx.mu.Unlock()
+	if cx.ended == nil && cx.hasDL && monoClockNow() >= cx.deadline {
+		cx.endRunning(context.DeadlineExceeded)
+	}
+	return cx.ended
 }
 
 // CommitPart sends the first n bytes of the part ReservePart claimed

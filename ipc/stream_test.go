@@ -492,3 +492,68 @@ func TestHostileServerStreamParts(t *testing.T) {
 		})
 	}
 }
+
+const msgPartsForever = 43 // Send 100-byte parts until Send fails; the error goes to the test
+
+// A client that stops reading a stream, by a break or by its context,
+// cancels the call (FeatureCancel): the handler's Send then fails with
+// context.Canceled, the call is answered cancelled (which the client
+// discards), and the connection goes on.
+func TestStreamCancelReachesHandler(t *testing.T) {
+	for _, how := range []string{"break", "context"} {
+		t.Run(how, func(t *testing.T) {
+			sendErr := make(chan error, 1)
+			svc := echoService()
+			svc.Handlers[msgPartsForever] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+				part := make([]byte, 100)
+				for {
+					if err := w.Send(part); err != nil {
+						sendErr <- err
+						return
+					}
+				}
+			})
+			srv, addr := startServer(t, nil, svc)
+			cl := dial(t, addr, &ClientOptions{ResponseRingSize: MinRingSize})
+			if cl.Features()&FeatureCancel == 0 {
+				t.Fatal("FeatureCancel not granted")
+			}
+			ctx, cancel := context.WithCancel(testCtx(t))
+			defer cancel()
+			got := 0
+			for _, err := range cl.Stream(ctx, msgPartsForever, nil) {
+				if err != nil {
+					if how == "context" && errors.Is(err, context.Canceled) {
+						break
+					}
+					t.Fatal(err)
+				}
+				got++
+				if got == 3 {
+					if how == "break" {
+						break
+					}
+					cancel()
+				}
+			}
+			tctx := testCtx(t)
+			select {
+			case err := <-sendErr:
+				if !errors.Is(err, context.Canceled) {
+					t.Fatalf("the handler's Send after the client stopped: %v, want context.Canceled", err)
+				}
+			case <-tctx.Done():
+				t.Fatal("the handler's Send never failed after the client stopped reading")
+			}
+			waitUntil(t, func() bool { return srv.Stats().Cancelled == 1 }, "the call answered cancelled")
+			if b, err := cl.Call(tctx, msgEcho, []byte("after")); err != nil || string(b) != "after" {
+				t.Fatalf("call after a cancelled stream: %q, %v", b, err)
+			}
+			waitUntil(t, func() bool {
+				cl.mu.Lock()
+				defer cl.mu.Unlock()
+				return cl.waiters.len() == 0 && cl.orphans == 0
+			}, "the stream's waiter freed")
+		})
+	}
+}
