@@ -326,6 +326,9 @@ func (r *BroadcastReader) sleep(ctx context.Context, v uint32, timeout time.Dura
 			timeout = d
 		}
 	}
+	if !futexWakes && ctx.Done() != nil && (timeout < 0 || timeout > BroadcastPollSlice) {
+		timeout = BroadcastPollSlice // nothing can interrupt a polling Wait
+	}
 	if done := ctx.Done(); done != nil {
 		// A FUTEX_WAKE does not change the word, so one that comes
 		// before this goroutine is in FUTEX_WAIT is lost: the callback

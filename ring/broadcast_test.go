@@ -356,6 +356,9 @@ func TestBroadcastWakeups(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { _, err := r3.ReadInto(ctx, nil); errc <- err }()
+	for !w2.Armed() { // the reader has announced itself: it sleeps, or is about to
+		runtime.Gosched()
+	}
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled reader: %v", err)
