@@ -606,3 +606,25 @@ func TestLargeRings(t *testing.T) {
 		t.Errorf("%d results, want 2:\n%s", n, stdout.String())
 	}
 }
+
+// TestZeroCopyJobs: -zerocopy applies where the scenario and transport
+// hand frames off in place, and dispatch only up to what its ring holds
+// (ReserveDispatch writes into the ring; a larger body is copied).
+func TestZeroCopyJobs(t *testing.T) {
+	cfg, err := parseFlags([]string{"-zerocopy", "-scenario", "call,dispatch", "-size", "64,64KiB",
+		"-ring-size", "64KiB", "-rate", "0", "-transport", "ipc,uds"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, j := range cfg.jobs() {
+		got = append(got, fmt.Sprintf("%s/%s/%d/%v", j.sc.name, j.transport, j.rc.size, j.rc.zerocopy))
+	}
+	want := []string{
+		"call/ipc/64/true", "call/uds/64/false", "call/ipc/65536/true", "call/uds/65536/false",
+		"dispatch/ipc/64/true", "dispatch/uds/64/false", "dispatch/ipc/65536/false", "dispatch/uds/65536/false",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("jobs\n got %q\nwant %q", got, want)
+	}
+}
