@@ -114,6 +114,8 @@ type Conn struct {
 	dispLarge chan struct{}
 	dispOut   bodyOut
 	dispTimer *time.Timer
+	dispWant  int         // the body size writeLarge waits to have room for
+	dispReady func() bool // its wait's condition, built once
 
 	// External mode lifecycle (process.go), under pmu: started once
 	// EventLoop.AddConn returned; running while Process runs; pendingOut
@@ -207,6 +209,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		c.waker.bodies[0] = c.reqIn // tokReqBody
 		c.respOut = bodyOut{tok: tokRespBody, limit: c.maxMsg}
 		c.dispOut = bodyOut{tok: tokDispBody, limit: c.maxMsg}
+		c.dispReady = func() bool { return c.isEnding() || c.dispOut.room(c.dispP, c.dispWant) }
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.loopCtx, c.loopCancel = context.WithCancel(c.ctx)

@@ -205,6 +205,9 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Po
 		return fmt.Errorf("dispatch: %w", ErrDisconnected)
 	}
 	defer func() { <-c.dispLarge }()
+	if !c.external {
+		return c.dispatchLargeOwned(ctx, id, body, pol)
+	}
 	var limit time.Duration // PolicyBlock: none
 	if pol != PolicyBlock {
 		limit = dispatchSpin
@@ -274,6 +277,112 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Po
 	c.stats.dispatches.Add(1)
 	c.stats.bytesOut.Add(uint64(len(body)))
 	return nil
+}
+
+// dispatchLargeOwned is dispatchLarge on a server whose connections run
+// their own goroutines: once the queue is empty it takes the dispatch
+// producer for itself as a zero-copy dispatch does (zcHeld: Dispatch
+// calls queue behind it meanwhile, and its end starts the flusher for
+// them), so it may sleep on the ring's producer word for room in the
+// segment, woken by the client's release of a large record, without
+// holding qMu. (An external loop's Process drains the wake-up channels,
+// so there dispatchLarge polls instead.) dispLarge held.
+func (c *Conn) dispatchLargeOwned(ctx context.Context, id uint16, body []byte, pol Policy) error {
+	c.qMu.Lock()
+	if c.q.len() > 0 && !c.qDead && pol != PolicyBlock {
+		c.qMu.Unlock()
+		return c.notKeepingUp(pol)
+	}
+	for (c.q.len() > 0 || c.zcHeld) && !c.qDead {
+		c.waiting++
+		c.qMu.Unlock()
+		var err error
+		select {
+		case <-c.room:
+		case <-ctx.Done():
+			err = fmt.Errorf("dispatch: %w", ctx.Err())
+		}
+		c.qMu.Lock()
+		c.waiting--
+		c.passRoom() // the token was for everyone waiting
+		if err != nil {
+			c.qMu.Unlock()
+			return err
+		}
+	}
+	if c.qDead {
+		c.qMu.Unlock()
+		return fmt.Errorf("dispatch: %w", ErrDisconnected)
+	}
+	c.zcHeld = true
+	c.qMu.Unlock()
+	err := c.writeLarge(ctx, id, body, pol)
+	c.qMu.Lock()
+	c.zcEnd()
+	c.qMu.Unlock()
+	return err
+}
+
+// writeLarge writes a large dispatch message, the producer ours
+// (dispatchLargeOwned).
+func (c *Conn) writeLarge(ctx context.Context, id uint16, body []byte, pol Policy) error {
+	n := len(body)
+	if !c.dispOut.room(c.dispP, n) {
+		c.dispWant = n
+		w := c.dispP.Waiter()
+		if pol != PolicyBlock {
+			if !w.Poll(dispatchSpin, c.dispReady) || c.isEnding() {
+				if c.isEnding() {
+					return fmt.Errorf("dispatch: %w", ErrDisconnected)
+				}
+				return c.notKeepingUp(pol)
+			}
+		} else if err := w.Wait(ctx, c.dispReady); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("dispatch: %w", ctx.Err())
+			}
+			return c.ringErr("dispatch", err)
+		}
+		if c.isEnding() {
+			return fmt.Errorf("dispatch: %w", ErrDisconnected)
+		}
+	}
+	seg, err := c.dispOut.segment(n, ctx, c.ending, c.rc)
+	if err != nil {
+		return fmt.Errorf("dispatch: %w", err)
+	}
+	copy(seg, body)
+	var r ring.Reservation
+	if pol == PolicyBlock {
+		r, err = c.dispP.Reserve(ctx, uint32(id)|typeLarge, largeDescSize)
+	} else if r, err = c.dispP.TryReserve(uint32(id)|typeLarge, largeDescSize); err == ring.ErrFull {
+		return c.notKeepingUp(pol)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("dispatch: %w", ctx.Err())
+		}
+		return c.ringErr("dispatch", err)
+	}
+	c.dispOut.desc(r.Bytes(), n)
+	end := r.End()
+	if err := r.Commit(); err != nil {
+		return c.ringErr("dispatch", err)
+	}
+	c.dispOut.sent(end)
+	c.stats.dispatches.Add(1)
+	c.stats.bytesOut.Add(uint64(n))
+	return nil
+}
+
+// isEnding reports whether kill has begun (it closes ending first).
+func (c *Conn) isEnding() bool {
+	select {
+	case <-c.ending:
+		return true
+	default:
+		return false
+	}
 }
 
 // notKeepingUp applies PolicyDrop or PolicyDisconnect to a large
