@@ -27,6 +27,13 @@
 // a Conn.Close (ErrClosedByServer), a slow consumer or a protocol
 // violation from a server that died (ErrPeerDied).
 //
+// A body larger than its ring (requests, responses, stream parts and
+// dispatch messages alike) travels in a body segment of its connection
+// and direction, a sealed memfd mapped once on both sides, up to
+// Config.MaxMessage and ClientOptions.MaxMessage (64 MiB by default); the
+// ring carries a descriptor in its place (FeatureLarge, docs/ipc.md
+// §5.4). Every ErrTooLarge names the size, the limit and what raises it.
+//
 // Calls from many goroutines of a Client are pipelined: every request
 // carries a correlation id, and one reader (the lone caller itself, so
 // that a single call costs no goroutine switch, or a background goroutine
