@@ -3,7 +3,9 @@
 package ipc
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -202,4 +204,122 @@ func TestLargeHostileClient(t *testing.T) {
 			h.checkResources()
 		})
 	}
+}
+
+// fakeLargeServer is a fake server that granted FeatureLarge with a
+// MaxMessage of 64 MiB, and writeLarge its large response descriptor.
+func fakeLargeServer(t *testing.T) *fakeServer {
+	t.Helper()
+	f := newFakeServer(t, [3]uint64{4096, 4096, 4096}, func(r *reply) { r.features = FeatureLarge })
+	binary.LittleEndian.PutUint64(f.ctl[ctlMaxMessage:], 64<<20)
+	return f
+}
+
+func (f *fakeServer) writeLargeResponse(corr, n uint64, gen uint32) error {
+	pl := make([]byte, respHdrSize+largeDescSize)
+	binary.LittleEndian.PutUint64(pl, corr)
+	binary.LittleEndian.PutUint64(pl[respHdrSize:], n)
+	binary.LittleEndian.PutUint32(pl[respHdrSize+8:], gen)
+	return f.resp.TryWrite(respOK|typeLarge, pl)
+}
+
+// A hostile server of large bodies: a response descriptor whose segment
+// never comes holds the call only until its context ends, and Close
+// leaves nothing; a 1 TiB segment and length fail that call with
+// ErrTooLarge, mapping at most the client's MaxMessage, and the
+// connection goes on; an unsealed segment ends it with ErrProtocol.
+func TestHostileServerLarge(t *testing.T) {
+	t.Run("segment never comes", func(t *testing.T) {
+		fds0, _ := fakeResources(t)
+		f := fakeLargeServer(t)
+		cl, err := f.dial(&ClientOptions{MaxMessage: 4 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.writeLargeResponse(0, 1<<40, 1); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := cl.Call(ctx, msgEcho, []byte("x"))
+			done <- err
+		}()
+		cancel() // whenever the call is at it: waiting for the segment, or before
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("call: %v, want context.Canceled", err)
+		}
+		if err := cl.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if fds, _ := fakeResources(t); fds > fds0+2 { // the fake server's listener and connection
+			t.Errorf("descriptors %d, baseline %d", fds, fds0)
+		}
+	})
+	t.Run("huge segment, then a bad one", func(t *testing.T) {
+		f := fakeLargeServer(t)
+		cl, err := f.dial(&ClientOptions{MaxMessage: 4 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd := rawBodySegment(t, 1<<40, sealsOK)
+		if _, _, err := f.conn.WriteMsgUnix([]byte{tokRespBody}, unix.UnixRights(fd), nil); err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		if err := f.writeLargeResponse(0, 1<<40, 1); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Call(testCtx(t), msgEcho, []byte("x")); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("a 1 TiB response: %v, want ErrTooLarge", err)
+		}
+		if got := bodyMapped(t); got > 4<<20 {
+			t.Errorf("%d bytes of body segments mapped, MaxMessage 4 MiB", got)
+		}
+		// The next call's answer, once its request is in: a 3 MiB body
+		// in the same segment.
+		type result struct {
+			b   []byte
+			err error
+		}
+		res := make(chan result, 1)
+		go func() {
+			b, err := cl.Call(testCtx(t), msgEcho, []byte("y"))
+			res <- result{b, err}
+		}()
+		for {
+			rec, err := f.reqC.Peek(testCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			corr := binary.LittleEndian.Uint64(rec.Data)
+			again := string(rec.Data[reqHdrSize:]) != "y"
+			f.reqC.Release()
+			if again {
+				continue // the first call's request
+			}
+			if err := f.writeLargeResponse(corr, 3<<20, 1); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if r := <-res; r.err != nil || len(r.b) != 3<<20 {
+			t.Fatalf("a 3 MiB response after it: %d bytes, %v", len(r.b), r.err)
+		}
+		bad := rawBodySegment(t, 1<<20, 0)
+		defer unix.Close(bad)
+		if _, _, err := f.conn.WriteMsgUnix([]byte{tokRespBody}, unix.UnixRights(bad), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.writeLargeResponse(2, 100, 2); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Call(testCtx(t), msgEcho, []byte("x")); !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrDisconnected) {
+			t.Fatalf("a response in an unsealed segment: %v, want ErrProtocol", err)
+		}
+		<-cl.Done()
+		if !errors.Is(cl.Err(), ErrProtocol) {
+			t.Errorf("connection ended with %v, want ErrProtocol", cl.Err())
+		}
+	})
 }
