@@ -155,7 +155,15 @@ func TestReserveDispatchFullRing(t *testing.T) {
 		t.Fatalf("the queued message: id %d, %q", m.ID, m.Data)
 	}
 
-	// Queued messages go first.
+	// Queued messages go first. The flusher takes an entry off the queue
+	// only after the client could already read it, and a Dispatch while
+	// the queue is not empty queues: wait for the queue to drain before
+	// filling the ring directly again.
+	waitUntil(t, func() bool {
+		c.qMu.Lock()
+		defer c.qMu.Unlock()
+		return c.q.len() == 0 && !c.flushing
+	}, "the flusher to finish")
 	fill()
 	if r, err := c.DispatchWith(ctx, 4, make([]byte, 1000), DispatchOptions{}); err != nil || r != DispatchQueued {
 		t.Fatalf("Dispatch on a full ring: %v, %v", r, err)
