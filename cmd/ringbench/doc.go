@@ -80,7 +80,10 @@
 //
 // A measurement warms up for a tenth of -duration (50 ms to 500 ms), then
 // counts the messages the parent receives during -duration. The window is
-// cut by the parent's clock and seen by every loop at its next message.
+// cut by the parent's clock and seen by every loop at its next message;
+// it ends no sooner than a parent loop's first message in it, so a
+// machine that stalls the loops for longer than -duration stretches the
+// window (and its elapsed time) rather than leaving it empty.
 // The uds variant of each scenario runs the very same loop over a
 // socketpair, written the way a naive user writes it: one write(2) per
 // message, a bufio.Reader and io.ReadFull per message on the other side.

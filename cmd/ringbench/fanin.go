@@ -98,6 +98,7 @@ func runFanin(h *harness) (measurement, error) {
 	if err := h.waitReady(); err != nil {
 		return measurement{}, err
 	}
+	h.childMeters = true // the clients count the window
 	h.startClock()
 	if err := h.waitWindow(); err != nil {
 		return measurement{}, err

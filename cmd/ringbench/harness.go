@@ -84,6 +84,16 @@ type harness struct {
 	ending    atomic.Bool
 	windowEnd chan struct{}
 
+	// entered is closed once a parent loop has seen the window start
+	// (meter.tick): the clock ends the window no sooner, so that it
+	// holds at least one frame however long a loaded machine stalls the
+	// loops. childMeters: the children count the window themselves
+	// (fanin), so the clock does not wait for the parent's; set before
+	// startClock.
+	entered     chan struct{}
+	enterOnce   sync.Once
+	childMeters bool
+
 	// stopping: the parent has ended the run and lets children exit;
 	// until then a child's exit is a failure.
 	stopping atomic.Bool
@@ -94,7 +104,8 @@ type harness struct {
 }
 
 func newHarness(rc *runConfig) *harness {
-	return &harness{rc: rc, clockStop: make(chan struct{}), aborted: make(chan struct{}), windowEnd: make(chan struct{})}
+	return &harness{rc: rc, clockStop: make(chan struct{}), aborted: make(chan struct{}), windowEnd: make(chan struct{}),
+		entered: make(chan struct{})}
 }
 
 // onAbort registers f to run when the measurement fails, from whichever
@@ -161,6 +172,9 @@ func (h *harness) waitReady() error {
 }
 
 // startClock starts the warm-up; the window follows, then the run ends.
+// The window lasts -duration, or until a parent loop's first frame in it
+// if none came by then: a window that cut no frame would measure nothing
+// (elapsed grows with it, so the figures stay per second of window).
 func (h *harness) startClock() {
 	go func() {
 		for _, step := range []struct {
@@ -174,6 +188,9 @@ func (h *harness) startClock() {
 				t.Stop()
 				return
 			}
+			if step.phase == phaseDone && !h.childMeters && !h.waitEntered() {
+				return
+			}
 			h.flip(step.phase)
 		}
 		t := time.NewTimer(stallGrace)
@@ -184,6 +201,22 @@ func (h *harness) startClock() {
 		case <-h.clockStop:
 		}
 	}()
+}
+
+// waitEntered waits until a parent loop has seen the window start, and
+// reports false if the run ended or stalled first.
+func (h *harness) waitEntered() bool {
+	t := time.NewTimer(stallGrace)
+	defer t.Stop()
+	select {
+	case <-h.entered:
+		return true
+	case <-h.clockStop:
+	case <-h.aborted:
+	case <-t.C:
+		h.abort(fmt.Errorf("stalled: no loop reached the window %v after its end was due", stallGrace))
+	}
+	return false
 }
 
 func (h *harness) flip(p int32) {
@@ -338,6 +371,9 @@ func (m *meter) tick(h *harness) bool {
 	if p := h.phase.Load(); p != m.seen {
 		if m.seen < phaseMeasure {
 			m.at[0] = m.n
+			if p == phaseMeasure {
+				h.enterOnce.Do(func() { close(h.entered) })
+			}
 		}
 		if p == phaseDone {
 			m.at[1] = m.n
