@@ -443,10 +443,11 @@ func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool, how i
 // spin. No context callback watches the kernel sleep (registering one
 // allocates): a cancelled context is seen at the end of a slice, a
 // deadline bounds the slice itself.
-const (
-	kernelTries = 3
-	kernelSlice = 2 * time.Millisecond
-)
+const kernelTries = 3
+
+// kernelSlice is a variable only so that a test can hold a sleeper in the
+// kernel until it is woken; nothing else writes it.
+var kernelSlice = 2 * time.Millisecond
 
 // sleepKernel is WaitKernel's sleep: done is false if it gave up, leaving
 // the rest of the wait to the Waker.

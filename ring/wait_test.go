@@ -202,6 +202,12 @@ func TestWakeByWordValue(t *testing.T) {
 // peer's commit although the handles use a Waker (which would never
 // reach it), by Close, and by its context.
 func TestWaitKernel(t *testing.T) {
+	// A kernel sleeper needs a second CPU (takeKernelSleeper); with
+	// GOMAXPROCS 1 (go test -cpu 1) WaitKernel sleeps as Wait does.
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: no goroutine may sleep in FUTEX_WAIT")
+	}
+	defer func(n int) { runtime.GOMAXPROCS(n); refreshCPUs() }(runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0))))
 	w := &recWaker{}
 	p, c, mem := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitSleep, Waker: w})
 	word := word32(mem, ConsumerWaitOffset)
@@ -209,16 +215,34 @@ func TestWaitKernel(t *testing.T) {
 		_, err := c.TryPeek()
 		return err != ErrEmpty
 	}
-	wait := func(ctx context.Context) chan error {
+	// waitFor starts a wait and returns once the word shows a sleeper:
+	// WordFutex if in, 0 for any value but WordIdle.
+	waitFor := func(ctx context.Context, in uint32) chan error {
 		done := make(chan error, 1)
 		go func() { done <- c.Waiter().WaitKernel(ctx, ready) }()
-		for atomic.LoadUint32(word) != WordFutex {
-			time.Sleep(time.Millisecond)
+		for v := atomic.LoadUint32(word); v == WordIdle || in != 0 && v != in; v = atomic.LoadUint32(word) {
+			runtime.Gosched()
 		}
 		return done
 	}
 
-	done := wait(context.Background())
+	// A cancelled context ends the wait, in the kernel (at the end of a
+	// slice) or past it.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := waitFor(ctx, 0)
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("cancelled wait: %v", err)
+	}
+
+	// The wake-ups below are the kernel sleeper's: hold it in FUTEX_WAIT
+	// until woken. In 2 ms slices a loaded machine could let it give the
+	// kernel up for the Waker before the test looked, or before the
+	// commit, and the test then hung or saw the Waker used.
+	defer func(d time.Duration) { kernelSlice = d }(kernelSlice)
+	kernelSlice = time.Minute
+
+	done = waitFor(context.Background(), WordFutex)
 	if err := p.TryWrite(0, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -232,14 +256,7 @@ func TestWaitKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done = wait(ctx)
-	cancel()
-	if err := <-done; err != context.Canceled {
-		t.Fatalf("cancelled wait: %v", err)
-	}
-
-	done = wait(context.Background())
+	done = waitFor(context.Background(), WordFutex)
 	p.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
