@@ -22,7 +22,9 @@ import (
 // SubscribeOptions tune Subscribe. The zero value is ready to use.
 type SubscribeOptions struct {
 	// Wait and Spin say whether a Recv that finds nothing polls before
-	// it sleeps, as in ClientOptions.
+	// it sleeps, as in ClientOptions, except that the zero values sleep
+	// at once: a polling subscriber slows the publisher and every other
+	// subscriber (ring.BroadcastReaderOptions says why).
 	Wait ring.WaitPolicy
 	Spin time.Duration
 	// AuthorizeServer judges the server's credentials before anything

@@ -49,11 +49,20 @@ type BroadcastReader struct {
 	readyFn func() bool
 }
 
-// BroadcastReaderOptions tune a reader. The zero value polls as
-// WaitAdaptive does and, with no Announce, sleeps in short slices.
+// BroadcastReaderOptions tune a reader. The zero value sleeps at once
+// when the ring is empty (see Wait) and, with no Announce, sleeps in
+// short slices.
 type BroadcastReaderOptions struct {
 	// Wait and Spin choose whether a waiting reader polls before it
-	// sleeps, as in Options.
+	// sleeps, as in Options, except that the zero values mean WaitSleep
+	// here, not WaitAdaptive: a broadcast writer never waits for its
+	// readers, so a reader polling the tail gains it nothing but steals
+	// the tail's cache line from every record the writer publishes. One
+	// polling subscriber cut the writer from ~21 M to ~6 M msgs/s and
+	// itself from ~18 M to ~5 M (ringbench -scenario broadcast,
+	// docs/design.md §2.9); a sleeping one is woken once per batch and
+	// reads lines the writer has finished with. WaitAdaptive or
+	// WaitSpin, asked for explicitly, poll as elsewhere.
 	Wait WaitPolicy
 	Spin time.Duration
 	// Announce tells the writer, out of band, that the reader is about
@@ -96,7 +105,7 @@ func NewBroadcastReader(mem []byte, opts *BroadcastReaderOptions) (*BroadcastRea
 		r.opts = *opts
 	}
 	refreshCPUs()
-	r.policy, r.budget = r.opts.Wait.Resolve(r.opts.Spin)
+	r.policy, r.budget = resolveBroadcastWait(r.opts.Wait, r.opts.Spin)
 	r.adapt.credit.Store(creditMax)
 	r.readyFn = r.ready
 	t := atomic.LoadUint64(r.tail)
@@ -535,4 +544,13 @@ func (r *BroadcastReader) count(e *OverrunError) {
 	r.stats.Overruns++
 	r.stats.LostBytes += e.Bytes
 	r.stats.LostRecords += e.Records
+}
+
+// resolveBroadcastWait is WaitPolicy.Resolve with a reader's default:
+// WaitDefault with no Spin sleeps at once (see BroadcastReaderOptions).
+func resolveBroadcastWait(p WaitPolicy, spin time.Duration) (WaitPolicy, time.Duration) {
+	if p == WaitDefault && spin == 0 {
+		p = WaitSleep
+	}
+	return p.Resolve(spin)
 }

@@ -712,3 +712,25 @@ func BenchmarkBroadcastRead(b *testing.B) {
 		}
 	}
 }
+
+// A broadcast reader's zero options sleep at once; the policies asked
+// for explicitly resolve as everywhere else.
+func TestBroadcastReaderWaitDefault(t *testing.T) {
+	for _, tc := range []struct {
+		p      WaitPolicy
+		spin   time.Duration
+		want   WaitPolicy
+		budget time.Duration
+	}{
+		{WaitDefault, 0, WaitSleep, 0},
+		{WaitDefault, -time.Nanosecond, WaitSleep, 0},
+		{WaitDefault, time.Millisecond, WaitSpin, time.Millisecond},
+		{WaitAdaptive, 0, WaitAdaptive, AdaptiveSpin},
+		{WaitSpin, 0, WaitSpin, DefaultSpin},
+	} {
+		got, budget := resolveBroadcastWait(tc.p, tc.spin)
+		if got != tc.want || budget != tc.budget {
+			t.Errorf("resolveBroadcastWait(%v, %v) = %v, %v; want %v, %v", tc.p, tc.spin, got, budget, tc.want, tc.budget)
+		}
+	}
+}

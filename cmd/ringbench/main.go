@@ -155,7 +155,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		clis  = fs.String("clients", "32", "comma-separated `counts` of fanin client processes calling one server; each is run")
 		subs  = fs.String("subscribers", "1,8,32", "comma-separated `counts` of broadcast subscriber processes; each is run")
 		rates = fs.String("rate", "", "comma-separated `rates`: messages or calls per second of each sender, on an absolute schedule; 0 is as fast as it can; each is run (default: 0, 1000 and 10000 for call, 1000 for fanin, 0 for the rest)")
-		spin  = fs.Duration("spin", 0, "polling budget before sleeping: 0 the default, adaptive (poll up to "+ring.AdaptiveSpin.String()+" while polling pays, else sleep at once); positive: poll that long on every wait; negative: sleep at once")
+		spin  = fs.Duration("spin", 0, "polling budget before sleeping: 0 the default, adaptive (poll up to "+ring.AdaptiveSpin.String()+" while polling pays, else sleep at once); positive: poll that long on every wait; negative: sleep at once (broadcast subscribers: 0 sleeps at once too, see docs/design.md 2.9.5)")
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
 		quiet = fs.Bool("quiet", false, "print no progress on stderr (-json prints none either)")
