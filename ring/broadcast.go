@@ -2,7 +2,6 @@ package ring
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -138,17 +137,7 @@ func InitBroadcast(mem []byte, g BroadcastGeometry) error {
 		return fmt.Errorf("init broadcast ring seed: %w", err)
 	}
 	clear(mem[:bcDataOff])
-	var flags uint32
-	if g.PayloadChecksum {
-		flags |= flagPayloadSum
-	}
-	le := binary.LittleEndian
-	le.PutUint64(mem[offMagic:], bcMagic)
-	le.PutUint32(mem[offVersion:], version)
-	le.PutUint32(mem[offFlags:], flags)
-	le.PutUint64(mem[offDataSize:], uint64(g.DataSize))
-	copy(mem[offSeed:], seed[:])
-	le.PutUint64(mem[offMetaSum:], xxhash.Sum64(mem[:metaSumEnd]))
+	writeMeta(mem, bcMagic, g.PayloadChecksum, g.DataSize, 0, seed)
 	return nil
 }
 
@@ -165,32 +154,15 @@ type bcMeta struct {
 
 func readBroadcastMeta(mem []byte) (bcMeta, error) {
 	var m bcMeta
-	if len(mem) < bcDataOff {
-		return m, fmt.Errorf("%w: %d bytes cannot hold a broadcast ring's control area", ErrBadLayout, len(mem))
+	w, err := readMetaWords(mem, bcMagic, bcDataOff, "a broadcast ring's")
+	if err != nil {
+		return m, err
 	}
-	if !aligned8(mem) {
-		return m, fmt.Errorf("%w: memory is not 8-byte aligned", ErrBadLayout)
-	}
-	le := binary.LittleEndian
-	var hdr [metaSumEnd + 8]byte
-	copy(hdr[:], mem) // one read of the shared words; validate the copy
-	if got := le.Uint64(hdr[offMagic:]); got != bcMagic {
-		return m, fmt.Errorf("%w: magic %#x, want %#x", ErrBadLayout, got, uint64(bcMagic))
-	}
-	if got := le.Uint32(hdr[offVersion:]); got != version {
-		return m, fmt.Errorf("%w: version %d, this package speaks %d", ErrBadLayout, got, version)
-	}
-	if got, want := le.Uint64(hdr[offMetaSum:]), xxhash.Sum64(hdr[:metaSumEnd]); got != want {
-		return m, fmt.Errorf("%w: meta checksum %#x, want %#x", ErrBadLayout, got, want)
-	}
-	if le.Uint32(hdr[offSlots:]) != 0 || le.Uint32(hdr[offReserved:]) != 0 || le.Uint64(hdr[offReserved2:]) != 0 || le.Uint64(hdr[offReserved2+8:]) != 0 {
+	if w.slots != 0 { // no producer slots: the field is reserved here
 		return m, fmt.Errorf("%w: reserved meta bytes are not zero", ErrBadLayout)
 	}
-	m.flags = le.Uint32(hdr[offFlags:])
-	if m.flags&^knownFlags != 0 {
-		return m, fmt.Errorf("%w: unknown flags %#x", ErrBadLayout, m.flags)
-	}
-	ds := le.Uint64(hdr[offDataSize:])
+	m.flags = w.flags
+	ds := w.dataSize
 	if ds > MaxDataSize {
 		return m, fmt.Errorf("%w: data size %d", ErrBadLayout, ds)
 	}
@@ -201,7 +173,7 @@ func readBroadcastMeta(mem []byte) (bcMeta, error) {
 	if len(mem) < bcDataOff+int(ds) {
 		return m, fmt.Errorf("%w: %d bytes of memory, the ring needs %d", ErrBadLayout, len(mem), bcDataOff+int(ds))
 	}
-	m.seed = le.Uint64(hdr[offSeed:])
+	m.seed = w.seed
 	m.size, m.mask = ds, ds-1
 	m.maxP = uint64(MaxBroadcastPayload(int(ds)))
 	m.stride = bcStride(ds)

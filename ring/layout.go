@@ -166,19 +166,75 @@ func initRing(mem []byte, g Geometry, zeroed bool) error {
 	} else {
 		clear(mem[:size])
 	}
+	writeMeta(mem, magic, g.PayloadChecksum, g.DataSize, g.Producers, seed)
+	return nil
+}
+
+// writeMeta writes the meta block a ring and a broadcast ring share
+// (mag tells them apart; a broadcast ring has no producer slots) into
+// mem, cleared by the caller, and its checksum last.
+func writeMeta(mem []byte, mag uint64, payloadSum bool, dataSize, slots int, seed [8]byte) {
 	var flags uint32
-	if g.PayloadChecksum {
+	if payloadSum {
 		flags |= flagPayloadSum
 	}
 	le := binary.LittleEndian
-	le.PutUint64(mem[offMagic:], magic)
+	le.PutUint64(mem[offMagic:], mag)
 	le.PutUint32(mem[offVersion:], version)
 	le.PutUint32(mem[offFlags:], flags)
-	le.PutUint64(mem[offDataSize:], uint64(g.DataSize))
-	le.PutUint32(mem[offSlots:], uint32(g.Producers))
+	le.PutUint64(mem[offDataSize:], uint64(dataSize))
+	le.PutUint32(mem[offSlots:], uint32(slots))
 	copy(mem[offSeed:], seed[:])
 	le.PutUint64(mem[offMetaSum:], xxhash.Sum64(mem[:metaSumEnd]))
-	return nil
+}
+
+// metaWords are the meta block's fields, copied out of shared memory in
+// one read and checked for what every kind of ring agrees on.
+type metaWords struct {
+	flags    uint32
+	slots    uint32
+	dataSize uint64
+	seed     uint64
+}
+
+// readMetaWords copies the meta block at the start of mem (which must
+// hold at least minLen bytes, for the control area of a what) and checks
+// its magic (mag), version, checksum, reserved bytes and flags; sizes
+// are the caller's to judge.
+func readMetaWords(mem []byte, mag uint64, minLen int, what string) (metaWords, error) {
+	var w metaWords
+	if len(mem) < minLen {
+		return w, fmt.Errorf("%w: %d bytes cannot hold %s control area", ErrBadLayout, len(mem), what)
+	}
+	if !aligned8(mem) {
+		return w, fmt.Errorf("%w: memory is not 8-byte aligned", ErrBadLayout)
+	}
+	le := binary.LittleEndian
+	var hdr [metaSumEnd + 8]byte
+	copy(hdr[:], mem) // one read of the shared words; validate the copy
+	if got := le.Uint64(hdr[offMagic:]); got != mag {
+		return w, fmt.Errorf("%w: magic %#x, want %#x", ErrBadLayout, got, mag)
+	}
+	if got := le.Uint32(hdr[offVersion:]); got != version {
+		return w, fmt.Errorf("%w: version %d, this package speaks %d", ErrBadLayout, got, version)
+	}
+	if got, want := le.Uint64(hdr[offMetaSum:]), xxhash.Sum64(hdr[:metaSumEnd]); got != want {
+		return w, fmt.Errorf("%w: meta checksum %#x, want %#x", ErrBadLayout, got, want)
+	}
+	// Reserved bytes are zero in version 1: a peer that writes something
+	// there speaks another dialect, and a later version can only give
+	// them a meaning if today's readers refuse them.
+	if le.Uint32(hdr[offReserved:]) != 0 || le.Uint64(hdr[offReserved2:]) != 0 || le.Uint64(hdr[offReserved2+8:]) != 0 {
+		return w, fmt.Errorf("%w: reserved meta bytes are not zero", ErrBadLayout)
+	}
+	w.flags = le.Uint32(hdr[offFlags:])
+	if w.flags&^knownFlags != 0 {
+		return w, fmt.Errorf("%w: unknown flags %#x", ErrBadLayout, w.flags)
+	}
+	w.slots = le.Uint32(hdr[offSlots:])
+	w.dataSize = le.Uint64(hdr[offDataSize:])
+	w.seed = le.Uint64(hdr[offSeed:])
+	return w, nil
 }
 
 // meta is the validated, immutable part of a ring, copied out of shared
@@ -196,36 +252,12 @@ type meta struct {
 // readMeta validates the meta block of mem and returns a copy of it.
 func readMeta(mem []byte) (meta, error) {
 	var m meta
-	if len(mem) < offSlotTable {
-		return m, fmt.Errorf("%w: %d bytes cannot hold a ring's control area", ErrBadLayout, len(mem))
+	w, err := readMetaWords(mem, magic, offSlotTable, "a ring's")
+	if err != nil {
+		return m, err
 	}
-	if !aligned8(mem) {
-		return m, fmt.Errorf("%w: memory is not 8-byte aligned", ErrBadLayout)
-	}
-	le := binary.LittleEndian
-	var hdr [metaSumEnd + 8]byte
-	copy(hdr[:], mem) // one read of the shared words; validate the copy
-	if got := le.Uint64(hdr[offMagic:]); got != magic {
-		return m, fmt.Errorf("%w: magic %#x, want %#x", ErrBadLayout, got, uint64(magic))
-	}
-	if got := le.Uint32(hdr[offVersion:]); got != version {
-		return m, fmt.Errorf("%w: version %d, this package speaks %d", ErrBadLayout, got, version)
-	}
-	if got, want := le.Uint64(hdr[offMetaSum:]), xxhash.Sum64(hdr[:metaSumEnd]); got != want {
-		return m, fmt.Errorf("%w: meta checksum %#x, want %#x", ErrBadLayout, got, want)
-	}
-	// Reserved bytes are zero in version 1: a peer that writes something
-	// there speaks another dialect, and a later version can only give
-	// them a meaning if today's readers refuse them.
-	if le.Uint32(hdr[offReserved:]) != 0 || le.Uint64(hdr[offReserved2:]) != 0 || le.Uint64(hdr[offReserved2+8:]) != 0 {
-		return m, fmt.Errorf("%w: reserved meta bytes are not zero", ErrBadLayout)
-	}
-	m.flags = le.Uint32(hdr[offFlags:])
-	if m.flags&^knownFlags != 0 {
-		return m, fmt.Errorf("%w: unknown flags %#x", ErrBadLayout, m.flags)
-	}
-	ds := le.Uint64(hdr[offDataSize:])
-	slots := le.Uint32(hdr[offSlots:])
+	m.flags = w.flags
+	ds, slots := w.dataSize, w.slots
 	if ds > MaxDataSize || slots > MaxProducers {
 		return m, fmt.Errorf("%w: data size %d, %d producer slots", ErrBadLayout, ds, slots)
 	}
@@ -237,7 +269,7 @@ func readMeta(mem []byte) (meta, error) {
 	if len(mem) < need {
 		return m, fmt.Errorf("%w: %d bytes of memory, the ring needs %d", ErrBadLayout, len(mem), need)
 	}
-	m.seed = le.Uint64(hdr[offSeed:])
+	m.seed = w.seed
 	m.size = ds
 	m.mask = ds - 1
 	m.maxP = uint64(MaxPayload(int(ds)))
