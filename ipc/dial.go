@@ -194,26 +194,43 @@ func dialOnce(ctx context.Context, address string, service uint16, sizes [3]uint
 	return cl, nil
 }
 
+// bindDeadline makes uc's reads and writes end with ctx: at its
+// deadline, or at once when it is cancelled. The caller calls stop when
+// the handshake is over.
+func bindDeadline(ctx context.Context, uc *net.UnixConn) (stop func() bool) {
+	if dl, ok := ctx.Deadline(); ok {
+		uc.SetDeadline(dl) //nolint:errcheck
+	}
+	return context.AfterFunc(ctx, func() { uc.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
+}
+
+// judgeServer reads the server's credentials and judges them with
+// authorize (nil: DefaultAuthorizeServer), before the client sends
+// anything.
+func judgeServer(uc *net.UnixConn, authorize func(Cred) error) (Cred, error) {
+	cred, err := peerCred(uc)
+	if err != nil {
+		return cred, err
+	}
+	if authorize == nil {
+		authorize = DefaultAuthorizeServer
+	}
+	if err := authorize(cred); err != nil {
+		return cred, fmt.Errorf("%w: pid %d uid %d gid %d: %w", ErrUnauthorizedServer, cred.PID, cred.UID, cred.GID, err)
+	}
+	return cred, nil
+}
+
 func handshake(ctx context.Context, uc *net.UnixConn, service uint16, sizes [3]uint64, opts *ClientOptions) (*Client, error) {
 	// Asked for always; the hello and the grant check both see them.
 	withDefaults := *opts
 	withDefaults.Features |= defaultFeatures
 	opts = &withDefaults
-	if dl, ok := ctx.Deadline(); ok {
-		uc.SetDeadline(dl) //nolint:errcheck
-	}
-	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
+	stop := bindDeadline(ctx, uc)
 	defer stop()
-	cred, err := peerCred(uc)
+	cred, err := judgeServer(uc, opts.AuthorizeServer)
 	if err != nil {
 		return nil, err
-	}
-	authorize := opts.AuthorizeServer
-	if authorize == nil {
-		authorize = DefaultAuthorizeServer
-	}
-	if err := authorize(cred); err != nil {
-		return nil, fmt.Errorf("%w: pid %d uid %d gid %d: %w", ErrUnauthorizedServer, cred.PID, cred.UID, cred.GID, err)
 	}
 	limits, err := grantLimits(sizes, opts)
 	if err != nil {

@@ -103,21 +103,11 @@ func Subscribe(ctx context.Context, address string, topic uint32, opts *Subscrib
 }
 
 func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, maxRing uint64, opts *SubscribeOptions) (*Subscription, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		uc.SetDeadline(dl) //nolint:errcheck
-	}
-	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
+	stop := bindDeadline(ctx, uc)
 	defer stop()
-	cred, err := peerCred(uc)
+	cred, err := judgeServer(uc, opts.AuthorizeServer)
 	if err != nil {
 		return nil, err
-	}
-	authorize := opts.AuthorizeServer
-	if authorize == nil {
-		authorize = DefaultAuthorizeServer
-	}
-	if err := authorize(cred); err != nil {
-		return nil, fmt.Errorf("%w: pid %d uid %d gid %d: %w", ErrUnauthorizedServer, cred.PID, cred.UID, cred.GID, err)
 	}
 	h := hello{version: Version, features: FeatureTopic, topic: topic}
 	var hb [helloSize]byte
