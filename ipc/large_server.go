@@ -225,12 +225,31 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Po
 	copy(seg, body)
 
 	c.qMu.Lock()
+	if err := c.awaitQueueTurn(ctx, pol); err != nil {
+		return err
+	}
+	full, err := c.commitLargeDesc(ctx, id, len(body), pol)
+	if full {
+		c.qMu.Unlock()
+		return c.notKeepingUp(pol)
+	}
+	if err == nil {
+		c.passRoom()
+	}
+	c.qMu.Unlock()
+	return err
+}
+
+// awaitQueueTurn waits, qMu held, until the messages queued before a
+// large dispatch have gone and no zero-copy dispatch owns the producer
+// (dispatchzc.go). Under a policy other than PolicyBlock, messages
+// already queued mean the client is not keeping up. It returns nil with
+// qMu still held, or an error with qMu released.
+func (c *Conn) awaitQueueTurn(ctx context.Context, pol Policy) error {
 	if c.q.len() > 0 && !c.qDead && pol != PolicyBlock {
 		c.qMu.Unlock()
 		return c.notKeepingUp(pol)
 	}
-	// A zero-copy dispatch waiting for ring room owns the producer too
-	// (dispatchzc.go): wait for it, as for the queue.
 	for (c.q.len() > 0 || c.zcHeld) && !c.qDead {
 		c.waiting++
 		c.qMu.Unlock()
@@ -248,35 +267,39 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Po
 			return err
 		}
 	}
-	defer c.qMu.Unlock()
 	if c.qDead {
+		c.qMu.Unlock()
 		return fmt.Errorf("dispatch: %w", ErrDisconnected)
 	}
+	return nil
+}
+
+// commitLargeDesc commits the descriptor of an n-byte body already in
+// the dispatch segment, the producer ours: under PolicyBlock it waits
+// for ring room, else a full ring reports full (the caller applies the
+// policy) and writes nothing.
+func (c *Conn) commitLargeDesc(ctx context.Context, id uint16, n int, pol Policy) (full bool, err error) {
 	var r ring.Reservation
 	if pol == PolicyBlock {
 		r, err = c.dispP.Reserve(ctx, uint32(id)|typeLarge, largeDescSize)
 	} else if r, err = c.dispP.TryReserve(uint32(id)|typeLarge, largeDescSize); err == ring.ErrFull {
-		c.qMu.Unlock()
-		err = c.notKeepingUp(pol)
-		c.qMu.Lock() // for the deferred Unlock
-		return err
+		return true, nil
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("dispatch: %w", ctx.Err())
+			return false, fmt.Errorf("dispatch: %w", ctx.Err())
 		}
-		return c.ringErr("dispatch", err)
+		return false, c.ringErr("dispatch", err)
 	}
-	c.dispOut.desc(r.Bytes(), len(body))
+	c.dispOut.desc(r.Bytes(), n)
 	end := r.End()
 	if err := r.Commit(); err != nil {
-		return c.ringErr("dispatch", err)
+		return false, c.ringErr("dispatch", err)
 	}
 	c.dispOut.sent(end)
-	c.passRoom()
 	c.stats.dispatches.Add(1)
-	c.stats.bytesOut.Add(uint64(len(body)))
-	return nil
+	c.stats.bytesOut.Add(uint64(n))
+	return false, nil
 }
 
 // dispatchLargeOwned is dispatchLarge on a server whose connections run
@@ -289,30 +312,8 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Po
 // so there dispatchLarge polls instead.) dispLarge held.
 func (c *Conn) dispatchLargeOwned(ctx context.Context, id uint16, body []byte, pol Policy) error {
 	c.qMu.Lock()
-	if c.q.len() > 0 && !c.qDead && pol != PolicyBlock {
-		c.qMu.Unlock()
-		return c.notKeepingUp(pol)
-	}
-	for (c.q.len() > 0 || c.zcHeld) && !c.qDead {
-		c.waiting++
-		c.qMu.Unlock()
-		var err error
-		select {
-		case <-c.room:
-		case <-ctx.Done():
-			err = fmt.Errorf("dispatch: %w", ctx.Err())
-		}
-		c.qMu.Lock()
-		c.waiting--
-		c.passRoom() // the token was for everyone waiting
-		if err != nil {
-			c.qMu.Unlock()
-			return err
-		}
-	}
-	if c.qDead {
-		c.qMu.Unlock()
-		return fmt.Errorf("dispatch: %w", ErrDisconnected)
+	if err := c.awaitQueueTurn(ctx, pol); err != nil {
+		return err
 	}
 	c.zcHeld = true
 	c.qMu.Unlock()
@@ -352,27 +353,11 @@ func (c *Conn) writeLarge(ctx context.Context, id uint16, body []byte, pol Polic
 		return fmt.Errorf("dispatch: %w", err)
 	}
 	copy(seg, body)
-	var r ring.Reservation
-	if pol == PolicyBlock {
-		r, err = c.dispP.Reserve(ctx, uint32(id)|typeLarge, largeDescSize)
-	} else if r, err = c.dispP.TryReserve(uint32(id)|typeLarge, largeDescSize); err == ring.ErrFull {
+	full, err := c.commitLargeDesc(ctx, id, n, pol)
+	if full {
 		return c.notKeepingUp(pol)
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("dispatch: %w", ctx.Err())
-		}
-		return c.ringErr("dispatch", err)
-	}
-	c.dispOut.desc(r.Bytes(), n)
-	end := r.End()
-	if err := r.Commit(); err != nil {
-		return c.ringErr("dispatch", err)
-	}
-	c.dispOut.sent(end)
-	c.stats.dispatches.Add(1)
-	c.stats.bytesOut.Add(uint64(n))
-	return nil
+	return err
 }
 
 // isEnding reports whether kill has begun (it closes ending first).
