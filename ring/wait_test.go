@@ -101,6 +101,31 @@ func TestAdaptiveDecisions(t *testing.T) {
 	}
 }
 
+// A sparse peer that now and then answers within a probe (a client
+// behind its schedule) costs one missed poll per caught probe, not the
+// several that a refilled credit would take to drain.
+func TestAdaptiveProbeCaughtByChance(t *testing.T) {
+	const budget = 50 * time.Microsecond
+	var a adaptive // credit 0: the side sleeps
+	polls, probes := 0, 0
+	for range 100 * probeEvery {
+		switch b := a.shouldSpin(budget); b {
+		case 0:
+		case probeSpin:
+			probes++
+			a.spun(true) // every probe is caught
+		case budget:
+			polls++
+			a.spun(false) // and every wait after it is sparse again
+		default:
+			t.Fatalf("polls for %v", b)
+		}
+	}
+	if probes == 0 || polls > probes {
+		t.Fatalf("%d full polls after %d caught probes, want at most one each", polls, probes)
+	}
+}
+
 // At most as many goroutines poll as there are CPUs, and one CPU is left
 // free of kernel sleepers.
 func TestWaitCaps(t *testing.T) {
