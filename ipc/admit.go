@@ -51,7 +51,8 @@ type admission struct {
 	uid  uint32
 	hs   bool   // counted in the uid's handshakes (the total is hsSem)
 	conn bool   // counted in MaxConns and the uid's connections
-	mem  uint64 // ring memory charged against MaxMemory
+	mem  uint64 // ring and body-segment memory charged against MaxMemory
+	gone bool   // released: nothing more may be charged to it
 	// sub: the socket became a topic subscription, whose goroutine
 	// releases the admission when it ends. Set and read by the
 	// handshake goroutine only.
@@ -164,6 +165,31 @@ func (s *Server) charge(a *admission, n uint64) bool {
 	return true
 }
 
+// chargeBody moves a's charge for one body segment from old bytes to
+// new (a segment replaced by a larger one, or 0 for none), unless that
+// would take the server past MaxMemory: an error matching ErrLimit, and
+// nothing charged. Once a is released it refuses any growth.
+func (s *Server) chargeBody(a *admission, old, new int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if new <= old {
+		d := min(uint64(old-new), a.mem)
+		s.mem -= d
+		a.mem -= d
+		return nil
+	}
+	if a.gone {
+		return fmt.Errorf("body segment: %w", ErrDisconnected)
+	}
+	d := uint64(new - old)
+	if s.mem+d > uint64(s.cfg.MaxMemory) {
+		return fmt.Errorf("%w: a %d-byte body segment would take the server's shared memory past Config.MaxMemory (%d bytes)", ErrLimit, new, s.cfg.MaxMemory)
+	}
+	s.mem += d
+	a.mem += d
+	return nil
+}
+
 // release gives back everything a still holds except its handshake
 // slots; calling it again does nothing.
 func (s *Server) release(a *admission) {
@@ -171,6 +197,7 @@ func (s *Server) release(a *admission) {
 	defer s.mu.Unlock()
 	s.mem -= a.mem
 	a.mem = 0
+	a.gone = true
 	if a.conn {
 		a.conn = false
 		s.nconns--

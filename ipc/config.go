@@ -79,7 +79,10 @@ type Config struct {
 	MaxConnsPerUID int
 	// MaxMemory bounds the shared memory of every connection together, in
 	// bytes (each connection's segment: its three rings and their
-	// headers); a handshake that would pass it is refused (LimitMemory).
+	// headers, and the body segments of its large messages); a handshake
+	// that would pass it is refused (LimitMemory), a response or dispatch
+	// body segment that would fails with ErrLimit, and a client's request
+	// body segment that would ends its connection (docs/ipc.md §9).
 	// 0 means DefaultMaxMemory.
 	MaxMemory int64
 	// RingSize is a ring's data size when the client asks for 0;

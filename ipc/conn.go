@@ -210,6 +210,14 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		c.respOut = bodyOut{tok: tokRespBody, limit: c.maxMsg}
 		c.dispOut = bodyOut{tok: tokDispBody, limit: c.maxMsg}
 		c.dispReady = func() bool { return c.isEnding() || c.dispOut.room(c.dispP, c.dispWant) }
+		// Body segments count against Config.MaxMemory like the rings.
+		charge := func(old, new int) error {
+			if c.adm == nil {
+				return nil
+			}
+			return s.chargeBody(c.adm, old, new)
+		}
+		c.reqIn.charge, c.respOut.charge, c.dispOut.charge = charge, charge, charge
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.loopCtx, c.loopCancel = context.WithCancel(c.ctx)

@@ -130,6 +130,9 @@ type bodyOut struct {
 	gen    uint32   // its generation (body tokens sent)
 	flight []placed // bodies whose records the receiver has not released, oldest first
 	cur    placed   // the body being written (segment)
+	// charge, if not nil, accounts for the segment growing from old to
+	// new bytes (the server's Config.MaxMemory); an error refuses it.
+	charge func(old, new int) error
 }
 
 // placed is a body in the segment: its page-aligned span and the ring
@@ -194,8 +197,17 @@ func (o *bodyOut) room(p *ring.Producer, n int) bool {
 // ctx does not wait). Call it only once room says so.
 func (o *bodyOut) segment(n int, ctx context.Context, done <-chan struct{}, rc syscall.RawConn) ([]byte, error) {
 	if n > len(o.mem) {
-		mem, err := newBodySegment(segmentSize(n, o.limit, pageSize), o.tok, ctx, done, rc)
+		size := segmentSize(n, o.limit, pageSize)
+		if o.charge != nil {
+			if err := o.charge(len(o.mem), size); err != nil {
+				return nil, err
+			}
+		}
+		mem, err := newBodySegment(size, o.tok, ctx, done, rc)
 		if err != nil {
+			if o.charge != nil {
+				o.charge(size, len(o.mem)) //nolint:errcheck // shrinking always succeeds
+			}
 			return nil, err
 		}
 		o.close()
@@ -256,6 +268,11 @@ type bodyIn struct {
 	// Owned by the ring's consumer.
 	gen uint32 // generation of mem
 	mem []byte // the mapped segment, at most limit (page-rounded)
+
+	// charge, if not nil, accounts for the mapping growing from old to
+	// new bytes (the server's Config.MaxMemory); an error refuses the
+	// segment. Set before the first body arrives.
+	charge func(old, new int) error
 }
 
 func newBodyIn(what string, limit int, raise string) *bodyIn {
@@ -357,6 +374,12 @@ func (in *bodyIn) install(fd int) error {
 	closeFd(fd)
 	if err != nil {
 		return fmt.Errorf("%w: %s body segment: %w", ErrProtocol, in.what, err)
+	}
+	if in.charge != nil {
+		if err := in.charge(len(in.mem), len(mem)); err != nil {
+			unmapBody(mem) //nolint:errcheck // our own mapping of the right length
+			return fmt.Errorf("%s body segment: %w", in.what, err)
+		}
 	}
 	old := in.mem
 	in.mem, in.gen = mem, in.gen+1

@@ -102,6 +102,11 @@ func (w *ResponseWriter) reserveLarge(status uint32, code int32, n int) ([]byte,
 	body, err := c.respOut.segment(n, ctx, c.done, c.rc)
 	if err != nil {
 		r.Abort() //nolint:errcheck // the only outstanding reservation
+		if errors.Is(err, ErrLimit) {
+			// Past Config.MaxMemory: this response cannot be sent, the
+			// handler may still Fail, and the connection goes on.
+			return nil, fmt.Errorf("respond: %w", err)
+		}
 		err = fmt.Errorf("respond: %w: %w", ErrDisconnected, err)
 		c.kill(err)
 		return nil, err
