@@ -214,3 +214,39 @@ func TestDispatchBlockWithoutQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The dispatch loop lingers while lingering finds messages, stops after
+// a few that find none, and then lingers only to probe, one time in
+// lingerProbeEvery.
+func TestDispatchLingerDecisions(t *testing.T) {
+	var l linger
+	// A sparse stream from the start: only probes.
+	probes := 0
+	for range 10 * lingerProbeEvery {
+		if l.should() {
+			probes++
+			l.result(false)
+		}
+	}
+	if probes != 10 {
+		t.Fatalf("%d lingers in %d sparse waits, want 10 probes", probes, 10*lingerProbeEvery)
+	}
+	// A probe finds a message: the stream is dense again.
+	for !l.should() {
+	}
+	l.result(true)
+	for range 100 {
+		if !l.should() {
+			t.Fatal("stopped lingering while lingers found messages")
+		}
+		l.result(true)
+	}
+	// The stream thins out: lingering stops after a few misses.
+	misses := 0
+	for l.should() {
+		l.result(false)
+		if misses++; misses > 3 {
+			t.Fatalf("still lingering after %d misses", misses)
+		}
+	}
+}

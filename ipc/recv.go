@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/ringipc/ringipc/internal/spin"
 	"github.com/ringipc/ringipc/ring"
 	"golang.org/x/sys/unix"
 )
@@ -159,23 +160,32 @@ func (cl *Client) releaseDisp(large bool) error {
 	return cl.dispC.Release()
 }
 
+// dispatchBatch bounds the messages dispatchLoop delivers under one hold
+// of dispLock (teardown, which takes the lock, waits for at most this
+// many callbacks): taking the lock for each cost a 64-byte message about
+// a quarter of its handling.
+const dispatchBatch = 64
+
 func (cl *Client) dispatchLoop() {
 	defer cl.wg.Done()
+	var lg linger
 	for {
 		if err := cl.lock(cl.ctx, cl.dispLock); err != nil {
 			return
 		}
 		rec, err := cl.dispC.Peek(cl.ctx)
-		if err == nil {
-			id, body, large, berr := cl.dispatchBody(cl.ctx, rec)
-			err = berr
-			if berr == nil || errors.Is(berr, ErrTooLarge) {
-				// A message above ClientOptions.MaxMessage is not
-				// delivered; the connection goes on.
-				if berr == nil {
-					cl.onDispatch(id, body)
-				}
-				err = cl.releaseDisp(large)
+		for n := 1; err == nil; n++ {
+			if err = cl.deliver(rec); err != nil || n == dispatchBatch {
+				break
+			}
+			if rec, err = cl.dispC.TryPeek(); err == ring.ErrEmpty && lg.should() {
+				spin.Pause(lingerPause)
+				rec, err = cl.dispC.TryPeek()
+				lg.result(err != ring.ErrEmpty)
+			}
+			if err == ring.ErrEmpty {
+				err = nil
+				break
 			}
 		}
 		<-cl.dispLock
@@ -185,6 +195,65 @@ func (cl *Client) dispatchLoop() {
 			}
 			return
 		}
+	}
+}
+
+// deliver hands one dispatch record to OnDispatch and releases it;
+// dispLock held. A message above ClientOptions.MaxMessage is not
+// delivered; the connection goes on.
+func (cl *Client) deliver(rec ring.Record) error {
+	id, body, large, err := cl.dispatchBody(cl.ctx, rec)
+	if err != nil && !errors.Is(err, ErrTooLarge) {
+		return err
+	}
+	if err == nil {
+		cl.onDispatch(id, body)
+	}
+	return cl.releaseDisp(large)
+}
+
+// Lingering. A dispatch loop that handles messages faster than the
+// server writes them finds the ring empty after each one, and its next
+// look (Peek polls) pulls the ring's tail line from the server on every
+// message, which stalls the server's next commit: the stream fell from 17
+// M to 5 M msgs/s once the loop stopped taking dispLock per message. So
+// after a message, finding the ring empty, the loop waits lingerPause
+// spin-wait hints (about 3 µs) and looks once more, which lets a dense
+// stream pile up a batch. It lingers while lingering finds messages (a
+// found one gives lingerCredit more, a miss halves the credit) and then
+// only one time in lingerProbeEvery, so a sparse stream, where a linger
+// finds nothing, pays about 0.2 µs per message for the probes.
+// Measured (ringbench dispatch, 64 B, 3 interleaved runs of each build
+// on the 2-vCPU Xeon): 16.1-16.9 M msgs/s before, 20.6-21.8 M with
+// batches and lingering, CPU per message 116-117 ns before, 89-93 ns
+// with; at 1,000 and 100,000 msgs/s latency and CPU did not move.
+const (
+	lingerPause      = 300
+	lingerCredit     = 4
+	lingerProbeEvery = 16
+)
+
+// linger is the dispatch loop's lingering decision; owned by the loop.
+type linger struct {
+	credit uint8
+	misses uint8
+}
+
+// should reports whether to linger now.
+func (l *linger) should() bool {
+	if l.credit > 0 {
+		return true
+	}
+	l.misses++
+	return l.misses%lingerProbeEvery == 0
+}
+
+// result records whether a linger found a message.
+func (l *linger) result(found bool) {
+	if found {
+		l.credit = lingerCredit
+	} else {
+		l.credit /= 2
 	}
 }
 

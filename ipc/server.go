@@ -317,6 +317,9 @@ func (s *Server) forget(c *Conn) {
 	if c.adm != nil {
 		s.release(c.adm) // before Conns stops listing it: whoever sees it gone can take its place
 	}
+	c.qMu.Lock()
+	c.moveDispCounts()
+	c.qMu.Unlock()
 	// The counters move to the totals under the lock that takes the
 	// connection out of Conns: Stats reads both under it, so it counts
 	// a connection exactly once, live or retired, never neither.

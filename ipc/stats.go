@@ -144,8 +144,9 @@ func (c *Conn) Stats() Stats {
 
 // addStats adds the connection's counters to s.
 func (c *Conn) addStats(s *Stats) {
-	c.stats.addTo(s)
 	c.qMu.Lock()
+	c.moveDispCounts()
+	c.stats.addTo(s)
 	s.QueueDepth += uint64(c.q.len())
 	s.QueueBytes += uint64(c.qBytes)
 	c.qMu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ringipc/ringipc/futex"
+	"github.com/ringipc/ringipc/internal/spin"
 )
 
 // Waiting. Each side of a ring that finds nothing to do (a consumer with
@@ -570,7 +571,7 @@ func (s *spinner) again() bool {
 	}
 	s.n++
 	if s.n%pollsPerCheck != 0 {
-		procyield(pollPause)
+		spin.Pause(pollPause)
 		return true
 	}
 	// Not ctx.Err(), which takes the context's lock: a receive attempt.
