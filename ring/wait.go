@@ -442,42 +442,59 @@ func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool, how i
 	}
 }
 
-// A kernel sleep (WaitKernel, WaitReply) is cut in slices of at most
-// kernelSlice, and after kernelTries FUTEX_WAITs that did not end the
-// wait it goes on through the Waker. So a thread (and maybe a P) is held
-// for at most kernelTries*kernelSlice per wait: a connection that goes
+// A kernel sleep (WaitKernel, WaitReply) lasts at most
+// kernelTries*kernelSlice, and at most kernelTries FUTEX_WAITs that did
+// not end the wait; then it goes on through the Waker. So a thread (and
+// maybe a P) is held for a bounded time per wait: a connection that goes
 // idle ends up parked in the netpoller, and a peer that scribbles the
 // word (FUTEX_WAIT then returns at once) costs a few re-checks, not a
-// spin. No context callback watches the kernel sleep (registering one
-// allocates): a cancelled context is seen at the end of a slice, a
-// deadline bounds the slice itself.
+// spin. The FUTEX_WAIT has no timeout (see kernelwatch.go for why): the
+// process's watcher wakes a sleeper whose time is up; a context deadline
+// due before then is timed by the kernel, precisely, and a cancellation
+// is seen when the kernel sleep ends, then by the Waker.
 const kernelTries = 3
 
-// kernelSlice is a variable only so that a test can hold a sleeper in the
-// kernel until it is woken; nothing else writes it.
+// kernelSlice is a third of a kernel sleep's length. A variable only so
+// that a test can hold a sleeper in the kernel until it is woken;
+// nothing else writes it.
 var kernelSlice = 2 * time.Millisecond
 
 // sleepKernel is WaitKernel's sleep: done is false if it gave up, leaving
 // the rest of the wait to the Waker.
 func (w *Waiter) sleepKernel(ctx context.Context, ready func() bool) (done bool, err error) {
+	until := watchNow() + kernelTries*kernelSlice
+	dl, hasDL := ctx.Deadline()
 	for range kernelTries {
 		if err := ctx.Err(); err != nil {
 			return true, err
 		}
-		timeout := kernelSlice
-		if dl, ok := ctx.Deadline(); ok {
+		left := until - watchNow()
+		if left <= 0 {
+			return false, nil
+		}
+		timeout := futex.Forever
+		if hasDL {
 			d := time.Until(dl)
 			if d <= 0 {
 				return true, context.DeadlineExceeded
 			}
-			timeout = min(timeout, d)
+			if d < left {
+				timeout = d
+			}
+		}
+		slot := watchAdd(w.word, until)
+		if slot < 0 {
+			timeout = min(left, kernelSlice) // no watcher: time each slice
 		}
 		atomic.SwapUint32(w.word, WordFutex) // a Dekker store: see publishWord
 		if ready() {
+			watchRemove(slot)
 			w.Disarm()
 			return true, nil
 		}
-		if err := futex.Wait(w.word, WordFutex, timeout); err != nil && err != os.ErrDeadlineExceeded {
+		err := futex.Wait(w.word, WordFutex, timeout)
+		watchRemove(slot)
+		if err != nil && err != os.ErrDeadlineExceeded {
 			w.Disarm()
 			return true, err
 		}

@@ -358,3 +358,90 @@ func TestMachineBusyAllocs(t *testing.T) {
 		t.Errorf("machineBusy allocates %.1f times per call", n)
 	}
 }
+
+// A kernel sleeper's FUTEX_WAIT has no timeout: the process's watcher
+// wakes it when its sleep has lasted its length, even if a peer cleared
+// its word without waking it, and it goes on through the Waker; once no
+// sleeper is left the watcher exits.
+func TestKernelSleepWatcher(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: no goroutine may sleep in FUTEX_WAIT")
+	}
+	defer func(n int) { runtime.GOMAXPROCS(n); refreshCPUs() }(runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0))))
+	defer func(d time.Duration) { kernelSlice = d }(kernelSlice)
+	kernelSlice = time.Millisecond
+
+	w := &scribbleWaker{}
+	p, c, mem := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitSleep, Waker: w})
+	word := word32(mem, ConsumerWaitOffset)
+	inKernel := make(chan bool, 1)
+	go func() {
+		// Nothing is ever written: only the watcher can end the kernel
+		// sleep, and then the Waker's Sleep ends the wait.
+		err := c.Waiter().WaitKernel(context.Background(), w.slept.Load)
+		if err != nil {
+			t.Error(err)
+		}
+		inKernel <- true
+	}()
+	// A peer that clears the word without a FUTEX_WAKE (a hostile one,
+	// or one that woke through a token) must not keep it there either.
+	cleared := false
+	giveUp := time.After(time.Minute)
+	for done := false; !done; {
+		select {
+		case <-inKernel:
+			done = true
+		case <-giveUp:
+			t.Error("the kernel sleeper was never woken")
+			p.Close() // wakes it, so that its goroutine ends
+			<-inKernel
+			return
+		default:
+			if !cleared && atomic.CompareAndSwapUint32(word, WordFutex, WordIdle) {
+				cleared = true
+			}
+			runtime.Gosched()
+		}
+	}
+	if !w.slept.Load() {
+		t.Fatal("the wait ended without reaching the Waker")
+	}
+	if !cleared {
+		t.Log("the sleeper was not seen in the kernel (a loaded machine may hide it)")
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		watch.mu.Lock()
+		running, n := watch.running, watch.n
+		watch.mu.Unlock()
+		if !running && n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the watcher still runs with %d sleepers after the last left", n)
+		}
+	}
+}
+
+// A context deadline due before the kernel sleep ends is timed by the
+// kernel: the wait ends with it, though the watcher would wake the
+// sleeper only a minute later.
+func TestKernelSleepDeadline(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU: no goroutine may sleep in FUTEX_WAIT")
+	}
+	defer func(n int) { runtime.GOMAXPROCS(n); refreshCPUs() }(runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0))))
+	defer func(d time.Duration) { kernelSlice = d }(kernelSlice)
+	kernelSlice = time.Minute
+
+	_, c, _ := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitSleep, Waker: &recWaker{}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+	defer cancel()
+	err := c.Waiter().WaitKernel(ctx, func() bool {
+		_, err := c.TryPeek()
+		return err != ErrEmpty
+	})
+	if err != context.DeadlineExceeded {
+		t.Fatalf("WaitKernel past its deadline: %v", err)
+	}
+}
