@@ -3,12 +3,16 @@
 package ipc
 
 // Zero-copy dispatch: a DispatchReservation is a dispatch message written
-// in place in the dispatch ring. It owns the connection's dispatch
-// producer (Conn.zcHeld) from the moment ReserveDispatch waits for room
-// until Commit or Abort, so that no other writer (a Dispatch's direct
-// write, the queue's flusher) sleeps on the ring's producer word or
-// writes the ring meanwhile: Dispatch calls queue their messages behind
-// it, and its end starts the flusher for them.
+// in place in the dispatch ring, or, larger than the ring carries, in the
+// connection's dispatch body segment (large.go). It owns the
+// connection's dispatch producer (Conn.zcHeld) from the moment
+// ReserveDispatch waits for room until Commit or Abort, so that no other
+// writer (a Dispatch's direct write, the queue's flusher, a large
+// dispatch) sleeps on the ring's producer word or writes the ring
+// meanwhile: Dispatch calls queue their messages behind it, and its end
+// starts the flusher for them. A ring reservation holds qMu until it
+// ends; a large one holds dispLarge instead (the segment's turn), and
+// commits its descriptor as a large Dispatch does.
 
 import (
 	"context"
@@ -20,7 +24,8 @@ import (
 // DispatchReservation is a dispatch message being written in place
 // (Conn.ReserveDispatch). It holds the connection's dispatch side: fill it
 // and Commit (or Abort) promptly; Dispatch calls on the connection wait
-// meanwhile.
+// meanwhile, and so does the connection's end (the body is in memory
+// the end unmaps), after which Commit fails.
 //
 // A DispatchReservation ends with exactly one Commit, CommitN or Abort;
 // later calls on it, or on a copy of it, return ErrCallDone (Bytes
@@ -29,6 +34,13 @@ type DispatchReservation struct {
 	c   *Conn
 	r   ring.Reservation
 	seq uint64
+
+	// A large reservation (the body in the dispatch body segment): its
+	// body, message id, and the context its descriptor's commit waits
+	// under for ring room.
+	large []byte
+	id    uint16
+	ctx   context.Context
 }
 
 // ReserveDispatch claims room for a dispatch message of n bytes directly
@@ -39,10 +51,28 @@ type DispatchReservation struct {
 // while the connection's queue holds any, ReserveDispatch fails with an
 // error matching ErrTryAgain (use Dispatch, or try later). On a server
 // driven by an event loop it does not wait either: a full ring is
-// ErrTryAgain. n above the dispatch ring's limit is ErrTooLarge.
+// ErrTryAgain.
+//
+// A message larger than the ring carries (up to MaxDispatch, with
+// FeatureLarge) is reserved in the connection's dispatch body segment:
+// ReserveDispatch then also waits for the client to release the large
+// messages before it (and for a large Dispatch in progress), and Commit
+// waits, under ctx, for ring room for its descriptor. On a server driven
+// by an event loop, which must not wait, a large reservation is
+// ErrTooLarge: use Dispatch there. n above MaxDispatch is ErrTooLarge.
 func (c *Conn) ReserveDispatch(ctx context.Context, id uint16, n int) (DispatchReservation, error) {
+	if n > c.maxDisp && c.large && n <= c.MaxDispatch() {
+		if c.external {
+			return DispatchReservation{}, fmt.Errorf("reserve dispatch of %d bytes: %w: an event loop's ReserveDispatch is limited to the dispatch ring (%d bytes); use Dispatch", n, ErrTooLarge, c.maxDisp)
+		}
+		return c.reserveLargeDispatch(ctx, id, n)
+	}
 	if n < 0 || n > c.maxDisp {
-		return DispatchReservation{}, tooLarge("dispatch", n, c.maxDisp, raiseDispRing)
+		limit, raise := c.maxDisp, raiseDispRing
+		if c.large {
+			limit, raise = c.MaxDispatch(), raiseLarge
+		}
+		return DispatchReservation{}, tooLarge("dispatch", n, limit, raise)
 	}
 	var r ring.Reservation
 	var err error
@@ -115,6 +145,9 @@ func (d *DispatchReservation) Bytes() []byte {
 	if !d.live() {
 		return nil
 	}
+	if d.large != nil {
+		return d.large
+	}
 	return d.r.Bytes()
 }
 
@@ -123,7 +156,7 @@ func (d *DispatchReservation) Commit() error {
 	if !d.live() {
 		return fmt.Errorf("commit dispatch: %w", ErrCallDone)
 	}
-	return d.CommitN(len(d.r.Bytes()))
+	return d.CommitN(len(d.Bytes()))
 }
 
 // CommitN sends the first n bytes of the message reserved and gives the
@@ -135,11 +168,14 @@ func (d *DispatchReservation) CommitN(n int) error {
 	if !d.live() {
 		return fmt.Errorf("commit dispatch: %w", ErrCallDone)
 	}
-	if r := len(d.r.Bytes()); n < 0 || n > r {
+	if r := len(d.Bytes()); n < 0 || n > r {
 		return fmt.Errorf("commit %d bytes of a %d-byte dispatch reservation: %w", n, r, ErrTooLarge)
 	}
 	if !c.zcLive.CompareAndSwap(d.seq, 0) {
 		return fmt.Errorf("commit dispatch: %w", ErrCallDone)
+	}
+	if d.large != nil {
+		return c.commitLargeReservation(d, n)
 	}
 	err := d.r.CommitN(n)
 	c.zcEnd()
@@ -158,8 +194,94 @@ func (d *DispatchReservation) Abort() error {
 	if !d.live() || !c.zcLive.CompareAndSwap(d.seq, 0) {
 		return fmt.Errorf("abort dispatch: %w", ErrCallDone)
 	}
+	if d.large != nil {
+		// Nothing was sent: the body's place in the segment is free for
+		// the next one.
+		c.endLargeReservation()
+		return nil
+	}
 	d.r.Abort() //nolint:errcheck // the only outstanding reservation
 	c.zcEnd()
 	c.qMu.Unlock()
 	return nil
+}
+
+// reserveLargeDispatch is ReserveDispatch of a body larger than the
+// dispatch ring, in the dispatch body segment; goroutine mode only. It
+// takes the segment's turn (dispLarge) and, once the queue is empty, the
+// producer (zcHeld), as dispatchLargeOwned does, and keeps both until
+// the reservation ends.
+func (c *Conn) reserveLargeDispatch(ctx context.Context, id uint16, n int) (DispatchReservation, error) {
+	select {
+	case c.dispLarge <- struct{}{}:
+	case <-ctx.Done():
+		return DispatchReservation{}, fmt.Errorf("dispatch: %w", ctx.Err())
+	case <-c.ending:
+		return DispatchReservation{}, fmt.Errorf("dispatch: %w", ErrDisconnected)
+	}
+	c.qMu.Lock()
+	switch {
+	case c.qDead:
+		c.qMu.Unlock()
+		<-c.dispLarge
+		return DispatchReservation{}, fmt.Errorf("dispatch: %w", ErrDisconnected)
+	case c.zcHeld || c.q.len() > 0 || c.flushing:
+		// A ring reservation holds qMu, so zcHeld here is a waiter for
+		// ring room; queued messages go first, as for ring reservations.
+		c.qMu.Unlock()
+		<-c.dispLarge
+		return DispatchReservation{}, fmt.Errorf("reserve dispatch: %w: %d messages queued by Dispatch go first", ErrTryAgain, c.q.len())
+	}
+	c.zcHeld = true
+	c.qMu.Unlock()
+	body, err := c.largeRoom(ctx, n)
+	if err != nil {
+		c.endLargeReservation()
+		return DispatchReservation{}, err
+	}
+	c.qMu.Lock()
+	c.zcSeq++
+	seq := c.zcSeq
+	c.zcLive.Store(seq)
+	c.qMu.Unlock()
+	return DispatchReservation{c: c, seq: seq, large: body, id: id, ctx: ctx}, nil
+}
+
+// largeRoom waits until the dispatch body segment has room for an
+// n-byte body and returns it there; the producer and dispLarge ours.
+func (c *Conn) largeRoom(ctx context.Context, n int) ([]byte, error) {
+	if !c.dispOut.room(c.dispP, n) {
+		c.dispWant = n
+		if err := c.dispP.Waiter().Wait(ctx, c.dispReady); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("dispatch: %w", ctx.Err())
+			}
+			return nil, c.ringErr("dispatch", err)
+		}
+	}
+	if c.isEnding() {
+		return nil, fmt.Errorf("dispatch: %w", ErrDisconnected)
+	}
+	body, err := c.dispOut.segment(n, ctx, c.ending, c.rc)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: %w", err)
+	}
+	return body, nil
+}
+
+// commitLargeReservation sends the first n bytes of a large reservation
+// (its descriptor, waiting under the reservation's context for ring
+// room) and ends it.
+func (c *Conn) commitLargeReservation(d *DispatchReservation, n int) error {
+	_, err := c.commitLargeDesc(d.ctx, d.id, n, PolicyBlock)
+	c.endLargeReservation()
+	return err
+}
+
+// endLargeReservation gives back the producer and the segment's turn.
+func (c *Conn) endLargeReservation() {
+	c.qMu.Lock()
+	c.zcEnd()
+	c.qMu.Unlock()
+	<-c.dispLarge
 }

@@ -207,3 +207,103 @@ func TestReserveDispatchAllocs(t *testing.T) {
 	}
 	waitUntil(t, func() bool { return got.Load() == 100+1+300 }, "every message received") // AllocsPerRun warms up with one more
 }
+
+// A reservation larger than the dispatch ring is made in the dispatch
+// body segment: Commit and CommitN send the body in place, Abort sends
+// nothing, a Dispatch meanwhile queues behind it, and an ended handle
+// stays ended.
+func TestReserveDispatchLarge(t *testing.T) {
+	c, cl := dispatchZCPair(t)
+	ctx := testCtx(t)
+	d, err := c.ReserveDispatch(ctx, 7, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Bytes()) != 100000 {
+		t.Fatalf("Bytes: %d bytes, want 100000", len(d.Bytes()))
+	}
+	copy(d.Bytes(), pattern(100000, 1))
+	// A Dispatch while the reservation lives goes behind it.
+	queued := make(chan error, 1)
+	go func() { queued <- c.Dispatch(ctx, 8, []byte("behind")) }()
+	waitUntil(t, func() bool { return c.Stats().QueueDepth == 1 }, "the Dispatch queued")
+	if err := d.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-queued; err != nil {
+		t.Fatal(err)
+	}
+	if m := recvBody(t, cl, ctx); m.ID != 7 || string(m.Data) != string(pattern(100000, 1)) {
+		t.Fatalf("the large reservation: id %d, %d bytes", m.ID, len(m.Data))
+	}
+	if m := recvBody(t, cl, ctx); m.ID != 8 || string(m.Data) != "behind" {
+		t.Fatalf("the Dispatch behind it: id %d, %q", m.ID, m.Data)
+	}
+	if err := d.Commit(); !errors.Is(err, ErrCallDone) || d.Bytes() != nil {
+		t.Fatalf("a second Commit: %v", err)
+	}
+
+	// CommitN of part of a larger one; then an aborted one sends nothing.
+	d, err = c.ReserveDispatch(ctx, 9, 300000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(d.Bytes(), pattern(300000, 2))
+	if err := d.CommitN(300001); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("CommitN past the reservation: %v, want ErrTooLarge", err)
+	}
+	if err := d.CommitN(150000); err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.ReserveDispatch(ctx, 10, 50000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Dispatch(ctx, 11, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if m := recvBody(t, cl, ctx); m.ID != 9 || string(m.Data) != string(pattern(300000, 2)[:150000]) {
+		t.Fatalf("CommitN(150000): id %d, %d bytes", m.ID, len(m.Data))
+	}
+	if m := recvBody(t, cl, ctx); m.ID != 11 || string(m.Data) != "after" {
+		t.Fatalf("after an aborted large reservation: id %d, %q", m.ID, m.Data)
+	}
+	if _, err := c.ReserveDispatch(ctx, 1, c.MaxDispatch()+1); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("reserve above MaxDispatch: %v, want ErrTooLarge", err)
+	}
+}
+
+// A large reservation outlives its connection safely: the connection's
+// end waits for it (the body is in a mapping the teardown unmaps), and
+// its Commit then fails.
+func TestReserveDispatchLargeConnectionEnds(t *testing.T) {
+	srv, addr := startServer(t, &Config{DispatchPolicy: PolicyBlock}, echoService())
+	cl := dial(t, addr, &ClientOptions{DispatchRingSize: MinRingSize})
+	c := firstConn(t, srv)
+	ctx := testCtx(t)
+	d, err := c.ReserveDispatch(ctx, 7, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	<-c.Done()
+	copy(d.Bytes(), pattern(100000, 3)) // still mapped: the teardown waits
+	if err := d.Commit(); err == nil {
+		t.Fatal("Commit on a connection that ended succeeded")
+	}
+	waitUntil(t, func() bool { return len(srv.Conns()) == 0 }, "the connection torn down")
+}
+
+// An event loop must not wait, so its ReserveDispatch stays within the
+// dispatch ring: a larger one is ErrTooLarge, and says to use Dispatch.
+func TestReserveDispatchLargeEventLoop(t *testing.T) {
+	srv, addr, _ := startEpollServer(t, Config{}, echoService())
+	dial(t, addr, &ClientOptions{DispatchRingSize: MinRingSize})
+	c := firstConn(t, srv)
+	if _, err := c.ReserveDispatch(testCtx(t), 7, 100000); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a large reservation on an event loop: %v, want ErrTooLarge", err)
+	}
+}

@@ -31,10 +31,7 @@ func init() {
 			"every sequence number; msgs = messages received, paced: p50/p99/p999 = from each message's slot to its receipt (ipc: Conn.Dispatch with PolicyBlock, received " +
 			"with ClientOptions.OnDispatch, in place: no copy, no allocation, where Recv allocates a copy of each; uds: as spsc)",
 		zeroCopy: true,
-		// Conn.ReserveDispatch writes into the ring: a body beyond it
-		// (a large body, ipc.FeatureLarge) is dispatched with a copy.
-		zeroCopyMax: ipc.MaxDispatchBody,
-		runs:        map[string]runFunc{"ipc": dispatchIPC, "uds": spscUDS}, // the uds baseline is spsc's
+		runs:     map[string]runFunc{"ipc": dispatchIPC, "uds": spscUDS}, // the uds baseline is spsc's
 	})
 }
 

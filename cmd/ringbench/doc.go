@@ -124,10 +124,9 @@
 // read only its first 16 bytes, the sequence number or tag and a paced
 // frame's stamp. Those rows show "-zc" after the transport (JSON
 // zerocopy: true); the uds rows, and the scenarios without a zero-copy
-// form, copy as before, and so does dispatch for a body beyond its ring
-// (ReserveDispatch writes into the ring). spsc sizes above the ring's
-// largest record need -ring-size (1 MiB frames take a 4 MiB ring); a
-// call beyond its ring is zero-copy through the connection's body
+// form, copy as before. spsc sizes above the ring's largest record need
+// -ring-size (1 MiB frames take a 4 MiB ring); a call or dispatch
+// message beyond its ring is zero-copy through the connection's body
 // segment (ipc.FeatureLarge).
 //
 // # Caveats

@@ -41,10 +41,7 @@ type scenario struct {
 	defaultRates   []int  // rates without -rate; nil: {0}
 	unpaced        bool   // runs only as fast as it can: -rate does not apply
 	zeroCopy       bool   // -zerocopy applies (over ring and ipc)
-	// zeroCopyMax, if set, is the largest size -zerocopy applies to with
-	// rings of ringSize bytes; larger frames are copied (zerocopy false).
-	zeroCopyMax func(ringSize int) int
-	runs        map[string]runFunc
+	runs           map[string]runFunc
 }
 
 // A runFunc runs one measurement from the parent's side.
@@ -159,7 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
 		quiet = fs.Bool("quiet", false, "print no progress on stderr (-json prints none either)")
-		zc    = fs.Bool("zerocopy", false, "spsc, call and dispatch over ring and ipc hand each frame off in place (Reserve/Commit, Peek/Release and their ipc forms) and write and read only its first 16 bytes: the hand-off cost without the copy (uds rows still copy, and so does dispatch beyond its ring)")
+		zc    = fs.Bool("zerocopy", false, "spsc, call and dispatch over ring and ipc hand each frame off in place (Reserve/Commit, Peek/Release and their ipc forms) and write and read only its first 16 bytes: the hand-off cost without the copy (uds rows still copy)")
 		repo  = fs.String("report", "", "also write a report to `dir`: PNG plots and an index.html page with the machine, the command and the table")
 	)
 	fs.Usage = func() {
@@ -498,8 +495,7 @@ func (cfg *config) jobs() []job {
 								}
 								out = append(out, job{sc: sc, transport: tr, rc: &runConfig{
 									size: size, producers: np, goroutines: ng, clients: nc, rate: rate,
-									zerocopy: cfg.zerocopy && sc.zeroCopy && (tr == "ring" || tr == "ipc") &&
-										(sc.zeroCopyMax == nil || size <= sc.zeroCopyMax(cfg.ringSize)),
+									zerocopy: cfg.zerocopy && sc.zeroCopy && (tr == "ring" || tr == "ipc"),
 									ringSize: cfg.ringSize, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
 								}})
 							}

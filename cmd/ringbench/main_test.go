@@ -608,8 +608,9 @@ func TestLargeRings(t *testing.T) {
 }
 
 // TestZeroCopyJobs: -zerocopy applies where the scenario and transport
-// hand frames off in place, and dispatch only up to what its ring holds
-// (ReserveDispatch writes into the ring; a larger body is copied).
+// hand frames off in place, at every size (a body beyond its ring goes
+// through the connection's body segment, for calls and for
+// ReserveDispatch), and a large zero-copy dispatch run works end to end.
 func TestZeroCopyJobs(t *testing.T) {
 	cfg, err := parseFlags([]string{"-zerocopy", "-scenario", "call,dispatch", "-size", "64,64KiB",
 		"-ring-size", "64KiB", "-rate", "0", "-transport", "ipc,uds"}, io.Discard)
@@ -622,9 +623,18 @@ func TestZeroCopyJobs(t *testing.T) {
 	}
 	want := []string{
 		"call/ipc/64/true", "call/uds/64/false", "call/ipc/65536/true", "call/uds/65536/false",
-		"dispatch/ipc/64/true", "dispatch/uds/64/false", "dispatch/ipc/65536/false", "dispatch/uds/65536/false",
+		"dispatch/ipc/64/true", "dispatch/uds/64/false", "dispatch/ipc/65536/true", "dispatch/uds/65536/false",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("jobs\n got %q\nwant %q", got, want)
+	}
+	var stdout, stderr bytes.Buffer
+	args := []string{"-json", "-zerocopy", "-scenario", "dispatch", "-transport", "ipc", "-rate", "0",
+		"-size", "64KiB", "-ring-size", "64KiB", "-duration", "200ms"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("run %q: exit status %d\nstderr:\n%s", args, code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), `"zerocopy":true`) {
+		t.Errorf("no zero-copy row:\n%s", stdout.String())
 	}
 }
