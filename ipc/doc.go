@@ -73,8 +73,9 @@
 //
 // Topics publish to any number of subscribers at the cost of one ring
 // write (Server.AddTopic, Topic.Publish, Server.Publish): each topic is a
-// broadcast ring that subscribers (Subscribe, Subscription.Recv) map
-// read-only and read at their own pace. The server never waits for a
+// broadcast ring that subscribers (Subscribe, then Subscription.Recv or
+// a SubscribeOptions.OnMessage callback) map read-only and read at their
+// own pace. The server never waits for a
 // subscriber; one that falls a ring behind gets ErrOverrun, with the
 // count of messages lost, and reads on. Concurrent publishers are put in
 // one order that every subscriber sees.

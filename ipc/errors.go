@@ -197,6 +197,10 @@ var (
 	// ErrOnDispatch: Recv, TryRecv and DispatchFd are unavailable
 	// because ClientOptions.OnDispatch receives the dispatch messages.
 	ErrOnDispatch = errors.New("ipc: dispatch messages go to ClientOptions.OnDispatch")
+	// ErrOnMessage: a Subscription's Recv, RecvInto and TryRecv are
+	// unavailable because SubscribeOptions.OnMessage receives the topic's
+	// messages.
+	ErrOnMessage = errors.New("ipc: topic messages go to SubscribeOptions.OnMessage")
 	// ErrResponded: the handler has already answered (Respond, Fail, or
 	// Reserve and Commit); a request has one response.
 	ErrResponded = errors.New("ipc: response already sent")

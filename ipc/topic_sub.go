@@ -34,6 +34,20 @@ type SubscribeOptions struct {
 	// (0 means DefaultMaxRingSize): a larger one fails Subscribe with
 	// ErrTooLarge before anything is mapped.
 	MaxRingSize int
+	// OnMessage, when set, receives every message of the topic, in
+	// order, on a goroutine of the subscription, as ClientOptions.
+	// OnDispatch receives dispatch messages: body is a copy in a buffer
+	// the subscription reuses, valid only during the call (no
+	// allocation per message). Recv, RecvInto and TryRecv then return
+	// ErrOnMessage. The goroutine delivers the messages published before
+	// the subscription ended, then returns; once Done is closed, Err says
+	// why it ended.
+	OnMessage func(id uint16, body []byte)
+	// OnOverrun, when set with OnMessage, is told each time the
+	// subscriber was lapped: err matches ErrOverrun (errors.As to
+	// *OverrunError for the count). Delivery goes on from a recent
+	// message.
+	OnOverrun func(err error)
 }
 
 // Subscription receives a topic's messages. Recv, RecvInto and TryRecv
@@ -73,6 +87,25 @@ type Subscription struct {
 	closeOnce sync.Once
 	overruns  atomic.Uint64
 	lost      atomic.Uint64
+
+	// With SubscribeOptions.OnMessage: onMessage is set, delivered is
+	// closed when the delivery goroutine returns, and inCallback is true
+	// while it runs the callback (Close, which may be called from it,
+	// then does not wait for it).
+	onMessage  bool
+	delivered  chan struct{}
+	inCallback atomic.Bool
+
+	// A receive whose context cannot end (OnMessage's, Recv with
+	// context.Background) sleeps in the ring with no context, which
+	// allocates nothing: sleeping says it does, ended that the
+	// subscription has ended, and the end interrupts such a sleeper
+	// until it is back (a Dekker pair: each stores its flag, then loads
+	// the other's). interrupting counts that goroutine, which Close
+	// waits for before it unmaps the ring.
+	sleeping     atomic.Bool
+	ended        atomic.Bool
+	interrupting sync.WaitGroup
 }
 
 // Subscribe connects to the server at address and subscribes to topic.
@@ -166,7 +199,42 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 	uc.SetDeadline(time.Time{}) //nolint:errcheck
 	sub.life, sub.cancel = context.WithCancel(context.Background())
 	go sub.watch()
+	if opts.OnMessage != nil {
+		sub.onMessage, sub.delivered = true, make(chan struct{})
+		go sub.deliver(opts.OnMessage, opts.OnOverrun)
+	}
 	return sub, nil
+}
+
+// deliver is the goroutine of SubscribeOptions.OnMessage: it receives
+// each message into a buffer of its own and hands it over, until the
+// subscription has nothing more (it ended and every message before was
+// delivered) or is closed.
+func (s *Subscription) deliver(on func(uint16, []byte), over func(error)) {
+	defer close(s.delivered)
+	buf := make([]byte, 0, min(s.maxBody, 64<<10))
+	for {
+		if s.acquire(context.Background()) != nil {
+			return // closed
+		}
+		m, err := s.recv(context.Background(), buf, true)
+		s.unlock()
+		switch {
+		case err == nil:
+			buf = m.Data[:0] // RecvInto grew it if it had to
+			s.inCallback.Store(true)
+			on(m.ID, m.Data)
+			s.inCallback.Store(false)
+		case errors.Is(err, ErrOverrun):
+			if over != nil {
+				s.inCallback.Store(true)
+				over(err)
+				s.inCallback.Store(false)
+			}
+		default:
+			return // the subscription ended: Err says why
+		}
+	}
 }
 
 // readReply reads the handshake reply and the descriptors that came with
@@ -278,6 +346,9 @@ func (s *Subscription) Recv(ctx context.Context) (Message, error) {
 // which Message.Data then shares: no allocation once buf is large
 // enough.
 func (s *Subscription) RecvInto(ctx context.Context, buf []byte) (Message, error) {
+	if s.onMessage {
+		return Message{}, ErrOnMessage
+	}
 	if err := s.acquire(ctx); err != nil {
 		return Message{}, err
 	}
@@ -288,6 +359,9 @@ func (s *Subscription) RecvInto(ctx context.Context, buf []byte) (Message, error
 
 // TryRecv returns the next message without waiting, or ErrTryAgain.
 func (s *Subscription) TryRecv() (Message, error) {
+	if s.onMessage {
+		return Message{}, ErrOnMessage
+	}
 	if err := s.acquire(context.Background()); err != nil {
 		return Message{}, err
 	}
@@ -383,10 +457,15 @@ func (s *Subscription) recv(ctx context.Context, buf []byte, wait bool) (Message
 		if !wait {
 			return Message{}, ErrTryAgain
 		}
-		wctx, stop := s.waitContext(ctx)
+		var werr error
 		s.waitCtx = ctx
-		werr := s.r.Wait(wctx)
-		stop()
+		if ctx.Done() == nil {
+			werr = s.waitLife()
+		} else {
+			wctx, stop := s.waitContext(ctx)
+			werr = s.r.Wait(wctx)
+			stop()
+		}
 		s.waitCtx = nil
 		if werr != nil {
 			if cerr := ctx.Err(); cerr != nil {
@@ -409,6 +488,38 @@ func (s *Subscription) overrun(err error) error {
 		s.lost.Add(oe.Records)
 	}
 	return fmt.Errorf("ipc: topic %d: %w", s.topic, err)
+}
+
+// waitLife waits for the ring with no context: the subscription's end
+// interrupts it (stop).
+func (s *Subscription) waitLife() error {
+	s.sleeping.Store(true)
+	if s.ended.Load() {
+		s.sleeping.Store(false)
+		return nil // the caller sees the end
+	}
+	err := s.r.Wait(context.Background())
+	s.sleeping.Store(false)
+	return err
+}
+
+// stop ends the subscription's life: it wakes a receive sleeping in
+// the ring, closes the socket, and interrupts a receive sleeping with no
+// context until it is back. endOnce's.
+func (s *Subscription) stop() {
+	s.ended.Store(true)
+	s.cancel()
+	s.uc.Close()
+	if s.sleeping.Load() {
+		s.interrupting.Add(1)
+		go func() {
+			defer s.interrupting.Done()
+			for s.sleeping.Load() {
+				s.r.Interrupt()
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
 }
 
 // waitContext returns a context that ends with ctx or the subscription.
@@ -485,8 +596,7 @@ func (s *Subscription) watch() {
 			s.endOnce.Do(func() {
 				s.ringClosed = closed
 				s.endWhy = fmt.Errorf("%w: %w", ErrDisconnected, err)
-				s.cancel()
-				s.uc.Close()
+				s.stop()
 			})
 			return
 		}
@@ -498,8 +608,7 @@ func (s *Subscription) watch() {
 func (s *Subscription) end(why error) {
 	s.endOnce.Do(func() {
 		s.endWhy = why
-		s.cancel()
-		s.uc.Close()
+		s.stop()
 	})
 }
 
@@ -522,7 +631,10 @@ func (s *Subscription) Err() error {
 }
 
 // Close ends the subscription and unmaps the ring, after a receive in
-// progress has returned (with ErrClosed). Safe to call more than once.
+// progress has returned (with ErrClosed). With OnMessage it also waits
+// for the delivery goroutine to return, unless an OnMessage or OnOverrun
+// call is running (Close may be called from one): that call is then the
+// last. Safe to call more than once.
 func (s *Subscription) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
@@ -531,7 +643,11 @@ func (s *Subscription) Close() error {
 		s.end(ErrClosed)
 		<-s.watched
 		s.lockForGood() // no receive touches the ring again
+		s.interrupting.Wait()
 		err = unix.Munmap(s.mem)
+		if s.onMessage && !s.inCallback.Load() {
+			<-s.delivered
+		}
 	})
 	return err
 }

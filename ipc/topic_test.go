@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -767,5 +768,156 @@ func TestTopicConcurrentReceives(t *testing.T) {
 	sub.Close()
 	if err := <-third; !errors.Is(err, ErrClosed) {
 		t.Fatalf("receive during Close: %v", err)
+	}
+}
+
+// SubscribeOptions.OnMessage receives every message in order on the
+// subscription's goroutine, Recv is then unavailable, the messages
+// published before the server closed the topic are all delivered, and
+// the goroutine then ends with Err saying why.
+func TestTopicOnMessage(t *testing.T) {
+	srv, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic, RingSize: 1 << 20})
+	got := make(chan uint64, 1000)
+	sub := subscribe(t, addr, testTopic, &SubscribeOptions{OnMessage: func(id uint16, body []byte) {
+		if id != 5 || len(body) != 8 {
+			t.Errorf("message id %d with %d bytes", id, len(body))
+			return
+		}
+		got <- binary.LittleEndian.Uint64(body)
+	}})
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 1 }, "subscribed")
+	if _, err := sub.Recv(testCtx(t)); !errors.Is(err, ErrOnMessage) {
+		t.Fatalf("Recv with OnMessage: %v, want ErrOnMessage", err)
+	}
+	if _, err := sub.TryRecv(); !errors.Is(err, ErrOnMessage) {
+		t.Fatalf("TryRecv with OnMessage: %v, want ErrOnMessage", err)
+	}
+	const n = 1000
+	var b [8]byte
+	for i := range n {
+		binary.LittleEndian.PutUint64(b[:], uint64(i))
+		if err := ts[0].Publish(5, b[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if v := <-got; v != uint64(i) {
+			t.Fatalf("message %d delivered as %d", i, v)
+		}
+	}
+	<-sub.delivered // the goroutine ends once the ring is drained
+	<-sub.Done()
+	if err := sub.Err(); !errors.Is(err, ErrClosedByServer) {
+		t.Fatalf("Err: %v, want ErrClosedByServer", err)
+	}
+	if len(got) != 0 {
+		t.Fatalf("%d messages more than published", len(got))
+	}
+}
+
+// A subscriber whose OnMessage falls behind is lapped: OnOverrun is told
+// how many messages it lost, and delivery goes on in order, so that what
+// it received plus what it lost is what was published. Close may be
+// called from OnMessage.
+func TestTopicOnMessageLapped(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic, RingSize: MinRingSize})
+	gate := make(chan struct{})
+	var received, lost atomic.Uint64
+	var last atomic.Int64
+	last.Store(-1)
+	subc := make(chan *Subscription, 1)
+	closed := make(chan error, 1)
+	const n = 1000 // 64-byte records: 15 laps of 4 KiB
+	sub := subscribe(t, addr, testTopic, &SubscribeOptions{
+		OnMessage: func(id uint16, body []byte) {
+			<-gate // held on the first message until everything is published
+			v := int64(binary.LittleEndian.Uint64(body))
+			if v <= last.Load() {
+				t.Errorf("message %d after %d", v, last.Load())
+			}
+			last.Store(v)
+			if received.Add(1)+lost.Load() == n {
+				closed <- (<-subc).Close() // from the callback: must not deadlock
+			}
+		},
+		OnOverrun: func(err error) {
+			var oe *OverrunError
+			if !errors.Is(err, ErrOverrun) || !errors.As(err, &oe) || !oe.Known {
+				t.Errorf("OnOverrun: %v", err)
+				return
+			}
+			lost.Add(oe.Records)
+		},
+	})
+	subc <- sub
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 1 }, "subscribed")
+	body := make([]byte, 48)
+	for i := range n {
+		binary.LittleEndian.PutUint64(body, uint64(i))
+		if err := ts[0].Publish(1, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(gate)
+	if err := <-closed; err != nil {
+		t.Fatalf("Close from OnMessage: %v", err)
+	}
+	if lost.Load() == 0 || received.Load()+lost.Load() != n {
+		t.Fatalf("received %d + lost %d, published %d", received.Load(), lost.Load(), n)
+	}
+	if st := sub.Stats(); st.Overruns == 0 || st.Lost != lost.Load() {
+		t.Fatalf("stats %+v, lost %d", st, lost.Load())
+	}
+}
+
+// OnMessage delivery allocates nothing per message.
+func TestTopicOnMessageAllocs(t *testing.T) {
+	if raceOn {
+		t.Skip("the race detector allocates")
+	}
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic, RingSize: 1 << 20})
+	got := make(chan struct{}, 1)
+	subscribe(t, addr, testTopic, &SubscribeOptions{OnMessage: func(uint16, []byte) { got <- struct{}{} }})
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 1 }, "subscribed")
+	body := make([]byte, 64)
+	if n := testing.AllocsPerRun(200, func() {
+		if err := ts[0].Publish(1, body); err != nil {
+			t.Fatal(err)
+		}
+		<-got
+	}); n != 0 {
+		t.Errorf("%.1f allocations per published and delivered message", n)
+	}
+}
+
+// Receives that sleep with no context to watch (OnMessage's, Recv with
+// context.Background) are woken by Close, and by the server's going
+// away, rather than sleeping on.
+func TestTopicCloseWakesSleepers(t *testing.T) {
+	srv, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	cb := subscribe(t, addr, testTopic, &SubscribeOptions{OnMessage: func(uint16, []byte) {}})
+	rv := subscribe(t, addr, testTopic, nil)
+	gone := subscribe(t, addr, testTopic, nil)
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 3 }, "subscribed")
+	recvd := make(chan error, 2)
+	go func() { _, err := rv.Recv(context.Background()); recvd <- err }()
+	go func() { _, err := gone.Recv(context.Background()); recvd <- err }()
+	waitUntil(t, func() bool { return rv.sleeping.Load() && gone.sleeping.Load() && cb.sleeping.Load() }, "three receives asleep")
+	if err := cb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-cb.delivered
+	if err := rv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-recvd; !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recv ended by Close: %v, want ErrClosed", err)
+	}
+	srv.Close()
+	if err := <-recvd; !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("Recv ended by the server: %v, want ErrDisconnected", err)
 	}
 }
