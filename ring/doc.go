@@ -47,6 +47,14 @@
 // (BroadcastReaderOptions.Announce, BroadcastWriter.Arm), since they
 // cannot set a wait word.
 //
+// A side that waits polls while polling pays (WaitPolicy), then sleeps:
+// through its Waker, or for Waiter.WaitKernel and WaitReply first in
+// FUTEX_WAIT for a few milliseconds. That FUTEX_WAIT has no timeout
+// (arming one costs two exits to the hypervisor in a virtual machine):
+// while any goroutine of the process sleeps so, one goroutine of the
+// package watches the sleepers and ends the sleeps that last their
+// length; it exits when none is left (docs/design.md 2.6.2).
+//
 // # Caveats
 //
 // Shared memory is a trust boundary. Every word read from it is read once
