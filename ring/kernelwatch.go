@@ -15,14 +15,20 @@ import (
 // hypervisor. On the 2-vCPU KVM guest this was measured on, that made a
 // 64-byte call at 10,000/s take 12-19 µs (p50) where the same round trip
 // on bare futexes takes 4 µs; without the timeout it took 4.4-4.8 µs.
-// So a kernel sleeper waits without a timeout and is registered here
-// instead, with the time its kernel sleep ends (until). One goroutine per
+// So a kernel sleeper on a machine with a CPU to spare (machineBusy
+// false) waits without a timeout and is registered here instead, with the time its kernel sleep ends (until). One goroutine per
 // process sleeps until the earliest such time and then wakes (as a peer
 // would: swap the word to WordIdle, FUTEX_WAKE) the sleepers whose time
 // has come, which give up the kernel for the Waker. A context deadline
 // due before until is timed by the kernel, precisely; a cancellation is
 // seen when the kernel sleep ends (at most kernelTries*kernelSlice), and
 // from then on by the Waker, which watches the context.
+//
+// On a busy machine (32 client processes calling one server at 1,000/s
+// each on 2 CPUs, ringbench fanin) the watcher measured worse than the
+// timeouts: p50 241-341 µs and p99 2.3-2.9 ms against 193-275 µs and
+// 2.1-2.6 ms in the same build, three interleaved runs. A sleeper there
+// times its slices in the kernel as before.
 //
 // The watcher wakes once per kernel sleep that lasts its whole length
 // (an idle peer), or about once per length while sleepers come and go
@@ -38,6 +44,7 @@ var watch struct {
 	running bool          // a watcher goroutine runs
 	wakeAt  time.Duration // when it wakes next (since watchBase)
 	poke    chan struct{} // buffered 1: a sleeper is due before wakeAt
+	timer   *time.Timer   // the watcher's, kept for the next one: starting a watcher allocates nothing
 }
 
 // watchSlot is one registered kernel sleeper.
@@ -70,7 +77,13 @@ func watchAdd(word *uint32, until time.Duration) int {
 		switch {
 		case !watch.running:
 			watch.running, watch.wakeAt = true, until
-			go watcher(until)
+			d := max(until-watchNow(), 0)
+			if watch.timer == nil {
+				watch.timer = time.NewTimer(d)
+			} else {
+				watch.timer.Reset(d) // the last watcher has returned; a firing it left is dropped
+			}
+			go watcher()
 		case until < watch.wakeAt:
 			// Only when kernelSlice changed (tests): sleepers register
 			// in the order of their untils otherwise.
@@ -98,9 +111,10 @@ func watchRemove(i int) {
 }
 
 // watcher sleeps until the earliest registered until, wakes the sleepers
-// that are due, and goes on until none is registered.
-func watcher(wakeAt time.Duration) {
-	t := time.NewTimer(max(wakeAt-watchNow(), 0))
+// that are due, and goes on until none is registered. The timer is
+// watch.timer, which only the running watcher resets once started.
+func watcher() {
+	t := watch.timer
 	for {
 		select {
 		case <-t.C:
