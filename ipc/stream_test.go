@@ -448,8 +448,11 @@ func TestStreamAllocs(t *testing.T) {
 	if bad != nil {
 		t.Fatal(bad)
 	}
-	// Both sides run in this process: 100 more parts cost neither.
-	if a101 != a1 {
+	// Both sides run in this process: 100 more parts cost neither. The
+	// counts are the whole process's, so a goroutine of an earlier test
+	// still winding down (go test -count=3) may add a few to either; one
+	// allocation per part would add a hundred.
+	if a101 > a1+10 {
 		t.Errorf("a stream of 101 parts costs %.0f allocations, one of 1 part %.0f: want the same", a101, a1)
 	}
 }
