@@ -380,7 +380,8 @@ func (w *Waiter) Wait(ctx context.Context, ready func() bool) error {
 // few milliseconds at most (kernelSlice, kernelTries), and at most one
 // goroutine fewer than the process's CPUs sleeps so at a time; the rest
 // of a longer wait, and any wait beyond that count, sleeps as Wait does.
-// A cancelled ctx is seen within a slice (2 ms) while in the kernel.
+// A cancelled ctx is seen when the kernel sleep ends (within 6 ms; 2 ms
+// on a busy machine), a ctx deadline on time.
 func (w *Waiter) WaitKernel(ctx context.Context, ready func() bool) error {
 	return w.wait(ctx, ready, true, spinHistory)
 }
@@ -448,10 +449,12 @@ func (w *Waiter) wait(ctx context.Context, ready func() bool, kernel bool, how i
 // maybe a P) is held for a bounded time per wait: a connection that goes
 // idle ends up parked in the netpoller, and a peer that scribbles the
 // word (FUTEX_WAIT then returns at once) costs a few re-checks, not a
-// spin. The FUTEX_WAIT has no timeout (see kernelwatch.go for why): the
-// process's watcher wakes a sleeper whose time is up; a context deadline
-// due before then is timed by the kernel, precisely, and a cancellation
-// is seen when the kernel sleep ends, then by the Waker.
+// spin. On a machine with a CPU to spare the FUTEX_WAIT has no timeout
+// (see kernelwatch.go for why): the process's watcher wakes a sleeper
+// whose time is up; a context deadline due before then is timed by the
+// kernel, precisely, and a cancellation is seen when the kernel sleep
+// ends, then by the Waker. On a busy machine each FUTEX_WAIT is timed,
+// kernelSlice at most, and a cancellation is seen at a slice's end.
 const kernelTries = 3
 
 // watchable says whether a kernel sleep goes without a timeout, watched
