@@ -480,25 +480,26 @@ func (w *Waiter) sleepKernel(ctx context.Context, ready func() bool) (done bool,
 		if left <= 0 {
 			return false, nil
 		}
-		timeout := futex.Forever
+		var dlLeft time.Duration
 		if hasDL {
-			d := time.Until(dl)
-			if d <= 0 {
+			if dlLeft = time.Until(dl); dlLeft <= 0 {
 				return true, context.DeadlineExceeded
 			}
-			if d < left {
-				timeout = d
-			}
 		}
-		// On a machine with more runnable threads than CPUs, time each
-		// slice in the kernel as before the watcher: there it measured
-		// better (kernelwatch.go).
+		// The watcher ends the sleep at until. Without it (a machine
+		// with more runnable threads than CPUs, where timed slices
+		// measured better: kernelwatch.go; or a full table) the kernel
+		// times each slice. A deadline due sooner is timed either way.
 		slot := -1
 		if watchable() {
 			slot = watchAdd(w.word, until)
 		}
+		timeout := futex.Forever
 		if slot < 0 {
-			timeout = min(left, kernelSlice) // no watcher: time each slice
+			timeout = min(left, kernelSlice)
+		}
+		if hasDL && (timeout == futex.Forever || dlLeft < timeout) {
+			timeout = dlLeft
 		}
 		atomic.SwapUint32(w.word, WordFutex) // a Dekker store: see publishWord
 		if ready() {
