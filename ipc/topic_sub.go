@@ -507,8 +507,10 @@ func (s *Subscription) waitLife() error {
 // the ring, closes the socket, and interrupts a receive sleeping with no
 // context until it is back. endOnce's.
 func (s *Subscription) stop() {
-	s.ended.Store(true)
+	// cancel first: a receive that sees ended then sees life over too,
+	// rather than looking at the ring again until it is.
 	s.cancel()
+	s.ended.Store(true)
 	s.uc.Close()
 	if s.sleeping.Load() {
 		s.interrupting.Add(1)
