@@ -35,10 +35,19 @@ type BroadcastReader struct {
 	seqKnown  bool
 	tailCache uint64
 
-	peeked  bool
-	cur     Record
-	next    uint64 // pos after the peeked record
-	curSeq  uint32
+	peeked   bool
+	cur      Record
+	next     uint64 // pos after the peeked record
+	curSeq   uint32
+	fromSnap bool // cur lies in snap: confirmed when it was copied
+
+	// snap is the reader's own copy of the ring's bytes at positions
+	// [snapPos, snapPos+len(snap)), confirmed against the intent after
+	// the copy: TryReadInto copies a batch of records at once and reads
+	// them from here (see refill).
+	snap    []byte
+	snapPos uint64
+
 	err     error // sticky: once corrupt, always corrupt
 	fence   uint32
 	stats   BroadcastReaderStats
@@ -232,9 +241,11 @@ func (r *BroadcastReader) Release() error {
 		return fmt.Errorf("%w: release without a peeked record", ErrPending)
 	}
 	r.peeked = false
-	r.loadFence()
-	if atomic.LoadUint64(r.intent) > r.pos+r.m.size {
-		return r.overrun()
+	if !r.fromSnap {
+		r.loadFence()
+		if atomic.LoadUint64(r.intent) > r.pos+r.m.size {
+			return r.overrun()
+		}
 	}
 	r.pos, r.seq, r.seqKnown = r.next, r.curSeq+1, true
 	return nil
@@ -244,7 +255,18 @@ func (r *BroadcastReader) Release() error {
 // needed) and returns the record, whose Data is that copy, without
 // waiting. Errors as TryPeek's, and an *OverrunError if the record was
 // overwritten while it was copied (the copy is then not returned).
+//
+// It copies the committed records in batches of up to 4 KiB into the
+// reader's own memory, each batch confirmed once (see refill), and reads
+// small records from there: records of a confirmed batch are returned
+// even if the writer laps the reader afterwards, and the next batch
+// reports the overrun.
 func (r *BroadcastReader) TryReadInto(dst []byte) (Record, error) {
+	if !r.peeked && r.pos-r.snapPos >= uint64(len(r.snap)) {
+		if err := r.refill(); err != nil {
+			return Record{}, err
+		}
+	}
 	rec, err := r.peek()
 	if err != nil {
 		return Record{}, err
@@ -402,7 +424,8 @@ func (r *BroadcastReader) peek() (Record, error) {
 		return r.cur, nil
 	}
 	le := binary.LittleEndian
-	for range 2 { // at most a padding record, then a record
+	padded := false // at most a padding record, then a record
+	for {
 		if r.pos == r.tailCache {
 			t := atomic.LoadUint64(r.tail)
 			if t == r.pos {
@@ -424,16 +447,23 @@ func (r *BroadcastReader) peek() (Record, error) {
 			return Record{}, r.overrun()
 		}
 		off := r.pos & r.m.mask
+		src, soff, inSnap := r.source(off)
 		var hdr [headerSize]byte
-		copy(hdr[:], r.data[off:off+headerSize]) // one read; validate the copy
+		copy(hdr[:], src[soff:soff+headerSize]) // one read; validate the copy
 		lw, typ, seq, sum := le.Uint32(hdr[0:]), le.Uint32(hdr[4:]), le.Uint32(hdr[8:]), le.Uint32(hdr[12:])
 		n := uint64(lw & bcLenMask)
 		if lw&bcPadFlag != 0 {
 			if n != r.m.size-off-headerSize || typ != 0 || sum != bcSum(r.m.seed, r.pos, lw, typ, seq, 0) {
 				return Record{}, r.suspect("broadcast padding", uint64(lw))
 			}
-			if err := r.confirm(r.pos); err != nil {
-				return Record{}, err
+			if padded {
+				return Record{}, r.fail(corrupt("broadcast padding after padding", r.pos, 0))
+			}
+			padded = true
+			if !inSnap {
+				if err := r.confirm(r.pos); err != nil {
+					return Record{}, err
+				}
 			}
 			if r.seqKnown && seq != r.seq {
 				return Record{}, r.suspect("broadcast sequence", uint64(seq))
@@ -445,7 +475,13 @@ func (r *BroadcastReader) peek() (Record, error) {
 		if n > r.m.maxP || off+rs > r.m.size || r.pos+rs > r.tailCache {
 			return Record{}, r.suspect("broadcast record length", n)
 		}
-		data := r.data[off+headerSize : off+headerSize+n : off+headerSize+n]
+		if inSnap && soff+rs > uint64(len(r.snap)) {
+			// Longer than the copy: read it in the ring, where the
+			// header is read again (the copy may be of an older lap).
+			r.snap = r.snap[:0]
+			continue
+		}
+		data := src[soff+headerSize : soff+headerSize+n : soff+headerSize+n]
 		if sum != bcSum(r.m.seed, r.pos, lw, typ, seq, bcPayloadHash(&r.m, data)) {
 			return Record{}, r.suspect("broadcast checksum", uint64(sum))
 		}
@@ -455,10 +491,62 @@ func (r *BroadcastReader) peek() (Record, error) {
 		// The header verified; whether the record was overwritten while
 		// it was read, Release tells (one load of the intent per record).
 		r.cur = Record{Type: typ, Data: data}
-		r.next, r.curSeq, r.peeked = r.pos+rs, seq, true
+		r.next, r.curSeq, r.peeked, r.fromSnap = r.pos+rs, seq, true, inSnap
 		return r.cur, nil
 	}
-	return Record{}, r.fail(corrupt("broadcast padding after padding", r.pos, 0))
+}
+
+// source says where the bytes at the reader's position (ring offset off)
+// are to be read: in the snapshot, if it holds at least their header,
+// else in the ring.
+func (r *BroadcastReader) source(off uint64) (src []byte, soff uint64, inSnap bool) {
+	if d := r.pos - r.snapPos; r.pos >= r.snapPos && d+headerSize <= uint64(len(r.snap)) {
+		return r.snap, d, true
+	}
+	return r.data, off, false
+}
+
+// snapSize is the most ring bytes refill copies at once. Confirming a
+// read loads the writer's intent, a word the writer stores for every
+// record, so the load misses the cache every time: reading 64-byte
+// records one by one, that miss was most of a subscriber's cost per
+// message (ringbench broadcast, docs/design.md §2.9.3). One copy of a
+// batch, confirmed once, pays it once per batch.
+const snapSize = 4096
+
+// refill copies the committed records at the reader's position, up to
+// snapSize bytes and not past the end of the data area (records never
+// wrap), into the snapshot, and confirms the copy: the writer had not
+// begun to overwrite any of it when the copy was done. A record longer
+// than the copy is read in the ring instead (peek).
+func (r *BroadcastReader) refill() error {
+	r.snap = r.snap[:0]
+	if r.err != nil {
+		return r.err
+	}
+	if r.tailCache-r.pos < snapSize {
+		t := atomic.LoadUint64(r.tail)
+		if t%recordAlign != 0 || t < r.tailCache {
+			return r.fail(corrupt("broadcast tail", r.pos, t))
+		}
+		r.tailCache = t
+	}
+	avail := r.tailCache - r.pos
+	if avail == 0 || avail > r.m.size {
+		return nil // empty, closed or lapped: peek says which
+	}
+	off := r.pos & r.m.mask
+	n := min(avail, snapSize, r.m.size-off)
+	if r.snap == nil {
+		r.snap = make([]byte, 0, snapSize)
+	}
+	r.snap = append(r.snap, r.data[off:off+n]...)
+	r.snapPos = r.pos
+	r.loadFence()
+	if atomic.LoadUint64(r.intent) > r.pos+r.m.size {
+		return r.overrun()
+	}
+	return nil
 }
 
 // confirm is the seqlock check: the bytes read at pos so far were not
@@ -494,6 +582,7 @@ const overrunTries = 4
 // and reports what it skipped.
 func (r *BroadcastReader) overrun() error {
 	r.peeked = false
+	r.snap = r.snap[:0]
 	le := binary.LittleEndian
 	for range overrunTries {
 		m := atomic.LoadUint64(r.mark)

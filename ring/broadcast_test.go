@@ -734,3 +734,91 @@ func TestBroadcastReaderWaitDefault(t *testing.T) {
 		}
 	}
 }
+
+// TryReadInto reads small records from a confirmed batch copy: records
+// longer than the batch, records the batch holds only part of, and
+// TryPeek/Release between them all read intact and in order.
+func TestBroadcastBatchBoundaries(t *testing.T) {
+	const size = 1 << 16
+	w, r, _ := newBC(t, BroadcastGeometry{DataSize: size}, nil)
+	buf := make([]byte, 8192)
+	// 40 bytes to 7 KiB: records that end inside, at and past a batch,
+	// and records longer than a batch.
+	sizeOf := func(k uint64) int { return 40 + int(k*977%7000) }
+	var dst []byte
+	next := uint64(0)
+	for k := uint64(0); k < 2000; k++ {
+		if err := w.Write(uint32(k), bcFill(buf, k, sizeOf(k))); err != nil {
+			t.Fatal(err)
+		}
+		if k%5 != 4 {
+			continue // let a few pile up, so that batches hold several
+		}
+		for {
+			var rec Record
+			var err error
+			peek := next%3 == 0
+			if peek {
+				rec, err = r.TryPeek()
+			} else {
+				rec, err = r.TryReadInto(dst)
+			}
+			if err == ErrEmpty {
+				break
+			}
+			if err != nil {
+				t.Fatalf("record %d: %v", next, err)
+			}
+			got, ok := bcCheck(rec.Data)
+			if !ok || got != next || rec.Type != uint32(next) || len(rec.Data) != sizeOf(next) {
+				t.Fatalf("record %d: got %d (intact %v), %d bytes", next, got, ok, len(rec.Data))
+			}
+			if peek {
+				if err := r.Release(); err != nil {
+					t.Fatalf("release %d: %v", next, err)
+				}
+			} else {
+				dst = rec.Data
+			}
+			next++
+		}
+	}
+	if next != 2000 {
+		t.Fatalf("read %d of 2000", next)
+	}
+}
+
+// Records in a confirmed batch are intact copies: they are delivered
+// after the writer laps the reader, and the overrun comes after them.
+func TestBroadcastBatchThenOverrun(t *testing.T) {
+	const size = 4096
+	w, r, _ := newBC(t, BroadcastGeometry{DataSize: size}, nil)
+	buf := make([]byte, 64)
+	for k := uint64(0); k < 10; k++ {
+		w.Write(uint32(k), bcFill(buf, k, 48))
+	}
+	if rec, err := r.TryReadInto(nil); err != nil || rec.Type != 0 {
+		t.Fatalf("first record: %v, type %d", err, rec.Type)
+	}
+	for k := uint64(10); k < 1000; k++ { // 15 laps over the batch's bytes
+		w.Write(uint32(k), bcFill(buf, k, 48))
+	}
+	for k := uint64(1); k < 10; k++ {
+		rec, err := r.TryReadInto(nil)
+		if err != nil {
+			t.Fatalf("record %d of the batch: %v", k, err)
+		}
+		if got, ok := bcCheck(rec.Data); !ok || got != k {
+			t.Fatalf("record %d of the batch: got %d, intact %v", k, got, ok)
+		}
+	}
+	_, err := r.TryReadInto(nil)
+	var oe *OverrunError
+	if !errors.As(err, &oe) || !oe.Known || oe.Records == 0 {
+		t.Fatalf("after the batch: %v", err)
+	}
+	rec, err := r.TryReadInto(nil)
+	if got, ok := bcCheck(rec.Data); err != nil || !ok || got != 10+oe.Records {
+		t.Fatalf("after the overrun: %v, record %d (intact %v), want %d", err, got, ok, 10+oe.Records)
+	}
+}
