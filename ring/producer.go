@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync/atomic"
+
+	"github.com/ringipc/ringipc/internal/prefetch"
 )
 
 // Producer appends records to a ring.
@@ -141,7 +143,19 @@ func (p *Producer) commitSPSC(pos uint64, typ uint32, n uint64) {
 	p.pending = false
 	publishWord(p.s.tail, p.tail)
 	p.noteWake(p.s.wake(p.s.consWait))
+	prefetch.Write(&p.s.data[(p.tail+prefetchAhead)&p.s.m.mask])
 }
+
+// prefetchAhead is how far past its new tail a producer asks for the
+// ring's next lines. The consumer read them a lap ago, so they sit shared
+// in its cache; the producer's stores to them wait for ownership, and the
+// locked instructions that follow (the next tail store, a mutex) wait for
+// those stores. Asked for ahead, ownership is there when the stores come.
+// Measured (ringbench dispatch, 64 B, 13 interleaved pairs of runs on the
+// 2-vCPU Xeon): 18.9-21.1 M msgs/s and 93-99 ns CPU per message without,
+// 20.9-22.6 M and 87-94 ns with, better in 12 pairs of 13; 256 B to 8 KiB
+// ahead measured alike. spsc and call did not move.
+const prefetchAhead = 512
 
 func (p *Producer) noteWake(woke bool) {
 	if p.wokeConsumer.Load() != woke {
