@@ -16,7 +16,8 @@ import (
 
 // MaxQueuedCancels bounds the cancel records a Client keeps for later
 // when it cannot write them at once (the request ring is full, or
-// another goroutine is sending); one more is dropped. A cancel is advice:
+// another goroutine is sending); one more is dropped, and counted in
+// ClientStats.CancelsDropped. A cancel is advice:
 // its call has already failed with its context's error, and a cancel
 // that never reaches the server costs that server only the work of a
 // handler nobody waits for, which it would have done anyway without
@@ -80,7 +81,11 @@ func (cl *Client) writeCancel(corr uint64) bool {
 		return false
 	}
 	binary.LittleEndian.PutUint64(r.Bytes(), corr)
-	return r.Commit() == nil
+	if r.Commit() != nil {
+		return false
+	}
+	cl.cancelsSent.Add(1)
+	return true
 }
 
 // queueCancel keeps a cancel for later, or drops it if the queue is full.
@@ -90,6 +95,8 @@ func (cl *Client) queueCancel(corr uint64) {
 		cl.cancelQ[cl.cancelN] = corr
 		cl.cancelN++
 		cl.cancelsQueued.Store(int32(cl.cancelN))
+	} else {
+		cl.cancelsDropped.Add(1)
 	}
 	cl.cancelMu.Unlock()
 }

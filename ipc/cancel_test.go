@@ -532,3 +532,53 @@ func BenchmarkCancelBookkeeping(b *testing.B) {
 		})
 	}
 }
+
+// TestCancelsDroppedCounted: cancels that cannot be written at once
+// (another goroutine holds the request ring) are kept, up to
+// MaxQueuedCancels; the ones past that are dropped and counted, and the
+// kept ones go out before the next request.
+func TestCancelsDroppedCounted(t *testing.T) {
+	svc, p := cancelService()
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx := testCtx(t)
+	const calls = MaxQueuedCancels + 6
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, calls)
+	for range calls {
+		go func() {
+			_, err := cl.Call(cctx, msgHold, nil)
+			done <- err
+		}()
+	}
+	<-p.entered
+	waitUntil(t, func() bool { return requestsOut(cl, calls) }, "every request to go out")
+	cl.sendMu.Lock() // as a goroutine sending a long request would
+	cancel()
+	for range calls {
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("abandoned call: %v", err)
+		}
+	}
+	if st := cl.Stats(); st.CancelsSent != 0 || st.CancelsDropped != calls-MaxQueuedCancels {
+		t.Fatalf("with the ring held: %+v, want 0 sent, %d dropped", st, calls-MaxQueuedCancels)
+	}
+	cl.sendMu.Unlock()
+	after := make(chan error, 1)
+	go func() {
+		_, err := cl.Call(ctx, msgRecord, []byte("after"))
+		after <- err
+	}()
+	waitUntil(t, func() bool { return cl.Stats().CancelsSent == MaxQueuedCancels }, "the kept cancels to go out")
+	// The handlers whose cancel was dropped run for nobody: let them end.
+	for range cap(p.release) {
+		p.release <- struct{}{}
+	}
+	if err := <-after; err != nil {
+		t.Fatalf("call after: %v", err)
+	}
+	if st := cl.Stats(); st.CancelsSent != MaxQueuedCancels || st.CancelsDropped != calls-MaxQueuedCancels {
+		t.Fatalf("at the end: %+v", st)
+	}
+}

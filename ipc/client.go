@@ -64,6 +64,9 @@ type Client struct {
 	cancelN       int
 	cancelsQueued atomic.Int32
 
+	// Counters for Stats (client_stats.go), added to by any goroutine.
+	cancelsSent, cancelsDropped, dispatchTooLarge atomic.Uint64
+
 	// sendMu guards reqP and nextCorr. It is held to reserve, fill and
 	// commit one request (by a PendingCall, until Send or Abort), never
 	// while waiting for room: a caller that finds the request ring full

@@ -150,7 +150,9 @@
 // breaks them down per service, with latency histograms of handlers and
 // of queueing when Config.Timing is set. Counting costs a few atomic
 // adds per call and no lock or allocation. Package ipcprom exports them
-// all to Prometheus.
+// all to Prometheus. On the other side, Client.Stats counts what no
+// call's result tells: cancels sent and dropped, and dispatch messages
+// too large for OnDispatch.
 //
 // External loop. In EventLoop mode nothing blocks inside Process except
 // handlers: responses that do not fit are kept aside until the client

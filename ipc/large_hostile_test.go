@@ -323,3 +323,36 @@ func TestHostileServerLarge(t *testing.T) {
 		}
 	})
 }
+
+// A dispatch message above ClientOptions.MaxMessage is not given to
+// OnDispatch, is counted, and the messages after it are delivered.
+func TestDispatchTooLargeCounted(t *testing.T) {
+	f := fakeLargeServer(t)
+	got := make(chan string, 4)
+	cl, err := f.dial(&ClientOptions{MaxMessage: 4 << 20, OnDispatch: func(id uint16, body []byte) {
+		got <- string(body)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := rawBodySegment(t, 8<<20, sealsOK)
+	if _, _, err := f.conn.WriteMsgUnix([]byte{tokDispBody}, unix.UnixRights(fd), nil); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	desc := make([]byte, largeDescSize)
+	binary.LittleEndian.PutUint64(desc, 5<<20)
+	binary.LittleEndian.PutUint32(desc[8:], 1)
+	if err := f.disp.TryWrite(msgEcho|typeLarge, desc); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.disp.TryWrite(msgEcho, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "after" {
+		t.Fatalf("OnDispatch got %d bytes first, want the message after the large one", len(s))
+	}
+	if st := cl.Stats(); st.DispatchTooLarge != 1 {
+		t.Fatalf("stats %+v, want 1 too large", st)
+	}
+}

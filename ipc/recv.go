@@ -200,7 +200,8 @@ func (cl *Client) dispatchLoop() {
 
 // deliver hands one dispatch record to OnDispatch and releases it;
 // dispLock held. A message above ClientOptions.MaxMessage is not
-// delivered; the connection goes on.
+// delivered (counted in ClientStats.DispatchTooLarge); the connection
+// goes on.
 func (cl *Client) deliver(rec ring.Record) error {
 	id, body, large, err := cl.dispatchBody(cl.ctx, rec)
 	if err != nil && !errors.Is(err, ErrTooLarge) {
@@ -208,6 +209,8 @@ func (cl *Client) deliver(rec ring.Record) error {
 	}
 	if err == nil {
 		cl.onDispatch(id, body)
+	} else {
+		cl.dispatchTooLarge.Add(1)
 	}
 	return cl.releaseDisp(large)
 }
