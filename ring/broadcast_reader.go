@@ -56,6 +56,9 @@ type BroadcastReader struct {
 	budget  time.Duration
 	adapt   adaptive
 	readyFn func() bool
+	// busySlices: the default wait options and an Announce, so a busy
+	// machine makes Wait sleep in slices (BroadcastBusySlice).
+	busySlices bool
 }
 
 // BroadcastReaderOptions tune a reader. The zero value sleeps at once
@@ -72,6 +75,11 @@ type BroadcastReaderOptions struct {
 	// docs/design.md §2.9); a sleeping one is woken once per batch and
 	// reads lines the writer has finished with. WaitAdaptive or
 	// WaitSpin, asked for explicitly, poll as elsewhere.
+	//
+	// With the zero values, on a busy machine (more runnable threads
+	// than CPUs) a reader sleeps in slices of BroadcastBusySlice instead
+	// of announcing itself, and reads what came meanwhile in one batch;
+	// WaitSleep asked for explicitly always announces (see Wait).
 	Wait WaitPolicy
 	Spin time.Duration
 	// Announce tells the writer, out of band, that the reader is about
@@ -85,6 +93,21 @@ type BroadcastReaderOptions struct {
 // BroadcastPollSlice is how long a reader without Announce sleeps before
 // it looks at the ring again.
 const BroadcastPollSlice = time.Millisecond
+
+// BroadcastBusySlice is how long a reader with the default wait options
+// sleeps before it looks again when the machine is busy, rather than
+// announce itself and be woken. Waking a reader costs its announcement
+// (a socket token in ipc), the writer's process reading it and a
+// FUTEX_WAKE, and the woken reader then finds a handful of records and
+// sleeps again: with more readers than CPUs, that churn took most of the
+// CPU. A reader sleeping in slices reads a slice's worth of records at a
+// time, later by at most the slice; a slice is short enough that a
+// writer filling a 1 MiB ring at full speed does not lap it.
+// docs/design.md §2.9.5 has the measurements that chose it.
+const BroadcastBusySlice = 200 * time.Microsecond
+
+// broadcastBusy is machineBusy; tests replace it.
+var broadcastBusy = machineBusy
 
 // BroadcastReaderStats counts what a reader lost to overruns.
 type BroadcastReaderStats struct {
@@ -115,6 +138,7 @@ func NewBroadcastReader(mem []byte, opts *BroadcastReaderOptions) (*BroadcastRea
 	}
 	refreshCPUs()
 	r.policy, r.budget = resolveBroadcastWait(r.opts.Wait, r.opts.Spin)
+	r.busySlices = r.opts.Wait == WaitDefault && r.opts.Spin == 0 && r.opts.Announce != nil
 	r.adapt.credit.Store(creditMax)
 	r.readyFn = r.ready
 	t := atomic.LoadUint64(r.tail)
@@ -297,7 +321,9 @@ func (r *BroadcastReader) ready() bool {
 
 // Wait returns once the writer has committed past the reader's position
 // or closed the ring, or ctx ends (its error), or Announce fails (its
-// error). It polls as the options say, then announces itself and sleeps.
+// error). It polls as the options say, then announces itself and sleeps;
+// with the default options on a busy machine it sleeps in slices of
+// BroadcastBusySlice instead, unannounced.
 func (r *BroadcastReader) Wait(ctx context.Context) error {
 	if r.ready() {
 		return nil
@@ -316,6 +342,21 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 			if hit {
 				return nil
 			}
+		}
+	}
+	for r.busySlices && broadcastBusy() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		v := atomic.LoadUint32(r.wake)
+		if r.ready() {
+			return nil
+		}
+		if err := r.sleep(ctx, v, BroadcastBusySlice); err != nil {
+			return err
+		}
+		if r.ready() {
+			return nil
 		}
 	}
 	for {

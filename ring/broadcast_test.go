@@ -8,6 +8,7 @@ import (
 	"errors"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -820,5 +821,62 @@ func TestBroadcastBatchThenOverrun(t *testing.T) {
 	rec, err := r.TryReadInto(nil)
 	if got, ok := bcCheck(rec.Data); err != nil || !ok || got != 10+oe.Records {
 		t.Fatalf("after the overrun: %v, record %d (intact %v), want %d", err, got, ok, 10+oe.Records)
+	}
+}
+
+// On a busy machine a reader with the default wait options sleeps in
+// slices and never announces itself; one that asked for WaitSleep, or a
+// machine that is not busy, announces. Records written while it sleeps
+// end the wait.
+func TestBroadcastBusySlices(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		busy     bool
+		wait     WaitPolicy
+		announce bool
+	}{
+		{"busy, default", true, WaitDefault, false},
+		{"busy, WaitSleep", true, WaitSleep, true},
+		{"idle, default", false, WaitDefault, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := broadcastBusy
+			broadcastBusy = func() bool { return tc.busy }
+			t.Cleanup(func() { broadcastBusy = old })
+			var announced atomic.Int32
+			mem := bcMem(t, BroadcastGeometry{DataSize: 1024})
+			w, err := NewBroadcastWriter(mem)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := &BroadcastReaderOptions{Wait: tc.wait, Announce: func(seen uint64) error {
+				announced.Add(1)
+				w.Arm(seen)
+				return nil
+			}}
+			r, err := NewBroadcastReader(mem, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// An empty ring: the wait runs to its context's end.
+			ctx, cancel := context.WithTimeout(context.Background(), 3*BroadcastBusySlice)
+			err = r.Wait(ctx)
+			cancel()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("wait on an empty ring: %v", err)
+			}
+			if got := announced.Load() > 0; got != tc.announce {
+				t.Fatalf("announced %v, want %v", got, tc.announce)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := r.ReadInto(context.Background(), nil)
+				done <- err
+			}()
+			w.Write(1, []byte("x"))
+			if err := <-done; err != nil {
+				t.Fatalf("read: %v", err)
+			}
+		})
 	}
 }
