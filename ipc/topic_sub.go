@@ -207,34 +207,104 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 }
 
 // deliver is the goroutine of SubscribeOptions.OnMessage: it receives
-// each message into a buffer of its own and hands it over, until the
-// subscription has nothing more (it ended and every message before was
-// delivered) or is closed.
+// the messages waiting, up to deliverBatch, into a buffer of its own
+// under one hold of the receive lock, then hands them over one by one,
+// until the subscription has nothing more (it ended and every message
+// before was delivered) or is closed. Taking the lock and flagging the
+// callback for each message cost four locked instructions per message,
+// most of what a 64-byte message cost to deliver (see deliverBatch).
 func (s *Subscription) deliver(on func(uint16, []byte), over func(error)) {
 	defer close(s.delivered)
-	buf := make([]byte, 0, min(s.maxBody, 64<<10))
+	var b batch
+	b.buf = make([]byte, 0, min(s.maxBody, 64<<10))
 	for {
 		if s.acquire(context.Background()) != nil {
 			return // closed
 		}
-		m, err := s.recv(context.Background(), buf, true)
+		err := b.fill(s)
 		s.unlock()
-		switch {
-		case err == nil:
-			buf = m.Data[:0] // RecvInto grew it if it had to
-			s.inCallback.Store(true)
-			on(m.ID, m.Data)
-			s.inCallback.Store(false)
-		case errors.Is(err, ErrOverrun):
-			if over != nil {
-				s.inCallback.Store(true)
-				over(err)
-				s.inCallback.Store(false)
+		s.inCallback.Store(true)
+		for i := range b.n {
+			if s.closed.Load() {
+				break // Close was called: the call that saw it was the last
 			}
+			m := b.msgs[i]
+			on(m.id, b.buf[m.off:m.off+m.len:m.off+m.len])
+		}
+		if b.big != nil && !s.closed.Load() {
+			on(b.bigID, b.big)
+		}
+		if errors.Is(err, ErrOverrun) && over != nil && !s.closed.Load() {
+			over(err)
+		}
+		s.inCallback.Store(false)
+		switch {
+		case err == nil, errors.Is(err, ErrTryAgain), errors.Is(err, ErrOverrun):
 		default:
-			return // the subscription ended: Err says why
+			// The subscription ended: Err says why once Done is closed,
+			// which may come just after the ring said so.
+			<-s.life.Done()
+			return
 		}
 	}
+}
+
+// deliverBatch bounds the messages deliver takes under one hold of the
+// receive lock. Measured (ringbench broadcast, 64 B, 8 subscriber
+// processes on 2 vCPUs): a receive without the lock and the callback
+// flag per message delivered 5.0-5.1 M msgs/s to each subscriber, against
+// 3.9-4.0 M with them.
+const deliverBatch = 64
+
+// batch is the messages deliver took under one hold of the lock: copies
+// in buf, and at most one message longer than buf's room in big.
+type batch struct {
+	buf   []byte
+	msgs  [deliverBatch]batched
+	n     int
+	big   []byte
+	bigID uint16
+}
+
+// batched is one message of a batch: its id and where its copy is in buf.
+type batched struct {
+	id       uint16
+	off, len int
+}
+
+// fill receives into b, waiting for the first message only; receive
+// lock held. It returns what ended the batch: nil (full, or too little
+// room left for a message as long as the longest so far), ErrTryAgain
+// (nothing more now), an overrun (after the messages before it) or the
+// end of the subscription.
+func (b *batch) fill(s *Subscription) error {
+	if b.big != nil && cap(b.buf) < 2*len(b.big) {
+		// The last batch ended on a message longer than the room left:
+		// make room for two such.
+		b.buf = make([]byte, 0, 2*len(b.big))
+	}
+	b.n, b.big = 0, nil
+	used, longest := 0, 0
+	for b.n < deliverBatch && cap(b.buf)-used >= longest {
+		room := b.buf[used:used]
+		m, err := s.recv(context.Background(), room, b.n == 0)
+		if err != nil {
+			return err
+		}
+		if len(m.Data) > cap(room) {
+			// Copied into a new buffer: longer than the room left.
+			if b.n > 0 {
+				b.big, b.bigID = m.Data, m.ID
+				return nil
+			}
+			b.buf, used = m.Data[:0], 0 // the buffer grows to the longest message
+		}
+		b.msgs[b.n] = batched{m.ID, used, len(m.Data)}
+		b.n++
+		used += len(m.Data)
+		longest = max(longest, len(m.Data))
+	}
+	return nil
 }
 
 // readReply reads the handshake reply and the descriptors that came with
@@ -618,6 +688,12 @@ func (s *Subscription) end(why error) {
 // server closed the topic or went away, or Close was called. Messages
 // published before may still wait to be received.
 func (s *Subscription) Done() <-chan struct{} { return s.life.Done() }
+
+// Delivered, with SubscribeOptions.OnMessage, is closed when the delivery
+// goroutine has returned: after Done, once every message published
+// before the end was handed to OnMessage, or at Close. The callbacks'
+// effects happen before it is closed. Without OnMessage it is nil.
+func (s *Subscription) Delivered() <-chan struct{} { return s.delivered }
 
 // Err returns nil while the connection is up, then what Recv returns
 // once every message has been received: ErrDisconnected with

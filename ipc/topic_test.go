@@ -3,6 +3,7 @@
 package ipc
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -808,8 +809,12 @@ func TestTopicOnMessage(t *testing.T) {
 			t.Fatalf("message %d delivered as %d", i, v)
 		}
 	}
-	<-sub.delivered // the goroutine ends once the ring is drained
-	<-sub.Done()
+	<-sub.Delivered() // the goroutine ends once the ring is drained
+	select {
+	case <-sub.Done():
+	default:
+		t.Fatal("Delivered closed before Done")
+	}
 	if err := sub.Err(); !errors.Is(err, ErrClosedByServer) {
 		t.Fatalf("Err: %v, want ErrClosedByServer", err)
 	}
@@ -919,5 +924,45 @@ func TestTopicCloseWakesSleepers(t *testing.T) {
 	srv.Close()
 	if err := <-recvd; !errors.Is(err, ErrDisconnected) {
 		t.Fatalf("Recv ended by the server: %v, want ErrDisconnected", err)
+	}
+}
+
+// OnMessage hands over messages taken in batches: short ones, ones
+// longer than the delivery buffer and ones longer than the room left in
+// it arrive intact and in order.
+func TestTopicOnMessageSizes(t *testing.T) {
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic, RingSize: 4 << 20})
+	sizes := []int{8, 70000, 64, 100000, 9, 65536, 40000, 40000, 8, 130000, 16, 16}
+	gate := make(chan struct{})
+	got := make(chan error, len(sizes))
+	next := 0
+	subscribe(t, addr, testTopic, &SubscribeOptions{OnMessage: func(id uint16, body []byte) {
+		if next == 0 {
+			<-gate // the rest are published meanwhile: later batches mix sizes
+		}
+		i := next
+		next++
+		switch {
+		case i >= len(sizes):
+			got <- fmt.Errorf("message %d: more than published", i)
+		case int(id) != i || len(body) != sizes[i]:
+			got <- fmt.Errorf("message %d: id %d, %d bytes, want %d", i, id, len(body), sizes[i])
+		case !bytes.Equal(body, bytes.Repeat([]byte{byte(i + 1)}, sizes[i])):
+			got <- fmt.Errorf("message %d: body damaged", i)
+		default:
+			got <- nil
+		}
+	}})
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 1 }, "subscribed")
+	for i, n := range sizes {
+		if err := ts[0].Publish(uint16(i), bytes.Repeat([]byte{byte(i + 1)}, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(gate)
+	for range sizes {
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -20,7 +20,8 @@ import (
 // own window (sub_msgs_per_sec: their mean; sub_msgs_per_sec_min: the
 // slowest). The ipc variant is a topic: the parent's ipc.Server publishes
 // with Topic.Publish into one broadcast ring that every subscriber maps
-// read-only and reads with Subscription.RecvInto; the publisher never
+// read-only and receives with SubscribeOptions.OnMessage (as dispatch
+// receives with OnDispatch); the publisher never
 // waits, so a subscriber slower than the publisher loses messages
 // (ErrOverrun) and its rate is what it received. The uds variant has one
 // socket per subscriber and the publisher writes each message to every
@@ -37,7 +38,7 @@ func init() {
 		about: "the parent publishes to N subscriber processes (-subscribers, column cli) as fast as it can; msgs = messages " +
 			"published; per subscriber: what each received in the window (mean, min; checked in order); cpu = every process " +
 			"(ipc: an ipc.Server topic, Topic.Publish into one broadcast ring the subscribers map read-only and read with " +
-			"Subscription.RecvInto, the publisher never waits and a slower subscriber loses messages; uds: one socket per " +
+			"SubscribeOptions.OnMessage, the publisher never waits and a slower subscriber loses messages; uds: one socket per " +
 			"subscriber, each message written to every socket)",
 		runs: map[string]runFunc{"ipc": broadcastIPC, "uds": broadcastUDS},
 	})
@@ -98,36 +99,47 @@ func broadcastIPC(rc *runConfig) (measurement, error) {
 }
 
 func bcastIPCSubChild(cc *childCtx) (uint64, error) {
+	var (
+		m        meter
+		counting = true
+		next     uint64
+		bad      error
+	)
+	// Owned by the subscription's delivery goroutine until Delivered.
+	receive := func(id uint16, data []byte) {
+		switch {
+		case bad != nil:
+			return
+		case len(data) != cc.p.Size || id != benchFrame || getTag(data) < next:
+			bad = fmt.Errorf("message %d bytes, id %d, sequence %d after %d", len(data), id, getTag(data), next)
+			return
+		}
+		next = getTag(data) + 1
+		if counting {
+			counting = m.tick(cc.h)
+		}
+	}
 	ctx, cancel := context.WithTimeout(bg, readyTimeout)
-	sub, err := ipc.Subscribe(ctx, cc.p.Addr, bcastTopic, &ipc.SubscribeOptions{Spin: cc.p.Spin, MaxRingSize: maxIPCRing})
+	sub, err := ipc.Subscribe(ctx, cc.p.Addr, bcastTopic, &ipc.SubscribeOptions{
+		Spin: cc.p.Spin, MaxRingSize: maxIPCRing,
+		OnMessage: receive,
+		OnOverrun: func(error) {}, // lost some; delivery goes on from a recent one
+	})
 	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("subscribe: %w", err)
 	}
 	defer sub.Close()
 	cc.ready()
-	buf := make([]byte, 0, cc.p.Size)
-	var m meter
-	counting := true
-	next := uint64(0)
-	for {
-		msg, err := sub.RecvInto(bg, buf)
-		switch {
-		case errors.Is(err, ipc.ErrOverrun):
-			continue // lost some; the next one says where we are
-		case errors.Is(err, ipc.ErrClosedByServer):
-			cc.window = windowOf(&m)
-			return m.n, nil
-		case err != nil:
-			return m.n, err
-		case len(msg.Data) != cc.p.Size || msg.ID != benchFrame || getTag(msg.Data) < next:
-			return m.n, fmt.Errorf("message %d bytes, id %d, sequence %d after %d", len(msg.Data), msg.ID, getTag(msg.Data), next)
-		}
-		next = getTag(msg.Data) + 1
-		if counting {
-			counting = m.tick(cc.h)
-		}
+	<-sub.Delivered() // the topic closed and every message before was delivered
+	if bad != nil {
+		return m.n, bad
 	}
+	if err := sub.Err(); !errors.Is(err, ipc.ErrClosedByServer) {
+		return m.n, err
+	}
+	cc.window = windowOf(&m)
+	return m.n, nil
 }
 
 func broadcastUDS(rc *runConfig) (measurement, error) {
