@@ -77,9 +77,9 @@ type BroadcastReaderOptions struct {
 	// WaitSpin, asked for explicitly, poll as elsewhere.
 	//
 	// With the zero values, on a busy machine (more runnable threads
-	// than CPUs) a reader sleeps in slices of BroadcastBusySlice instead
-	// of announcing itself, and reads what came meanwhile in one batch;
-	// WaitSleep asked for explicitly always announces (see Wait).
+	// than CPUs) a reader sleeps a slice of BroadcastBusySlice at a time
+	// instead of announcing itself, and reads what came meanwhile in one
+	// batch; WaitSleep asked for explicitly always announces (see Wait).
 	Wait WaitPolicy
 	Spin time.Duration
 	// Announce tells the writer, out of band, that the reader is about
@@ -322,8 +322,9 @@ func (r *BroadcastReader) ready() bool {
 // Wait returns once the writer has committed past the reader's position
 // or closed the ring, or ctx ends (its error), or Announce fails (its
 // error). It polls as the options say, then announces itself and sleeps;
-// with the default options on a busy machine it sleeps in slices of
-// BroadcastBusySlice instead, unannounced.
+// with the default options on a busy machine it sleeps one slice of
+// BroadcastBusySlice instead, unannounced, and may then return with
+// nothing new: look again, as ReadInto does.
 func (r *BroadcastReader) Wait(ctx context.Context) error {
 	if r.ready() {
 		return nil
@@ -344,7 +345,11 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 			}
 		}
 	}
-	for r.busySlices && broadcastBusy() {
+	if r.busySlices && broadcastBusy() {
+		// One slice, unannounced, and back to the caller, who looks
+		// again: Interrupt and the caller's own checks (a subscription
+		// whose connection ended) must not wait for the ring to close,
+		// which a dead writer never does.
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -352,12 +357,7 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 		if r.ready() {
 			return nil
 		}
-		if err := r.sleep(ctx, v, BroadcastBusySlice); err != nil {
-			return err
-		}
-		if r.ready() {
-			return nil
-		}
+		return r.sleep(ctx, v, BroadcastBusySlice)
 	}
 	for {
 		if err := ctx.Err(); err != nil {

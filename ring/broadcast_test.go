@@ -824,10 +824,10 @@ func TestBroadcastBatchThenOverrun(t *testing.T) {
 	}
 }
 
-// On a busy machine a reader with the default wait options sleeps in
-// slices and never announces itself; one that asked for WaitSleep, or a
-// machine that is not busy, announces. Records written while it sleeps
-// end the wait.
+// On a busy machine a reader with the default wait options sleeps a
+// slice at a time and never announces itself; one that asked for
+// WaitSleep, or a machine that is not busy, announces. Records written
+// while it sleeps end the wait.
 func TestBroadcastBusySlices(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -858,15 +858,27 @@ func TestBroadcastBusySlices(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// An empty ring: the wait runs to its context's end.
+			// An empty ring: waiting (again, after a slice that brought
+			// nothing) runs to the context's end.
 			ctx, cancel := context.WithTimeout(context.Background(), 3*BroadcastBusySlice)
-			err = r.Wait(ctx)
+			for err == nil {
+				err = r.Wait(ctx)
+			}
 			cancel()
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("wait on an empty ring: %v", err)
 			}
 			if got := announced.Load() > 0; got != tc.announce {
 				t.Fatalf("announced %v, want %v", got, tc.announce)
+			}
+			if !tc.announce {
+				// Unannounced, nothing can end the wait but a record, a
+				// close or the context: it must give the caller back
+				// its turn after a slice, so that a caller who watches
+				// something else (a dead writer's socket) sees it.
+				if err := r.Wait(context.Background()); err != nil {
+					t.Fatalf("unannounced wait: %v", err)
+				}
 			}
 			done := make(chan error, 1)
 			go func() {
