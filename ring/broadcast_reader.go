@@ -250,7 +250,8 @@ func (r *BroadcastReader) Stats() BroadcastReaderStats { return r.stats }
 // TryPeek returns the next record without copying it and without
 // waiting: ErrEmpty if there is none now, ErrClosed once the writer has
 // closed the ring and the reader has read everything. Data points into
-// the ring, and the writer may overwrite it at any time once the reader
+// the ring (or into the batch TryReadInto copied last, if the record is
+// in it), and the writer may overwrite it at any time once the reader
 // is lapped: use it, then call Release, and trust what you did with it
 // only if Release returns nil (on an *OverrunError, discard it).
 func (r *BroadcastReader) TryPeek() (Record, error) {
@@ -357,7 +358,7 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 		if r.ready() {
 			return nil
 		}
-		return r.sleep(ctx, v, BroadcastBusySlice)
+		return r.sleepSlice(ctx, v)
 	}
 	for {
 		if err := ctx.Err(); err != nil {
@@ -383,6 +384,26 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// sleepSlice waits in FUTEX_WAIT while the wake word holds v, for
+// BroadcastBusySlice or until ctx's deadline if that is sooner. It does
+// not watch ctx's cancellation, which the caller's next Wait sees, a
+// slice later at most: watching it costs allocations per sleep (see
+// sleep), and a busy machine sleeps thousands of slices a second.
+func (r *BroadcastReader) sleepSlice(ctx context.Context, v uint32) error {
+	timeout := BroadcastBusySlice
+	if dl, ok := ctx.Deadline(); ok {
+		d := time.Until(dl)
+		if d <= 0 {
+			return context.DeadlineExceeded
+		}
+		timeout = min(timeout, d)
+	}
+	if err := futex.Wait(r.wake, v, timeout); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return ctx.Err()
 }
 
 // sleep waits in FUTEX_WAIT while the wake word holds v. A cancelled

@@ -879,6 +879,16 @@ func TestBroadcastBusySlices(t *testing.T) {
 				if err := r.Wait(context.Background()); err != nil {
 					t.Fatalf("unannounced wait: %v", err)
 				}
+				// A slice does not watch a cancellable context, which
+				// would cost allocations per slice, thousands a second.
+				cctx, ccancel := context.WithCancel(context.Background())
+				if n := testing.AllocsPerRun(5, func() { r.Wait(cctx) }); n != 0 {
+					t.Errorf("%v allocations per slice with a cancellable context", n)
+				}
+				ccancel()
+				if err := r.Wait(cctx); !errors.Is(err, context.Canceled) {
+					t.Fatalf("wait with a cancelled context: %v", err)
+				}
 			}
 			done := make(chan error, 1)
 			go func() {
