@@ -45,7 +45,10 @@
 // return was confirmed not to have been overwritten while it was read.
 // Readers sleep in FUTEX_WAIT and announce that out of band
 // (BroadcastReaderOptions.Announce, BroadcastWriter.Arm), since they
-// cannot set a wait word.
+// cannot set a wait word; on a machine with more runnable threads than
+// CPUs they sleep in short slices instead, unannounced
+// (BroadcastBusySlice). TryReadInto copies and confirms committed records
+// a batch at a time and reads small ones from that copy.
 //
 // A side that waits polls while polling pays (WaitPolicy), then sleeps:
 // through its Waker, or for Waiter.WaitKernel and WaitReply first in
