@@ -82,7 +82,7 @@ type Subscription struct {
 	// (a graceful end); written before cancel.
 	ringClosed bool
 	watched    chan struct{}
-	waitCtx    context.Context // the context of the receive that waits; lock held
+	cw         ctxWatch
 
 	closeOnce sync.Once
 	overruns  atomic.Uint64
@@ -96,13 +96,13 @@ type Subscription struct {
 	delivered  chan struct{}
 	inCallback atomic.Bool
 
-	// A receive whose context cannot end (OnMessage's, Recv with
-	// context.Background) sleeps in the ring with no context, which
-	// allocates nothing: sleeping says it does, ended that the
-	// subscription has ended, and the end interrupts such a sleeper
-	// until it is back (a Dekker pair: each stores its flag, then loads
-	// the other's). interrupting counts that goroutine, which Close
-	// waits for before it unmaps the ring.
+	// Every receive sleeps in the ring with no context, which allocates
+	// nothing: sleeping says it does, ended that the subscription has
+	// ended, and the end interrupts such a sleeper until it is back (a
+	// Dekker pair: each stores its flag, then loads the other's); a
+	// receive whose context can end has it watched by ctxWatch.
+	// interrupting counts those goroutines, which Close waits for
+	// before it unmaps the ring.
 	sleeping     atomic.Bool
 	ended        atomic.Bool
 	interrupting sync.WaitGroup
@@ -528,15 +528,11 @@ func (s *Subscription) recv(ctx context.Context, buf []byte, wait bool) (Message
 			return Message{}, ErrTryAgain
 		}
 		var werr error
-		s.waitCtx = ctx
 		if ctx.Done() == nil {
 			werr = s.waitLife()
 		} else {
-			wctx, stop := s.waitContext(ctx)
-			werr = s.r.Wait(wctx)
-			stop()
+			werr = s.waitWatched(ctx)
 		}
-		s.waitCtx = nil
 		if werr != nil {
 			if cerr := ctx.Err(); cerr != nil {
 				return Message{}, cerr
@@ -561,7 +557,7 @@ func (s *Subscription) overrun(err error) error {
 }
 
 // waitLife waits for the ring with no context: the subscription's end
-// interrupts it (stop).
+// interrupts it (stop), and so does a watched context's (ctxWatch).
 func (s *Subscription) waitLife() error {
 	s.sleeping.Store(true)
 	if s.ended.Load() {
@@ -594,16 +590,6 @@ func (s *Subscription) stop() {
 	}
 }
 
-// waitContext returns a context that ends with ctx or the subscription.
-func (s *Subscription) waitContext(ctx context.Context) (context.Context, func()) {
-	if ctx.Done() == nil {
-		return s.life, func() {}
-	}
-	c, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.life, cancel)
-	return c, func() { stop(); cancel() }
-}
-
 // endErr is what a receive returns once the ring has nothing more:
 // closed says the server closed it.
 func (s *Subscription) endErr(closed bool) error {
@@ -624,29 +610,98 @@ func (s *Subscription) endErr(closed bool) error {
 // announce tells the server that the subscriber sleeps having seen tail
 // seen (the ring's Announce): a tokTopicSleep on the socket. It waits
 // only if the socket buffer is full (a server that does not read), then
-// until the receive's context or the subscription ends.
+// until the subscription ends or the watched receive's context does
+// (ctxWatch: its watcher puts a past write deadline on the socket). It
+// fails once that context has ended, which ends the ring's wait.
 func (s *Subscription) announce(seen uint64) error {
+	if s.cw.fired.Load() {
+		return errWaitEnded
+	}
 	var b [topicSleepSize]byte
 	b[0] = tokTopicSleep
 	binary.LittleEndian.PutUint64(b[1:], seen)
-	if ctx := s.waitCtx; ctx != nil && ctx.Done() != nil {
-		s.uc.SetWriteDeadline(time.Time{}) //nolint:errcheck
-		ran := make(chan struct{})
-		stop := context.AfterFunc(ctx, func() {
-			defer close(ran)
-			s.uc.SetWriteDeadline(time.Unix(1, 0)) //nolint:errcheck
-		})
-		defer func() {
-			if !stop() {
-				<-ran
-			}
-		}()
-	}
 	_, err := s.uc.Write(b[:])
-	if err != nil && s.waitCtx != nil && s.waitCtx.Err() != nil {
-		return s.waitCtx.Err()
+	if err != nil && s.cw.fired.Load() {
+		return errWaitEnded
 	}
 	return err
+}
+
+// errWaitEnded: the context of the receive that waits has ended (the
+// receive returns that context's error).
+var errWaitEnded = errors.New("ipc: the receive's context ended")
+
+// ctxWatch watches the context of a receive that sleeps: one goroutine
+// per subscription, started by its first receive with a context that can
+// end, to which each such receive hands its context's Done channel before
+// it sleeps and says when it is back. Watching with context.AfterFunc
+// instead allocated about ten times per sleep (the ring's wait, the
+// announcement's write deadline, the receive's own). Receives hold the
+// receive lock, so one is watched at a time.
+type ctxWatch struct {
+	start sync.Once
+	req   chan (<-chan struct{}) // a sleeping receive's Done channel
+	back  chan struct{}          // the receive is back from its sleep
+	// fired: the watched context ended; set by the watcher, cleared by
+	// the receive once back. announce fails while it is set.
+	fired atomic.Bool
+}
+
+// waitWatched is waitLife for a receive whose context can end. Receive
+// lock held.
+func (s *Subscription) waitWatched(ctx context.Context) error {
+	s.cw.start.Do(func() {
+		s.cw.req, s.cw.back = make(chan (<-chan struct{})), make(chan struct{})
+		s.interrupting.Add(1) // Close waits for the watcher: it touches the ring
+		go s.watchContexts()
+	})
+	select {
+	case s.cw.req <- ctx.Done():
+	case <-s.life.Done():
+		return nil // the watcher has gone; the caller sees the end
+	}
+	err := s.waitLife()
+	s.cw.back <- struct{}{}
+	if s.cw.fired.Swap(false) {
+		s.uc.SetWriteDeadline(time.Time{}) //nolint:errcheck // a closed socket: the end is seen
+		return errWaitEnded
+	}
+	return err
+}
+
+// watchContexts is the goroutine of ctxWatch. When a watched context
+// ends, it makes the receive's announcement fail (a past write deadline
+// for one that blocks) and wakes it in the ring until it is back. It
+// returns when the subscription ends with no receive watched.
+func (s *Subscription) watchContexts() {
+	defer s.interrupting.Done()
+	for {
+		var done <-chan struct{}
+		select {
+		case done = <-s.cw.req:
+		case <-s.life.Done():
+			return
+		}
+		select {
+		case <-s.cw.back:
+			continue
+		case <-done:
+		}
+		s.cw.fired.Store(true)
+		s.uc.SetWriteDeadline(time.Unix(1, 0)) //nolint:errcheck
+		// A wake-up just before the receive enters FUTEX_WAIT is lost:
+		// wake until it is back.
+		t := time.NewTicker(time.Millisecond)
+		for back := false; !back; {
+			s.r.Interrupt()
+			select {
+			case <-s.cw.back:
+				back = true
+			case <-t.C:
+			}
+		}
+		t.Stop()
+	}
 }
 
 // watch waits for the end of the socket: the server sends nothing after

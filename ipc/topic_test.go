@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -486,9 +487,21 @@ func TestTopicCloseAndResubscribe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { _, err := sub.Recv(ctx); errc <- err }()
+	waitUntil(t, func() bool { return sub.sleeping.Load() }, "the receive asleep")
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled recv: %v", err)
+	}
+	// The next receives sleep and wake as before (the watcher is reset,
+	// and so is the socket's write deadline it used).
+	for i := range 3 {
+		go func() {
+			waitUntil(t, func() bool { return sub.sleeping.Load() }, "the next receive asleep")
+			top.Publish(1, []byte{byte(i)})
+		}()
+		if m, err := sub.Recv(testCtx(t)); err != nil || m.Data[0] != byte(i) {
+			t.Fatalf("receive %d after a cancelled one: %v", i, err)
+		}
 	}
 }
 
@@ -638,6 +651,41 @@ func TestTopicRecvAllocs(t *testing.T) {
 		}
 	}); n != 0 {
 		t.Fatalf("%v allocations per publish and receive", n)
+	}
+}
+
+// A receive whose context can end and that sleeps for each message
+// allocates nothing either (its context is watched by the subscription's
+// one watcher, not by a callback per sleep).
+func TestTopicRecvContextAllocs(t *testing.T) {
+	if raceOn {
+		t.Skip("the race detector allocates")
+	}
+	_, addr, ts := startTopicServer(t, nil, TopicConfig{ID: testTopic})
+	sub := subscribe(t, addr, testTopic, nil)
+	waitUntil(t, func() bool { return ts[0].Subscribers() == 1 }, "subscribed")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	body := make([]byte, 64)
+	buf := make([]byte, 0, 64)
+	pub := make(chan struct{})
+	defer close(pub)
+	go func() {
+		for range pub {
+			// Publish once the receive sleeps (or, bounded, anyway).
+			for i := 0; i < 100_000 && !sub.sleeping.Load(); i++ {
+				runtime.Gosched() // allocates nothing, unlike a timer
+			}
+			ts[0].Publish(1, body)
+		}
+	}()
+	if n := testing.AllocsPerRun(200, func() {
+		pub <- struct{}{}
+		if _, err := sub.RecvInto(ctx, buf); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per sleeping receive with a cancellable context", n)
 	}
 }
 
