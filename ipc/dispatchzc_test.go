@@ -28,6 +28,22 @@ func recvBody(t *testing.T, cl *Client, ctx context.Context) Message {
 	return m
 }
 
+// abortThenDispatch reserves n bytes as message 10 and aborts them, then
+// dispatches "after" as message 11: the client must see only the latter.
+func abortThenDispatch(t *testing.T, c *Conn, ctx context.Context, n int) {
+	t.Helper()
+	a, err := c.ReserveDispatch(ctx, 10, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Dispatch(ctx, 11, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // ReserveDispatch writes a message in place; CommitN sends part of it;
 // Abort sends nothing; a handle ends once; sizes beyond the limit fail.
 func TestReserveDispatch(t *testing.T) {
@@ -53,16 +69,7 @@ func TestReserveDispatch(t *testing.T) {
 	if d.Bytes() != nil {
 		t.Fatal("Bytes after Commit is not nil")
 	}
-	a, err := c.ReserveDispatch(ctx, 10, 50)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Abort(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Dispatch(ctx, 11, []byte("after")); err != nil {
-		t.Fatal(err)
-	}
+	abortThenDispatch(t, c, ctx, 50)
 	m := recvBody(t, cl, ctx)
 	want := make([]byte, 60)
 	fillPart(want, 1)
@@ -255,16 +262,7 @@ func TestReserveDispatchLarge(t *testing.T) {
 	if err := d.CommitN(150000); err != nil {
 		t.Fatal(err)
 	}
-	a, err := c.ReserveDispatch(ctx, 10, 50000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Abort(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Dispatch(ctx, 11, []byte("after")); err != nil {
-		t.Fatal(err)
-	}
+	abortThenDispatch(t, c, ctx, 50000)
 	if m := recvBody(t, cl, ctx); m.ID != 9 || string(m.Data) != string(pattern(300000, 2)[:150000]) {
 		t.Fatalf("CommitN(150000): id %d, %d bytes", m.ID, len(m.Data))
 	}
