@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,7 +28,7 @@ import (
 // (ctx, done, kill, teardown, wg).
 type Client struct {
 	// Set by Dial (dial.go), read-only afterwards.
-	nc          *net.UnixConn
+	sock        *quietSock // the socket; rc is it, as the code that waits on it sees it
 	rc          syscall.RawConn
 	seg         *shmseg.Segment
 	ctl         []byte
@@ -155,7 +154,7 @@ func (cl *Client) start() {
 // blocked call ends.
 func (cl *Client) readLoop() {
 	defer cl.wg.Done()
-	err := readTokenLoop(cl.nc, cl.rc, cl.waker, cl.done)
+	err := readTokenLoop(cl.rc, cl.waker, cl.done)
 	if errors.Is(err, ErrDisconnected) {
 		err = cl.withCloseReason(err, true)
 	}
@@ -179,7 +178,7 @@ func (cl *Client) kill(err error) {
 }
 
 func (cl *Client) teardown() {
-	nerr := cl.nc.Close()
+	nerr := cl.sock.Close()
 	cl.goMu.Lock()
 	cl.goStopped = true
 	cl.goMu.Unlock()

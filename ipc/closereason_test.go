@@ -54,7 +54,7 @@ func TestCloseReason(t *testing.T) {
 		{"protocol", func(t *testing.T, _ *Server, _ *Conn, cl *Client) {
 			// A token for a word only a client sleeps on: the server
 			// ends the connection as a protocol violation.
-			if _, err := cl.nc.Write([]byte{tokDispCons}); err != nil {
+			if _, err := cl.sock.writeAll([]byte{tokDispCons}); err != nil {
 				t.Fatal(err)
 			}
 		}, ErrProtocol},

@@ -36,7 +36,7 @@ type Conn struct {
 	svc      *Service
 	sel      Selector
 	cred     Cred
-	nc       *net.UnixConn
+	sock     *quietSock // the socket; rc is it, as the code that waits on it sees it
 	rc       syscall.RawConn
 	seg      *shmseg.Segment
 	ctl      []byte // control block in shared memory; server writes it
@@ -148,7 +148,7 @@ func ringBytes(dataSize uint64) uint64 {
 // newConn creates the connection's segment and rings. On error nothing is
 // left behind.
 func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint64, features uint32) (*Conn, error) {
-	rc, err := uc.SyscallConn()
+	sock, err := newQuietSock(uc)
 	if err != nil {
 		return nil, err
 	}
@@ -163,8 +163,8 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		svc:       svc,
 		sel:       s.selector(),
 		cred:      cred,
-		nc:        uc,
-		rc:        rc,
+		sock:      sock,
+		rc:        sock,
 		seg:       seg,
 		qLimit:    s.cfg.DispatchQueue,
 		policy:    s.cfg.DispatchPolicy,
@@ -188,7 +188,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 			return nil, fmt.Errorf("init ring: %w", err)
 		}
 	}
-	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, rc, c.done)
+	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, sock, c.done)
 	if features&FeatureCancel != 0 {
 		c.cx.on = true
 		c.cx.visitFn = c.cx.visit
@@ -255,6 +255,13 @@ func (c *Conn) destroy() {
 
 // start runs an established connection: goroutines, or the event loop.
 func (c *Conn) start() {
+	// The handshake (and its reply) used the net.UnixConn; from here on
+	// the socket is polled for input only (quietSock).
+	if err := c.sock.quiet(); err != nil {
+		c.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
+		c.teardown()
+		return
+	}
 	if c.external {
 		c.srv.cfg.EventLoop.AddConn(c)
 		c.pmu.Lock()
@@ -366,7 +373,7 @@ func (c *Conn) teardown() {
 		if c.external {
 			c.srv.cfg.EventLoop.RemoveConn(c)
 		}
-		nerr := c.nc.Close()
+		nerr := c.sock.Close()
 		c.wg.Wait()
 		c.waker.close()
 		c.svc.OnDisconnect(c, c.err)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ringipc/ringipc/ring"
@@ -410,13 +411,14 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 			return nil, fmt.Errorf("%w: ring %d ends at %d, past the payload (%d)", ErrProtocol, i, end, len(mem))
 		}
 	}
-	rc, err := uc.SyscallConn()
+	sock, err := newQuietSock(uc)
 	if err != nil {
 		return nil, err
 	}
+	rc := syscall.RawConn(sock)
 	ctx, cancel := context.WithCancel(context.Background())
 	cl := &Client{
-		nc:          uc,
+		sock:        sock,
 		rc:          rc,
 		seg:         seg,
 		ctl:         mem[:ctlSize:ctlSize],
@@ -488,6 +490,12 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 		cl.waker.bodies[tokRespBody-tokReqBody] = cl.respIn
 		cl.waker.bodies[tokDispBody-tokReqBody] = cl.dispIn
 		cl.largeLock = make(chan struct{}, 1)
+	}
+	// The handshake is over: from here on the socket is polled for input
+	// only (quietSock).
+	if err := sock.quiet(); err != nil {
+		cancel()
+		return nil, err
 	}
 	return cl, nil
 }

@@ -5,6 +5,8 @@ package ipc
 import (
 	"context"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // What the tests need of the package's internals and nothing in it uses.
@@ -36,4 +38,31 @@ func (w *sockWaker) isFlushing() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.flushing
+}
+
+// writeAll writes all of b to the socket, waiting for room as it must:
+// for tests that play a peer writing raw bytes after the handshake.
+func (q *quietSock) writeAll(b []byte) (int, error) {
+	off := 0
+	var werr error
+	err := q.Write(func(fd uintptr) bool {
+		for off < len(b) {
+			n, err := unix.Write(int(fd), b[off:])
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false
+			case err != nil:
+				werr = err
+				return true
+			}
+			off += n
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	return off, err
 }

@@ -121,7 +121,8 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 	}
 	uc.SetDeadline(time.Time{}) //nolint:errcheck
 	// The server keeps its memfd descriptor (the Segment owns it) until
-	// teardown: one descriptor per connection besides the socket.
+	// teardown: one descriptor per connection besides the socket and its
+	// input poller (quietSock).
 	log.Debug("ipc: connected", "conn", c.id, "service", svc.ID)
 	return c
 }

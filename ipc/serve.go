@@ -21,7 +21,7 @@ import (
 // is the client leaving or dying, noticed here at once.
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
-	c.kill(readTokenLoop(c.nc, c.rc, c.waker, c.done))
+	c.kill(readTokenLoop(c.rc, c.waker, c.done))
 }
 
 // serveLoop handles requests one by one, draining the ring before it

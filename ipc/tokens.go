@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"syscall"
 	"time"
@@ -119,7 +118,7 @@ const tokenOOB = 64
 // the socket ends or the peer breaks the protocol, and returns why the
 // connection ends (end of file or a reset is the peer leaving or dying).
 // done is closed when the connection ends for another reason.
-func readTokenLoop(nc *net.UnixConn, rc syscall.RawConn, w *sockWaker, done <-chan struct{}) error {
+func readTokenLoop(rc syscall.RawConn, w *sockWaker, done <-chan struct{}) error {
 	var small [tokenSmall]byte
 	var oob [tokenOOB]byte
 	// recvmsg, not read: a body token's descriptor would be closed by

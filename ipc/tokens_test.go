@@ -75,7 +75,7 @@ func TestTokenReaderBoundsFloodWork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = readTokenLoop(r, rc, w, make(chan struct{}))
+	err = readTokenLoop(rc, w, make(chan struct{}))
 	if !errors.Is(err, ErrDisconnected) {
 		t.Fatalf("reader ended with %v, want ErrDisconnected", err)
 	}
@@ -123,10 +123,10 @@ func TestTokenReaderRefusesBadToken(t *testing.T) {
 
 // flood writes request-consumer tokens into sock, in 64 KiB writes, until
 // the socket fails.
-func flood(sock *net.UnixConn, tok byte) {
+func flood(sock *quietSock, tok byte) {
 	b := bytes.Repeat([]byte{tok}, 64<<10)
 	for {
-		if _, err := sock.Write(b); err != nil {
+		if _, err := sock.writeAll(b); err != nil {
 			return
 		}
 	}
@@ -153,7 +153,7 @@ func TestTokenFloodEventLoop(t *testing.T) {
 	}
 	loop.afterProcess.Store(&hook)
 	var flooding sync.WaitGroup
-	flooding.Go(func() { flood(flooder.nc, tokens[wReqCons]) })
+	flooding.Go(func() { flood(flooder.sock, tokens[wReqCons]) })
 	honest := dial(t, addr, nil)
 	ctx := testCtx(t)
 	lat := make([]time.Duration, 200)
@@ -207,7 +207,7 @@ func TestTokenFloodIdleClient(t *testing.T) {
 	b := bytes.Repeat([]byte{tokens[wRespCons]}, 64<<10)
 	cpu0, start := cpuTicks(t, ch.cmd.Process.Pid), time.Now()
 	for sent := 0; sent < total; sent += len(b) {
-		if _, err := c.nc.Write(b); err != nil {
+		if _, err := c.sock.writeAll(b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -258,7 +258,7 @@ func TestTokenFloodServer(t *testing.T) {
 		flooding.Go(func() {
 			b := bytes.Repeat([]byte{tokens[wReqCons]}, 64<<10)
 			for sent := 0; sent < perFlooder; sent += len(b) {
-				if _, err := f.nc.Write(b); err != nil {
+				if _, err := f.sock.writeAll(b); err != nil {
 					t.Error(err)
 					return
 				}

@@ -1,0 +1,304 @@
+package ipc
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// quietSock is a connection's socket once its handshake is over, polled
+// for reading only.
+//
+// Why not the net.UnixConn: Go's netpoller registers every socket for
+// reading and writing. A Unix socket signals "writable" to its pollers
+// each time the peer reads something it sent (the kernel frees the
+// sender's buffer space and wakes whoever polls the sender for room), so
+// every wake token this side sent woke this side's netpoller again when
+// the peer read it: a thread of this process woken for nothing, once per
+// token. With 32 client processes calling a server 1,000 times a second
+// each on 2 CPUs, the server's token reads spent ~7% of the machine in
+// those wake-ups of the clients (perf: recvmsg, sock_wfree,
+// unix_write_space, try_to_wake_up), as much as the wake-ups the clients
+// were waiting for. So after the handshake the socket leaves the
+// netpoller (quiet), and a private epoll instance, registered for input
+// only, stands between them: the epoll descriptor, which never reports
+// itself writable, is what the netpoller watches. Waiting for room (a
+// peer that stopped reading) takes a one-shot epoll instance of its own.
+//
+// quietSock is a syscall.RawConn for the code that used the socket's:
+// Control runs f on the descriptor, Read and Write run f until it
+// reports true, waiting for input or room between tries. Every method is
+// safe for concurrent use; Close makes the others return net.ErrClosed
+// and closes the descriptor once none of them uses it.
+type quietSock struct {
+	// mu is held shared around every use of the descriptor, exclusively
+	// to change it (quiet, Close): a descriptor is never closed, and its
+	// number reused, under a running f.
+	mu     sync.RWMutex
+	uc     *net.UnixConn // before quiet: the handshake's connection; nil after
+	ucRC   syscall.RawConn
+	fd     int // after quiet: the socket; -1 once closed
+	closed bool
+
+	// in is the input poller, created by the first Read that waits;
+	// inMu guards its creation and Close's closing of it.
+	inMu sync.Mutex
+	in   *epollWait
+}
+
+var _ syscall.RawConn = (*quietSock)(nil)
+
+func newQuietSock(uc *net.UnixConn) (*quietSock, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &quietSock{uc: uc, ucRC: rc, fd: -1}, nil
+}
+
+// quiet takes the socket out of Go's netpoller: it duplicates the
+// descriptor and closes the net.UnixConn, whose close deregisters it
+// (EPOLL_CTL_DEL) while the duplicate keeps the socket open. Call it
+// before any Read or Write waits: one waiting in the net.UnixConn would
+// see it closed.
+func (q *quietSock) quiet() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return net.ErrClosed
+	}
+	if q.uc == nil {
+		return nil
+	}
+	var fd int
+	var derr error
+	if err := q.ucRC.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return err
+	}
+	if derr != nil {
+		return os.NewSyscallError("dup", derr)
+	}
+	q.uc.Close() //nolint:errcheck // the duplicate holds the socket
+	q.uc, q.ucRC, q.fd = nil, nil, fd
+	return nil
+}
+
+// Control runs f on the socket's descriptor.
+func (q *quietSock) Control(f func(fd uintptr)) error {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	switch {
+	case q.closed:
+		return net.ErrClosed
+	case q.uc != nil:
+		return q.ucRC.Control(f)
+	}
+	f(uintptr(q.fd))
+	return nil
+}
+
+// try runs f on the descriptor once: done is f's answer.
+func (q *quietSock) try(f func(fd uintptr) bool) (done bool, err error) {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.closed {
+		return false, net.ErrClosed
+	}
+	return f(uintptr(q.fd)), nil
+}
+
+// Read runs f until it reports true, waiting for input between tries
+// (f reports false after EAGAIN).
+func (q *quietSock) Read(f func(fd uintptr) bool) error {
+	if rc := q.netConn(); rc != nil {
+		return rc.Read(f)
+	}
+	for {
+		done, err := q.try(f)
+		if err != nil || done {
+			return err
+		}
+		in, err := q.input()
+		if err != nil {
+			return err
+		}
+		if err := in.wait(); err != nil {
+			return net.ErrClosed
+		}
+	}
+}
+
+// Write runs f until it reports true, waiting for room between tries.
+// Only a peer that stopped reading fills the socket, so each wait
+// creates the one-shot poller it needs and closes it after.
+func (q *quietSock) Write(f func(fd uintptr) bool) error {
+	if rc := q.netConn(); rc != nil {
+		return rc.Write(f)
+	}
+	for {
+		done, err := q.try(f)
+		if err != nil || done {
+			return err
+		}
+		if err := q.waitRoom(); err != nil {
+			return err
+		}
+	}
+}
+
+func (q *quietSock) waitRoom() error {
+	q.mu.RLock()
+	if q.closed {
+		q.mu.RUnlock()
+		return net.ErrClosed
+	}
+	out, err := newEpollWait(q.fd, unix.EPOLLOUT)
+	q.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	defer out.close()
+	// Close does not know this poller: give up after a while so that a
+	// closed socket is noticed (try then says so).
+	return out.waitFor(roomWaitSlice)
+}
+
+// roomWaitSlice bounds one wait for room in the socket; Write tries
+// again after it.
+const roomWaitSlice = 50 * time.Millisecond
+
+// netConn returns the net.UnixConn's RawConn before quiet, nil after.
+func (q *quietSock) netConn() syscall.RawConn {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.uc != nil && !q.closed {
+		return q.ucRC
+	}
+	return nil
+}
+
+// input returns the input poller, creating it on first use.
+func (q *quietSock) input() (*epollWait, error) {
+	q.inMu.Lock()
+	defer q.inMu.Unlock()
+	if q.in != nil {
+		return q.in, nil
+	}
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.closed {
+		return nil, net.ErrClosed
+	}
+	in, err := newEpollWait(q.fd, unix.EPOLLIN|unix.EPOLLRDHUP)
+	if err != nil {
+		return nil, err
+	}
+	q.in = in
+	return in, nil
+}
+
+// Close closes the socket. A Read waiting for input returns
+// net.ErrClosed; the descriptor is closed once no f runs on it.
+func (q *quietSock) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return net.ErrClosed
+	}
+	q.closed = true
+	uc, fd := q.uc, q.fd
+	q.uc, q.ucRC, q.fd = nil, nil, -1
+	q.mu.Unlock()
+	if uc != nil {
+		return uc.Close()
+	}
+	q.inMu.Lock()
+	in := q.in
+	q.in = nil
+	q.inMu.Unlock()
+	if in != nil {
+		in.close()
+	}
+	return os.NewSyscallError("close", ignoreEINTR(unix.Close(fd)))
+}
+
+func ignoreEINTR(err error) error {
+	if err == unix.EINTR {
+		return nil
+	}
+	return err
+}
+
+// epollWait is a private epoll instance watching one socket for events,
+// itself watched by Go's netpoller: wait parks the goroutine until the
+// instance has an event to report, without taking an OS thread.
+type epollWait struct {
+	f     *os.File // the epoll descriptor, pollable
+	rc    syscall.RawConn
+	evs   [1]unix.EpollEvent // wait's scratch, kept here so waiting allocates nothing
+	ready func(fd uintptr) bool
+}
+
+// newEpollWait creates an instance watching sock for events
+// (level-triggered). The caller keeps sock open while it does.
+func newEpollWait(sock int, events uint32) (*epollWait, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	ev := unix.EpollEvent{Events: events, Fd: int32(sock)}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, sock, &ev); err != nil {
+		unix.Close(ep)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	// Non-blocking, so that os.NewFile hands it to the netpoller.
+	if err := unix.SetNonblock(ep, true); err != nil {
+		unix.Close(ep)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(ep), "ipc-epoll")
+	// Only a descriptor in the netpoller takes a deadline: one that is
+	// not would make wait block a thread, or fail.
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	w := &epollWait{f: f, rc: rc}
+	w.ready = func(fd uintptr) bool {
+		n, err := unix.EpollWait(int(fd), w.evs[:], 0)
+		// An error other than EINTR (none is expected) ends the wait
+		// too: the caller's try then says what the socket has.
+		return n > 0 || (err != nil && err != unix.EINTR)
+	}
+	return w, nil
+}
+
+// wait returns once the socket has an event (it may have been consumed
+// since: callers try again and wait again), or with an error once close
+// was called.
+func (w *epollWait) wait() error { return w.rc.Read(w.ready) }
+
+// waitFor is wait for at most d: nil when d passes too.
+func (w *epollWait) waitFor(d time.Duration) error {
+	if err := w.f.SetReadDeadline(time.Now().Add(d)); err != nil {
+		return err
+	}
+	if err := w.wait(); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return nil
+}
+
+func (w *epollWait) close() { w.f.Close() }
