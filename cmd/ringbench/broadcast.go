@@ -15,7 +15,8 @@ import (
 )
 
 // broadcast: one publisher (the parent) sends a stream of messages to N
-// subscriber processes (-subscribers), as fast as it can. The row's msgs/s
+// subscriber processes (-subscribers), as fast as it can or at -rate (a
+// daemon pushing changes to its watchers). The row's msgs/s
 // is the publisher's rate; each subscriber counts what it received in its
 // own window (sub_msgs_per_sec: their mean; sub_msgs_per_sec_min: the
 // slowest). The ipc variant is a topic: the parent's ipc.Server publishes
@@ -25,8 +26,9 @@ import (
 // waits, so a subscriber slower than the publisher loses messages
 // (ErrOverrun) and its rate is what it received. The uds variant has one
 // socket per subscriber and the publisher writes each message to every
-// socket (one write(2) each, waiting for the slowest). It runs unpaced
-// only (-rate does not apply): what it measures is saturated rates.
+// socket (one write(2) each, waiting for the slowest). Paced, each
+// message carries its slot's instant and every subscriber times every
+// message it receives from there (p50/p99/p999 over all of them).
 
 func init() {
 	register(&scenario{
@@ -34,9 +36,10 @@ func init() {
 		order:          80,
 		minSize:        8,
 		perSubscribers: true,
-		unpaced:        true, // its targets are saturated rates
-		about: "the parent publishes to N subscriber processes (-subscribers, column cli) as fast as it can; msgs = messages " +
-			"published; per subscriber: what each received in the window (mean, min; checked in order); cpu = every process " +
+		pacedMinSize:   16,
+		about: "the parent publishes to N subscriber processes (-subscribers, column cli) as fast as it can or at -rate; msgs = messages " +
+			"published; per subscriber: what each received in the window (mean, min; checked in order); paced, p50/p99/p999 = " +
+			"time from each message's slot to its receipt, every message at every subscriber; cpu = every process " +
 			"(ipc: an ipc.Server topic, Topic.Publish into one broadcast ring the subscribers map read-only and read with " +
 			"SubscribeOptions.OnMessage, the publisher never waits and a slower subscriber loses messages; uds: one socket per " +
 			"subscriber, each message written to every socket)",
@@ -84,7 +87,9 @@ func broadcastIPC(rc *runConfig) (measurement, error) {
 	h.startClock()
 	body := payload(rc.size)
 	var m meter
+	pc := newPacer(rc.rate, 0)
 	for seq := uint64(0); ; seq++ {
+		stampSlot(&pc, body)
 		putTag(body, seq)
 		if err := top.Publish(benchFrame, body); err != nil {
 			h.failIf(fmt.Errorf("publish: %w", err))
@@ -104,6 +109,7 @@ func bcastIPCSubChild(cc *childCtx) (uint64, error) {
 		counting = true
 		next     uint64
 		bad      error
+		st       = newStamps(cc.p.Rate, 8)
 	)
 	// Owned by the subscription's delivery goroutine until Delivered.
 	receive := func(id uint16, data []byte) {
@@ -116,7 +122,9 @@ func bcastIPCSubChild(cc *childCtx) (uint64, error) {
 		}
 		next = getTag(data) + 1
 		if counting {
+			was := m.seen
 			counting = m.tick(cc.h)
+			st.observe(data, was, m.seen)
 		}
 	}
 	ctx, cancel := context.WithTimeout(bg, readyTimeout)
@@ -138,8 +146,17 @@ func bcastIPCSubChild(cc *childCtx) (uint64, error) {
 	if err := sub.Err(); !errors.Is(err, ipc.ErrClosedByServer) {
 		return m.n, err
 	}
-	cc.window = windowOf(&m)
+	cc.window, cc.lat = windowOf(&m), st.histogram()
 	return m.n, nil
+}
+
+// stampSlot waits for a paced publisher's next slot and writes its
+// instant into body at byte 8 (see stamps); unpaced, it does nothing
+// (not even read the clock).
+func stampSlot(pc *pacer, body []byte) {
+	if pc.paced() {
+		putTag(body[8:], uint64(pc.monoSlot(pc.wait())))
+	}
 }
 
 func broadcastUDS(rc *runConfig) (measurement, error) {
@@ -174,8 +191,10 @@ func broadcastUDS(rc *runConfig) (measurement, error) {
 	body := payload(rc.size)
 	var m meter
 	var loopErr error
+	pc := newPacer(rc.rate, 0)
 loop:
 	for seq := uint64(0); ; seq++ {
+		stampSlot(&pc, body)
 		putTag(body, seq)
 		for i, c := range conns {
 			if _, err := c.Write(body); err != nil {
@@ -203,10 +222,11 @@ func bcastUDSSubChild(cc *childCtx) (uint64, error) {
 	cc.ready()
 	var m meter
 	counting := true
+	st := newStamps(cc.p.Rate, 8)
 	for next := uint64(0); ; next++ {
 		if _, err := io.ReadFull(r, buf); err != nil {
 			if errors.Is(err, io.EOF) {
-				cc.window = windowOf(&m)
+				cc.window, cc.lat = windowOf(&m), st.histogram()
 				return m.n, nil
 			}
 			return m.n, err
@@ -215,7 +235,9 @@ func bcastUDSSubChild(cc *childCtx) (uint64, error) {
 			return m.n, fmt.Errorf("frame %d carries sequence %d", next, getTag(buf))
 		}
 		if counting {
+			was := m.seen
 			counting = m.tick(cc.h)
+			st.observe(buf, was, m.seen)
 		}
 	}
 }

@@ -19,13 +19,13 @@
 // -scenario broadcast or all.
 //
 // broadcast is publish/subscribe: the parent publishes as fast as it can
-// to -subscribers child processes. Over ipc it is a topic (one broadcast
+// (or at -rate) to -subscribers child processes. Over ipc it is a topic (one broadcast
 // ring the subscribers map read-only; the publisher never waits, and a
 // subscriber that cannot keep up loses messages, so its rate is what it
 // received); over uds, one socket per subscriber and each message written
 // to every one. The row's msgs/s is the publisher's, the line under it
-// the subscribers' (mean and slowest). It runs unpaced only: -rate does
-// not apply to it.
+// the subscribers' (mean and slowest). Paced, its latencies are those of
+// every message at every subscriber, from the message's slot.
 //
 // Every scenario runs for each size and rate (and, for mpsc, each
 // producer count; for pipeline, each goroutine count; for fanin, each

@@ -39,7 +39,6 @@ type scenario struct {
 	rpc            bool   // a client calls a server (JSON clients >= 1)
 	pacedMinSize   int    // smallest frame when paced: checks and the slot's stamp
 	defaultRates   []int  // rates without -rate; nil: {0}
-	unpaced        bool   // runs only as fast as it can: -rate does not apply
 	zeroCopy       bool   // -zerocopy applies (over ring and ipc)
 	runs           map[string]runFunc
 }
@@ -334,8 +333,6 @@ const maxRate = 1_000_000
 // ratesFor returns the rates sc runs at.
 func (cfg *config) ratesFor(sc *scenario) []int {
 	switch {
-	case sc.unpaced:
-		return []int{0}
 	case cfg.rates != nil:
 		return cfg.rates
 	case sc.defaultRates != nil:
