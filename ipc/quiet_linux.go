@@ -142,18 +142,30 @@ func (q *quietSock) Write(f func(fd uintptr) bool) error {
 	if rc := q.netConn(); rc != nil {
 		return rc.Write(f)
 	}
+	return q.write(f, nil, roomWaitSlice)
+}
+
+// write is Write after quiet that also gives up, with errWriteStopped,
+// when stop (if not nil) reports true before a wait for room. Waits for
+// room last slice at most, so a stop comes into effect within that.
+func (q *quietSock) write(f func(fd uintptr) bool, stop func() bool, slice time.Duration) error {
 	for {
 		done, err := q.try(f)
 		if err != nil || done {
 			return err
 		}
-		if err := q.waitRoom(); err != nil {
+		if stop != nil && stop() {
+			return errWriteStopped
+		}
+		if err := q.waitRoom(slice); err != nil {
 			return err
 		}
 	}
 }
 
-func (q *quietSock) waitRoom() error {
+var errWriteStopped = errors.New("ipc: write stopped")
+
+func (q *quietSock) waitRoom(slice time.Duration) error {
 	q.mu.RLock()
 	if q.closed {
 		q.mu.RUnlock()
@@ -167,11 +179,11 @@ func (q *quietSock) waitRoom() error {
 	defer out.close()
 	// Close does not know this poller: give up after a while so that a
 	// closed socket is noticed (try then says so).
-	return out.waitFor(roomWaitSlice)
+	return out.waitFor(slice)
 }
 
-// roomWaitSlice bounds one wait for room in the socket; Write tries
-// again after it.
+// roomWaitSlice bounds one wait for room in the socket in Write, which
+// tries again after it.
 const roomWaitSlice = 50 * time.Millisecond
 
 // netConn returns the net.UnixConn's RawConn before quiet, nil after.

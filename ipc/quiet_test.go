@@ -12,7 +12,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,13 +56,18 @@ func epollWatches(t *testing.T, fd int) []uint32 {
 }
 
 // TestQuietSocketNotPolledForOutput: once connected, neither side's
-// socket is watched for output by any epoll instance of the process
-// (Go's netpoller watches every socket it owns for output, which woke
-// the process each time the peer read one of our tokens), and each is
-// watched for input by exactly one.
+// socket, nor a subscriber's, is watched for output by any epoll
+// instance of the process (Go's netpoller watches every socket it owns
+// for output, which woke the process each time the peer read one of our
+// tokens or sleep announcements), and each is watched for input by
+// exactly one.
 func TestQuietSocketNotPolledForOutput(t *testing.T) {
 	srv, addr := startServer(t, nil, echoService())
+	if _, err := srv.AddTopic(TopicConfig{ID: testTopic}); err != nil {
+		t.Fatal(err)
+	}
 	cl := dial(t, addr, nil)
+	sub := subscribe(t, addr, testTopic, nil)
 	ctx := testCtx(t)
 	// A call, so that the server has started serving the connection
 	// (and made its socket quiet), and both readers have waited.
@@ -68,7 +75,7 @@ func TestQuietSocketNotPolledForOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := firstConn(t, srv)
-	for side, fd := range map[string]int{"client": rawFd(cl.rc), "server": rawFd(c.rc)} {
+	for side, fd := range map[string]int{"client": rawFd(cl.rc), "server": rawFd(c.rc), "subscriber": rawFd(sub.sock)} {
 		if fd < 0 {
 			t.Fatalf("%s: no descriptor", side)
 		}
@@ -190,5 +197,40 @@ func TestQuietSockReadWaitsAndCloses(t *testing.T) {
 	}
 	if err := q.Close(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestQuietSockWriteStops: a write waiting for room in a full socket
+// gives up once its stop condition holds (a subscriber's receive whose
+// context ended while its sleep announcement waited for a server that
+// stopped reading).
+func TestQuietSockWriteStops(t *testing.T) {
+	q, _ := quietPair(t)
+	chunk := bytes.Repeat([]byte{'a'}, 4096)
+	for full := false; !full; {
+		var werr error
+		if err := q.Control(func(fd uintptr) { _, werr = unix.Write(int(fd), chunk) }); err != nil {
+			t.Fatal(err)
+		}
+		if full = werr == unix.EAGAIN; werr != nil && !full {
+			t.Fatal(werr)
+		}
+	}
+	var stop atomic.Bool
+	tries := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- q.write(func(fd uintptr) bool {
+			tries++
+			_, err := unix.Write(int(fd), []byte{'b'})
+			return err != unix.EAGAIN
+		}, stop.Load, time.Millisecond)
+	}()
+	stop.Store(true)
+	if err := <-done; err != errWriteStopped {
+		t.Fatalf("write to a full socket after stop: %v, want errWriteStopped", err)
+	}
+	if tries == 0 {
+		t.Fatal("write gave up without trying")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -60,7 +61,7 @@ type SubscribeOptions struct {
 // call Subscribe again: a Subscription is one connection.
 type Subscription struct {
 	topic   uint32
-	uc      *net.UnixConn
+	sock    *quietSock // the socket once subscribed, polled for input only
 	mem     []byte // the topic ring, mapped read-only
 	r       *ring.BroadcastReader
 	maxBody int
@@ -83,6 +84,14 @@ type Subscription struct {
 	ringClosed bool
 	watched    chan struct{}
 	cw         ctxWatch
+	// The sleep announcement being written (announce), and how much of
+	// it has gone out: owned by the receive that holds the receive lock.
+	// annWrite and annStop are built once, so that announcing allocates
+	// nothing.
+	ann      [topicSleepSize]byte
+	annOff   int
+	annWrite func(fd uintptr) bool
+	annStop  func() bool
 
 	closeOnce sync.Once
 	overruns  atomic.Uint64
@@ -175,7 +184,6 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 	}
 	sub := &Subscription{
 		topic:    topic,
-		uc:       uc,
 		mem:      mem,
 		maxBody:  int(r.maxDisp),
 		cred:     cred,
@@ -197,6 +205,18 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 		return nil, fmt.Errorf("%w: topic ring: %w", ErrProtocol, err)
 	}
 	uc.SetDeadline(time.Time{}) //nolint:errcheck
+	// From here on the socket is polled for input only (quietSock): the
+	// server's reads of our sleep announcements then wake nobody here.
+	sock, err := newQuietSock(uc)
+	if err == nil {
+		err = sock.quiet()
+	}
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, err
+	}
+	sub.sock = sock
+	sub.annWrite, sub.annStop = sub.writeAnnouncement, sub.announceStopped
 	sub.life, sub.cancel = context.WithCancel(context.Background())
 	go sub.watch()
 	if opts.OnMessage != nil {
@@ -577,7 +597,7 @@ func (s *Subscription) stop() {
 	// rather than looking at the ring again until it is.
 	s.cancel()
 	s.ended.Store(true)
-	s.uc.Close()
+	s.sock.Close()
 	if s.sleeping.Load() {
 		s.interrupting.Add(1)
 		go func() {
@@ -610,22 +630,53 @@ func (s *Subscription) endErr(closed bool) error {
 // announce tells the server that the subscriber sleeps having seen tail
 // seen (the ring's Announce): a tokTopicSleep on the socket. It waits
 // only if the socket buffer is full (a server that does not read), then
-// until the subscription ends or the watched receive's context does
-// (ctxWatch: its watcher puts a past write deadline on the socket). It
-// fails once that context has ended, which ends the ring's wait.
+// until the subscription ends or, unless part of the announcement has
+// gone out, the watched receive's context does (ctxWatch sets fired; the
+// wait sees it within announceSlice). It fails once that context has
+// ended, which ends the ring's wait.
 func (s *Subscription) announce(seen uint64) error {
 	if s.cw.fired.Load() {
 		return errWaitEnded
 	}
-	var b [topicSleepSize]byte
-	b[0] = tokTopicSleep
-	binary.LittleEndian.PutUint64(b[1:], seen)
-	_, err := s.uc.Write(b[:])
-	if err != nil && s.cw.fired.Load() {
+	s.ann[0] = tokTopicSleep
+	binary.LittleEndian.PutUint64(s.ann[1:], seen)
+	s.annOff = 0
+	err := s.sock.write(s.annWrite, s.annStop, announceSlice)
+	if err == errWriteStopped {
 		return errWaitEnded
 	}
 	return err
 }
+
+// announceSlice bounds a wait for room in the socket between two looks
+// at the receive's context (a full socket means a server that stopped
+// reading, so this costs nothing in any other case).
+const announceSlice = 5 * time.Millisecond
+
+// writeAnnouncement writes what is left of the announcement: true once
+// it is all out or the socket failed (the next write says how), false
+// when the socket is full.
+func (s *Subscription) writeAnnouncement(fd uintptr) bool {
+	for s.annOff < len(s.ann) {
+		n, err := unix.Write(int(fd), s.ann[s.annOff:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			s.annOff = len(s.ann) // broken: the watcher sees the end
+			return true
+		}
+		s.annOff += n
+	}
+	return true
+}
+
+// announceStopped: the watched receive's context has ended and no byte
+// of the announcement has gone out (a partial one must be finished, or
+// the server would read the next one out of step).
+func (s *Subscription) announceStopped() bool { return s.annOff == 0 && s.cw.fired.Load() }
 
 // errWaitEnded: the context of the receive that waits has ended (the
 // receive returns that context's error).
@@ -663,15 +714,15 @@ func (s *Subscription) waitWatched(ctx context.Context) error {
 	err := s.waitLife()
 	s.cw.back <- struct{}{}
 	if s.cw.fired.Swap(false) {
-		s.uc.SetWriteDeadline(time.Time{}) //nolint:errcheck // a closed socket: the end is seen
 		return errWaitEnded
 	}
 	return err
 }
 
 // watchContexts is the goroutine of ctxWatch. When a watched context
-// ends, it makes the receive's announcement fail (a past write deadline
-// for one that blocks) and wakes it in the ring until it is back. It
+// ends, it makes the receive's announcement fail (fired, which one that
+// waits for room sees within announceSlice) and wakes it in the ring
+// until it is back. It
 // returns when the subscription ends with no receive watched.
 func (s *Subscription) watchContexts() {
 	defer s.interrupting.Done()
@@ -688,7 +739,6 @@ func (s *Subscription) watchContexts() {
 		case <-done:
 		}
 		s.cw.fired.Store(true)
-		s.uc.SetWriteDeadline(time.Unix(1, 0)) //nolint:errcheck
 		// A wake-up just before the receive enters FUTEX_WAIT is lost:
 		// wake until it is back.
 		t := time.NewTicker(time.Millisecond)
@@ -710,7 +760,22 @@ func (s *Subscription) watch() {
 	defer close(s.watched)
 	var b [16]byte
 	for {
-		n, err := s.uc.Read(b[:])
+		var n int
+		var rerr error
+		err := s.sock.Read(func(fd uintptr) bool {
+			for {
+				n, rerr = unix.Read(int(fd), b[:])
+				if rerr != unix.EINTR {
+					return rerr != unix.EAGAIN
+				}
+			}
+		})
+		switch {
+		case err == nil && rerr != nil:
+			err = rerr
+		case err == nil && n == 0:
+			err = io.EOF
+		}
 		if n > 0 {
 			s.end(fmt.Errorf("%w: topic %d: the server sent %d bytes after the reply", ErrProtocol, s.topic, n))
 			return
