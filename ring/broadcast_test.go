@@ -824,10 +824,64 @@ func TestBroadcastBatchThenOverrun(t *testing.T) {
 	}
 }
 
+// The slice credit of a busy machine's reader (BroadcastBusySlice), fed
+// what slices bring: a batch's worth adds one, less halves it, nothing
+// halves it only after drySlices such slices in a row.
+func TestBroadcastSliceCredit(t *testing.T) {
+	mem := bcMem(t, BroadcastGeometry{DataSize: 64 << 10})
+	w, err := NewBroadcastWriter(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewBroadcastReader(mem, &BroadcastReaderOptions{Announce: func(uint64) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	credit := func() int32 { return r.slices.credit.Load() }
+	drain := func() { // as the reader does after a slice
+		for {
+			if _, err := r.TryReadInto(nil); err == ErrEmpty {
+				return
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if credit() != creditMax {
+		t.Fatalf("a new reader's slice credit: %d, want %d", credit(), creditMax)
+	}
+	for i := range drySlices - 1 {
+		if r.sliceOutcome(); credit() != creditMax {
+			t.Fatalf("after %d empty slices: credit %d, want %d", i+1, credit(), creditMax)
+		}
+	}
+	if r.sliceOutcome(); credit() != creditMax/2 {
+		t.Fatalf("after %d empty slices: credit %d, want %d", drySlices, credit(), creditMax/2)
+	}
+	r.sliceOutcome() // one empty slice: the run starts again
+	w.Write(1, make([]byte, 64))
+	if r.sliceOutcome(); credit() != creditMax/4 {
+		t.Fatalf("after a slice that brought one record: credit %d, want %d", credit(), creditMax/4)
+	}
+	drain()
+	for range drySlices - 1 { // the record broke the run of empty slices
+		if r.sliceOutcome(); credit() != creditMax/4 {
+			t.Fatalf("empty slices after a record: credit %d, want %d", credit(), creditMax/4)
+		}
+	}
+	for range richBytes / 64 {
+		w.Write(1, make([]byte, 64))
+	}
+	if r.sliceOutcome(); credit() != creditMax/4+1 {
+		t.Fatalf("after a slice that brought a batch: credit %d, want %d", credit(), creditMax/4+1)
+	}
+}
+
 // On a busy machine a reader with the default wait options sleeps a
-// slice at a time and never announces itself; one that asked for
-// WaitSleep, or a machine that is not busy, announces. Records written
-// while it sleeps end the wait.
+// slice at a time, unannounced, while slices bring records; once they
+// come back empty it announces itself. One that asked for WaitSleep, or
+// a machine that is not busy, announces at once. Records written while
+// it sleeps end the wait.
 func TestBroadcastBusySlices(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -844,6 +898,7 @@ func TestBroadcastBusySlices(t *testing.T) {
 			broadcastBusy = func() bool { return tc.busy }
 			t.Cleanup(func() { broadcastBusy = old })
 			var announced atomic.Int32
+			announcing := make(chan struct{}, 1)
 			mem := bcMem(t, BroadcastGeometry{DataSize: 1024})
 			w, err := NewBroadcastWriter(mem)
 			if err != nil {
@@ -852,26 +907,33 @@ func TestBroadcastBusySlices(t *testing.T) {
 			opts := &BroadcastReaderOptions{Wait: tc.wait, Announce: func(seen uint64) error {
 				announced.Add(1)
 				w.Arm(seen)
+				select {
+				case announcing <- struct{}{}:
+				default:
+				}
 				return nil
 			}}
 			r, err := NewBroadcastReader(mem, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			// An empty ring: waiting (again, after a slice that brought
-			// nothing) runs to the context's end.
-			ctx, cancel := context.WithTimeout(context.Background(), 3*BroadcastBusySlice)
-			for err == nil {
-				err = r.Wait(ctx)
-			}
-			cancel()
-			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Fatalf("wait on an empty ring: %v", err)
-			}
-			if got := announced.Load() > 0; got != tc.announce {
-				t.Fatalf("announced %v, want %v", got, tc.announce)
-			}
-			if !tc.announce {
+			if tc.announce {
+				// An empty ring: waiting runs to the context's end.
+				ctx, cancel := context.WithTimeout(context.Background(), 3*BroadcastBusySlice)
+				for err == nil {
+					err = r.Wait(ctx)
+				}
+				cancel()
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("wait on an empty ring: %v", err)
+				}
+				if announced.Load() == 0 {
+					t.Fatal("never announced")
+				}
+			} else {
+				// As if slices had been bringing records: slices go on
+				// whatever this part's bring.
+				r.slices.credit.Store(1 << 20)
 				// Unannounced, nothing can end the wait but a record, a
 				// close or the context: it must give the caller back
 				// its turn after a slice, so that a caller who watches
@@ -889,12 +951,31 @@ func TestBroadcastBusySlices(t *testing.T) {
 				if err := r.Wait(cctx); !errors.Is(err, context.Canceled) {
 					t.Fatalf("wait with a cancelled context: %v", err)
 				}
+				if announced.Load() != 0 {
+					t.Fatalf("announced %d times while slices went on", announced.Load())
+				}
+				// Empty slices use the credit up (a full credit: three
+				// halvings, each after drySlices empty slices), and the
+				// next wait announces itself.
+				r.slices.credit.Store(creditMax)
+				r.dry = 0
+				for i := range 3 * drySlices {
+					if err := r.Wait(context.Background()); err != nil || r.ready() {
+						t.Fatalf("empty slice %d: %v, ready %v", i, err, r.ready())
+					}
+				}
+				if announced.Load() != 0 {
+					t.Fatalf("announced %d times after empty slices with credit left", announced.Load())
+				}
 			}
 			done := make(chan error, 1)
 			go func() {
 				_, err := r.ReadInto(context.Background(), nil)
 				done <- err
 			}()
+			if !tc.announce {
+				<-announcing // no credit left: the wait announced itself
+			}
 			w.Write(1, []byte("x"))
 			if err := <-done; err != nil {
 				t.Fatalf("read: %v", err)

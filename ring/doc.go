@@ -46,8 +46,8 @@
 // Readers sleep in FUTEX_WAIT and announce that out of band
 // (BroadcastReaderOptions.Announce, BroadcastWriter.Arm), since they
 // cannot set a wait word; on a machine with more runnable threads than
-// CPUs they sleep in short slices instead, unannounced
-// (BroadcastBusySlice). TryReadInto copies and confirms committed records
+// CPUs they sleep in short slices instead, unannounced, while slices
+// keep finding records (BroadcastBusySlice). TryReadInto copies and confirms committed records
 // a batch at a time and reads small ones from that copy.
 //
 // A side that waits polls while polling pays (WaitPolicy), then sleeps:
