@@ -257,7 +257,7 @@ func (c *Conn) destroy() {
 func (c *Conn) start() {
 	// The handshake (and its reply) used the net.UnixConn; from here on
 	// the socket is polled for input only (quietSock).
-	if err := c.sock.quiet(); err != nil {
+	if err := c.sock.quiet(!c.external); err != nil {
 		c.kill(fmt.Errorf("%w: %w", ErrDisconnected, err))
 		c.teardown()
 		return

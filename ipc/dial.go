@@ -493,7 +493,7 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 	}
 	// The handshake is over: from here on the socket is polled for input
 	// only (quietSock).
-	if err := sock.quiet(); err != nil {
+	if err := sock.quiet(true); err != nil {
 		cancel()
 		return nil, err
 	}

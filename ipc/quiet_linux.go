@@ -65,8 +65,13 @@ func newQuietSock(uc *net.UnixConn) (*quietSock, error) {
 // descriptor and closes the net.UnixConn, whose close deregisters it
 // (EPOLL_CTL_DEL) while the duplicate keeps the socket open. Call it
 // before any Read or Write waits: one waiting in the net.UnixConn would
-// see it closed.
-func (q *quietSock) quiet() error {
+// see it closed. With poll, it creates the input poller at once (a side
+// whose goroutine reads the socket), so that the connection's
+// descriptors are all there once it runs; without, the first Read that
+// waits does (an external loop polls the socket itself).
+func (q *quietSock) quiet(poll bool) error {
+	q.inMu.Lock() // before mu, as in input
+	defer q.inMu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -84,6 +89,14 @@ func (q *quietSock) quiet() error {
 	}
 	if derr != nil {
 		return os.NewSyscallError("dup", derr)
+	}
+	if poll {
+		in, err := newEpollWait(fd, unix.EPOLLIN|unix.EPOLLRDHUP)
+		if err != nil {
+			unix.Close(fd)
+			return err
+		}
+		q.in = in
 	}
 	q.uc.Close() //nolint:errcheck // the duplicate holds the socket
 	q.uc, q.ucRC, q.fd = nil, nil, fd

@@ -113,7 +113,7 @@ func quietPair(t *testing.T) (*quietSock, *os.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.quiet(); err != nil {
+	if err := q.quiet(true); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
