@@ -62,7 +62,7 @@ type SubscribeOptions struct {
 type Subscription struct {
 	topic   uint32
 	sock    *quietSock // the socket once subscribed, polled for input only
-	mem     []byte // the topic ring, mapped read-only
+	mem     []byte     // the topic ring, mapped read-only
 	r       *ring.BroadcastReader
 	maxBody int
 	cred    Cred
