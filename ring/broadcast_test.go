@@ -515,10 +515,14 @@ func TestBroadcastAttachChecks(t *testing.T) {
 func TestBroadcastCorrupt(t *testing.T) {
 	le := binary.LittleEndian
 	cases := map[string]func(mem []byte){
-		"checksum":       func(mem []byte) { mem[bcDataOff+12] ^= 1 },
-		"length":         func(mem []byte) { le.PutUint32(mem[bcDataOff:], 5000) },
-		"padding":        func(mem []byte) { le.PutUint32(mem[bcDataOff:], 16|bcPadFlag) },
-		"tail unaligned": func(mem []byte) { le.PutUint64(mem[bcOffTail:], 40) },
+		"checksum": func(mem []byte) { mem[bcDataOff+12] ^= 1 },
+		// Past a record that passes, in the same batch (checkSums
+		// stops there, and peek must check it).
+		"checksum, second record": func(mem []byte) { mem[bcDataOff+32+12] ^= 1 },
+		"type, second record":     func(mem []byte) { mem[bcDataOff+32+4] ^= 1 },
+		"length":                  func(mem []byte) { le.PutUint32(mem[bcDataOff:], 5000) },
+		"padding":                 func(mem []byte) { le.PutUint32(mem[bcDataOff:], 16|bcPadFlag) },
+		"tail unaligned":          func(mem []byte) { le.PutUint64(mem[bcOffTail:], 40) },
 		"sequence": func(mem []byte) {
 			// A valid record numbered out of turn at the second slot.
 			le.PutUint32(mem[bcDataOff+32+8:], 7)
