@@ -5,8 +5,6 @@ package ipc
 import (
 	"context"
 	"os"
-
-	"golang.org/x/sys/unix"
 )
 
 // What the tests need of the package's internals and nothing in it uses.
@@ -46,20 +44,10 @@ func (q *quietSock) writeAll(b []byte) (int, error) {
 	off := 0
 	var werr error
 	err := q.Write(func(fd uintptr) bool {
-		for off < len(b) {
-			n, err := unix.Write(int(fd), b[off:])
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false
-			case err != nil:
-				werr = err
-				return true
-			}
-			off += n
-		}
-		return true
+		n, full, err := writeNonblock(fd, b[off:])
+		off += n
+		werr = err
+		return !full
 	})
 	if err == nil {
 		err = werr

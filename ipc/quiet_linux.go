@@ -45,8 +45,9 @@ type quietSock struct {
 	fd     int // after quiet: the socket; -1 once closed
 	closed bool
 
-	// in is the input poller, created by the first Read that waits;
-	// inMu guards its creation and Close's closing of it.
+	// in is the input poller, created by quiet(true) or else by the
+	// first Read that waits; inMu guards its creation and Close's
+	// closing of it.
 	inMu sync.Mutex
 	in   *epollWait
 }

@@ -99,17 +99,10 @@ func TestQuietSocketNotPolledForOutput(t *testing.T) {
 // quietPair returns a quiet socket and its peer's plain end.
 func quietPair(t *testing.T) (*quietSock, *os.File) {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fds[0]), "quiet")
-	nc, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := newQuietSock(nc.(*net.UnixConn))
+	nc, peerFd := fuzzSocketPair(t)
+	peer := os.NewFile(uintptr(peerFd), "peer")
+	t.Cleanup(func() { peer.Close() })
+	q, err := newQuietSock(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,8 +110,6 @@ func quietPair(t *testing.T) (*quietSock, *os.File) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	peer := os.NewFile(uintptr(fds[1]), "peer")
-	t.Cleanup(func() { peer.Close() })
 	return q, peer
 }
 

@@ -239,6 +239,24 @@ func ListenerFd(l *net.UnixListener) (int, error) {
 	return rawFd(rc), nil
 }
 
+// writeNonblock writes b to a non-blocking socket until all of it is out,
+// the socket is full (full) or the write fails: n is what went out.
+func writeNonblock(fd uintptr, b []byte) (n int, full bool, err error) {
+	for n < len(b) {
+		k, werr := unix.Write(int(fd), b[n:])
+		switch {
+		case werr == unix.EINTR:
+			continue
+		case werr == unix.EAGAIN:
+			return n, true, nil
+		case werr != nil:
+			return n, false, werr
+		}
+		n += k
+	}
+	return n, false, nil
+}
+
 // writeNow writes b with one non-blocking write: it never waits for
 // buffer space (used for reject replies on the accepting goroutine).
 func writeNow(c *net.UnixConn, b []byte) error {

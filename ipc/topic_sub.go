@@ -657,20 +657,12 @@ const announceSlice = 5 * time.Millisecond
 // it is all out or the socket failed (the next write says how), false
 // when the socket is full.
 func (s *Subscription) writeAnnouncement(fd uintptr) bool {
-	for s.annOff < len(s.ann) {
-		n, err := unix.Write(int(fd), s.ann[s.annOff:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return false
-		case err != nil:
-			s.annOff = len(s.ann) // broken: the watcher sees the end
-			return true
-		}
-		s.annOff += n
+	n, full, err := writeNonblock(fd, s.ann[s.annOff:])
+	s.annOff += n
+	if err != nil {
+		s.annOff = len(s.ann) // broken: the watcher sees the end
 	}
-	return true
+	return !full
 }
 
 // announceStopped: the watched receive's context has ended and no byte
