@@ -18,8 +18,11 @@
 // announces that it sleeps and parks on the socket; the other side sends
 // a token only to a side that announced it. A busy stream therefore
 // makes no system calls, and an idle connection is a few goroutines
-// parked in Go's netpoller: no OS thread, no CPU. End of file on the socket means the peer closed, exited or was
-// killed: every blocked operation of the connection ends at once with
+// parked in Go's netpoller: no OS thread, no CPU. The netpoller watches
+// the socket through an epoll instance of the connection's own that asks
+// for input only, so that the peer reading a token does not wake this
+// side (docs/design.md 2.6.4). End of file on the socket means the peer
+// closed, exited or was killed: every blocked operation of the connection ends at once with
 // ErrDisconnected, the server runs OnDisconnect, unmaps the segment and
 // closes the descriptors. A server that ends a connection says why in
 // shared memory first, so the client's error tells a graceful
