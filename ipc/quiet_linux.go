@@ -42,7 +42,7 @@ type quietSock struct {
 	mu     sync.RWMutex
 	uc     *net.UnixConn // before quiet: the handshake's connection; nil after
 	ucRC   syscall.RawConn
-	fd     int // after quiet: the socket; -1 once closed
+	fd     int // our duplicate of the socket, the same before and after quiet; -1 once closed
 	closed bool
 
 	// in is the input poller, created by quiet(true) or else by the
@@ -54,22 +54,34 @@ type quietSock struct {
 
 var _ syscall.RawConn = (*quietSock)(nil)
 
+// newQuietSock wraps uc, still in the netpoller for the rest of the
+// handshake, and duplicates its descriptor: the one Control shows from
+// now on, so that a number taken before quiet (Conn.Fd in OnConnect)
+// stays the connection's.
 func newQuietSock(uc *net.UnixConn) (*quietSock, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &quietSock{uc: uc, ucRC: rc, fd: -1}, nil
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("dup", derr)
+	}
+	return &quietSock{uc: uc, ucRC: rc, fd: fd}, nil
 }
 
-// quiet takes the socket out of Go's netpoller: it duplicates the
-// descriptor and closes the net.UnixConn, whose close deregisters it
-// (EPOLL_CTL_DEL) while the duplicate keeps the socket open. Call it
-// before any Read or Write waits: one waiting in the net.UnixConn would
-// see it closed. With poll, it creates the input poller at once (a side
-// whose goroutine reads the socket), so that the connection's
-// descriptors are all there once it runs; without, the first Read that
-// waits does (an external loop polls the socket itself).
+// quiet takes the socket out of Go's netpoller: it closes the
+// net.UnixConn, whose close deregisters it (EPOLL_CTL_DEL) while our
+// duplicate keeps the socket open. Call it before any Read or Write
+// waits: one waiting in the net.UnixConn would see it closed. With poll,
+// it creates the input poller at once (a side whose goroutine reads the
+// socket), so that the connection's descriptors are all there once it
+// runs; without, the first Read that waits does (an external loop polls
+// the socket itself).
 func (q *quietSock) quiet(poll bool) error {
 	q.inMu.Lock() // before mu, as in input
 	defer q.inMu.Unlock()
@@ -81,26 +93,15 @@ func (q *quietSock) quiet(poll bool) error {
 	if q.uc == nil {
 		return nil
 	}
-	var fd int
-	var derr error
-	if err := q.ucRC.Control(func(s uintptr) {
-		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return err
-	}
-	if derr != nil {
-		return os.NewSyscallError("dup", derr)
-	}
 	if poll {
-		in, err := newEpollWait(fd, unix.EPOLLIN|unix.EPOLLRDHUP)
+		in, err := newEpollWait(q.fd, unix.EPOLLIN|unix.EPOLLRDHUP)
 		if err != nil {
-			unix.Close(fd)
 			return err
 		}
 		q.in = in
 	}
 	q.uc.Close() //nolint:errcheck // the duplicate holds the socket
-	q.uc, q.ucRC, q.fd = nil, nil, fd
+	q.uc, q.ucRC = nil, nil
 	return nil
 }
 
@@ -108,11 +109,8 @@ func (q *quietSock) quiet(poll bool) error {
 func (q *quietSock) Control(f func(fd uintptr)) error {
 	q.mu.RLock()
 	defer q.mu.RUnlock()
-	switch {
-	case q.closed:
+	if q.closed {
 		return net.ErrClosed
-	case q.uc != nil:
-		return q.ucRC.Control(f)
 	}
 	f(uintptr(q.fd))
 	return nil
@@ -242,8 +240,9 @@ func (q *quietSock) Close() error {
 	uc, fd := q.uc, q.fd
 	q.uc, q.ucRC, q.fd = nil, nil, -1
 	q.mu.Unlock()
+	var uerr error
 	if uc != nil {
-		return uc.Close()
+		uerr = uc.Close()
 	}
 	q.inMu.Lock()
 	in := q.in
@@ -252,7 +251,7 @@ func (q *quietSock) Close() error {
 	if in != nil {
 		in.close()
 	}
-	return os.NewSyscallError("close", ignoreEINTR(unix.Close(fd)))
+	return errors.Join(uerr, os.NewSyscallError("close", ignoreEINTR(unix.Close(fd))))
 }
 
 func ignoreEINTR(err error) error {

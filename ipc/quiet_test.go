@@ -225,3 +225,22 @@ func TestQuietSockWriteStops(t *testing.T) {
 		t.Fatal("write gave up without trying")
 	}
 }
+
+// TestConnFdStable: the descriptor Conn.Fd gives in OnConnect, before
+// the socket goes quiet, is the one the connection keeps.
+func TestConnFdStable(t *testing.T) {
+	svc := echoService()
+	early := make(chan int, 1)
+	svc.OnConnect = func(c *Conn) error {
+		early <- c.Fd()
+		return nil
+	}
+	srv, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	if _, err := cl.Call(testCtx(t), msgEcho, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if fd, later := <-early, firstConn(t, srv).Fd(); fd < 0 || fd != later {
+		t.Fatalf("Fd in OnConnect %d, once serving %d", fd, later)
+	}
+}
