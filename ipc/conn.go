@@ -147,11 +147,16 @@ func ringBytes(dataSize uint64) uint64 {
 
 // newConn creates the connection's segment and rings. On error nothing is
 // left behind.
-func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint64, features uint32) (*Conn, error) {
+func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint64, features uint32) (_ *Conn, err error) {
 	sock, err := newQuietSock(uc)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			sock.release()
+		}
+	}()
 	offs, total := layout(sizes, ringBytes)
 	seg, err := shmseg.CreateMemfd("ringipc-conn", segmentGeometry(sizes, offs), int(total))
 	if err != nil {
@@ -251,6 +256,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 func (c *Conn) destroy() {
 	c.cancel()
 	c.seg.Close()
+	c.sock.release()
 }
 
 // start runs an established connection: goroutines, or the event loop.

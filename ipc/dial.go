@@ -391,7 +391,7 @@ func closeFds(fds []int) {
 
 // attachClient checks the reply against the segment it came with and
 // attaches the rings. Every number comes from the peer: check it all.
-func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, opts *ClientOptions) (*Client, error) {
+func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, opts *ClientOptions) (_ *Client, err error) {
 	mem := seg.Payload()
 	g := seg.Geometry()
 	if g != segmentGeometry(r.sizes, r.offs) {
@@ -415,6 +415,11 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			sock.release()
+		}
+	}()
 	rc := syscall.RawConn(sock)
 	ctx, cancel := context.WithCancel(context.Background())
 	cl := &Client{

@@ -105,6 +105,21 @@ func (q *quietSock) quiet(poll bool) error {
 	return nil
 }
 
+// release closes the duplicate of a socket that never went quiet and
+// leaves the net.UnixConn to its owner: for a connection that failed
+// before it started, whose handshake code closes (or replies on) the
+// socket.
+func (q *quietSock) release() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed || q.uc == nil {
+		return
+	}
+	q.closed = true
+	unix.Close(q.fd)
+	q.uc, q.ucRC, q.fd = nil, nil, -1
+}
+
 // Control runs f on the socket's descriptor.
 func (q *quietSock) Control(f func(fd uintptr)) error {
 	q.mu.RLock()

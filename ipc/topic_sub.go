@@ -209,7 +209,9 @@ func subscribeHandshake(ctx context.Context, uc *net.UnixConn, topic uint32, max
 	// server's reads of our sleep announcements then wake nobody here.
 	sock, err := newQuietSock(uc)
 	if err == nil {
-		err = sock.quiet(true)
+		if err = sock.quiet(true); err != nil {
+			sock.release()
+		}
 	}
 	if err != nil {
 		unix.Munmap(mem)
