@@ -90,6 +90,7 @@ type Subscription struct {
 	// nothing.
 	ann      [topicSleepSize]byte
 	annOff   int
+	annErr   error // why the socket refused it
 	annWrite func(fd uintptr) bool
 	annStop  func() bool
 
@@ -642,10 +643,13 @@ func (s *Subscription) announce(seen uint64) error {
 	}
 	s.ann[0] = tokTopicSleep
 	binary.LittleEndian.PutUint64(s.ann[1:], seen)
-	s.annOff = 0
+	s.annOff, s.annErr = 0, nil
 	err := s.sock.write(s.annWrite, s.annStop, announceSlice)
-	if err == errWriteStopped {
+	switch {
+	case err == errWriteStopped:
 		return errWaitEnded
+	case err == nil:
+		err = s.annErr
 	}
 	return err
 }
@@ -656,14 +660,12 @@ func (s *Subscription) announce(seen uint64) error {
 const announceSlice = 5 * time.Millisecond
 
 // writeAnnouncement writes what is left of the announcement: true once
-// it is all out or the socket failed (the next write says how), false
-// when the socket is full.
+// it is all out or the socket failed (annErr), false when the socket is
+// full.
 func (s *Subscription) writeAnnouncement(fd uintptr) bool {
 	n, full, err := writeNonblock(fd, s.ann[s.annOff:])
 	s.annOff += n
-	if err != nil {
-		s.annOff = len(s.ann) // broken: the watcher sees the end
-	}
+	s.annErr = err
 	return !full
 }
 
