@@ -27,6 +27,7 @@ import (
 //	    | tail u64     end of the last committed record  |  writer, per record
 //	    | wake u32     bumped to wake sleeping readers   |
 //	    | closed u32   set once by Close                 |
+//	    | armed u32    1: the next write wakes sleepers  |
 //	256 +----------------------------------------------+
 //	    | intent u64   the writer may be writing below   |  writer, per stride
 //	    | mark u64     start of a recent committed record|
@@ -42,6 +43,7 @@ const (
 	bcOffTail   = 128
 	bcOffWake   = 136
 	bcOffClosed = 140
+	bcOffArmed  = 144
 	bcOffIntent = 256
 	bcOffMark   = 264
 	bcDataOff   = 384

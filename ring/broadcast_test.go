@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -341,7 +342,7 @@ func TestBroadcastWakeups(t *testing.T) {
 		if k%8 == 0 {
 			// Now and then, wait until the reader has announced that it
 			// sleeps, so that the next write must wake it.
-			for w.armed.Load() == 0 && len(done) == 0 {
+			for !w.Armed() && len(done) == 0 {
 				runtime.Gosched()
 			}
 		}
@@ -369,9 +370,11 @@ func TestBroadcastWakeups(t *testing.T) {
 	if _, err := r3.ReadInto(ctx, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("reader with a deadline: %v", err)
 	}
-	// An announcement that fails ends the wait with its error.
+	// An announcement that fails ends the wait with its error (on a
+	// ring whose writer is not armed: an armed one needs none).
 	boom := errors.New("boom")
-	r4, _ := NewBroadcastReader(mem2, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(uint64) error { return boom }})
+	_, _, mem3 := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+	r4, _ := NewBroadcastReader(mem3, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(uint64) error { return boom }})
 	if _, err := r4.ReadInto(context.Background(), nil); err != boom {
 		t.Fatalf("failed announcement: %v", err)
 	}
@@ -985,5 +988,132 @@ func TestBroadcastBusySlices(t *testing.T) {
 				t.Fatalf("read: %v", err)
 			}
 		})
+	}
+}
+
+// The writer stays armed while its wake-ups find sleepers, and a reader
+// that finds it armed sleeps without announcing itself; a wake-up that
+// finds nobody disarms it and moves the wake word once more (for a reader
+// that saw it armed just before), and the next sleeper announces again.
+// The futex wake is replaced to choose how many sleepers it finds.
+func TestBroadcastStickyArm(t *testing.T) {
+	found, calls := 0, 0
+	old := bcFutexWake
+	bcFutexWake = func(*uint32, int) (int, error) { calls++; return found, nil }
+	t.Cleanup(func() { bcFutexWake = old })
+	w, _, mem := newBC(t, BroadcastGeometry{DataSize: 1024}, nil)
+	wake := func() uint32 { return atomic.LoadUint32(word32(mem, bcOffWake)) }
+	announced := 0
+	r, err := NewBroadcastReader(mem, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(seen uint64) error {
+		announced++
+		w.Arm(seen)
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleep := func() { // on an empty ring, until a short deadline
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		var err error
+		for err == nil { // Wait may return early: look again
+			err = r.Wait(ctx)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("wait on an empty ring: %v", err)
+		}
+	}
+	readOne := func() {
+		if _, err := r.TryReadInto(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	sleep()
+	if announced != 1 || !w.Armed() || calls != 0 {
+		t.Fatalf("first sleep: announced %d, armed %v, wakes %d", announced, w.Armed(), calls)
+	}
+	found = 1
+	w0 := wake()
+	w.Write(0, nil)
+	if !w.Armed() || calls != 1 || wake() != w0+1 {
+		t.Fatalf("a wake-up that found a sleeper: armed %v, wakes %d, wake word +%d", w.Armed(), calls, wake()-w0)
+	}
+	readOne()
+	sleep()
+	if announced != 1 {
+		t.Fatalf("slept again with the writer armed: %d announcements, want 1", announced)
+	}
+	found = 0
+	w0 = wake()
+	w.Write(0, nil)
+	if w.Armed() || calls != 3 || wake() != w0+2 {
+		t.Fatalf("a wake-up that found nobody: armed %v, wakes %d (want 3), wake word +%d (want 2)", w.Armed(), calls, wake()-w0)
+	}
+	w.Write(0, nil)
+	if calls != 3 {
+		t.Fatal("a write woke with the writer disarmed")
+	}
+	readOne()
+	readOne()
+	sleep()
+	if announced != 2 || !w.Armed() {
+		t.Fatalf("after the writer disarmed: %d announcements (want 2), armed %v", announced, w.Armed())
+	}
+}
+
+// Readers that find the writer armed sleep without announcing, and every
+// write still wakes all of them: records written one at a time, each only
+// once every reader has read the one before (so each write finds readers
+// asleep, about to sleep, or still reading), reach every reader. A lost
+// wake-up leaves a reader behind, and the test fails at its deadline.
+func TestBroadcastStickyArmNoLostWakeup(t *testing.T) {
+	const readers, records = 4, 300
+	w, _, mem := newBC(t, BroadcastGeometry{DataSize: 4096}, nil)
+	var got [readers]atomic.Uint64
+	errs := make(chan error, readers)
+	for i := range readers {
+		r, err := NewBroadcastReader(mem, &BroadcastReaderOptions{Wait: WaitSleep, Announce: func(seen uint64) error {
+			w.Arm(seen)
+			return nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			var dst []byte
+			for k := uint64(0); ; k++ {
+				rec, err := r.ReadInto(context.Background(), dst)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if v, ok := bcCheck(rec.Data); !ok || v != k {
+					errs <- fmt.Errorf("reader %d: record %d carries %d", i, k, v)
+					return
+				}
+				dst = rec.Data
+				got[i].Store(k + 1)
+			}
+		}()
+	}
+	deadline := time.Now().Add(time.Minute) // a hang guard, not a timing
+	buf := make([]byte, 8)
+	for k := uint64(0); k < records; k++ {
+		w.Write(0, bcFill(buf, k, 8))
+		for i := range readers {
+			for got[i].Load() <= k {
+				if time.Now().After(deadline) {
+					t.Fatalf("reader %d stuck at record %d of %d (writer armed %v)", i, got[i].Load(), k+1, w.Armed())
+				}
+				runtime.Gosched()
+			}
+		}
+	}
+	w.Close()
+	for range readers {
+		if err := <-errs; err != ErrClosed {
+			t.Fatal(err)
+		}
 	}
 }

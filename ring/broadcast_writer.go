@@ -34,18 +34,18 @@ type BroadcastWriter struct {
 	// wake: bumped, then FUTEX_WAKEd, to wake sleeping readers (only
 	// while armed) and on Close.
 	// closed: 1 once Close ran.
-	tail, intent, mark *uint64
-	wake, closed       *uint32
+	// armed: 1 once some reader announced that it sleeps (Arm), while
+	// the wake-ups that follow find sleepers (see wakeArmed). Arm stores
+	// it (Swap) then loads tail; Write publishes tail then loads it: a
+	// Dekker pair, so one of them sees the other and no wake-up is lost.
+	// Readers load it to skip announcing themselves while it is set.
+	tail, intent, mark  *uint64
+	wake, closed, armed *uint32
 
 	pos    uint64 // tail as the writer knows it
 	intPos uint64 // intent as stored
 	seq    uint32 // number of the next record, modulo 2^32
 
-	// armed is process-local: 1 once some reader announced that it
-	// sleeps (Arm), until the next publish wakes them all. Arm stores
-	// it then loads tail; Write publishes tail then loads it: a Dekker
-	// pair, so one of them sees the other and no wake-up is lost.
-	armed atomic.Uint32
 	wakes atomic.Uint64
 }
 
@@ -66,6 +66,7 @@ func NewBroadcastWriter(mem []byte) (*BroadcastWriter, error) {
 		mark:   word64(mem, bcOffMark),
 		wake:   word32(mem, bcOffWake),
 		closed: word32(mem, bcOffClosed),
+		armed:  word32(mem, bcOffArmed),
 	}
 	w.pos = atomic.LoadUint64(w.tail)
 	w.intPos = max(atomic.LoadUint64(w.intent), w.pos)
@@ -88,9 +89,10 @@ func (w *BroadcastWriter) MaxPayload() int { return int(w.m.maxP) }
 // Tail returns the end of the last committed record (a byte position).
 func (w *BroadcastWriter) Tail() uint64 { return atomic.LoadUint64(w.tail) }
 
-// Armed reports whether some reader has announced that it sleeps and
-// no write has woken it yet.
-func (w *BroadcastWriter) Armed() bool { return w.armed.Load() != 0 }
+// Armed reports whether the next write wakes sleeping readers: some
+// reader announced that it sleeps, and the wake-ups since found readers
+// asleep.
+func (w *BroadcastWriter) Armed() bool { return atomic.LoadUint32(w.armed) != 0 }
 
 // Wakes returns how many times a publish or Arm woke sleeping readers.
 func (w *BroadcastWriter) Wakes() uint64 { return w.wakes.Load() }
@@ -147,8 +149,8 @@ func (w *BroadcastWriter) Write(typ uint32, p []byte) error {
 	if moved {
 		atomic.StoreUint64(w.mark, pos)
 	}
-	if w.armed.Load() != 0 && w.armed.Swap(0) != 0 {
-		w.wakeAll()
+	if atomic.LoadUint32(w.armed) != 0 {
+		w.wakeArmed()
 	}
 	return nil
 }
@@ -160,26 +162,49 @@ func (w *BroadcastWriter) Write(typ uint32, p []byte) error {
 // is closed, Arm wakes them at once. Safe to call concurrently with
 // Write.
 func (w *BroadcastWriter) Arm(seen uint64) {
-	w.armed.Swap(1) // a full barrier in every build (see publishWord)
+	atomic.SwapUint32(w.armed, 1) // a full barrier in every build (see publishWord)
 	if atomic.LoadUint64(w.tail) != seen || atomic.LoadUint32(w.closed) != 0 {
-		if w.armed.Swap(0) != 0 {
-			w.wakeAll()
-		}
+		w.wakeArmed()
+	}
+}
+
+// wakeArmed wakes the readers that sleep after an announcement. armed
+// stays set while wake-ups find sleepers: a reader back from one finds
+// it set and sleeps again without announcing itself (BroadcastReader.Wait),
+// so a sparse stream costs one FUTEX_WAKE per record and no announcement
+// round trip. A wake-up that finds nobody asleep (the readers are
+// reading) clears armed, then moves the wake word and wakes once more:
+// a reader that saw armed set before the clear loaded the wake word
+// before that, so it does not sleep on it, or is woken (docs/design.md
+// §2.9.5 has the argument).
+func (w *BroadcastWriter) wakeArmed() {
+	w.wakes.Add(1)
+	if w.wakeAll() > 0 {
+		return
+	}
+	if atomic.SwapUint32(w.armed, 0) != 0 {
+		w.wakeAll()
 	}
 }
 
 // wakeAll moves the wake word, so that a reader about to FUTEX_WAIT on
-// its old value does not sleep, and wakes those already asleep.
-func (w *BroadcastWriter) wakeAll() {
-	w.wakes.Add(1)
+// its old value does not sleep, and wakes those already asleep: how many
+// it woke (always 0 where futexes are emulated).
+func (w *BroadcastWriter) wakeAll() int {
 	atomic.AddUint32(w.wake, 1)
-	futex.Wake(w.wake, 0) //nolint:errcheck // the address is valid and aligned by construction
+	n, _ := bcFutexWake(w.wake, 0) // the address is valid and aligned by construction
+	return n
 }
+
+// bcFutexWake is futex.Wake; a test replaces it to choose how many
+// sleepers a wake-up finds.
+var bcFutexWake = futex.Wake
 
 // Close ends the stream: readers read what was written, then ErrClosed.
 // Safe to call more than once and from any goroutine.
 func (w *BroadcastWriter) Close() error {
 	if atomic.SwapUint32(w.closed, 1) == 0 {
+		w.wakes.Add(1)
 		w.wakeAll()
 	}
 	return nil
