@@ -718,8 +718,8 @@ func (s *Subscription) waitWatched(ctx context.Context) error {
 // watchContexts is the goroutine of ctxWatch. When a watched context
 // ends, it makes the receive's announcement fail (fired, which one that
 // waits for room sees within announceSlice) and wakes it in the ring
-// until it is back. It
-// returns when the subscription ends with no receive watched.
+// until it is back. It returns when the subscription ends with no
+// receive watched.
 func (s *Subscription) watchContexts() {
 	defer s.interrupting.Done()
 	for {

@@ -93,8 +93,9 @@ type BroadcastReaderOptions struct {
 	// BroadcastWriter.Arm(seen). The reader then sleeps in FUTEX_WAIT
 	// until woken. Wait does not call it while the writer is armed
 	// already (an earlier announcement whose wake-ups still find
-	// sleepers): the writer's next write wakes every sleeper. With Announce nil (nobody to tell), it sleeps in
-	// slices of BroadcastPollSlice and looks again.
+	// sleepers): the writer's next write wakes every sleeper. With
+	// Announce nil (nobody to tell), it sleeps in slices of
+	// BroadcastPollSlice and looks again.
 	Announce func(seen uint64) error
 }
 
@@ -113,12 +114,13 @@ const BroadcastPollSlice = time.Millisecond
 // writer filling a 1 MiB ring at full speed does not lap it.
 // docs/design.md §2.9.5 has the measurements that chose it.
 //
-// Slices pay only while records come faster than they do. A slice that
-// brings nothing halves the reader's slice credit (two or three in a
-// row use it up), one that brings records adds one (up to 4); without
+// Slices pay only while records come faster than they do. A reader
+// keeps a slice credit (the adaptive polling policy's rule, WaitAdaptive,
+// applied to slices; sliceOutcome has the details): a wake-up that finds
+// a batch's worth of records adds one, up to 4, one that finds less
+// halves it, and empty slices halve it only after 16 in a row. Without
 // credit the reader announces itself and is woken per record, and one
-// such wait in 16 tries a slice again (the adaptive polling policy's
-// rule, WaitAdaptive, applied to slices). A sparse stream polled by
+// such wait in 16 tries a slice again. A sparse stream polled by
 // slices cost each subscriber several wake-ups per message for nothing,
 // and kept the machine looking busy, so the slices went on (ringbench
 // broadcast at 1,000 messages/s to 8 subscribers: 0.72-0.77 ms of CPU
@@ -412,9 +414,12 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 	// for others): it looks again, and may have more to look at (a
 	// subscription whose connection ended, which an armed writer's
 	// reader would otherwise never hear of, as it announces nothing).
-	if r.busySlices && r.ready() {
-		// Woken to a batch's worth: the stream is dense again.
-		r.slices.spun(atomic.LoadUint64(r.tail)-r.pos >= richBytes)
+	if r.busySlices {
+		// Woken to a batch's worth: the stream is dense again. (One
+		// load of the tail, a hint only: peek validates it.)
+		if avail := atomic.LoadUint64(r.tail) - r.pos; avail != 0 {
+			r.slices.spun(avail >= richBytes)
+		}
 	}
 	return nil
 }

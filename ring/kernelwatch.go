@@ -16,8 +16,9 @@ import (
 // 64-byte call at 10,000/s take 12-19 µs (p50) where the same round trip
 // on bare futexes takes 4 µs; without the timeout it took 4.4-4.8 µs.
 // So a kernel sleeper on a machine with a CPU to spare (machineBusy
-// false) waits without a timeout and is registered here instead, with the time its kernel sleep ends (until). One goroutine per
-// process sleeps until the earliest such time and then wakes (as a peer
+// false) waits without a timeout and is registered here instead, with
+// the time its kernel sleep ends (until). One goroutine per process
+// sleeps until the earliest such time and then wakes (as a peer
 // would: swap the word to WordIdle, FUTEX_WAKE) the sleepers whose time
 // has come, which give up the kernel for the Waker. A context deadline
 // due before until is timed by the kernel, precisely; a cancellation is
