@@ -208,6 +208,17 @@ func TestLargeHostileClient(t *testing.T) {
 
 // fakeLargeServer is a fake server that granted FeatureLarge with a
 // MaxMessage of 64 MiB, and writeLarge its large response descriptor.
+// sendSegment sends body token tok with a new segment of size bytes and
+// the given seals, as a server announcing its next body segment does.
+func (f *fakeServer) sendSegment(t *testing.T, tok byte, size int64, seals int) {
+	t.Helper()
+	fd := rawBodySegment(t, size, seals)
+	defer unix.Close(fd)
+	if _, _, err := f.conn.WriteMsgUnix([]byte{tok}, unix.UnixRights(fd), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func fakeLargeServer(t *testing.T) *fakeServer {
 	t.Helper()
 	f := newFakeServer(t, [3]uint64{4096, 4096, 4096}, func(r *reply) { r.features = FeatureLarge })
@@ -262,11 +273,7 @@ func TestHostileServerLarge(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fd := rawBodySegment(t, 1<<40, sealsOK)
-		if _, _, err := f.conn.WriteMsgUnix([]byte{tokRespBody}, unix.UnixRights(fd), nil); err != nil {
-			t.Fatal(err)
-		}
-		unix.Close(fd)
+		f.sendSegment(t, tokRespBody, 1<<40, sealsOK)
 		if err := f.writeLargeResponse(0, 1<<40, 1); err != nil {
 			t.Fatal(err)
 		}
@@ -306,11 +313,7 @@ func TestHostileServerLarge(t *testing.T) {
 		if r := <-res; r.err != nil || len(r.b) != 3<<20 {
 			t.Fatalf("a 3 MiB response after it: %d bytes, %v", len(r.b), r.err)
 		}
-		bad := rawBodySegment(t, 1<<20, 0)
-		defer unix.Close(bad)
-		if _, _, err := f.conn.WriteMsgUnix([]byte{tokRespBody}, unix.UnixRights(bad), nil); err != nil {
-			t.Fatal(err)
-		}
+		f.sendSegment(t, tokRespBody, 1<<20, 0) // unsealed
 		if err := f.writeLargeResponse(2, 100, 2); err != nil {
 			t.Fatal(err)
 		}
@@ -335,11 +338,7 @@ func TestDispatchTooLargeCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fd := rawBodySegment(t, 8<<20, sealsOK)
-	if _, _, err := f.conn.WriteMsgUnix([]byte{tokDispBody}, unix.UnixRights(fd), nil); err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(fd)
+	f.sendSegment(t, tokDispBody, 8<<20, sealsOK)
 	desc := make([]byte, largeDescSize)
 	binary.LittleEndian.PutUint64(desc, 5<<20)
 	binary.LittleEndian.PutUint32(desc[8:], 1)

@@ -43,18 +43,11 @@ func rawFd(rc syscall.RawConn) int {
 // went out, unix.EAGAIN if the socket buffer is full, or another error if
 // the socket is broken.
 func writeToken(fd uintptr, b []byte) error {
-	for {
-		n, err := unix.Write(int(fd), b)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return err
-		case n != 1:
-			return unix.EAGAIN
-		}
-		return nil
+	_, full, err := writeNonblock(fd, b)
+	if full {
+		return unix.EAGAIN
 	}
+	return err
 }
 
 // acceptNow accepts one pending connection without waiting; it returns

@@ -168,21 +168,11 @@ func (w *sockWaker) flushPending() {
 		off := 0
 		var werr error
 		err := w.rc.Write(func(fd uintptr) bool {
-			for off < n {
-				k, err := unix.Write(int(fd), buf[off:n])
-				switch {
-				case err == unix.EINTR:
-					continue
-				case err == unix.EAGAIN:
-					return false // wait until writable
-				case err != nil:
-					werr = err
-					return true
-				}
-				off += k
-				w.tokensOut.Add(uint64(k))
-			}
-			return true
+			k, full, err := writeNonblock(fd, buf[off:n])
+			off += k
+			w.tokensOut.Add(uint64(k))
+			werr = err
+			return !full // full: wait until writable
 		})
 		if err != nil || werr != nil {
 			// The socket is closed or broken: the connection is ending,
