@@ -65,3 +65,8 @@ func Wake(addr *uint32, n int) (int, error) {
 	}
 	return 0, nil
 }
+
+// WaitHandoff is Wait: a polling wait holds no P while it naps.
+func WaitHandoff(addr *uint32, val uint32, timeout time.Duration) error {
+	return Wait(addr, val, timeout)
+}

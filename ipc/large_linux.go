@@ -10,7 +10,6 @@ import (
 	"os"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -187,11 +186,11 @@ func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, err erro
 		msg.Control = &oob[0]
 		msg.SetControllen(len(oob))
 	}
-	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
-	if e != 0 {
-		return 0, 0, 0, e
+	r, err := rawRecvmsg(fd, &msg, flags)
+	if err != nil {
+		return 0, 0, 0, err
 	}
-	return int(r), int(msg.Controllen), int(msg.Flags), nil
+	return r, int(msg.Controllen), int(msg.Flags), nil
 }
 
 // tokenReader reads tokens blocking in the netpoller, with their

@@ -317,7 +317,7 @@ func newEpollWait(sock int, events uint32) (*epollWait, error) {
 	}
 	w := &epollWait{f: f, rc: rc}
 	w.ready = func(fd uintptr) bool {
-		n, err := unix.EpollWait(int(fd), w.evs[:], 0)
+		n, err := rawEpollPoll(int(fd), w.evs[:])
 		// An error other than EINTR (none is expected) ends the wait
 		// too: the caller's try then says what the socket has.
 		return n > 0 || (err != nil && err != unix.EINTR)

@@ -236,7 +236,7 @@ func ListenerFd(l *net.UnixListener) (int, error) {
 // the socket is full (full) or the write fails: n is what went out.
 func writeNonblock(fd uintptr, b []byte) (n int, full bool, err error) {
 	for n < len(b) {
-		k, werr := unix.Write(int(fd), b[n:])
+		k, werr := rawWrite(int(fd), b[n:])
 		switch {
 		case werr == unix.EINTR:
 			continue

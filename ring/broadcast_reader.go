@@ -473,7 +473,7 @@ func (r *BroadcastReader) sleepSlice(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := futex.Wait(&r.sliceWord, 0, timeout); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+	if err := futex.WaitHandoff(&r.sliceWord, 0, timeout); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		return err
 	}
 	return ctx.Err()
@@ -526,7 +526,7 @@ func (r *BroadcastReader) sleep(ctx context.Context, v uint32, timeout time.Dura
 			}
 		}()
 	}
-	if err := futex.Wait(r.wake, v, timeout); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+	if err := futexSleep(r.wake, v, timeout, overloaded()); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		return err
 	}
 	return ctx.Err()

@@ -342,8 +342,14 @@ func TestBlockedCallsEnd(t *testing.T) {
 // (with no spin, every one), and a lost wake-up would hang the ping-pong
 // (the deadline turns a hang into a failure).
 func TestNoLostWakeups(t *testing.T) {
-	for _, pol := range waitPolicies {
-		t.Run(pol.name, func(t *testing.T) { testNoLostWakeups(t, &pol.opts) })
+	defer func(f func() bool) { overloaded = f }(overloaded)
+	for _, handoff := range []bool{false, true} {
+		// With handoff, every FUTEX_WAIT hands its P back (as on an
+		// overloaded machine), whatever the machine is doing now.
+		overloaded = func() bool { return handoff }
+		for _, pol := range waitPolicies {
+			t.Run(fmt.Sprintf("%s/handoff=%v", pol.name, handoff), func(t *testing.T) { testNoLostWakeups(t, &pol.opts) })
+		}
 	}
 }
 
