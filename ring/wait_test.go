@@ -193,6 +193,15 @@ type recWaker struct{ woke atomic.Int32 }
 func (w *recWaker) Sleep(context.Context, *uint32, time.Duration) error { return nil }
 func (w *recWaker) Wake(*uint32)                                        { w.woke.Add(1) }
 
+// setOverloaded makes the waits of the rest of the test see the machine
+// as overloaded or not, whatever it is doing: a test of the kernel sleep
+// must get one on a machine that CI loads with other tests.
+func setOverloaded(t *testing.T, v bool) {
+	old := overloaded
+	overloaded = func() bool { return v }
+	t.Cleanup(func() { overloaded = old })
+}
+
 // The waker acts on the value it swaps out of the word: nothing for
 // WordIdle, a FUTEX_WAKE (not the Waker) for WordFutex, the Waker for
 // WordWaker and for values the protocol does not know.
@@ -227,6 +236,7 @@ func TestWakeByWordValue(t *testing.T) {
 // peer's commit although the handles use a Waker (which would never
 // reach it), by Close, and by its context.
 func TestWaitKernel(t *testing.T) {
+	setOverloaded(t, false)
 	// A kernel sleeper needs a second CPU (takeKernelSleeper); with
 	// GOMAXPROCS 1 (go test -cpu 1) WaitKernel sleeps as Wait does.
 	if runtime.NumCPU() < 2 {
@@ -291,10 +301,59 @@ func TestWaitKernel(t *testing.T) {
 	}
 }
 
+// On an overloaded machine WaitKernel does not sleep in the kernel: the
+// word says the Waker's sleep (WordWaker), and the peer's commit wakes
+// it through the Waker.
+func TestWaitKernelOverloaded(t *testing.T) {
+	setOverloaded(t, true)
+	w := &chanWaker{ch: make(chan struct{}, 1)}
+	p, c, mem := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitSleep, Waker: w})
+	word := word32(mem, ConsumerWaitOffset)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Waiter().WaitKernel(context.Background(), func() bool {
+			_, err := c.TryPeek()
+			return err != ErrEmpty
+		})
+	}()
+	for atomic.LoadUint32(word) == WordIdle {
+		runtime.Gosched()
+	}
+	if v := atomic.LoadUint32(word); v != WordWaker {
+		t.Fatalf("an overloaded machine's sleeper announced %d, want WordWaker (%d)", v, WordWaker)
+	}
+	if err := p.TryWrite(0, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chanWaker is a Waker whose sleepers wait on one channel.
+type chanWaker struct{ ch chan struct{} }
+
+func (w *chanWaker) Sleep(ctx context.Context, _ *uint32, _ time.Duration) error {
+	select {
+	case <-w.ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (w *chanWaker) Wake(*uint32) {
+	select {
+	case w.ch <- struct{}{}:
+	default:
+	}
+}
+
 // A peer that scribbles a foreign value into a kernel sleeper's word
 // without waking it (a FUTEX_WAIT then returns at once) does not make it
 // spin: after a few tries the wait sleeps through the Waker.
 func TestWaitKernelScribbledWord(t *testing.T) {
+	setOverloaded(t, false)
 	w := &scribbleWaker{}
 	_, c, mem := newPair(t, Geometry{DataSize: 1024}, 0, &Options{Wait: WaitSleep, Waker: w})
 	w.word = word32(mem, ConsumerWaitOffset)
@@ -364,6 +423,7 @@ func TestMachineBusyAllocs(t *testing.T) {
 // its word without waking it, and it goes on through the Waker; once no
 // sleeper is left the watcher exits.
 func TestKernelSleepWatcher(t *testing.T) {
+	setOverloaded(t, false)
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU: no goroutine may sleep in FUTEX_WAIT")
 	}
@@ -429,6 +489,7 @@ func TestKernelSleepWatcher(t *testing.T) {
 // kernel, watched or not: the wait ends with it, though the watcher, or
 // a slice's timeout, would end the sleep only an hour later.
 func TestKernelSleepDeadline(t *testing.T) {
+	setOverloaded(t, false)
 	if runtime.NumCPU() < 2 {
 		t.Skip("one CPU: no goroutine may sleep in FUTEX_WAIT")
 	}
