@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -284,6 +285,10 @@ type epollWait struct {
 	rc    syscall.RawConn
 	evs   [1]unix.EpollEvent // wait's scratch, kept here so waiting allocates nothing
 	ready func(fd uintptr) bool
+	// fresh is set by wait before it polls: the first readiness check of
+	// a wait asks the instance (epoll_wait, zero timeout), the later
+	// ones, which follow a netpoller wake-up, take it at its word.
+	fresh atomic.Bool
 }
 
 // newEpollWait creates an instance watching sock for events
@@ -317,6 +322,15 @@ func newEpollWait(sock int, events uint32) (*epollWait, error) {
 	}
 	w := &epollWait{f: f, rc: rc}
 	w.ready = func(fd uintptr) bool {
+		// The netpoller forgets earlier readiness when a wait starts,
+		// so its first check must ask the instance: input that came
+		// before would make no new edge. After the netpoller woke us,
+		// the caller's own try (a recvmsg, a write) tells whether the
+		// wake-up was real and waits again if not: one system call
+		// fewer per wake token.
+		if !w.fresh.Swap(false) {
+			return true
+		}
 		n, err := rawEpollPoll(int(fd), w.evs[:])
 		// An error other than EINTR (none is expected) ends the wait
 		// too: the caller's try then says what the socket has.
@@ -328,7 +342,10 @@ func newEpollWait(sock int, events uint32) (*epollWait, error) {
 // wait returns once the socket has an event (it may have been consumed
 // since: callers try again and wait again), or with an error once close
 // was called.
-func (w *epollWait) wait() error { return w.rc.Read(w.ready) }
+func (w *epollWait) wait() error {
+	w.fresh.Store(true)
+	return w.rc.Read(w.ready)
+}
 
 // waitFor is wait for at most d: nil when d passes too.
 func (w *epollWait) waitFor(d time.Duration) error {

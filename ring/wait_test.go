@@ -511,3 +511,14 @@ func TestKernelSleepDeadline(t *testing.T) {
 		}
 	}
 }
+
+// runnableThreads reads the machine's count: at least this goroutine's
+// thread runs while it reads.
+func TestRunnableThreads(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("/proc/loadavg is Linux's")
+	}
+	if n := runnableThreads(); n < 1 {
+		t.Fatalf("runnableThreads = %d, want >= 1", n)
+	}
+}
