@@ -661,17 +661,21 @@ func (s *spinner) again() bool {
 }
 
 // futexSleep is a FUTEX_WAIT that keeps the goroutine's P (futex.Wait),
-// or on an overloaded machine (machineOverloaded) hands it back to the
-// scheduler for the sleep (futex.WaitHandoff). There, a sleep lasts as
-// long as the peer waits for a CPU, milliseconds, and a kept P has the
-// runtime's monitor thread look at it every 20 µs meanwhile: with 32 client processes calling one
-// server at 1,000/s each on 2 vCPUs (ringbench fanin), handing off took
-// the CPU per call from 220-260 to 120-124 µs and the calls served from
-// 7.0-8.2 k/s to 14.0-14.5 k/s (two interleaved runs). On an idle
-// machine a sleep is a peer's wake-up, tens of µs, where the hand-off's
-// own costs (futex/handoff_linux.go) tripled a paced call's p50.
-func futexSleep(word *uint32, val uint32, timeout time.Duration, overloaded bool) error {
-	if overloaded {
+// or with handoff (the callers pass machineOverloaded's answer) hands it
+// back to the scheduler for the sleep (futex.WaitHandoff). On an
+// overloaded machine a sleep lasts as long as the peer waits for a CPU,
+// milliseconds, and a kept P has the runtime's monitor thread look at it
+// every 20 µs meanwhile: with 32 client processes calling one server at
+// 1,000/s each on 2 vCPUs (ringbench fanin), kernel sleeps that handed
+// off took the CPU per call from 220-260 to 120-124 µs and the calls
+// served from 7.0-8.2 k/s to 14.0-14.5 k/s (two interleaved runs; those
+// waits now sleep in the netpoller there, see wait). On an idle machine
+// a sleep is a peer's wake-up, tens of µs, where the hand-off's own
+// costs (futex/handoff_linux.go) tripled a paced call's p50. The sleeps
+// that still hand off: a futex Waker's, an announced broadcast reader's,
+// and a kernel sleep's later slices once the machine got overloaded.
+func futexSleep(word *uint32, val uint32, timeout time.Duration, handoff bool) error {
+	if handoff {
 		return futex.WaitHandoff(word, val, timeout)
 	}
 	return futex.Wait(word, val, timeout)
