@@ -693,7 +693,7 @@ func (cl *Client) fill(w *waiter, status uint32, data, body []byte) {
 			if len(w.buf) < len(body) {
 				w.err = ErrShortBuffer
 			} else {
-				copy(w.buf, body)
+				copyBody(w.buf, body)
 			}
 		default:
 			w.out = append([]byte(nil), body...)

@@ -143,7 +143,7 @@ func (w *ResponseWriter) Respond(body []byte) error {
 	if err != nil {
 		return err
 	}
-	copy(b, body)
+	copyBody(b, body)
 	return w.Commit()
 }
 

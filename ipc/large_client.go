@@ -23,7 +23,7 @@ func (cl *Client) sendLarge(ctx context.Context, id uint16, req []byte, w *waite
 	if err != nil {
 		return err
 	}
-	copy(body, req)
+	copyBody(body, req)
 	err = cl.commitLarge(ctx, id, len(req), w, true)
 	<-cl.largeLock
 	return err

@@ -227,7 +227,7 @@ func (c *Conn) dispatchLarge(ctx context.Context, id uint16, body []byte, pol Po
 	if err != nil {
 		return fmt.Errorf("dispatch: %w", err)
 	}
-	copy(seg, body)
+	copyBody(seg, body)
 
 	c.qMu.Lock()
 	if err := c.awaitQueueTurn(ctx, pol); err != nil {
@@ -357,7 +357,7 @@ func (c *Conn) writeLarge(ctx context.Context, id uint16, body []byte, pol Polic
 	if err != nil {
 		return fmt.Errorf("dispatch: %w", err)
 	}
-	copy(seg, body)
+	copyBody(seg, body)
 	full, err := c.commitLargeDesc(ctx, id, n, pol)
 	if full {
 		return c.notKeepingUp(pol)
