@@ -56,7 +56,11 @@
 // (arming one costs two exits to the hypervisor in a virtual machine):
 // while any goroutine of the process sleeps so, one goroutine of the
 // package watches the sleepers and ends the sleeps that last their
-// length; it exits when none is left (docs/design.md 2.6.2).
+// length; it exits when none is left (docs/design.md 2.6.2). On an
+// overloaded machine (twice as many runnable threads as CPUs) those
+// waits sleep through the Waker alone, and the package's futex sleeps
+// hand their P back to the Go scheduler while they last
+// (futex.WaitHandoff, docs/design.md 2.6.5).
 //
 // # Caveats
 //
