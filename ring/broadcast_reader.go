@@ -62,8 +62,10 @@ type BroadcastReader struct {
 	// WaitAdaptive remembers whether polls did.
 	busySlices bool
 	slices     adaptive
-	dry        int    // empty slices in a row, up to drySlices
-	sliceWord  uint32 // what sleepSlice waits on: always 0, nobody wakes it
+	dry        int           // empty slices in a row, up to drySlices
+	slice      time.Duration // the next slice's length (nextSlice); 0: BroadcastBusySlice
+	sliceTook  time.Duration // how long the last slice lasted, wake-up included; 0: its length
+	sliceWord  uint32        // what sleepSlice waits on: always 0, nobody wakes it
 }
 
 // BroadcastReaderOptions tune a reader. The zero value sleeps at once
@@ -104,8 +106,10 @@ type BroadcastReaderOptions struct {
 const BroadcastPollSlice = time.Millisecond
 
 // BroadcastBusySlice is how long a reader with the default wait options
-// sleeps before it looks again when the machine is busy, rather than
-// announce itself and be woken. Waking a reader costs its announcement
+// sleeps, at first, before it looks again when the machine is busy,
+// rather than announce itself and be woken; slices that find plenty
+// grow, up to 1 ms, while the writer's rate leaves them well short of a
+// lap (nextSlice). Waking a reader costs its announcement
 // (a socket token in ipc), the writer's process reading it and a
 // FUTEX_WAKE, and the woken reader then finds a handful of records and
 // sleeps again: with more readers than CPUs, that churn took most of the
@@ -382,10 +386,13 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 		if r.ready() {
 			return nil
 		}
+		start := time.Now()
 		err := r.sleepSlice(ctx)
+		r.sliceTook = time.Since(start)
 		r.sliceOutcome()
 		return err
 	}
+	r.slice = 0 // no slice this time: the next run of slices starts short
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -435,7 +442,9 @@ func (r *BroadcastReader) Wait(ctx context.Context) error {
 // the slices did (ringbench broadcast, 32 subscribers: 0.5-0.75 M
 // messages/s each against 0.8-1.0 M).
 func (r *BroadcastReader) sliceOutcome() {
-	switch avail := atomic.LoadUint64(r.tail) - r.pos; {
+	avail := atomic.LoadUint64(r.tail) - r.pos
+	r.slice = nextSlice(r.slice, r.sliceTook, avail, uint64(len(r.data)))
+	switch {
 	case avail >= richBytes:
 		r.dry = 0
 		r.slices.spun(true)
@@ -449,6 +458,49 @@ func (r *BroadcastReader) sliceOutcome() {
 		}
 	}
 }
+
+// nextSlice is the length of the slice after one of length cur (0:
+// BroadcastBusySlice) that lasted took (0: cur), wake-up included, and
+// found avail bytes in a ring of lap bytes. Each wake-up costs the same
+// whatever it finds, so while a slice finds plenty (4 batches or more)
+// the next is twice as long, up to busySliceMax, as long as the writer,
+// at the rate this slice saw, would fill at most a quarter of the ring
+// in it; a slice that would take more than a quarter at that rate is
+// followed by one half as long, down to BroadcastBusySlice. The rate is
+// over the time the slice really took: with dozens of readers on few
+// CPUs a reader wakes late for want of a CPU, which says nothing about
+// the writer's speed, and shorter slices, more wake-ups, would make the
+// CPUs scarcer still. A slice that finds little keeps its length: there
+// the writer had no CPU (32 subscribers on 2 CPUs: 0.11-0.32 M msgs/s
+// each when such a slice halved the next, 0.44-0.52 M with 1 ms
+// slices). A reader whose slices stop paying (sliceOutcome) announces
+// itself again and starts over at BroadcastBusySlice. avail comes from
+// the writer's tail, which a hostile writer may make anything: the
+// slice stays within its bounds.
+func nextSlice(cur, took time.Duration, avail, lap uint64) time.Duration {
+	cur = max(cur, BroadcastBusySlice)
+	if took <= 0 {
+		took = cur
+	}
+	rate := float64(avail) / float64(took) // bytes per ns
+	quarter := float64(lap / 4)
+	switch {
+	case rate*float64(cur) > quarter:
+		return max(cur/2, BroadcastBusySlice)
+	case avail >= 4*richBytes && rate*float64(2*cur) <= quarter:
+		return min(2*cur, busySliceMax)
+	}
+	return cur
+}
+
+// busySliceMax is the longest busy-machine slice. On the AMD guest,
+// where a context switch costs tens of µs, fixed slices of 1 ms instead
+// of 200 µs took 8 saturated subscribers from 1.94-2.14 M to 2.86-3.00 M
+// msgs/s each and 32 from 0.10-0.14 M to 0.54-0.60 M in the machine's
+// slower phase, but in its quicker one, with the writer at 15 M msgs/s,
+// it lapped them (8: 1.98 M each against 2.85 M), as it did on the Intel
+// guest (§2.9.5): hence slices that grow only while the rate allows.
+const busySliceMax = time.Millisecond
 
 // richBytes is what a wake-up must find for slices to pay: a batch
 // (snapSize), some 50 records of 64 bytes. drySlices is how many empty
@@ -473,7 +525,7 @@ const (
 // the slowest of 8 subscribers at 0.98-1.21 M msgs/s against 1.44-1.72 M
 // (AMD guest, 4 runs each).
 func (r *BroadcastReader) sleepSlice(ctx context.Context) error {
-	timeout, err := untilDeadline(ctx, BroadcastBusySlice)
+	timeout, err := untilDeadline(ctx, max(r.slice, BroadcastBusySlice))
 	if err != nil {
 		return err
 	}

@@ -1117,3 +1117,49 @@ func TestBroadcastStickyArmNoLostWakeup(t *testing.T) {
 		}
 	}
 }
+
+// A busy-machine slice doubles after a wake-up that found 4 batches or
+// more, up to busySliceMax, unless the next slice would take more than
+// a quarter of the ring at the rate this one saw; it halves when this
+// one did, down to BroadcastBusySlice; a wait that does not slice
+// starts the next run short.
+func TestBroadcastSliceLength(t *testing.T) {
+	const lap = 1 << 20
+	s := BroadcastBusySlice
+	for _, tc := range []struct {
+		cur, took time.Duration
+		avail     uint64
+		want      time.Duration
+	}{
+		{0, 0, 4 * richBytes, 2 * s},                               // plenty: longer
+		{s, s, 4*richBytes - 1, s},                                 // less: the same
+		{4 * s, 4 * s, 0, 4 * s},                                   // nothing: the same
+		{s, s, lap / 8, 2 * s},                                     // the next would take a quarter: still longer
+		{s, s, lap/8 + 1, s},                                       // more than a quarter: the same
+		{2 * s, 2 * s, lap/4 + 1, s},                               // this one took more than a quarter: shorter
+		{2 * s, 8 * s, lap/4 + 1, 4 * s},                           // it did, but over four times as long (a late wake-up)
+		{busySliceMax, busySliceMax, 64 * richBytes, busySliceMax}, // capped
+		{2 * s, 2 * s, 1 << 63, s},                                 // a hostile tail: shorter, still bounded
+		{s, s, 1 << 63, s},
+	} {
+		if got := nextSlice(tc.cur, tc.took, tc.avail, lap); got != tc.want {
+			t.Errorf("nextSlice(%v, %v, %d) = %v, want %v", tc.cur, tc.took, tc.avail, got, tc.want)
+		}
+	}
+	// The reader applies it to what each slice found.
+	mem := bcMem(t, BroadcastGeometry{DataSize: lap})
+	w, err := NewBroadcastWriter(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewBroadcastReader(mem, &BroadcastReaderOptions{Announce: func(uint64) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; n < 4*richBytes; n += 64 + 16 {
+		w.Write(1, make([]byte, 64))
+	}
+	if r.sliceOutcome(); r.slice != 2*s {
+		t.Fatalf("after a slice that found %d bytes: next slice %v, want %v", atomic.LoadUint64(r.tail)-r.pos, r.slice, 2*s)
+	}
+}
