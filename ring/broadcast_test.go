@@ -831,11 +831,12 @@ func TestBroadcastBatchThenOverrun(t *testing.T) {
 	}
 }
 
-// The slice credit of a busy machine's reader (BroadcastBusySlice), fed
-// what slices bring: a batch's worth adds one, less halves it, nothing
-// halves it only after drySlices such slices in a row.
-func TestBroadcastSliceCredit(t *testing.T) {
-	mem := bcMem(t, BroadcastGeometry{DataSize: 64 << 10})
+// slicingPair is a writer and a reader over a ring of size bytes whose
+// reader, having an Announce, sleeps in busy-machine slices (the tests
+// call sliceOutcome themselves, as Wait does after a slice).
+func slicingPair(t *testing.T, size int) (*BroadcastWriter, *BroadcastReader) {
+	t.Helper()
+	mem := bcMem(t, BroadcastGeometry{DataSize: size})
 	w, err := NewBroadcastWriter(mem)
 	if err != nil {
 		t.Fatal(err)
@@ -844,6 +845,14 @@ func TestBroadcastSliceCredit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return w, r
+}
+
+// The slice credit of a busy machine's reader (BroadcastBusySlice), fed
+// what slices bring: a batch's worth adds one, less halves it, nothing
+// halves it only after drySlices such slices in a row.
+func TestBroadcastSliceCredit(t *testing.T) {
+	w, r := slicingPair(t, 64<<10)
 	credit := func() int32 { return r.slices.credit.Load() }
 	drain := func() { // as the reader does after a slice
 		for {
@@ -1147,15 +1156,7 @@ func TestBroadcastSliceLength(t *testing.T) {
 		}
 	}
 	// The reader applies it to what each slice found.
-	mem := bcMem(t, BroadcastGeometry{DataSize: lap})
-	w, err := NewBroadcastWriter(mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := NewBroadcastReader(mem, &BroadcastReaderOptions{Announce: func(uint64) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, r := slicingPair(t, lap)
 	for n := 0; n < 4*richBytes; n += 64 + 16 {
 		w.Write(1, make([]byte, 64))
 	}
