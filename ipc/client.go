@@ -195,6 +195,10 @@ func (cl *Client) teardown() {
 	default:
 	}
 	cl.takeRoleForGood()
+	var bellErr error
+	if b := cl.waker.bells[wRespCons]; b != nil {
+		bellErr = closeErr("close response bell", b.close()) // no caller sleeps on it any more
+	}
 	cl.dispLock <- struct{}{}
 	var berr error
 	if cl.large {
@@ -209,7 +213,7 @@ func (cl *Client) teardown() {
 	if fd := cl.efd.Load(); fd >= 0 {
 		eerr = unix.Close(int(fd))
 	}
-	cl.tornErr = errors.Join(closeErr("close socket", nerr), serr, closeErr("close dispatch fd", eerr), berr)
+	cl.tornErr = errors.Join(closeErr("close socket", nerr), serr, closeErr("close dispatch fd", eerr), bellErr, berr)
 	close(cl.torn)
 }
 

@@ -502,5 +502,10 @@ func attachClient(uc *net.UnixConn, seg *shmseg.Segment, r *reply, cred Cred, op
 		cancel()
 		return nil, err
 	}
+	if b, err := newBell(); err == nil {
+		// Without one (out of descriptors), answers wake callers
+		// through the word's channel, one thread more per answer.
+		cl.waker.bells[wRespCons] = b
+	}
 	return cl, nil
 }

@@ -99,7 +99,12 @@ func (w *sockWaker) deliver(b []byte, fds []int) error {
 		w.onReqToken()
 	}
 	for i := range numWakeWords {
-		if seen&(1<<i) != 0 {
+		if seen&(1<<i) == 0 {
+			continue
+		}
+		if b := w.bells[i]; b != nil {
+			b.ring()
+		} else {
 			select {
 			case w.local[i] <- struct{}{}:
 			default:

@@ -36,8 +36,12 @@ type sockWaker struct {
 	// connection.
 	words [numWakeWords]*uint32
 	local [numWakeWords]chan struct{} // buffered 1; nil for the peer's words
-	done  <-chan struct{}             // closed once the connection ends
-	rc    syscall.RawConn             // the socket, for raw non-blocking token writes
+	// bells replace the channel of a local word whose sleeper parks on
+	// an eventfd of its own (bell_linux.go); nil for every other word.
+	// Set before the reader starts.
+	bells [numWakeWords]*bell
+	done  <-chan struct{} // closed once the connection ends
+	rc    syscall.RawConn // the socket, for raw non-blocking token writes
 	send  [numWakeWords]func(uintptr)
 	// bodies receive the body segments of the directions this side
 	// receives large bodies on (FeatureLarge), by body token - 0x30;
@@ -108,6 +112,10 @@ func (w *sockWaker) index(word *uint32) int {
 func (w *sockWaker) Wake(word *uint32) {
 	i := w.index(word)
 	if i < 0 {
+		return
+	}
+	if b := w.bells[i]; b != nil {
+		b.ring()
 		return
 	}
 	if ch := w.local[i]; ch != nil {
@@ -203,6 +211,9 @@ func (w *sockWaker) Sleep(ctx context.Context, word *uint32, limit time.Duration
 		// Not a word this side sleeps on: a bug, but returning lets the
 		// ring re-check instead of hanging.
 		return nil
+	}
+	if b := w.bells[i]; b != nil {
+		return b.sleep(ctx, limit)
 	}
 	var timeout <-chan time.Time
 	if limit > 0 {
