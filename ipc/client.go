@@ -221,7 +221,8 @@ func (cl *Client) teardown() {
 // fail with ErrDisconnected. It waits until the shared memory is unmapped,
 // which needs every Response to be released. Idempotent: every call
 // returns what releasing the resources failed with (the socket, the
-// segment, the dispatch descriptor; errors.Join), nil normally.
+// segment, the dispatch descriptor, the response bell; errors.Join), nil
+// normally.
 func (cl *Client) Close() error {
 	cl.kill(fmt.Errorf("%w: %w", ErrDisconnected, ErrClosed))
 	<-cl.torn

@@ -21,7 +21,9 @@ import (
 // The connection's six ring words are split between the sides: each side
 // sleeps on three (local) and wakes the peer on the other three. Wake on
 // a peer's word writes that word's token to the socket; the peer's reader
-// hands it to deliver, which wakes the local sleeper through its channel.
+// hands it to deliver, which wakes the local sleeper through its channel,
+// or through its bell (an eventfd the sleeper parks on itself: the
+// client's response word, bell_linux.go).
 // Wake on a local word (the ring does that when this side closes it)
 // signals the channel directly.
 //
