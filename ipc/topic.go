@@ -96,21 +96,21 @@ type Topic struct {
 	cfg TopicConfig
 	max int // body limit
 
-	// mu serialises publishers (one order per topic) and guards w and
-	// mem against Close.
-	mu  sync.Mutex
-	w   *ring.BroadcastWriter // nil once closed
-	mem []byte
-	f   *os.File // the memfd, read-write; owned
-	ro  *os.File // a read-only descriptor of it, sent to subscribers
+	// mu serialises publishers (one order per topic) and guards w,
+	// mem and published against Close and Stats.
+	mu        sync.Mutex
+	w         *ring.BroadcastWriter // nil once closed
+	mem       []byte
+	published uint64   // a plain count under mu: one locked instruction less per message
+	f         *os.File // the memfd, read-write; owned
+	ro        *os.File // a read-only descriptor of it, sent to subscribers
 
 	subMu  sync.Mutex
 	subs   map[*subscriber]struct{}
 	closed bool
 	subWG  sync.WaitGroup
 
-	published atomic.Uint64
-	refused   atomic.Uint64
+	refused atomic.Uint64
 }
 
 // TopicStats are a topic's counters.
@@ -195,11 +195,13 @@ func (t *Topic) Publish(id uint16, body []byte) error {
 		return ErrClosed
 	}
 	err := t.w.Write(uint32(id), body)
+	if err == nil {
+		t.published++
+	}
 	t.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("ipc: topic %d: %w", t.cfg.ID, err)
 	}
-	t.published.Add(1)
 	return nil
 }
 
@@ -212,8 +214,9 @@ func (t *Topic) Subscribers() int {
 
 // Stats returns the topic's counters.
 func (t *Topic) Stats() TopicStats {
-	st := TopicStats{Published: t.published.Load(), Subscribers: t.Subscribers(), Refused: t.refused.Load()}
+	st := TopicStats{Subscribers: t.Subscribers(), Refused: t.refused.Load()}
 	t.mu.Lock()
+	st.Published = t.published
 	if t.w != nil {
 		st.Wakes = t.w.Wakes()
 	}

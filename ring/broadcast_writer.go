@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ringipc/ringipc/futex"
+	"github.com/ringipc/ringipc/internal/prefetch"
 )
 
 // BroadcastWriter writes records to a broadcast ring. A ring has one
@@ -133,6 +134,14 @@ func (w *BroadcastWriter) Write(typ uint32, p []byte) error {
 		le.PutUint32(h[8:], w.seq)
 		le.PutUint32(h[12:], bcSum(w.m.seed, padPos, lw, 0, w.seq, 0))
 	}
+	// The lines ahead, for writing (see prefetchAhead): two, since a
+	// record of 64 bytes and its header span two lines. Without, each
+	// publish (a full barrier) waited for this record's lines to come
+	// back from the readers' caches: broadcast, 1 subscriber, 11.3-12.4 M
+	// msgs/s published; with, 14.1-15.0 M (AMD guest, 2 runs each).
+	pf := (off + prefetchAhead) & w.m.mask
+	prefetch.Write(&w.data[pf])
+	prefetch.Write(&w.data[(pf+64)&w.m.mask]) // 64: the smallest line there is
 	h := w.data[off : off+rs]
 	copy(h[headerSize:], p)
 	lw := uint32(len(p))
