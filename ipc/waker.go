@@ -25,7 +25,7 @@ import (
 // or through its bell (an eventfd the sleeper parks on itself: the
 // client's response word, bell_linux.go).
 // Wake on a local word (the ring does that when this side closes it)
-// signals the channel directly.
+// signals the channel, or rings the bell, directly.
 //
 // No token is ever dropped. A token is written without waiting; if the
 // socket buffer is full (the peer has not read what we sent), the token

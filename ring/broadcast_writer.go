@@ -137,8 +137,9 @@ func (w *BroadcastWriter) Write(typ uint32, p []byte) error {
 	// The lines ahead, for writing (see prefetchAhead): two, since a
 	// record of 64 bytes and its header span two lines. Without, each
 	// publish (a full barrier) waited for this record's lines to come
-	// back from the readers' caches: broadcast, 1 subscriber, 11.3-12.4 M
-	// msgs/s published; with, 14.1-15.0 M (AMD guest, 2 runs each).
+	// back from the readers' caches: broadcast, 1 subscriber, 10.4-11.1 M
+	// msgs/s published; with, 23.4-26.5 M (AMD guest, 3 interleaved
+	// invocations; docs/design.md 2.9.3).
 	pf := (off + prefetchAhead) & w.m.mask
 	prefetch.Write(&w.data[pf])
 	prefetch.Write(&w.data[(pf+64)&w.m.mask]) // 64: the smallest line there is
