@@ -60,12 +60,13 @@ func broadcastIPC(rc *runConfig) (measurement, error) {
 		return measurement{}, err
 	}
 	defer srv.Close()
-	top, err := srv.AddTopic(ipc.TopicConfig{ID: bcastTopic, RingSize: rc.ringSize, MaxSubscribers: maxClients})
+	top, err := srv.AddTopic(ipc.TopicConfig{ID: bcastTopic, RingSize: rc.topicRingSize, MaxSubscribers: maxClients})
 	if err != nil {
 		return measurement{}, err
 	}
+	ringSize := top.RingSize()
 	if top.MaxBody() < rc.size {
-		return measurement{}, fmt.Errorf("a topic ring of %d bytes takes messages up to %d bytes (raise -ring-size)", rc.ringSize, top.MaxBody())
+		return measurement{}, fmt.Errorf("a topic ring of %d bytes takes messages up to %d bytes (raise -ring-size)", ringSize, top.MaxBody())
 	}
 	addr := fmt.Sprintf("@ringbench-bcast-%d-%d", os.Getpid(), ipcAddrSeq.Add(1))
 	l, err := ipc.Listen(addr, 0)
@@ -100,7 +101,9 @@ func broadcastIPC(rc *runConfig) (measurement, error) {
 		}
 	}
 	top.Close() // the subscribers drain and end
-	return h.finish(nil, &m)
+	res, err := h.finish(nil, &m)
+	res.ringSize = ringSize
+	return res, err
 }
 
 func bcastIPCSubChild(cc *childCtx) (uint64, error) {

@@ -44,6 +44,10 @@ type measurement struct {
 	// parentCPU: the parent's own share of cpu (broadcast: the
 	// publisher's).
 	parentCPU time.Duration
+	// ringSize: the data size of the ring the run used, when it is not
+	// the run's ringSize (broadcast: the topic's, ipc's default unless
+	// -ring-size was given); 0 otherwise.
+	ringSize int
 }
 
 // Children that measure their own window (fanin's clients) report its

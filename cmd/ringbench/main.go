@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ringipc/ringipc/cmd/ringbench/internal/benchreport"
 	"github.com/ringipc/ringipc/ipc"
 	"github.com/ringipc/ringipc/ring"
 )
@@ -83,9 +84,12 @@ type runConfig struct {
 	rate       int  // each sender's messages or calls per second; 0: unpaced
 	zerocopy   bool // hand frames off in place (-zerocopy, where the scenario and transport can)
 	ringSize   int
-	spin       time.Duration // ring.Options.Spin, ipc Config.Spin: 0 default, < 0 none
-	duration   time.Duration
-	warmup     time.Duration
+	// topicRingSize is broadcast's topic ring: -ring-size if given, else
+	// 0 (ipc.DefaultTopicRingSize, what a topic gets by default).
+	topicRingSize int
+	spin          time.Duration // ring.Options.Spin, ipc Config.Spin: 0 default, < 0 none
+	duration      time.Duration
+	warmup        time.Duration
 }
 
 func (rc *runConfig) ringOptions() *ring.Options { return &ring.Options{Spin: rc.spin} }
@@ -126,6 +130,7 @@ type config struct {
 	warmup     time.Duration
 	spin       time.Duration
 	ringSize   int
+	topicRing  int  // broadcast's topic ring: -ring-size if given, else 0 (ipc's default)
 	zerocopy   bool // -zerocopy
 	json       bool
 	quiet      bool   // no progress on stderr
@@ -152,7 +157,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		subs  = fs.String("subscribers", "1,8,32", "comma-separated `counts` of broadcast subscriber processes; each is run")
 		rates = fs.String("rate", "", "comma-separated `rates`: messages or calls per second of each sender, on an absolute schedule; 0 is as fast as it can; each is run (default: 0, 1000 and 10000 for call, 1000 for fanin, 0 for the rest)")
 		spin  = fs.Duration("spin", 0, "polling budget before sleeping: 0 the default, adaptive (poll up to "+ring.AdaptiveSpin.String()+" while polling pays, else sleep at once); positive: poll that long on every wait; negative: sleep at once (broadcast subscribers: 0 sleeps at once too, see docs/design.md 2.9.5)")
-		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings)")
+		rsize = fs.String("ring-size", "1MiB", "ring data area in `bytes`, a power of two (ipc: each of a connection's three rings; broadcast: the topic's ring, whose default is ipc.DefaultTopicRingSize, "+benchreport.SizeText(ipc.DefaultTopicRingSize)+")")
 		trans = fs.String("transport", strings.Join(transports, ","), "comma-separated transports: "+strings.Join(transports, ", "))
 		quiet = fs.Bool("quiet", false, "print no progress on stderr (-json prints none either)")
 		zc    = fs.Bool("zerocopy", false, "spsc, call and dispatch over ring and ipc hand each frame off in place (Reserve/Commit, Peek/Release and their ipc forms) and write and read only its first 16 bytes: the hand-off cost without the copy (uds rows still copy)")
@@ -216,6 +221,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("-ring-size %d: ipc rings take %d to %d bytes", rs, ipc.MinRingSize, maxIPCRing)
 	}
 	cfg.ringSize = rs
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "ring-size" {
+			cfg.topicRing = rs
+		}
+	})
 
 	if *sizes == "sweep" {
 		*sizes = sizeSweep
@@ -493,7 +503,7 @@ func (cfg *config) jobs() []job {
 								out = append(out, job{sc: sc, transport: tr, rc: &runConfig{
 									size: size, producers: np, goroutines: ng, clients: nc, rate: rate,
 									zerocopy: cfg.zerocopy && sc.zeroCopy && (tr == "ring" || tr == "ipc"),
-									ringSize: cfg.ringSize, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
+									ringSize: cfg.ringSize, topicRingSize: cfg.topicRing, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
 								}})
 							}
 						}

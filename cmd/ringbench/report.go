@@ -100,6 +100,9 @@ func newResult(sc *scenario, transport string, rc *runConfig, m measurement, mac
 		r.SpinNs = effectiveIPCSpin(rc.spin).Nanoseconds()
 		r.Wait = waitPolicy(rc.spin)
 	}
+	if m.ringSize != 0 {
+		r.RingSize = m.ringSize
+	}
 	return r
 }
 
