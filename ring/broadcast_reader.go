@@ -108,7 +108,7 @@ const BroadcastPollSlice = time.Millisecond
 // BroadcastBusySlice is how long a reader with the default wait options
 // sleeps, at first, before it looks again when the machine is busy,
 // rather than announce itself and be woken; slices that find plenty
-// grow, up to 1 ms, while the writer's rate leaves them well short of a
+// grow, up to 4 ms, while the writer's rate leaves them well short of a
 // lap (nextSlice). Waking a reader costs its announcement
 // (a socket token in ipc), the writer's process reading it and a
 // FUTEX_WAKE, and the woken reader then finds a handful of records and
@@ -500,7 +500,11 @@ func nextSlice(cur, took time.Duration, avail, lap uint64) time.Duration {
 // slower phase, but in its quicker one, with the writer at 15 M msgs/s,
 // it lapped them (8: 1.98 M each against 2.85 M), as it did on the Intel
 // guest (§2.9.5): hence slices that grow only while the rate allows.
-const busySliceMax = time.Millisecond
+// With ipc's 8 MiB topic rings the rate allows more than 1 ms; a 4 ms
+// bound, 3 interleaved pairs there: 8 subscribers 5.6-5.8 M msgs/s each,
+// the slowest 5.0-5.6 M, against 5.2-5.6 M and 4.8-5.2 M with 1 ms; 32
+// subscribers 0.6-1.2 M against 0.7-0.9 M; 1 subscriber alike.
+const busySliceMax = 4 * time.Millisecond
 
 // richBytes is what a wake-up must find for slices to pay: a batch
 // (snapSize), some 50 records of 64 bytes. drySlices is how many empty
