@@ -20,7 +20,8 @@
 //
 // broadcast is publish/subscribe: the parent publishes as fast as it can
 // (or at -rate) to -subscribers child processes. Over ipc it is a topic (one broadcast
-// ring the subscribers map read-only; the publisher never waits, and a
+// ring the subscribers map read-only, of ipc's default size for topics,
+// 8 MiB, unless -ring-size is given; the publisher never waits, and a
 // subscriber that cannot keep up loses messages, so its rate is what it
 // received); over uds, one socket per subscriber and each message written
 // to every one. The row's msgs/s is the publisher's, the line under it
@@ -150,7 +151,7 @@
 //	to its receipt; 0 where not measured), lat_samples (messages timed:
 //	every one when paced, else a random 1 in 8 for call, pipeline and
 //	fanin), cpu_sec, cpu_per_msg_ns, ring_size (ipc: of each of a
-//	connection's rings) and spin_ns (the polling budget, 0 for uds and
+//	connection's rings; broadcast: of the topic's ring) and spin_ns (the polling budget, 0 for uds and
 //	futex), wait (the wait policy: adaptive, spin or sleep; "" for uds
 //	and futex), rate (each
 //	sender's messages or calls per second; 0 unpaced), clients (client
