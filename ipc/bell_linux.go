@@ -22,9 +22,10 @@ import (
 // readies the sleeper from the reader's goroutine, and when the process
 // has an idle P the runtime then wakes a second thread to run it (wakep),
 // so every response woke two threads of the client. With 32 client
-// processes at 1,000 calls/s each on 2 CPUs (ringbench fanin) the
-// runnable threads were one and a half times the calls' own, and the
-// clients' share of the CPU per call with them. Writing the eventfd
+// processes at 1,000 calls/s each on 2 CPUs (ringbench fanin), perf
+// sched counted three busy threads per client where a socket client has
+// two, and those wake-ups were a good part of the clients' CPU per call
+// (docs/design.md 2.6.5 has the figures). Writing the eventfd
 // readies nothing: the reader's thread, going back to the netpoller once
 // it has read the tokens, finds the sleeper there (a zero-timeout poll)
 // and runs it itself.
