@@ -108,18 +108,25 @@ func (b *bell) ring() {
 // return spuriously.
 func (b *bell) sleep(ctx context.Context, limit time.Duration) error {
 	var dl time.Time
-	if limit > 0 {
-		dl = time.Now().Add(limit)
+	earlier := func(t time.Time) {
+		if dl.IsZero() || t.Before(dl) {
+			dl = t
+		}
 	}
-	if d, ok := ctx.Deadline(); ok && (dl.IsZero() || d.Before(dl)) {
-		dl = d
+	var now time.Time
+	if limit > 0 || ctx.Done() != nil {
+		now = time.Now()
+	}
+	if limit > 0 {
+		earlier(now.Add(limit))
+	}
+	if d, ok := ctx.Deadline(); ok {
+		earlier(d)
 	}
 	var stop func() bool
 	if ctx.Done() != nil {
 		if b.timeouts.Load() < bellSlices {
-			if s := time.Now().Add(bellSlice); dl.IsZero() || s.Before(dl) {
-				dl = s
-			}
+			earlier(now.Add(bellSlice))
 		} else {
 			stop = context.AfterFunc(ctx, b.ring)
 		}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"testing"
 )
 
@@ -153,14 +154,40 @@ func respBell(t *testing.T, cl *Client) *bell {
 	return b
 }
 
-// blockingService answers msgEcho only once release is closed.
-func blockingService(release <-chan struct{}) *Service {
+// callOnBell starts a call of msgEcho with ctx on a client of a server
+// that answers it only once the test ends or answer is called, and
+// returns when the caller sleeps on the client's response bell: the call's
+// result comes on done. b.timeouts is set to timeouts before the call.
+func callOnBell(t *testing.T, ctx context.Context, timeouts int32) (srv *Server, answer func(), done <-chan callResult) {
+	t.Helper()
+	release := make(chan struct{})
+	var once sync.Once
+	answer = func() { once.Do(func() { close(release) }) }
 	svc := echoService()
 	svc.Handlers[msgEcho] = HandlerFunc(func(w *ResponseWriter, r *Request) {
 		<-release
 		w.Respond(r.Data)
 	})
-	return svc
+	srv, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	t.Cleanup(answer) // first of the cleanups: the server's close waits for the handler
+	b := cl.waker.bells[wRespCons]
+	if b == nil {
+		t.Fatal("the client has no response bell")
+	}
+	b.timeouts.Store(timeouts)
+	ch := make(chan callResult, 1)
+	go func() {
+		resp, err := cl.Call(ctx, msgEcho, []byte("bell"))
+		ch <- callResult{resp, err}
+	}()
+	waitUntil(t, func() bool { return b.parks.Load() > 0 }, "the caller to sleep on the bell")
+	return srv, answer, ch
+}
+
+type callResult struct {
+	resp []byte
+	err  error
 }
 
 // A caller whose answer is late sleeps on the response bell (after its
@@ -168,24 +195,14 @@ func blockingService(release <-chan struct{}) *Service {
 // wakes it through the token reader: the call's context has no deadline
 // and cannot be cancelled, so a lost ring would hang it.
 func TestCallWakesThroughBell(t *testing.T) {
-	release := make(chan struct{})
-	_, addr := startServer(t, nil, blockingService(release))
-	cl := dial(t, addr, nil)
-	b := respBell(t, cl)
-	done := make(chan error, 1)
-	var resp []byte
-	go func() {
-		var err error
-		resp, err = cl.Call(context.Background(), msgEcho, []byte("bell"))
-		done <- err
-	}()
-	waitUntil(t, func() bool { return b.parks.Load() > 0 }, "the caller to sleep on the bell")
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	_, answer, done := callOnBell(t, context.Background(), 0)
+	answer()
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
 	}
-	if !bytes.Equal(resp, []byte("bell")) {
-		t.Fatalf("response %q", resp)
+	if !bytes.Equal(r.resp, []byte("bell")) {
+		t.Fatalf("response %q", r.resp)
 	}
 }
 
@@ -193,39 +210,19 @@ func TestCallWakesThroughBell(t *testing.T) {
 // the connection.
 func TestCallInBellEnds(t *testing.T) {
 	t.Run("cancel", func(t *testing.T) {
-		release := make(chan struct{})
-		defer close(release)
-		_, addr := startServer(t, nil, blockingService(release))
-		cl := dial(t, addr, nil)
-		b := respBell(t, cl)
-		b.timeouts.Store(bellSlices) // the AfterFunc mode: nothing but the cancel ends the sleep
 		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() {
-			_, err := cl.Call(ctx, msgEcho, nil)
-			done <- err
-		}()
-		waitUntil(t, func() bool { return b.parks.Load() > 0 }, "the caller to sleep on the bell")
+		// The AfterFunc mode: nothing but the cancel ends the sleep.
+		_, _, done := callOnBell(t, ctx, bellSlices)
 		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Fatalf("call returned %v, want context.Canceled", err)
+		if r := <-done; !errors.Is(r.err, context.Canceled) {
+			t.Fatalf("call returned %v, want context.Canceled", r.err)
 		}
 	})
 	t.Run("server closes", func(t *testing.T) {
-		release := make(chan struct{})
-		defer close(release)
-		srv, addr := startServer(t, nil, blockingService(release))
-		cl := dial(t, addr, nil)
-		b := respBell(t, cl)
-		done := make(chan error, 1)
-		go func() {
-			_, err := cl.Call(context.Background(), msgEcho, nil)
-			done <- err
-		}()
-		waitUntil(t, func() bool { return b.parks.Load() > 0 }, "the caller to sleep on the bell")
+		srv, _, done := callOnBell(t, context.Background(), 0)
 		firstConn(t, srv).Close()
-		if err := <-done; !errors.Is(err, ErrDisconnected) {
-			t.Fatalf("call returned %v, want ErrDisconnected", err)
+		if r := <-done; !errors.Is(r.err, ErrDisconnected) {
+			t.Fatalf("call returned %v, want ErrDisconnected", r.err)
 		}
 	})
 }

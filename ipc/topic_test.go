@@ -747,8 +747,8 @@ func TestTopicConfigChecks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if top.MaxBody() != 8192/4-16 || top.ID() != 1 {
-		t.Fatalf("ring of 5000 bytes rounds up to 8192: max body %d", top.MaxBody())
+	if top.MaxBody() != 8192/4-16 || top.RingSize() != 8192 || top.ID() != 1 {
+		t.Fatalf("ring of 5000 bytes rounds up to 8192: ring %d, max body %d", top.RingSize(), top.MaxBody())
 	}
 	if err := top.Publish(1, make([]byte, top.MaxBody()+1)); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("body above MaxBody: %v", err)
@@ -758,6 +758,13 @@ func TestTopicConfigChecks(t *testing.T) {
 	}
 	if _, err := srv.AddTopic(TopicConfig{ID: 1}); !errors.Is(err, os.ErrExist) {
 		t.Fatalf("topic id in use: %v", err)
+	}
+	def, err := srv.AddTopic(TopicConfig{ID: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.RingSize() != DefaultTopicRingSize {
+		t.Fatalf("default topic ring %d bytes, want %d", def.RingSize(), DefaultTopicRingSize)
 	}
 	for _, bad := range []TopicConfig{{ID: 2, RingSize: -1}, {ID: 2, MaxSubscribers: -1}, {ID: 2, RingSize: int(min(uint64(math.MaxInt), 1<<62))}} {
 		if _, err := srv.AddTopic(bad); !errors.Is(err, os.ErrInvalid) {

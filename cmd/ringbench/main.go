@@ -118,23 +118,23 @@ func waitPolicy(spin time.Duration) string {
 
 // config is the whole suite, from the flags.
 type config struct {
-	scenarios  []*scenario
-	sizes      []int
-	producers  []int
-	goroutines []int
-	clients    []int
-	subs       []int // -subscribers
-	rates      []int // -rate; nil: each scenario's defaultRates
-	transports []string
-	duration   time.Duration
-	warmup     time.Duration
-	spin       time.Duration
-	ringSize   int
-	topicRing  int  // broadcast's topic ring: -ring-size if given, else 0 (ipc's default)
-	zerocopy   bool // -zerocopy
-	json       bool
-	quiet      bool   // no progress on stderr
-	reportDir  string // -report: where to write the plots and page; "" for none
+	scenarios     []*scenario
+	sizes         []int
+	producers     []int
+	goroutines    []int
+	clients       []int
+	subs          []int // -subscribers
+	rates         []int // -rate; nil: each scenario's defaultRates
+	transports    []string
+	duration      time.Duration
+	warmup        time.Duration
+	spin          time.Duration
+	ringSize      int
+	topicRingSize int  // broadcast's topic ring: -ring-size if given, else 0 (ipc's default)
+	zerocopy      bool // -zerocopy
+	json          bool
+	quiet         bool   // no progress on stderr
+	reportDir     string // -report: where to write the plots and page; "" for none
 }
 
 // warmupFor returns the warm-up before a window of d: a tenth of it,
@@ -223,7 +223,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	cfg.ringSize = rs
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "ring-size" {
-			cfg.topicRing = rs
+			cfg.topicRingSize = rs
 		}
 	})
 
@@ -503,7 +503,7 @@ func (cfg *config) jobs() []job {
 								out = append(out, job{sc: sc, transport: tr, rc: &runConfig{
 									size: size, producers: np, goroutines: ng, clients: nc, rate: rate,
 									zerocopy: cfg.zerocopy && sc.zeroCopy && (tr == "ring" || tr == "ipc"),
-									ringSize: cfg.ringSize, topicRingSize: cfg.topicRing, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
+									ringSize: cfg.ringSize, topicRingSize: cfg.topicRingSize, spin: cfg.spin, duration: cfg.duration, warmup: cfg.warmup,
 								}})
 							}
 						}

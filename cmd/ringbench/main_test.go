@@ -236,6 +236,7 @@ func TestFlags(t *testing.T) {
 				slices.Equal(c.ratesFor(c.scenarios[0]), []int{0}) &&
 				slices.Equal(c.goroutines, []int{16}) &&
 				c.duration == 1500*time.Millisecond && c.warmup == 150*time.Millisecond && c.ringSize == 1<<20 &&
+				c.topicRingSize == 0 &&
 				slices.Equal(c.transports, transports) && c.spin == 0 && !c.json
 		}},
 		{[]string{"-scenario", "all"}, "", func(c *config) bool { return len(c.scenarios) == len(scenarios) }},
@@ -244,7 +245,7 @@ func TestFlags(t *testing.T) {
 		}},
 		{[]string{"-transport", "uds,ring"}, "", func(c *config) bool { return slices.Equal(c.transports, []string{"ring", "uds"}) }},
 		{[]string{"-size", "16,4KiB,1k", "-ring-size", "64k"}, "", func(c *config) bool {
-			return slices.Equal(c.sizes, []int{16, 4096, 1024}) && c.ringSize == 65536
+			return slices.Equal(c.sizes, []int{16, 4096, 1024}) && c.ringSize == 65536 && c.topicRingSize == 65536
 		}},
 		{[]string{"-producers", "1,2,8"}, "", func(c *config) bool { return slices.Equal(c.producers, []int{1, 2, 8}) }},
 		{[]string{"-goroutines", "1,4"}, "", func(c *config) bool { return slices.Equal(c.goroutines, []int{1, 4}) }},
