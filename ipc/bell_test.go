@@ -144,16 +144,6 @@ func TestBellAllocs(t *testing.T) {
 	}
 }
 
-// respBell returns the client's response bell, failing if it has none.
-func respBell(t *testing.T, cl *Client) *bell {
-	t.Helper()
-	b := cl.waker.bells[wRespCons]
-	if b == nil {
-		t.Fatal("the client has no response bell")
-	}
-	return b
-}
-
 // callOnBell starts a call of msgEcho with ctx on a client of a server
 // that answers it only once the test ends or answer is called, and
 // returns when the caller sleeps on the client's response bell: the call's
