@@ -7,3 +7,10 @@ package prefetch
 //
 //go:noescape
 func Write(p *byte)
+
+// Read asks the CPU to bring the cache line holding *p into this core's
+// cache for reading (PREFETCHT0). Like Write, it has no effect on memory
+// and faults on no address.
+//
+//go:noescape
+func Read(p *byte)
