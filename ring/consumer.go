@@ -295,7 +295,7 @@ func (c *Consumer) askForNext(h uint64) {
 	const cpuLine = 64 // what one prefetch brings (lineSize is two of them)
 	m := &c.s.m
 	prefetch.Read(&c.s.data[h&m.mask])
-	if e := c.curSize; e > 1 && e <= 2*cpuLine {
+	if e := c.curSize; e != 0 && e <= 2*cpuLine { // 0: no record yet
 		prefetch.Read(&c.s.data[(h+e-1)&m.mask])
 	}
 }
