@@ -30,8 +30,22 @@ import (
 // it has read the tokens, finds the sleeper there (a zero-timeout poll)
 // and runs it itself.
 //
+// The eventfd's count is never read. A ring counts itself in rung, in
+// this process's memory, before it writes the eventfd; the sleeper
+// compares rung with the count it last saw, before it parks and after
+// each netpoller wake-up. So a sleep makes no system call of its own (it
+// read the eventfd twice before: once to find it empty, once to empty
+// it), and a wake-up left over from an earlier ring, which the sleeper
+// already took from rung, does not end the next sleep. Every write still
+// makes a new edge for the netpoller's edge-triggered registration (an
+// eventfd signals its pollers on each write, readable or not), and the
+// count, one per ring, cannot reach the eventfd's limit of 2^64 - 2.
+// The netpoller's readiness from a write that came before the park is
+// forgotten when the sleep starts (prepareRead), which is why the first
+// check must be rung's.
+//
 // Concurrency: only the word's sleeper calls sleep (the reader role of
-// the client has one holder at a time), so buf and got are its own.
+// the client has one holder at a time), so seen and got are its own.
 // ring may be called from any goroutine. Every use of the descriptor goes
 // through the os.File (RawConn), which keeps the number from being closed
 // and reused under a late ring.
@@ -39,13 +53,19 @@ type bell struct {
 	f  *os.File
 	rc syscall.RawConn
 
+	// rung counts the rings: added to by ring (any goroutine) before its
+	// eventfd write, read by the sleeper. The Add happens before the
+	// write, and the write before the netpoller's wake-up of the
+	// sleeper, so a sleeper woken by a write sees its count.
+	rung atomic.Uint64
+
 	// Owned by the sleeper.
-	buf [8]byte
-	got bool // the last read took a count: the sleep was rung
+	seen uint64 // rung as of the last sleep that ended rung
+	got  bool   // this sleep was rung
 
 	// Written by the sleeper, atomic so that tests may read them:
 	// timeouts counts the sleeps in a row that ended at their slice,
-	// parks the sleeps that found the bell silent and parked.
+	// parks the times the sleeper found the bell silent and parked.
 	timeouts atomic.Int32
 	parks    atomic.Uint64
 
@@ -80,14 +100,14 @@ func newBell() (*bell, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	b := &bell{f: f, rc: rc}
-	b.readFn = func(fd uintptr) bool {
-		_, _, e := syscall.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b.buf[0])), 8)
-		if e == unix.EAGAIN {
-			b.parks.Add(1)
-			return false // not rung yet: park in the netpoller
+	b.readFn = func(uintptr) bool {
+		if r := b.rung.Load(); r != b.seen {
+			b.seen = r
+			b.got = true
+			return true
 		}
-		b.got = e == 0
-		return true
+		b.parks.Add(1)
+		return false // not rung yet: park in the netpoller
 	}
 	b.writeFn = func(fd uintptr) {
 		// EAGAIN only if the count would overflow: it is rung already.
@@ -99,6 +119,7 @@ func newBell() (*bell, error) {
 // ring wakes the sleeper, or makes its next sleep return at once. After
 // close it does nothing.
 func (b *bell) ring() {
+	b.rung.Add(1)
 	b.rc.Control(b.writeFn) //nolint:errcheck // closed: nobody sleeps any more
 }
 

@@ -60,6 +60,25 @@ func TestBellRingBeforeSleep(t *testing.T) {
 	}
 }
 
+// The eventfd's count is never read, so each ring leaves it readable:
+// a sleep after a taken ring must still park, and end only at its limit,
+// not at once on the old count, which would make every later sleep a
+// spin.
+func TestBellTakenRingDoesNotEndNextSleep(t *testing.T) {
+	b := newTestBell(t)
+	b.ring()
+	if err := b.sleep(context.Background(), 0); err != nil || !b.got {
+		t.Fatalf("rung sleep: %v, rung %v", err, b.got)
+	}
+	if err := b.sleep(context.Background(), bellSlice/4); err != nil {
+		t.Fatal(err)
+	}
+	if b.got || b.parks.Load() == 0 || b.timeouts.Load() != 1 {
+		t.Fatalf("sleep after a taken ring: rung %v, parks %d, timeouts %d; want it parked until its limit",
+			b.got, b.parks.Load(), b.timeouts.Load())
+	}
+}
+
 // A sleeper parked in the netpoller wakes when rung from another
 // goroutine.
 func TestBellWakesParkedSleeper(t *testing.T) {

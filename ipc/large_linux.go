@@ -198,6 +198,7 @@ func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, err erro
 // nothing.
 type tokenReader struct {
 	rc    syscall.RawConn
+	rn    readNexter // rc, if it can wait before its first try; else nil
 	buf   []byte
 	oob   []byte
 	n     int
@@ -209,6 +210,7 @@ type tokenReader struct {
 
 func newTokenReader(rc syscall.RawConn, buf, oob []byte) *tokenReader {
 	r := &tokenReader{rc: rc, buf: buf, oob: oob}
+	r.rn, _ = rc.(readNexter)
 	r.read = func(fd uintptr) bool {
 		for {
 			r.n, r.oobn, r.flags, r.err = recvmsg(int(fd), r.buf, r.oob, unix.MSG_CMSG_CLOEXEC)
@@ -224,10 +226,24 @@ func newTokenReader(rc syscall.RawConn, buf, oob []byte) *tokenReader {
 	return r
 }
 
+// readNexter is a RawConn that can wait before its first try
+// (quietSock.ReadNext).
+type readNexter interface {
+	ReadNext(f func(fd uintptr) bool) error
+}
+
 // next reads one run of tokens: n bytes, the descriptors that came with
-// them; n == 0 with a nil error is end of file.
-func (r *tokenReader) next() (n int, fds []int, err error) {
-	if cerr := r.rc.Read(r.read); cerr != nil {
+// them; n == 0 with a nil error is end of file. drained says the last
+// run was shorter than the buffer, so the socket had nothing more then:
+// a quiet socket then waits for input before it reads.
+func (r *tokenReader) next(drained bool) (n int, fds []int, err error) {
+	var cerr error
+	if drained && r.rn != nil {
+		cerr = r.rn.ReadNext(r.read)
+	} else {
+		cerr = r.rc.Read(r.read)
+	}
+	if cerr != nil {
 		return 0, nil, cerr
 	}
 	if r.err != nil {

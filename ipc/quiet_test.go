@@ -191,6 +191,39 @@ func TestQuietSockReadWaitsAndCloses(t *testing.T) {
 	}
 }
 
+// TestQuietSockReadNextSeesEarlierInput: ReadNext waits before its
+// first try, and input that came before it started must still end the
+// wait (the netpoller forgets an edge from before a wait, so ReadNext's
+// first check asks the input poller); input that comes during the wait
+// ends it too.
+func TestQuietSockReadNextSeesEarlierInput(t *testing.T) {
+	q, peer := quietPair(t)
+	var buf [8]byte
+	read := func(fd uintptr) bool {
+		_, err := unix.Read(int(fd), buf[:1])
+		return err != unix.EAGAIN
+	}
+	for i := range 50 {
+		want := byte('a' + i%26)
+		if _, err := peer.Write([]byte{want}); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.ReadNext(read); err != nil || buf[0] != want {
+			t.Fatalf("ReadNext after the peer wrote: %v, got %q, want %q", err, buf[0], want)
+		}
+		var wg sync.WaitGroup
+		var rerr error
+		wg.Go(func() { rerr = q.ReadNext(read) })
+		if _, err := peer.Write([]byte{want + 1}); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		if rerr != nil || buf[0] != want+1 {
+			t.Fatalf("ReadNext waiting for the peer: %v, got %q, want %q", rerr, buf[0], want+1)
+		}
+	}
+}
+
 // TestQuietSockWriteStops: a write waiting for room in a full socket
 // gives up once its stop condition holds (a subscriber's receive whose
 // context ended while its sleep announcement waited for a server that

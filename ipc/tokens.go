@@ -130,8 +130,9 @@ func readTokenLoop(rc syscall.RawConn, w *sockWaker, done <-chan struct{}) error
 	// the kernel on a read. A read stops after a message that carries
 	// descriptors, so those belong to its last byte.
 	tr := newTokenReader(rc, small[:], oob[:])
+	drained := false
 	for {
-		n, fds, err := tr.next()
+		n, fds, err := tr.next(drained)
 		if errors.Is(err, ErrProtocol) {
 			return err
 		}
@@ -144,7 +145,7 @@ func readTokenLoop(rc syscall.RawConn, w *sockWaker, done <-chan struct{}) error
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrDisconnected, err)
 		}
-		if n < len(small) {
+		if drained = n < len(small); drained {
 			continue
 		}
 		full, err := readTokensLarge(rc, w)
