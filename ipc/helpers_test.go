@@ -79,6 +79,13 @@ func startServer(t testing.TB, cfg *Config, svcs ...*Service) (*Server, string) 
 
 func startServerAt(t testing.TB, addr string, cfg *Config, svcs ...*Service) (*Server, string) {
 	t.Helper()
+	return startServerSetup(t, addr, cfg, nil, svcs...)
+}
+
+// startServerSetup is startServerAt that runs setup (if not nil) on the
+// server before it listens: what a client connecting at once must find.
+func startServerSetup(t testing.TB, addr string, cfg *Config, setup func(*Server), svcs ...*Service) (*Server, string) {
+	t.Helper()
 	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +94,9 @@ func startServerAt(t testing.TB, addr string, cfg *Config, svcs ...*Service) (*S
 		if err := srv.Register(s); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if setup != nil {
+		setup(srv)
 	}
 	l, err := Listen(addr, 0)
 	if err != nil {

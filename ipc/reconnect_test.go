@@ -406,14 +406,17 @@ func TestReconnectTopics(t *testing.T) {
 	const topicA, topicB = 1, 2
 	addr := abstractAddr()
 	var cur atomic.Pointer[Server] // the server up, for OnConnect to look at
+	// The topics and cur are set before the server listens: the
+	// Reconnector may connect, and run OnConnect, at once.
 	serve := func() *Server {
-		srv, _ := startServerAt(t, addr, nil, echoService())
-		for _, id := range []uint32{topicA, topicB} {
-			if _, err := srv.AddTopic(TopicConfig{ID: id}); err != nil {
-				t.Fatal(err)
+		srv, _ := startServerSetup(t, addr, nil, func(srv *Server) {
+			for _, id := range []uint32{topicA, topicB} {
+				if _, err := srv.AddTopic(TopicConfig{ID: id}); err != nil {
+					t.Fatal(err)
+				}
 			}
-		}
-		cur.Store(srv)
+			cur.Store(srv)
+		}, echoService())
 		return srv
 	}
 	srv1 := serve()
