@@ -73,6 +73,14 @@ func NewConsumer(mem []byte, opts *Options) (*Consumer, error) {
 	}
 	c.head, c.published, c.tailCache, c.tailSeen = h, h, t, t
 	c.batch = min(s.m.size/8, maxReleaseBatch)
+	// Tell the producer whether this consumer fences for it before each
+	// sleep (docs/design.md 2.6.6); the waiter then does.
+	var fences uint32
+	if !c.multi && asymmetricFences() {
+		fences = 1
+		c.w.fence = s.unfenced
+	}
+	atomic.StoreUint32(s.fences, fences)
 	return c, nil
 }
 

@@ -24,6 +24,10 @@
 // calls.
 // A side wakes the other only after that side has announced that it
 // sleeps, so two busy processes exchange records without system calls.
+// On Linux a streaming SPSC producer also stops paying a full barrier per
+// record: the consumer, when it announces a sleep, makes the producer's
+// CPU execute the barrier instead (membarrier(2); every process using
+// rings registers for it at its first ring; docs/design.md 2.6.6).
 // Off Linux the package builds and works with stand-ins: the futex
 // package polls instead of sleeping, and ProcessAlive cannot tell a dead
 // MPSC producer from a live one (see its doc).

@@ -19,8 +19,10 @@ import (
 //	 64 | closed u32                                     |  set once by Close
 //	128 +-----------------------------------------------+
 //	    | tail u64: SPSC publish / MPSC claim position   |  producer(s)
+//	136 | unfenced u32: SPSC tail stored without barrier |  producer
 //	256 +-----------------------------------------------+
 //	    | head u64: consumer position                    |  consumer
+//	264 | fences u32: the consumer fences for producers  |  consumer
 //	384 +-----------------------------------------------+
 //	    | consWait u32: consumer sleeps (futex word)     |  consumer sets,
 //	512 +-----------------------------------------------+  producer clears
@@ -52,7 +54,9 @@ const (
 	metaSumEnd   = 56
 	offClosed    = 64
 	offTail      = 128
+	offUnfenced  = 136 // on the producer's line: only it writes there
 	offHead      = 256
+	offFences    = 264 // on the consumer's line: only it writes there
 	offConsWait  = 384
 	offProdWait  = 512
 	offSlotTable = 640

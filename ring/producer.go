@@ -25,6 +25,15 @@ type Producer struct {
 	pending   bool   // a reservation is outstanding
 	err       error  // sticky corruption
 
+	// Asymmetric fences (SPSC; docs/design.md 2.6.6), owned by the
+	// producer goroutine. canUnfence: this process is registered, so a
+	// consumer's fence reaches it. unfenced: tail is published with a
+	// release store (the shared unfenced word is 1). awake counts the
+	// commits in a row that found the consumer awake.
+	canUnfence bool
+	unfenced   bool
+	awake      uint32
+
 	mp mpscProducer
 
 	w Waiter // on prodWait, shared with the other producers (MPSC)
@@ -77,6 +86,7 @@ func NewProducer(mem []byte, opts *Options) (*Producer, error) {
 		return nil, fmt.Errorf("attach producer: %w", corrupt("tail - head", t, t-h))
 	}
 	p.tail, p.headCache = t, h
+	p.canUnfence = asymmetricFences()
 	return p, nil
 }
 
@@ -141,13 +151,59 @@ func (p *Producer) commitSPSC(pos uint64, typ uint32, n uint64) {
 	p.writeHeader(pos, makeWord(stateCommitted, 0, 0, 0, n), typ, p.s.data[off+headerSize:off+headerSize+n])
 	p.tail = pos + recordSize(n)
 	p.pending = false
-	publishWord(p.s.tail, p.tail)
-	p.noteWake(p.s.wake(p.s.consWait))
+	if p.unfenced {
+		storeRelease(p.s.tail, p.tail)
+	} else {
+		publishWord(p.s.tail, p.tail)
+	}
+	woke := p.s.wake(p.s.consWait)
+	p.noteWake(woke)
+	p.chooseFence(woke)
 	// Two lines: a record of 64 bytes and its header span two, and one
 	// line per record left every fifth line of a stream of them unasked.
 	prefetch.Write(&p.s.data[(p.tail+prefetchAhead)&p.s.m.mask])
 	prefetch.Write(&p.s.data[(p.tail+prefetchAhead+64)&p.s.m.mask])
 }
+
+// chooseFence decides how the next commit publishes its tail, from what
+// this one found (docs/design.md 2.6.6). A streaming producer, whose
+// consumer was awake for unfenceAfter commits in a row and fences for
+// it, stops paying a full barrier per record: it sets the shared
+// unfenced word with one first, so that a consumer announcing a sleep
+// from then on sees it and fences this CPU. A commit that found the
+// consumer asleep goes back to full barriers: sparse traffic, where the
+// consumer sleeps between records, never leaves them, and its sleeps
+// cost no fence.
+func (p *Producer) chooseFence(woke bool) {
+	if woke {
+		p.awake = 0
+		if p.unfenced {
+			p.unfenced = false
+			// After the last release store: a consumer that sees 0
+			// sees that store too (stores stay in order).
+			atomic.StoreUint32(p.s.unfenced, 0)
+		}
+		return
+	}
+	if p.unfenced || !p.canUnfence {
+		return
+	}
+	if p.awake++; p.awake < unfenceAfter {
+		return
+	}
+	p.awake = 0
+	if atomic.LoadUint32(p.s.fences) != 1 {
+		return // a consumer that cannot fence us (another kind, or none)
+	}
+	// A full barrier in every build, before the first release store.
+	atomic.SwapUint32(p.s.unfenced, 1)
+	p.unfenced = true
+}
+
+// unfenceAfter is how many commits in a row must find the consumer awake
+// before a producer publishes without a full barrier: a stream, not a
+// consumer that happened to be polling. A variable for tests.
+var unfenceAfter uint32 = 64
 
 // prefetchAhead is how far past its new tail a producer asks for the
 // ring's next lines. The consumer read them a lap ago, so they sit shared

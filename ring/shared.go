@@ -75,6 +75,17 @@ type shared struct {
 	// prodWait: the same for producers waiting for space; the consumer
 	// publishes head, then loads it.
 	prodWait *uint32
+	// unfenced (SPSC): 1 while the producer may publish tail with a
+	// plain release store, not a full barrier. The producer sets it with
+	// a full barrier before the first such store and clears it after the
+	// last; a consumer that announces a sleep loads it after its
+	// announcement and, if set, fences the producer's CPU itself
+	// (fenceOthers) before its re-check (docs/design.md 2.6.6).
+	unfenced *uint32
+	// fences (SPSC): 1 while the consumer is one that does that (its
+	// process can fence others); stored by the consumer when it
+	// attaches, loaded by the producer before it sets unfenced.
+	fences *uint32
 
 	opts Options
 }
@@ -93,6 +104,8 @@ func attach(mem []byte, opts *Options) (shared, error) {
 		head:     word64(mem, offHead),
 		consWait: word32(mem, offConsWait),
 		prodWait: word32(mem, offProdWait),
+		unfenced: word32(mem, offUnfenced),
+		fences:   word32(mem, offFences),
 	}
 	if opts != nil {
 		s.opts = *opts

@@ -329,6 +329,11 @@ type Waiter struct {
 	budget time.Duration
 	multi  bool // several sleepers share the word: never withdraw it
 	adapt  adaptive
+	// fence is the producer's unfenced word when this is the consumer of
+	// an SPSC ring whose process fences for its producer (set once, at
+	// attach): after announcing a sleep, the waiter loads it and, if
+	// set, fences the producer's CPU before its re-check. nil otherwise.
+	fence *uint32
 }
 
 func (w *Waiter) init(word *uint32, opts *Options, multi bool) {
@@ -360,6 +365,17 @@ func (w *Waiter) Arm() {
 	// then re-check), and under the race detector Store is only a
 	// release store that may pass the re-check (see publishWord).
 	atomic.SwapUint32(w.word, WordWaker)
+	w.fencePeer()
+}
+
+// fencePeer completes an announcement on a consumer's word when the
+// producer publishes without full barriers (docs/design.md 2.6.6): after
+// it, the producer's tail store is visible to the re-check, or the
+// producer's next load of the word sees the announcement.
+func (w *Waiter) fencePeer() {
+	if w.fence != nil && atomic.LoadUint32(w.fence) != 0 {
+		fenceOthers()
+	}
 }
 
 // Disarm withdraws an announcement that turned out needless, so the peer
@@ -532,6 +548,7 @@ func (w *Waiter) sleepKernel(ctx context.Context, ready func() bool) (done bool,
 			timeout = dlLeft
 		}
 		atomic.SwapUint32(w.word, WordFutex) // a Dekker store: see publishWord
+		w.fencePeer()
 		if ready() {
 			watchRemove(slot)
 			w.Disarm()

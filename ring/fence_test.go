@@ -1,0 +1,205 @@
+package ring
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func needFences(t *testing.T) {
+	t.Helper()
+	if !asymmetricFences() {
+		t.Skip("no global expedited membarrier here")
+	}
+}
+
+func setUnfenceAfter(t *testing.T, n uint32) {
+	old := unfenceAfter
+	unfenceAfter = n
+	t.Cleanup(func() { unfenceAfter = old })
+}
+
+// A producer stops fencing only after unfenceAfter commits in a row found
+// its consumer awake, and only for a consumer that declared it fences; it
+// fences again from the commit that finds the consumer asleep. A
+// consumer's announcement fences the producer's CPU exactly while the
+// producer does not.
+func TestUnfencedFollowsConsumer(t *testing.T) {
+	needFences(t)
+	setUnfenceAfter(t, 3)
+	p, c, mem := newPair(t, Geometry{DataSize: 4096}, 0, nil)
+	word := func() uint32 { return atomic.LoadUint32(word32(mem, offUnfenced)) }
+	if got := atomic.LoadUint32(word32(mem, offFences)); got != 1 {
+		t.Fatalf("consumer declared fences = %d, want 1", got)
+	}
+	write := func() {
+		t.Helper()
+		if err := p.TryWrite(0, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain := func() {
+		t.Helper()
+		for {
+			if _, err := c.TryPeek(); err == ErrEmpty {
+				return
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			c.Release()
+		}
+	}
+	for i := range 2 {
+		write()
+		if p.unfenced || word() != 0 {
+			t.Fatalf("unfenced after %d awake commits", i+1)
+		}
+	}
+	write()
+	if !p.unfenced || word() != 1 {
+		t.Fatalf("after 3 awake commits: unfenced %v, word %d; want true, 1", p.unfenced, word())
+	}
+	drain()
+	before := fences.issued.Load()
+	c.w.Arm()
+	if n := fences.issued.Load() - before; n != 1 {
+		t.Fatalf("announcement with the producer unfenced issued %d fences, want 1", n)
+	}
+	write() // finds the consumer asleep: fenced again
+	if p.unfenced || word() != 0 {
+		t.Fatalf("after waking the consumer: unfenced %v, word %d; want false, 0", p.unfenced, word())
+	}
+	drain()
+	before = fences.issued.Load()
+	c.w.Arm()
+	c.w.Disarm()
+	if n := fences.issued.Load() - before; n != 0 {
+		t.Fatalf("announcement with the producer fenced issued %d fences, want 0", n)
+	}
+
+	// A consumer that does not fence (another implementation, or a
+	// process without membarrier) keeps the producer fenced.
+	atomic.StoreUint32(word32(mem, offFences), 0)
+	for range 20 {
+		write()
+		drain()
+	}
+	if p.unfenced || word() != 0 {
+		t.Fatalf("unfenced for a consumer that does not fence")
+	}
+}
+
+// fencesOff runs f with the scheme off for the rings it sets up.
+func fencesOff(t *testing.T) {
+	fencesDisabled.Store(true)
+	t.Cleanup(func() { fencesDisabled.Store(false) })
+}
+
+// Without the scheme (fencesDisabled, as in a process without
+// membarrier) neither side takes part: the consumer declares nothing
+// and the producer never leaves full barriers.
+func TestFencesOff(t *testing.T) {
+	fencesOff(t)
+	setUnfenceAfter(t, 1)
+	p, c, mem := newPair(t, Geometry{DataSize: 4096}, 0, nil)
+	if got := atomic.LoadUint32(word32(mem, offFences)); got != 0 {
+		t.Fatalf("consumer declared fences = %d without the scheme", got)
+	}
+	for range 10 {
+		if err := p.TryWrite(0, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p.unfenced || c.w.fence != nil {
+		t.Fatal("scheme in use while off")
+	}
+}
+
+// The lost wake-up race with a producer that publishes without full
+// barriers: bursts of 1 to 8 records, each answered once read, so that a
+// wake-up lost on a burst's last record hangs the exchange (the deadline
+// turns a hang into a failure). unfenceAfter is 1, so the producer
+// leaves full barriers after any commit that found the consumer awake,
+// and consumers announce sleeps under every policy while it streams.
+func TestNoLostWakeupsUnfenced(t *testing.T) {
+	needFences(t)
+	setUnfenceAfter(t, 1)
+	before := fences.issued.Load()
+	for _, pol := range waitPolicies {
+		t.Run(pol.name, func(t *testing.T) { testBurstsUnfenced(t, &pol.opts) })
+	}
+	if fences.issued.Load() == before {
+		t.Fatal("no consumer fenced a producer: the unfenced path was not exercised")
+	}
+}
+
+func testBurstsUnfenced(t *testing.T, opts *Options) {
+	g := Geometry{DataSize: 4096}
+	ap, ac, _ := newPair(t, g, 0, opts)
+	bp, bc, _ := newPair(t, g, 0, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const bursts = 20000
+	errc := make(chan error, 1)
+	go func() {
+		var seq uint64
+		for {
+			r, err := ac.Peek(ctx)
+			if err != nil {
+				errc <- err
+				return
+			}
+			got, typ := binary.LittleEndian.Uint64(r.Data), r.Type
+			ac.Release()
+			if got != seq {
+				errc <- fmt.Errorf("record %d, want %d", got, seq)
+				return
+			}
+			seq++
+			switch {
+			case typ == 2:
+				errc <- nil
+				return
+			case typ == 1:
+				if err := bp.Write(ctx, 0, []byte("ack")); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}
+	}()
+	rng := rand.New(rand.NewPCG(1, 2))
+	var seq uint64
+	var b [8]byte
+	for i := range bursts {
+		n := 1 + rng.IntN(8)
+		for j := range n {
+			typ := uint32(0)
+			if j == n-1 {
+				typ = 1
+				if i == bursts-1 {
+					typ = 2
+				}
+			}
+			binary.LittleEndian.PutUint64(b[:], seq)
+			seq++
+			if err := ap.Write(ctx, typ, b[:]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == bursts-1 {
+			break
+		}
+		if _, err := bc.Peek(ctx); err != nil {
+			t.Fatalf("burst %d: %v", i, err)
+		}
+		bc.Release()
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
