@@ -87,6 +87,9 @@ func NewProducer(mem []byte, opts *Options) (*Producer, error) {
 	}
 	p.tail, p.headCache = t, h
 	p.canUnfence = asymmetricFences()
+	// Fenced until chooseFence says otherwise; a word left set by an
+	// earlier producer would only cost the consumer needless fences.
+	atomic.StoreUint32(s.unfenced, 0)
 	return p, nil
 }
 
