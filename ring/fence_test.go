@@ -3,11 +3,15 @@ package ring
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ringipc/ringipc/shmseg"
 )
 
 func needFences(t *testing.T) {
@@ -201,5 +205,131 @@ func testBurstsUnfenced(t *testing.T, opts *Options) {
 	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// burstRings splits a segment's payload into the data ring (producer in
+// the child) and the ack ring (producer in the parent).
+const burstRing = 1 << 12
+
+func burstGeometry() Geometry { return Geometry{DataSize: burstRing} }
+
+func burstHalves(mem []byte) (data, ack []byte) {
+	size, _ := Size(burstGeometry())
+	return mem[:size], mem[size : 2*size]
+}
+
+// runBurstsChild is the producer process of
+// TestCrossProcessNoLostWakeupsUnfenced: RING_TEST_N bursts of 1 to 8
+// records, each burst answered by the parent before the next.
+func runBurstsChild(ctx context.Context, mem []byte) error {
+	if n := envInt("RING_TEST_UNFENCE_AFTER"); n > 0 {
+		unfenceAfter = uint32(n)
+	}
+	dataMem, ackMem := burstHalves(mem)
+	p, err := NewProducer(dataMem, nil)
+	if err != nil {
+		return err
+	}
+	ack, err := NewConsumer(ackMem, nil)
+	if err != nil {
+		return err
+	}
+	if !p.canUnfence {
+		return errors.New("the child process cannot take part in asymmetric fences")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	bursts := envInt("RING_TEST_N")
+	rng := rand.New(rand.NewPCG(3, 4))
+	var seq uint64
+	var b [8]byte
+	for i := range bursts {
+		n := 1 + rng.IntN(8)
+		for j := range n {
+			binary.LittleEndian.PutUint64(b[:], seq)
+			seq++
+			typ := uint32(0)
+			if j == n-1 {
+				typ = 1
+			}
+			if err := p.Write(ctx, typ, b[:]); err != nil {
+				return fmt.Errorf("burst %d: %w", i, err)
+			}
+		}
+		if _, err := ack.Peek(ctx); err != nil {
+			return fmt.Errorf("ack of burst %d (a lost wake-up hangs here or in the parent): %w", i, err)
+		}
+		ack.Release()
+	}
+	return p.Close()
+}
+
+// The lost wake-up race of TestNoLostWakeupsUnfenced across processes:
+// the producer, unfenced after every commit that found the consumer
+// awake, is another process, so only membarrier's interprocessor
+// barrier can make its tail store visible to the consumer's re-check.
+func TestCrossProcessNoLostWakeupsUnfenced(t *testing.T) {
+	needFences(t)
+	for _, pol := range waitPolicies {
+		t.Run(pol.name, func(t *testing.T) {
+			g := burstGeometry()
+			size, err := Size(g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seg, err := shmseg.CreateMemfd("ring-bursts", shmseg.Geometry{Kind: 1}, 2*size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { seg.Close() })
+			dataMem, ackMem := burstHalves(seg.Payload())
+			if err := Init(dataMem, g); err != nil {
+				t.Fatal(err)
+			}
+			if err := Init(ackMem, g); err != nil {
+				t.Fatal(err)
+			}
+			c, err := NewConsumer(dataMem, &pol.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ackP, err := NewProducer(ackMem, &pol.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const bursts = 20000
+			before := fences.issued.Load()
+			ch := startChild(t, seg, "bursts", "RING_TEST_N="+strconv.Itoa(bursts), "RING_TEST_UNFENCE_AFTER=1")
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			var seq uint64
+			for acked := 0; ; {
+				r, err := c.Peek(ctx)
+				if errors.Is(err, ErrClosed) {
+					if acked != bursts {
+						t.Fatalf("closed after %d bursts, want %d", acked, bursts)
+					}
+					break
+				}
+				if err != nil {
+					t.Fatalf("after %d bursts (a lost wake-up hangs here or in the child): %v", acked, err)
+				}
+				got, typ := binary.LittleEndian.Uint64(r.Data), r.Type
+				c.Release()
+				if got != seq {
+					t.Fatalf("record %d, want %d", got, seq)
+				}
+				seq++
+				if typ == 1 {
+					if err := ackP.Write(ctx, 0, []byte("ack")); err != nil {
+						t.Fatal(err)
+					}
+					acked++
+				}
+			}
+			ch.wait(t)
+			t.Logf("%d records, %d fences by the consumer", seq, fences.issued.Load()-before)
+		})
 	}
 }

@@ -86,6 +86,9 @@ func runChild(role string) error {
 	defer seg.Close()
 	mem := seg.Payload()
 	ctx := context.Background()
+	if role == "bursts" {
+		return runBurstsChild(ctx, mem)
+	}
 	p, err := NewProducer(mem, nil)
 	if err != nil {
 		return err
