@@ -148,63 +148,76 @@ func testBurstsUnfenced(t *testing.T, opts *Options) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const bursts = 20000
-	errc := make(chan error, 1)
+	type result struct {
+		acked int
+		err   error
+	}
+	done := make(chan result, 1)
 	go func() {
-		var seq uint64
-		for {
-			r, err := ac.Peek(ctx)
-			if err != nil {
-				errc <- err
-				return
-			}
-			got, typ := binary.LittleEndian.Uint64(r.Data), r.Type
-			ac.Release()
-			if got != seq {
-				errc <- fmt.Errorf("record %d, want %d", got, seq)
-				return
-			}
-			seq++
-			switch {
-			case typ == 2:
-				errc <- nil
-				return
-			case typ == 1:
-				if err := bp.Write(ctx, 0, []byte("ack")); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}
+		acked, err := consumeBursts(ctx, ac, bp)
+		done <- result{acked, err}
 	}()
-	rng := rand.New(rand.NewPCG(1, 2))
+	if err := produceBursts(ctx, ap, bc, bursts); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil || r.acked != bursts {
+		t.Fatalf("consumer: %d bursts, %v; want %d", r.acked, r.err, bursts)
+	}
+}
+
+// produceBursts writes bursts of 1 to 8 records, each carrying its
+// sequence number, the last of a burst with type 1; after each burst it
+// waits for the consumer's ack (a lost wake-up hangs one side or the
+// other until ctx ends). Then it closes the ring.
+func produceBursts(ctx context.Context, p *Producer, ack *Consumer, bursts int) error {
+	rng := rand.New(rand.NewPCG(3, 4))
 	var seq uint64
 	var b [8]byte
 	for i := range bursts {
 		n := 1 + rng.IntN(8)
 		for j := range n {
+			binary.LittleEndian.PutUint64(b[:], seq)
+			seq++
 			typ := uint32(0)
 			if j == n-1 {
 				typ = 1
-				if i == bursts-1 {
-					typ = 2
-				}
 			}
-			binary.LittleEndian.PutUint64(b[:], seq)
-			seq++
-			if err := ap.Write(ctx, typ, b[:]); err != nil {
-				t.Fatal(err)
+			if err := p.Write(ctx, typ, b[:]); err != nil {
+				return fmt.Errorf("burst %d: %w", i, err)
 			}
 		}
-		if i == bursts-1 {
-			break
+		if _, err := ack.Peek(ctx); err != nil {
+			return fmt.Errorf("ack of burst %d: %w", i, err)
 		}
-		if _, err := bc.Peek(ctx); err != nil {
-			t.Fatalf("burst %d: %v", i, err)
-		}
-		bc.Release()
+		ack.Release()
 	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
+	return p.Close()
+}
+
+// consumeBursts reads produceBursts' records, checks their order, and
+// acks each burst, until the ring closes; it returns the bursts acked.
+func consumeBursts(ctx context.Context, c *Consumer, ack *Producer) (acked int, err error) {
+	var seq uint64
+	for {
+		r, err := c.Peek(ctx)
+		if errors.Is(err, ErrClosed) {
+			return acked, nil
+		}
+		if err != nil {
+			return acked, fmt.Errorf("after %d bursts: %w", acked, err)
+		}
+		got, typ := binary.LittleEndian.Uint64(r.Data), r.Type
+		c.Release()
+		if got != seq {
+			return acked, fmt.Errorf("record %d, want %d", got, seq)
+		}
+		seq++
+		if typ == 1 {
+			if err := ack.Write(ctx, 0, []byte("ack")); err != nil {
+				return acked, err
+			}
+			acked++
+		}
 	}
 }
 
@@ -240,29 +253,7 @@ func runBurstsChild(ctx context.Context, mem []byte) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	bursts := envInt("RING_TEST_N")
-	rng := rand.New(rand.NewPCG(3, 4))
-	var seq uint64
-	var b [8]byte
-	for i := range bursts {
-		n := 1 + rng.IntN(8)
-		for j := range n {
-			binary.LittleEndian.PutUint64(b[:], seq)
-			seq++
-			typ := uint32(0)
-			if j == n-1 {
-				typ = 1
-			}
-			if err := p.Write(ctx, typ, b[:]); err != nil {
-				return fmt.Errorf("burst %d: %w", i, err)
-			}
-		}
-		if _, err := ack.Peek(ctx); err != nil {
-			return fmt.Errorf("ack of burst %d (a lost wake-up hangs here or in the parent): %w", i, err)
-		}
-		ack.Release()
-	}
-	return p.Close()
+	return produceBursts(ctx, p, ack, envInt("RING_TEST_N"))
 }
 
 // The lost wake-up race of TestNoLostWakeupsUnfenced across processes:
@@ -303,33 +294,12 @@ func TestCrossProcessNoLostWakeupsUnfenced(t *testing.T) {
 			ch := startChild(t, seg, "bursts", "RING_TEST_N="+strconv.Itoa(bursts), "RING_TEST_UNFENCE_AFTER=1")
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			var seq uint64
-			for acked := 0; ; {
-				r, err := c.Peek(ctx)
-				if errors.Is(err, ErrClosed) {
-					if acked != bursts {
-						t.Fatalf("closed after %d bursts, want %d", acked, bursts)
-					}
-					break
-				}
-				if err != nil {
-					t.Fatalf("after %d bursts (a lost wake-up hangs here or in the child): %v", acked, err)
-				}
-				got, typ := binary.LittleEndian.Uint64(r.Data), r.Type
-				c.Release()
-				if got != seq {
-					t.Fatalf("record %d, want %d", got, seq)
-				}
-				seq++
-				if typ == 1 {
-					if err := ackP.Write(ctx, 0, []byte("ack")); err != nil {
-						t.Fatal(err)
-					}
-					acked++
-				}
+			acked, err := consumeBursts(ctx, c, ackP)
+			if err != nil || acked != bursts {
+				t.Fatalf("%d bursts, %v; want %d (a lost wake-up hangs here or in the child)", acked, err, bursts)
 			}
 			ch.wait(t)
-			t.Logf("%d records, %d fences by the consumer", seq, fences.issued.Load()-before)
+			t.Logf("%d bursts, %d fences by the consumer", acked, fences.issued.Load()-before)
 		})
 	}
 }
