@@ -61,7 +61,9 @@
 #define RING_VERSION 1
 #define OFF_CLOSED 64
 #define OFF_TAIL 128
+#define OFF_UNFENCED 136 /* design §2.6.6 */
 #define OFF_HEAD 256
+#define OFF_FENCES 264
 #define OFF_CONSWAIT 384
 #define OFF_PRODWAIT 512
 #define RING_DATA 640 /* SPSC: no producer table */
@@ -94,6 +96,7 @@ struct ring {
 	unsigned char *base, *data;
 	a64 *tail, *head;
 	a32 *closed, *wait[2]; /* [0] consumer word, [1] producer word */
+	a32 *unfenced, *fences; /* design §2.6.6 */
 	int widx;              /* word index of wait[0] */
 	uint64_t size, mask, maxp, seed;
 	bool sums;
@@ -105,6 +108,9 @@ struct ring {
 	bool reserved;   /* a reservation is outstanding */
 	uint64_t rpos, rlen;
 	uint16_t rid;
+	bool can_unfence;  /* this process is registered for membarrier */
+	bool unfenced_on;  /* the tail is published with release stores */
+	uint32_t awake;    /* commits in a row that found the consumer awake */
 
 	/* Consumer side (response and dispatch rings). */
 	uint64_t chead;     /* local head */
@@ -115,6 +121,7 @@ struct ring {
 	uint32_t cur_type;
 	const unsigned char *cur_data;
 	uint64_t cur_len;
+	bool fencing; /* declared fences = 1: fence the producer before sleeping */
 };
 
 /* Correlation ids are 1, 2, 3...: the calls in flight are
@@ -224,6 +231,54 @@ static void flush_kept(ripc_client *c)
 	}
 }
 
+/* ---- asymmetric fences (design §2.6.6) ---- */
+
+#define MEMBARRIER_QUERY 0
+#define MEMBARRIER_GLOBAL_EXPEDITED (1 << 1)
+#define MEMBARRIER_REGISTER_GLOBAL_EXPEDITED (1 << 2)
+
+/* fences_ok says whether this process takes part: the kernel has the
+ * global expedited membarrier, the process is registered for it (so a
+ * peer's barrier reaches its threads) and a first barrier worked.
+ * Registering twice is harmless, so racing first calls are too. */
+static bool fences_ok(void)
+{
+	static atomic_int state; /* 0 unknown, 1 yes, -1 no */
+	int s = atomic_load(&state);
+	if (s)
+		return s > 0;
+	long need = MEMBARRIER_GLOBAL_EXPEDITED | MEMBARRIER_REGISTER_GLOBAL_EXPEDITED;
+	long q = syscall(SYS_membarrier, MEMBARRIER_QUERY, 0, 0);
+	bool ok = q >= 0 && (q & need) == need &&
+		  syscall(SYS_membarrier, MEMBARRIER_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0 &&
+		  syscall(SYS_membarrier, MEMBARRIER_GLOBAL_EXPEDITED, 0, 0) == 0;
+	atomic_store(&state, ok ? 1 : -1);
+	return ok;
+}
+
+/* fence_producer completes an announcement on a consumer word whose
+ * producer may publish with release stores: after it, the producer's
+ * tail store is visible to the re-check, or the producer's next load of
+ * the word sees the announcement. The command worked once, so it fails
+ * only for want of kernel memory; the caller may not sleep without it. */
+static void fence_producer(struct ring *r)
+{
+	if (!r->fencing || atomic_load(r->unfenced) == 0)
+		return;
+	while (syscall(SYS_membarrier, MEMBARRIER_GLOBAL_EXPEDITED, 0, 0) != 0)
+		sched_yield();
+}
+
+/* announce stores v in a consumer's (or the producer's) wait word with
+ * a full barrier, then fences the producer if need be: the first half of
+ * the sleeping protocol (design §2.6). */
+static void announce(struct ring *r, a32 *w, uint32_t v)
+{
+	(void)atomic_exchange(w, v);
+	if (w == r->wait[0])
+		fence_producer(r);
+}
+
 /* futex_wake wakes every thread in FUTEX_WAIT on w (a shared futex: the
  * sleeper is another process mapping the same memory). */
 static void futex_wake(a32 *w)
@@ -236,15 +291,16 @@ static void futex_wake(a32 *w)
  * wake it as the value says: 2 = it sleeps in FUTEX_WAIT, anything else
  * = send the token. The plain load first keeps a busy stream free of
  * locked instructions and system calls. */
-static void wake(ripc_client *c, a32 *w, int i)
+static bool wake(ripc_client *c, a32 *w, int i)
 {
 	uint32_t v;
 	if (atomic_load(w) == 0 || (v = atomic_exchange(w, 0)) == 0)
-		return;
+		return false;
 	if (v == 2)
 		futex_wake(w);
 	else if (!(LOCAL_WORDS & (1u << i)))
 		send_token(c, i);
+	return true;
 }
 
 /* publish64 is the store half of a Dekker pair: an exchange, a full
@@ -306,6 +362,8 @@ static int ring_attach(struct ring *r, unsigned char *base, uint64_t size, bool 
 	r->head = (a64 *)(base + OFF_HEAD);
 	r->wait[0] = (a32 *)(base + OFF_CONSWAIT);
 	r->wait[1] = (a32 *)(base + OFF_PRODWAIT);
+	r->unfenced = (a32 *)(base + OFF_UNFENCED);
+	r->fences = (a32 *)(base + OFF_FENCES);
 	r->widx = widx;
 	r->size = size;
 	r->mask = size - 1;
@@ -320,6 +378,16 @@ static int ring_attach(struct ring *r, unsigned char *base, uint64_t size, bool 
 	r->hcache = h;
 	r->chead = r->published = h;
 	r->tcache = t;
+	/* The request ring (widx 0) is ours to produce into, the others to
+	 * consume: say which of our consumers fence for their producer, and
+	 * start the producer fenced (design §2.6.6). */
+	if (widx == 0) {
+		r->can_unfence = fences_ok();
+		atomic_store(r->unfenced, 0);
+	} else {
+		r->fencing = fences_ok();
+		atomic_store(r->fences, r->fencing ? 1 : 0);
+	}
 	return 0;
 }
 
@@ -359,6 +427,31 @@ static int ring_reserve(struct ring *r, uint64_t n)
 	return 0;
 }
 
+/* choose_fence decides how the next commit publishes its tail (design
+ * §2.6.6): with release stores once UNFENCE_AFTER commits in a row found
+ * the consumer awake and the consumer declared that it fences, after
+ * setting unfenced with a full barrier; with full barriers again from the
+ * commit that finds the consumer asleep. */
+#define UNFENCE_AFTER 64
+static void choose_fence(struct ring *r, bool woke)
+{
+	if (woke) {
+		r->awake = 0;
+		if (r->unfenced_on) {
+			r->unfenced_on = false;
+			atomic_store(r->unfenced, 0); /* after the last release store */
+		}
+		return;
+	}
+	if (r->unfenced_on || !r->can_unfence || ++r->awake < UNFENCE_AFTER)
+		return;
+	r->awake = 0;
+	if (atomic_load(r->fences) != 1)
+		return;
+	(void)atomic_exchange(r->unfenced, 1); /* before the first release store */
+	r->unfenced_on = true;
+}
+
 static void ring_commit(ripc_client *c, struct ring *r, uint32_t type)
 {
 	uint64_t pos = r->rpos, n = r->rlen;
@@ -369,8 +462,11 @@ static void ring_commit(ripc_client *c, struct ring *r, uint32_t type)
 	wr64(p, w);
 	r->ptail = pos + rec_size(n);
 	r->reserved = false;
-	publish64(r->tail, r->ptail);
-	wake(c, r->wait[0], r->widx);
+	if (r->unfenced_on)
+		atomic_store_explicit(r->tail, r->ptail, memory_order_release);
+	else
+		publish64(r->tail, r->ptail);
+	choose_fence(r, wake(c, r->wait[0], r->widx));
 }
 
 /* ---- rings: consumer (design §2.4) ---- */
@@ -540,12 +636,13 @@ static int wait_for(ripc_client *c, attempt_fn try, void *arg, int i, int timeou
 		if (c->spin_ns <= 0)
 			break;
 	}
-	a32 *w = i == W_REQ_PROD ? c->rq.wait[1] : i == W_RESP_CONS ? c->rs.wait[0] : c->ds.wait[0];
+	struct ring *wr = i == W_REQ_PROD ? &c->rq : i == W_RESP_CONS ? &c->rs : &c->ds;
+	a32 *w = i == W_REQ_PROD ? c->rq.wait[1] : wr->wait[0];
 	for (;;) {
 		if (c->dead)
 			return c->dead;
 		flush_kept(c);
-		(void)atomic_exchange(w, 1);
+		announce(wr, w, 1);
 		rc = try(c, arg);
 		if (rc != RIPC_EAGAIN) {
 			atomic_store(w, 0); /* single sleeper: withdraw */
@@ -1237,9 +1334,9 @@ int ripc_prepare_poll(ripc_client *c, short *events)
 	/* Responses to calls given up on are taken here, so that only
 	 * live ones make the caller act. */
 	bool calls = c->expect != c->next_corr && !c->resp_held;
-	(void)atomic_exchange(c->ds.wait[0], 1);
+	announce(&c->ds, c->ds.wait[0], 1);
 	if (calls)
-		(void)atomic_exchange(c->rs.wait[0], 1);
+		announce(&c->rs, c->rs.wait[0], 1);
 	int rc = try_dispatch(c, NULL);
 	if (rc == RIPC_EAGAIN && calls)
 		rc = try_response(c, NULL);
