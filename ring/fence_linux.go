@@ -53,6 +53,15 @@ func asymmetricFences() bool {
 	return fences.ok && !fencesDisabled.Load()
 }
 
+// AsymmetricFences reports whether this process takes part in asymmetric
+// fences (docs/design.md 2.6.6): its streaming SPSC producers publish
+// without a full barrier per record, and its consumers fence their
+// producers before they sleep. It is false where the kernel lacks
+// membarrier(2)'s global expedited command or a seccomp policy refuses
+// it; rings then keep a full barrier on every publish. The first call
+// registers the process.
+func AsymmetricFences() bool { return asymmetricFences() }
+
 // fencesDisabled turns the scheme off for rings set up after it is set
 // (tests, to measure and check the fenced protocol alone).
 var fencesDisabled atomic.Bool

@@ -10,8 +10,10 @@ var fences struct {
 
 var fencesDisabled atomic.Bool
 
-// asymmetricFences: only Linux has membarrier(2); producers keep a full
-// barrier on every publish.
+// AsymmetricFences reports false: only Linux has membarrier(2), so
+// producers keep a full barrier on every publish (docs/design.md 2.6.6).
+func AsymmetricFences() bool { return false }
+
 func asymmetricFences() bool { return false }
 
 func fenceOthers() { fences.issued.Add(1) }

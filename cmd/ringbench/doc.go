@@ -158,7 +158,10 @@
 //	processes calling a server: fanin's -clients, 1 for call, pipeline
 //	and dispatch, 0 for the ring scenarios; broadcast: subscriber
 //	processes), zerocopy (the frames were handed off in place,
-//	-zerocopy), cpu_model, cores, go_version, goos, goarch, load_avg_1m;
+//	-zerocopy), cpu_model, cores, go_version, goos, goarch, load_avg_1m,
+//	asym_fences (streaming ring producers publish without a full barrier
+//	per record, docs/design.md 2.6.6; false where membarrier(2) is
+//	missing or refused);
 //	broadcast only: sub_msgs_per_sec and sub_msgs_per_sec_min (messages
 //	each subscriber received per second: the mean over subscribers, and
 //	the slowest's; msgs_per_sec is the publisher's) and

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+
+	"github.com/ringipc/ringipc/ring"
 )
 
 // machine says where a result was measured. Its JSON names are part of
@@ -21,18 +23,24 @@ type machine struct {
 	// LoadAvg1m is the one-minute load average when the suite started:
 	// other work on the machine skews every figure.
 	LoadAvg1m float64 `json:"load_avg_1m"`
-	kernel    string  // header only
+	// AsymFences: this machine lets ring producers publish without a
+	// full barrier per record while their consumers fence them
+	// (ring.AsymmetricFences; false where membarrier(2) is missing or
+	// refused, as in some containers).
+	AsymFences bool   `json:"asym_fences"`
+	kernel     string // header only
 }
 
 func detectMachine() machine {
 	return machine{
-		CPUModel:  cpuModel("/proc/cpuinfo"),
-		Cores:     runtime.NumCPU(),
-		GoVersion: runtime.Version(),
-		GOOS:      runtime.GOOS,
-		GOARCH:    runtime.GOARCH,
-		LoadAvg1m: loadAvg(),
-		kernel:    kernelRelease(),
+		CPUModel:   cpuModel("/proc/cpuinfo"),
+		Cores:      runtime.NumCPU(),
+		GoVersion:  runtime.Version(),
+		GOOS:       runtime.GOOS,
+		GOARCH:     runtime.GOARCH,
+		LoadAvg1m:  loadAvg(),
+		AsymFences: ring.AsymmetricFences(),
+		kernel:     kernelRelease(),
 	}
 }
 

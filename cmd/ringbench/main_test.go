@@ -41,7 +41,7 @@ var requiredFields = []string{
 	"p50_ns", "p99_ns", "p999_ns", "cpu_sec", "producers", "duration_sec",
 	"msgs", "cpu_per_msg_ns", "cpu_model", "cores", "go_version", "goos", "goarch",
 	"ring_size", "spin_ns", "load_avg_1m", "goroutines", "rate", "clients",
-	"wait", "zerocopy",
+	"wait", "zerocopy", "asym_fences",
 }
 
 // latencyScenarios are the scenarios that measure round trips.

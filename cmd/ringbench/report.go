@@ -137,8 +137,12 @@ func (r *reporter) begin() {
 		kernel = ", kernel " + m.kernel
 	}
 	fmt.Fprintf(r.w, "ringbench %s\n", r.start.UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(r.w, "machine:  %s, %d cores, %s/%s%s, %s; load average %.2f at start\n",
-		m.CPUModel, m.Cores, m.GOOS, m.GOARCH, kernel, m.GoVersion, m.LoadAvg1m)
+	fences := "asymmetric fences (membarrier)"
+	if !m.AsymFences {
+		fences = "no asymmetric fences: a full barrier per record"
+	}
+	fmt.Fprintf(r.w, "machine:  %s, %d cores, %s/%s%s, %s; load average %.2f at start; %s\n",
+		m.CPUModel, m.Cores, m.GOOS, m.GOARCH, kernel, m.GoVersion, m.LoadAvg1m, fences)
 	wait := waitPolicy(r.cfg.spin)
 	if b := effectiveSpin(r.cfg.spin); b > 0 {
 		wait += ", polling up to " + b.String()
