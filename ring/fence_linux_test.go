@@ -10,12 +10,12 @@ import (
 	"github.com/ringipc/ringipc/shmseg"
 )
 
+// burstGeometry is the geometry of both rings of the cross-process
+// burst test.
+func burstGeometry() Geometry { return Geometry{DataSize: 1 << 12} }
+
 // burstHalves splits a segment's payload into the data ring (producer in
 // the child) and the ack ring (producer in the parent).
-const burstRing = 1 << 12
-
-func burstGeometry() Geometry { return Geometry{DataSize: burstRing} }
-
 func burstHalves(mem []byte) (data, ack []byte) {
 	size, _ := Size(burstGeometry())
 	return mem[:size], mem[size : 2*size]

@@ -52,8 +52,8 @@ func TestRecordLayoutPinned(t *testing.T) {
 	if got, want := headerSum(0, 1, 2, 3, 0), uint32(xxhash.Sum64(b[:])); got != want {
 		t.Fatalf("headerSum %#x, want %#x", got, want)
 	}
-	for name, got := range map[string]int{"closed": offClosed, "tail": offTail, "head": offHead, "consWait": offConsWait, "prodWait": offProdWait, "slots": offSlotTable} {
-		want := map[string]int{"closed": 64, "tail": 128, "head": 256, "consWait": 384, "prodWait": 512, "slots": 640}[name]
+	for name, got := range map[string]int{"closed": offClosed, "tail": offTail, "unfenced": offUnfenced, "head": offHead, "fences": offFences, "consWait": offConsWait, "prodWait": offProdWait, "slots": offSlotTable} {
+		want := map[string]int{"closed": 64, "tail": 128, "unfenced": 136, "head": 256, "fences": 264, "consWait": 384, "prodWait": 512, "slots": 640}[name]
 		if got != want {
 			t.Errorf("offset of %s = %d, want %d", name, got, want)
 		}
