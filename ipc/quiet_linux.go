@@ -148,19 +148,11 @@ func (q *quietSock) Read(f func(fd uintptr) bool) error {
 	if rc := q.netConn(); rc != nil {
 		return rc.Read(f)
 	}
-	for {
-		done, err := q.try(f)
-		if err != nil || done {
-			return err
-		}
-		in, err := q.input()
-		if err != nil {
-			return err
-		}
-		if err := in.wait(); err != nil {
-			return net.ErrClosed
-		}
+	done, err := q.try(f)
+	if err != nil || done {
+		return err
 	}
+	return q.ReadNext(f)
 }
 
 // ReadNext is Read for a reader whose last read came back short, which

@@ -82,6 +82,19 @@ func TestUnfencedFollowsConsumer(t *testing.T) {
 		t.Fatalf("announcement with the producer fenced issued %d fences, want 0", n)
 	}
 
+	// A producer that scribbles the word (any value but 0 reads as
+	// set) costs a fencing consumer one fence per announcement, no more.
+	atomic.StoreUint32(word32(mem, offUnfenced), 7)
+	before = fences.issued.Load()
+	for range 3 {
+		c.w.Arm()
+		c.w.Disarm()
+	}
+	if n := fences.issued.Load() - before; n != 3 {
+		t.Fatalf("3 announcements with a scribbled word issued %d fences, want 3", n)
+	}
+	atomic.StoreUint32(word32(mem, offUnfenced), 0)
+
 	// A consumer that does not fence (another implementation, or a
 	// process without membarrier) keeps the producer fenced.
 	atomic.StoreUint32(word32(mem, offFences), 0)

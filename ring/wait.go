@@ -361,18 +361,19 @@ func (w *Waiter) Poll(budget time.Duration, ready func() bool) bool {
 // Waker (WordWaker). The caller must re-check the ring after Arm and
 // before it sleeps, and Disarm if the re-check found work.
 func (w *Waiter) Arm() {
-	// Swap, not Store: arming is the store half of a Dekker pair (arm,
-	// then re-check), and under the race detector Store is only a
-	// release store that may pass the re-check (see publishWord).
-	atomic.SwapUint32(w.word, WordWaker)
-	w.fencePeer()
+	w.announce(WordWaker)
 }
 
-// fencePeer completes an announcement on a consumer's word when the
-// producer publishes without full barriers (docs/design.md 2.6.6): after
-// it, the producer's tail store is visible to the re-check, or the
-// producer's next load of the word sees the announcement.
-func (w *Waiter) fencePeer() {
+// announce stores v in the word, the store half of a Dekker pair
+// (announce, then re-check): with Swap, not Store, since under the race
+// detector Store is only a release store that may pass the re-check (see
+// publishWord). On a consumer's word whose producer publishes without
+// full barriers it then fences the producer's CPU (docs/design.md
+// 2.6.6): after that, the producer's tail store is visible to the
+// re-check, or the producer's next load of the word sees the
+// announcement. Every announcement goes through here.
+func (w *Waiter) announce(v uint32) {
+	atomic.SwapUint32(w.word, v)
 	if w.fence != nil && atomic.LoadUint32(w.fence) != 0 {
 		fenceOthers()
 	}
@@ -547,8 +548,7 @@ func (w *Waiter) sleepKernel(ctx context.Context, ready func() bool) (done bool,
 		if hasDL && (timeout == futex.Forever || dlLeft < timeout) {
 			timeout = dlLeft
 		}
-		atomic.SwapUint32(w.word, WordFutex) // a Dekker store: see publishWord
-		w.fencePeer()
+		w.announce(WordFutex)
 		if ready() {
 			watchRemove(slot)
 			w.Disarm()

@@ -269,14 +269,13 @@ static void fence_producer(struct ring *r)
 		sched_yield();
 }
 
-/* announce stores v in a consumer's (or the producer's) wait word with
- * a full barrier, then fences the producer if need be: the first half of
- * the sleeping protocol (design §2.6). */
+/* announce stores v in a wait word of r with a full barrier, then
+ * fences r's producer if this side is r's fencing consumer: the first
+ * half of the sleeping protocol (design §2.6, §2.6.6). */
 static void announce(struct ring *r, a32 *w, uint32_t v)
 {
 	(void)atomic_exchange(w, v);
-	if (w == r->wait[0])
-		fence_producer(r);
+	fence_producer(r);
 }
 
 /* futex_wake wakes every thread in FUTEX_WAIT on w (a shared futex: the
