@@ -63,12 +63,17 @@ func (cl *Client) Call(ctx context.Context, id uint16, req []byte) ([]byte, erro
 	err := cl.roundTrip(ctx, id, req, w)
 	out := w.out
 	putWaiter(w)
-	return out, err
+	if err != nil {
+		return nil, err // out may hold what progress notes gave before it
+	}
+	return out, nil
 }
 
 // CallInto is Call that copies the response body into buf and returns its
 // length; it allocates nothing. If buf is too small the response is
 // discarded and the error is ErrShortBuffer, with n the size needed.
+// After any error buf may hold part of an answer: a large one is copied
+// as the server writes it (FeatureProgress).
 func (cl *Client) CallInto(ctx context.Context, id uint16, req, buf []byte) (n int, err error) {
 	w := getWaiter()
 	w.into, w.buf = true, buf
@@ -336,11 +341,12 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		}
 		status, body := rec.Type, rec.Data[respHdrSize:]
 		large := status&typeLarge != 0 && cl.large
-		var tooBig error // a large body above the client's limit: that call fails
+		var tooBig error             // a large body above the client's limit: that call fails
+		var desc [largeDescSize]byte // a large body's descriptor, as read
 		if large {
 			status &^= typeLarge
 			var err error
-			body, err = cl.largeBody(ctx, cl.respIn, body)
+			body, desc, err = cl.largeBody(ctx, cl.respIn, body)
 			if err != nil {
 				if !errors.Is(err, ErrTooLarge) {
 					// The record stays for the next reader (a context
@@ -352,6 +358,14 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 			}
 		}
 		c := binary.LittleEndian.Uint64(rec.Data)
+		if status == respProgress {
+			total := binary.LittleEndian.Uint64(rec.Data[8:])
+			if err := cl.progress(&b, own, c, total, large, tooBig, desc, body); err != nil {
+				b.flush(cl)
+				return false, err
+			}
+			continue
+		}
 		b.lock(cl)
 		if status == respStreamPart {
 			w, err := cl.streamPart(c)
@@ -417,6 +431,9 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		}
 		if len(body) > bigResponse {
 			b.unlock(cl)
+		}
+		if w.have > 0 && (!large || desc != w.noted) {
+			w.have = 0 // not the body its notes described: copy it all
 		}
 		if tooBig != nil {
 			w.err = tooBig
@@ -693,8 +710,10 @@ func (cl *Client) fill(w *waiter, status uint32, data, body []byte) {
 			if len(w.buf) < len(body) {
 				w.err = ErrShortBuffer
 			} else {
-				copyBody(w.buf, body)
+				copyRest(w.buf, body, w.have)
 			}
+		case w.have > 0:
+			copyRest(w.out, body, w.have)
 		default:
 			w.out = append([]byte(nil), body...)
 		}
@@ -793,6 +812,11 @@ type waiterState struct {
 	buf      []byte
 	out      []byte
 	n        int
-	err      error
-	view     []byte
+	// have bytes of the large body noted (its descriptor, length the
+	// whole body's) are already in buf (CallInto) or out (Call), copied
+	// from progress notes by the caller's own reader (progress.go).
+	have  int
+	noted [largeDescSize]byte
+	err   error
+	view  []byte
 }

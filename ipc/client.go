@@ -65,6 +65,7 @@ type Client struct {
 
 	// Counters for Stats (client_stats.go), added to by any goroutine.
 	cancelsSent, cancelsDropped, dispatchTooLarge atomic.Uint64
+	progressBytes                                 atomic.Uint64 // ClientStats.ProgressBytes
 
 	// sendMu guards reqP and nextCorr. It is held to reserve, fill and
 	// commit one request (by a PendingCall, until Send or Abort), never

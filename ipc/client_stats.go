@@ -18,6 +18,11 @@ type ClientStats struct {
 	// ClientOptions.MaxMessage that OnDispatch was not given (Recv and
 	// TryRecv return ErrTooLarge for them instead).
 	DispatchTooLarge uint64
+	// ProgressBytes counts the bytes of large responses copied into a
+	// call's result from the server's progress notes (FeatureProgress),
+	// while the server was still writing the rest: the part of those
+	// copies that overlapped the server's.
+	ProgressBytes uint64
 }
 
 // Stats returns the client's counters. Safe to call from any goroutine,
@@ -27,5 +32,6 @@ func (cl *Client) Stats() ClientStats {
 		CancelsSent:      cl.cancelsSent.Load(),
 		CancelsDropped:   cl.cancelsDropped.Load(),
 		DispatchTooLarge: cl.dispatchTooLarge.Load(),
+		ProgressBytes:    cl.progressBytes.Load(),
 	}
 }

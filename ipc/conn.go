@@ -49,6 +49,7 @@ type Conn struct {
 	maxResp  int
 	maxDisp  int
 	large    bool    // FeatureLarge granted: larger bodies, up to maxMsg, go in body segments
+	progress bool    // FeatureProgress granted with FeatureLarge: large responses come with progress notes
 	maxMsg   int     // Config.MaxMessage
 	reqIn    *bodyIn // request bodies (large.go); nil without FeatureLarge
 	qLimit   int
@@ -214,6 +215,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 	c.maxResp = MaxResponseBody(int(sizes[1]))
 	c.maxDisp = MaxDispatchBody(int(sizes[2]))
 	if features&FeatureLarge != 0 {
+		c.progress = features&FeatureProgress != 0
 		c.large, c.maxMsg = true, s.cfg.MaxMessage
 		atomic.StoreUint64(word64(c.ctl, ctlMaxMessage), uint64(c.maxMsg))
 		c.reqIn = newBodyIn("request", max(c.maxMsg, c.maxReq), "the server's Config.MaxMessage raises it")

@@ -103,13 +103,20 @@ func (o *ClientOptions) maxRing() (uint64, error) {
 }
 
 // asked returns the feature bits the client asks for: Features, and
-// FeatureLarge unless MaxMessage is negative.
+// FeatureLarge with FeatureProgress unless MaxMessage is negative.
 func (o *ClientOptions) asked() uint32 {
 	if o.MaxMessage < 0 {
-		return o.Features &^ FeatureLarge
+		return o.Features &^ (FeatureLarge | FeatureProgress)
 	}
-	return o.Features | FeatureLarge
+	if !askProgress {
+		return o.Features&^FeatureProgress | FeatureLarge
+	}
+	return o.Features | FeatureLarge | FeatureProgress
 }
+
+// askProgress: Dial asks for FeatureProgress with FeatureLarge. (A
+// variable so that a test can dial as a client that does not.)
+var askProgress = true
 
 // maxMessage returns ClientOptions.MaxMessage with its default.
 func (o *ClientOptions) maxMessage() int {

@@ -36,6 +36,10 @@
 // Config.MaxMessage and ClientOptions.MaxMessage (64 MiB by default); the
 // ring carries a descriptor in its place (FeatureLarge, docs/ipc.md
 // §5.4). Every ErrTooLarge names the size, the limit and what raises it.
+// A large body passed to ResponseWriter.Respond goes in pieces, each
+// announced to the client by a progress note (FeatureProgress, §5.4.1),
+// so that a calling goroutine copies the answer out while the server
+// writes the rest of it.
 //
 // Calls from many goroutines of a Client are pipelined: every request
 // carries a correlation id, and one reader (the lone caller itself, so

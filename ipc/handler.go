@@ -139,6 +139,9 @@ func (w *ResponseWriter) MaxBody() int { return w.c.maxResponse() }
 // Respond sends body as the success response (a copy). Respond, Reserve
 // and Fail return ErrResponded once the handler has answered.
 func (w *ResponseWriter) Respond(body []byte) error {
+	if w.notes(len(body)) {
+		return w.respondInNotes(body)
+	}
 	b, err := w.reserve(respOK, 0, len(body))
 	if err != nil {
 		return err

@@ -76,7 +76,7 @@ func (s *Server) serveHandshake(uc *net.UnixConn, cred Cred, log *slog.Logger, a
 	}
 	grantable := uint32(knownFeatures)
 	if s.cfg.MaxMessage < 0 {
-		grantable &^= FeatureLarge
+		grantable &^= FeatureLarge | FeatureProgress
 	}
 	c, err := newConn(s, uc, svc, cred, sizes, h.features&grantable)
 	if err != nil {

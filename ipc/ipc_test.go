@@ -252,7 +252,7 @@ func TestListenPath(t *testing.T) {
 func TestPayloadChecksumFeature(t *testing.T) {
 	_, addr := startServer(t, nil, echoService())
 	cl := dial(t, addr, &ClientOptions{Features: FeaturePayloadChecksum | 1<<7})
-	if cl.Features() != FeaturePayloadChecksum|defaultFeatures|FeatureLarge {
+	if cl.Features() != FeaturePayloadChecksum|defaultFeatures|FeatureLarge|FeatureProgress {
 		t.Fatalf("granted %#x", cl.Features())
 	}
 	if got, err := cl.Call(testCtx(t), msgEcho, []byte("sum")); err != nil || string(got) != "sum" {

@@ -23,7 +23,14 @@ func (cl *Client) sendLarge(ctx context.Context, id uint16, req []byte, w *waite
 	if err != nil {
 		return err
 	}
-	copyBody(body, req)
+	if len(req) >= progressFrom {
+		// The handler reads it next, on whichever CPU: from memory, where
+		// non-temporal stores put it, rather than from this CPU's cache
+		// (docs/design.md §3.5).
+		streamCopy(body, req)
+	} else {
+		copyBody(body, req)
+	}
 	err = cl.commitLarge(ctx, id, len(req), w, true)
 	<-cl.largeLock
 	return err
@@ -106,22 +113,24 @@ func (cl *Client) commitLarge(ctx context.Context, id uint16, n int, w *waiter, 
 	return nil
 }
 
-// largeBody resolves a large record's descriptor (at d) to its body in
-// the segment of in, waiting for the segment's token until ctx ends. A
-// body above the client's limit is ErrTooLarge for that message only;
-// anything else wrong ends the connection.
-func (cl *Client) largeBody(ctx context.Context, in *bodyIn, d []byte) ([]byte, error) {
+// largeBody resolves a large record's descriptor (at d, read once: it
+// returns what it read) to its body in the segment of in, waiting for
+// the segment's token until ctx ends. A body above the client's limit is
+// ErrTooLarge for that message only; anything else wrong ends the
+// connection.
+func (cl *Client) largeBody(ctx context.Context, in *bodyIn, d []byte) (body []byte, desc [largeDescSize]byte, err error) {
 	if len(d) != largeDescSize {
 		err := fmt.Errorf("%w: %s descriptor of %d bytes", ErrProtocol, in.what, len(d))
 		cl.kill(err)
-		return nil, err
+		return nil, desc, err
 	}
-	n, gen, off := getDesc(d)
-	body, err := in.body(n, gen, off, ctx, cl.done)
+	copy(desc[:], d)
+	n, gen, off := getDesc(desc[:])
+	body, err = in.body(n, gen, off, ctx, cl.done)
 	if err != nil && errors.Is(err, ErrProtocol) {
 		cl.kill(err)
 	}
-	return body, err
+	return body, desc, err
 }
 
 // releaseLarge releases a large record and hands it back at once: the

@@ -426,3 +426,71 @@ func (c *Conn) waitDispRoom(ctx context.Context, n int, limit time.Duration) err
 	}
 	return nil
 }
+
+// respondInNotes is Respond for a body of at least progressFrom bytes to
+// a client that takes progress notes (FeatureProgress; docs/ipc.md
+// §5.4.1). It writes the body into the segment progressPiece bytes at a
+// time, with non-temporal stores, and after each piece but the last
+// commits a note saying how much is written, so that the client copies
+// those bytes out while the next piece goes in. A note that finds the
+// ring full is skipped: the final response, the ordinary large record,
+// is all a client needs.
+//
+// Why non-temporal (docs/design.md §3.5): with cached stores the client,
+// reading each piece right after it was written, fetched it from this
+// CPU's cache, and where the two CPUs are far apart the overlapped
+// copies took longer than the serial ones.
+//
+// Goroutine mode only: it may wait for room, as reserveLarge does.
+// Errors are reserveLarge's.
+func (w *ResponseWriter) respondInNotes(body []byte) error {
+	c := w.c
+	n := len(body)
+	if !c.respOut.room(c.respP, n) {
+		err := c.respP.Waiter().Wait(c.ctx, func() bool { return c.isDead() || c.respOut.room(c.respP, n) })
+		if err == nil && c.isDead() {
+			err = ring.ErrClosed
+		}
+		if err != nil {
+			return c.ringErr("respond", err)
+		}
+	}
+	seg, err := c.respOut.segment(n, c.ctx, c.done, c.rc)
+	if err != nil {
+		if errors.Is(err, ErrLimit) {
+			return fmt.Errorf("respond: %w", err) // as reserveLarge
+		}
+		err = fmt.Errorf("respond: %w: %w", ErrDisconnected, err)
+		c.kill(err)
+		return err
+	}
+	for off := 0; off < n; {
+		end := min(off+progressPiece, n)
+		streamCopy(seg[off:end], body[off:end])
+		off = end
+		if off == n {
+			break
+		}
+		r, err := c.respP.TryReserve(respProgress|typeLarge, respHdrSize+largeDescSize)
+		if err == ring.ErrFull {
+			continue
+		}
+		if err != nil {
+			return c.ringErr("respond", err)
+		}
+		p := r.Bytes()
+		binary.LittleEndian.PutUint64(p, w.corr)
+		binary.LittleEndian.PutUint64(p[8:], uint64(n))
+		c.respOut.desc(p[respHdrSize:], off)
+		if err := r.Commit(); err != nil {
+			return c.ringErr("respond", err)
+		}
+	}
+	r, err := c.respP.Reserve(c.ctx, respOK|typeLarge, respHdrSize+largeDescSize)
+	if err != nil {
+		return c.ringErr("respond", err)
+	}
+	w.res, w.body = r, seg
+	w.reserved1(respOK, 0, r.Bytes())
+	return w.Commit()
+}

@@ -147,7 +147,7 @@ func (cl *Client) dispatchBody(ctx context.Context, rec ring.Record) (id uint16,
 	if rec.Type&typeLarge == 0 {
 		return id, rec.Data, false, nil
 	}
-	body, err = cl.largeBody(ctx, cl.dispIn, rec.Data)
+	body, _, err = cl.largeBody(ctx, cl.dispIn, rec.Data)
 	return id, body, true, err
 }
 

@@ -101,8 +101,14 @@ const (
 	// publishes its clock in the control block (ctlClock). Dial always
 	// asks for it.
 	FeatureCancel = 1 << 3
+	// FeatureProgress: with FeatureLarge, the client takes progress
+	// notes (respProgress) ahead of a large response, each saying how
+	// much of its body the server has written so far, so that it can
+	// copy the body out while the server writes the rest. Dial asks for
+	// it with FeatureLarge.
+	FeatureProgress = 1 << 6
 
-	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason | FeatureStream | FeatureCancel | FeatureLarge
+	knownFeatures = FeaturePayloadChecksum | FeatureCloseReason | FeatureStream | FeatureCancel | FeatureLarge | FeatureProgress
 )
 
 // defaultFeatures are asked for by every Dial, whatever
@@ -245,6 +251,7 @@ const (
 	respPanic          = 4 // the handler panicked before it answered
 	respStreamPart     = 5 // FeatureStream: a part of a streamed response, more follow
 	respCancelled      = 6 // skipped, or ended without an answer, by the client's cancel or deadline (FeatureCancel)
+	respProgress       = 7 // FeatureProgress: a note of how much of the call's large response is written
 
 	reqCancel          = 1 << 17 // request Type: a cancel record (FeatureCancel)
 	reqDeadline        = 1 << 18 // request Type bit: a deadline follows the corr (FeatureCancel)

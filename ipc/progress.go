@@ -1,0 +1,111 @@
+//go:build linux
+
+package ipc
+
+// Progress notes (FeatureProgress, docs/ipc.md §5.4.1): the server writes
+// a large response into its segment in pieces and, after each, commits a
+// note saying how much is written; the client copies those bytes out
+// while the next piece goes in. The final response is an ordinary large
+// record and all a client needs: a note only saves copying its bytes
+// again.
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// progressFrom is the smallest body that goes with progress notes, and
+// the smallest request the client writes with non-temporal stores: two
+// pieces and more. Bodies of 512 KiB to 16 MiB gained from both, 128 KiB
+// and 256 KiB ones measured alike (docs/design.md §3.5).
+const progressFrom = 256<<10 + 1
+
+// progressPiece is how much of the body the server writes between two
+// notes.
+const progressPiece = 128 << 10
+
+// notes reports whether Respond sends an n-byte body with progress notes:
+// a large body of at least progressFrom bytes, within the limit, to a
+// client that asked for them, from a connection served by goroutines
+// (an external loop must not wait for room between pieces), before the
+// handler answered.
+func (w *ResponseWriter) notes(n int) bool {
+	c := w.c
+	return c.progress && !c.external && !w.done && !w.reserved &&
+		n >= progressFrom && n > c.maxResp && n <= c.maxResponse()
+}
+
+// progress takes a note for correlation id c, of a total-byte body whose
+// first len(body) bytes are written (desc: its descriptor, read once).
+// The reader copies them now only into its own caller's Call or CallInto
+// destination (own; no other goroutine can then abandon the call under
+// it); notes for other calls are released unread. A note for no call at
+// all, or without FeatureProgress, is a protocol violation, as a
+// response would be.
+func (cl *Client) progress(b *readBatch, own *waiter, c, total uint64, large bool, tooBig error, desc [largeDescSize]byte, body []byte) error {
+	if cl.features&FeatureProgress == 0 || !large {
+		err := fmt.Errorf("%w: progress note (response status %d) without FeatureProgress or a large body", ErrProtocol, respProgress)
+		cl.kill(err)
+		return err
+	}
+	b.lock(cl)
+	known := cl.waiters.get(c) != nil || cl.orphans > 0 || cl.dead
+	b.unlock(cl)
+	if !known {
+		err := fmt.Errorf("%w: progress note for correlation id %#x, which no call awaits", ErrProtocol, c)
+		cl.kill(err)
+		return err
+	}
+	if own != nil && own.corr == c && tooBig == nil {
+		if n := own.note(total, desc, body, cl.respIn.limit); n > 0 {
+			cl.progressBytes.Add(uint64(n))
+		}
+	}
+	return cl.ringErr(cl.releaseResp(true))
+}
+
+// note copies what a progress note says is written of w's large
+// response, body (the first bytes of a total-byte body, at most limit),
+// into w's destination: the caller's buffer (CallInto) or one of total
+// bytes (Call, allocated at the first note, as the final response would
+// have), and returns how many it copied. A zero-copy or streamed call
+// takes nothing from notes.
+func (w *waiter) note(total uint64, desc [largeDescSize]byte, body []byte, limit int) (copied int) {
+	if w.zc || w.stream || total > uint64(limit) || uint64(len(body)) > total {
+		return 0
+	}
+	binary.LittleEndian.PutUint64(desc[:], total) // as the final record will say
+	if desc != w.noted {
+		w.have = 0 // another body (or the first): start again
+	}
+	if len(body) <= w.have {
+		return 0
+	}
+	var dst []byte
+	switch {
+	case w.into:
+		if total > uint64(len(w.buf)) {
+			return 0 // ErrShortBuffer, once the final response says so
+		}
+		dst = w.buf
+	default:
+		if uint64(len(w.out)) != total {
+			w.out = make([]byte, total)
+		}
+		dst = w.out
+	}
+	// The server's pieces are below memmove's non-temporal threshold, so
+	// this copy is cached: the caller reads its answer next.
+	copied = copy(dst[w.have:len(body)], body[w.have:])
+	w.have, w.noted = len(body), desc
+	return copied
+}
+
+// copyRest copies body into dst, whose first have bytes already hold it
+// (from progress notes), and returns len(body).
+func copyRest(dst, body []byte, have int) int {
+	if have > 0 {
+		return have + copy(dst[have:], body[have:])
+	}
+	return copyBody(dst, body)
+}
