@@ -81,14 +81,8 @@ func (w *ResponseWriter) reserveLarge(status uint32, code int32, n int) ([]byte,
 			return w.reserved1(status, code, w.pend.b), nil
 		}
 	} else {
-		if !c.respOut.room(c.respP, n) {
-			err := c.respP.Waiter().Wait(c.ctx, func() bool { return c.isDead() || c.respOut.room(c.respP, n) })
-			if err == nil && c.isDead() {
-				err = ring.ErrClosed
-			}
-			if err != nil {
-				return nil, c.ringErr("respond", err)
-			}
+		if err := c.waitRespRoom(n); err != nil {
+			return nil, err
 		}
 		var err error
 		if r, err = c.respP.Reserve(c.ctx, status|typeLarge, respHdrSize+largeDescSize); err != nil {
@@ -102,19 +96,42 @@ func (w *ResponseWriter) reserveLarge(status uint32, code int32, n int) ([]byte,
 	body, err := c.respOut.segment(n, ctx, c.done, c.rc)
 	if err != nil {
 		r.Abort() //nolint:errcheck // the only outstanding reservation
-		if errors.Is(err, ErrLimit) {
-			// Past Config.MaxMemory: this response cannot be sent, the
-			// handler may still Fail, and the connection goes on.
-			return nil, fmt.Errorf("respond: %w", err)
-		}
-		err = fmt.Errorf("respond: %w: %w", ErrDisconnected, err)
-		c.kill(err)
-		return nil, err
+		return nil, c.respSegmentErr(err)
 	}
 	w.res, w.body = r, body
 	c.respOut.desc(r.Bytes()[respHdrSize:], n)
 	w.reserved1(status, code, r.Bytes())
 	return body, nil
+}
+
+// waitRespRoom waits, in goroutine mode, until the response body segment
+// has room for an n-byte body (the client releases bodies as it reads
+// them), or the connection ends.
+func (c *Conn) waitRespRoom(n int) error {
+	if c.respOut.room(c.respP, n) {
+		return nil
+	}
+	err := c.respP.Waiter().Wait(c.ctx, func() bool { return c.isDead() || c.respOut.room(c.respP, n) })
+	if err == nil && c.isDead() {
+		err = ring.ErrClosed
+	}
+	if err != nil {
+		return c.ringErr("respond", err)
+	}
+	return nil
+}
+
+// respSegmentErr is the error of a response whose body segment could not
+// be had: past Config.MaxMemory the response cannot be sent, the handler
+// may still Fail, and the connection goes on; anything else (the new
+// segment could not be made or sent) ends the connection.
+func (c *Conn) respSegmentErr(err error) error {
+	if errors.Is(err, ErrLimit) {
+		return fmt.Errorf("respond: %w", err)
+	}
+	err = fmt.Errorf("respond: %w: %w", ErrDisconnected, err)
+	c.kill(err)
+	return err
 }
 
 // reserved1 writes a response header into p and marks the writer
@@ -441,28 +458,17 @@ func (c *Conn) waitDispRoom(ctx context.Context, n int, limit time.Duration) err
 // CPU's cache, and where the two CPUs are far apart the overlapped
 // copies took longer than the serial ones.
 //
-// Goroutine mode only: it may wait for room, as reserveLarge does.
-// Errors are reserveLarge's.
+// Goroutine mode only: it may wait for room, as reserveLarge does, and
+// fails as it does.
 func (w *ResponseWriter) respondInNotes(body []byte) error {
 	c := w.c
 	n := len(body)
-	if !c.respOut.room(c.respP, n) {
-		err := c.respP.Waiter().Wait(c.ctx, func() bool { return c.isDead() || c.respOut.room(c.respP, n) })
-		if err == nil && c.isDead() {
-			err = ring.ErrClosed
-		}
-		if err != nil {
-			return c.ringErr("respond", err)
-		}
+	if err := c.waitRespRoom(n); err != nil {
+		return err
 	}
 	seg, err := c.respOut.segment(n, c.ctx, c.done, c.rc)
 	if err != nil {
-		if errors.Is(err, ErrLimit) {
-			return fmt.Errorf("respond: %w", err) // as reserveLarge
-		}
-		err = fmt.Errorf("respond: %w: %w", ErrDisconnected, err)
-		c.kill(err)
-		return err
+		return c.respSegmentErr(err)
 	}
 	for off := 0; off < n; {
 		end := min(off+progressPiece, n)

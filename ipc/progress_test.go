@@ -312,34 +312,30 @@ func TestHostileServerProgress(t *testing.T) {
 			t.Fatalf("call: %d bytes, %v; want no bytes and the handler's error", len(r.b), r.err)
 		}
 	})
-	t.Run("note without FeatureProgress", func(t *testing.T) {
-		f, cl, res := start(t, FeatureLarge, false)
-		corr := f.nextCorr(t)
-		if err := f.writeNote(corr, 8*page, page, 1, 0); err != nil {
-			t.Fatal(err)
-		}
-		if r := <-res; !errors.Is(r.err, ErrProtocol) && !errors.Is(r.err, ErrDisconnected) {
-			t.Fatalf("call: %v, want the connection ended", r.err)
-		}
-		<-cl.Done()
-		if !errors.Is(cl.Err(), ErrProtocol) {
-			t.Errorf("connection ended with %v, want ErrProtocol", cl.Err())
-		}
-	})
-	t.Run("note for no call", func(t *testing.T) {
-		f, cl, res := start(t, FeatureLarge|FeatureProgress, false)
-		f.nextCorr(t)
-		if err := f.writeNote(orphanCorr, 8*page, page, 1, 0); err != nil {
-			t.Fatal(err)
-		}
-		if r := <-res; !errors.Is(r.err, ErrProtocol) && !errors.Is(r.err, ErrDisconnected) {
-			t.Fatalf("call: %v, want the connection ended", r.err)
-		}
-		<-cl.Done()
-		if !errors.Is(cl.Err(), ErrProtocol) {
-			t.Errorf("connection ended with %v, want ErrProtocol", cl.Err())
-		}
-	})
+	// A note on a connection without the feature, or for no call: the
+	// connection ends.
+	for _, bad := range []struct {
+		name     string
+		features uint32
+		corr     func(asked uint64) uint64
+	}{
+		{"note without FeatureProgress", FeatureLarge, func(asked uint64) uint64 { return asked }},
+		{"note for no call", FeatureLarge | FeatureProgress, func(uint64) uint64 { return orphanCorr }},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			f, cl, res := start(t, bad.features, false)
+			if err := f.writeNote(bad.corr(f.nextCorr(t)), 8*page, page, 1, 0); err != nil {
+				t.Fatal(err)
+			}
+			if r := <-res; !errors.Is(r.err, ErrProtocol) && !errors.Is(r.err, ErrDisconnected) {
+				t.Fatalf("call: %v, want the connection ended", r.err)
+			}
+			<-cl.Done()
+			if !errors.Is(cl.Err(), ErrProtocol) {
+				t.Errorf("connection ended with %v, want ErrProtocol", cl.Err())
+			}
+		})
+	}
 }
 
 // streamCopy copies exactly as copy does, whatever the alignments and
