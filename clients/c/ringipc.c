@@ -898,6 +898,9 @@ static int connect_once(const char *address, uint16_t service, const ripc_option
 			int hs_ms, ripc_client **out, ripc_info *info)
 {
 	ripc_options o = *opts;
+	/* Ask only for what this client implements: a server that granted
+	 * large bodies or progress notes would send records it cannot read. */
+	o.features &= RIPC_FEATURE_PAYLOAD_CHECKSUM | RIPC_FEATURE_CLOSE_REASON;
 	ripc_client *c = calloc(1, sizeof *c);
 	if (!c)
 		return RIPC_ESYS;

@@ -69,7 +69,7 @@ typedef struct ripc_options {
 	 * (a power of two; 0 means 16 MiB). A grant above what was asked is
 	 * always refused. */
 	uint64_t max_ring;
-	uint32_t features;      /* RIPC_FEATURE_* to ask for */
+	uint32_t features;      /* RIPC_FEATURE_* to ask for; other bits are not asked for */
 	int spin_us;            /* polling before sleeping: 0 means 200 µs, negative none */
 	int handshake_ms;       /* bound on connect + handshake, retries included: 0 means 5000, negative none */
 	/* The server's uid must be this one (>= 0). -1 (or a zeroed

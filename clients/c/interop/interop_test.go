@@ -234,7 +234,11 @@ func TestInterop(t *testing.T) {
 				})
 				t.Run("calls-default-rings/sums="+sums, func(t *testing.T) {
 					s := startServer(t, "", m.eventLoop, ipc.Config{})
-					p := start(t, driver, driverArgs(s.addr, "calls", "sums="+sums, "n=300"))
+					// extra: the client is told to ask for the features it
+					// lacks too (stream, cancel, large, progress), and must
+					// not pass them on.
+					extra := fmt.Sprint(ipc.FeatureStream | ipc.FeatureCancel | ipc.FeatureLarge | ipc.FeatureProgress)
+					p := start(t, driver, driverArgs(s.addr, "calls", "sums="+sums, "n=300", "extra="+extra))
 					p.expect("connected req 65536 ")
 					p.expect("calls 300 ")
 					p.finish()
