@@ -58,6 +58,11 @@ type Conn struct {
 	log      *slog.Logger
 	adm      *admission // the server's limits this connection holds; nil until the handshake charged it
 
+	// testHookNoted, set by a test's handler before it responds, runs
+	// after each progress note respondInNotes commits, on the handler's
+	// goroutine.
+	testHookNoted func()
+
 	// ctx ends when the connection is killed: handlers and blocking ring
 	// calls stop. loopCtx also ends at drain, which only stops the loop
 	// from waiting for more requests.

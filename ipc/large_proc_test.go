@@ -4,6 +4,7 @@ package ipc
 
 import (
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 )
@@ -120,6 +121,55 @@ func TestLargeServerKilled(t *testing.T) {
 	cl.Close()
 	// Reaping the child closed its pipe (and pidfd): fewer descriptors
 	// than the baseline is right.
+	fds, seg, _ := resourceCount(t)
+	if fds > fds0 || seg != seg0 || bodyMapped(t) != 0 {
+		t.Errorf("after the server died: fds %d (baseline %d), segment mappings %d (baseline %d), %d bytes of body segments mapped",
+			fds, fds0, seg, seg0, bodyMapped(t))
+	}
+}
+
+// msgNotedBlock answers with a 4 MiB body through Respond, and stops for
+// good after its second progress note: a server killed now dies halfway
+// through an answer the caller is copying out.
+const msgNotedBlock = 61
+
+var notedBlockHandler = HandlerFunc(func(w *ResponseWriter, r *Request) {
+	notes := 0
+	r.Conn.testHookNoted = func() {
+		if notes++; notes == 2 {
+			<-r.Context().Done()
+		}
+	}
+	w.Respond(make([]byte, 4<<20))
+})
+
+// A server SIGKILLed halfway through a large answer whose first pieces
+// the caller has copied out from progress notes fails the call with
+// ErrDisconnected, and Close leaves the client nothing.
+func TestProgressServerKilled(t *testing.T) {
+	addr := abstractAddr()
+	ch := startChild(t, "server", addr, nil)
+	ch.expect(t, "ready")
+	fds0, seg0, _ := resourceCount(t)
+	cl, err := Dial(testCtx(t), addr, testService, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.Call(testCtx(t), msgNotedBlock, []byte("x"))
+		done <- err
+	}()
+	// The caller reads the two notes as they come; nothing else can end
+	// this wait but the test's deadline.
+	for cl.Stats().ProgressBytes < 2*progressPiece {
+		runtime.Gosched()
+	}
+	ch.kill(t)
+	if err := <-done; !errors.Is(err, ErrDisconnected) {
+		t.Errorf("call: %v, want ErrDisconnected", err)
+	}
+	cl.Close()
 	fds, seg, _ := resourceCount(t)
 	if fds > fds0 || seg != seg0 || bodyMapped(t) != 0 {
 		t.Errorf("after the server died: fds %d (baseline %d), segment mappings %d (baseline %d), %d bytes of body segments mapped",

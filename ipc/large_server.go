@@ -491,6 +491,9 @@ func (w *ResponseWriter) respondInNotes(body []byte) error {
 		if err := r.Commit(); err != nil {
 			return c.ringErr("respond", err)
 		}
+		if c.testHookNoted != nil {
+			c.testHookNoted()
+		}
 	}
 	r, err := c.respP.Reserve(c.ctx, respOK|typeLarge, respHdrSize+largeDescSize)
 	if err != nil {

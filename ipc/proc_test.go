@@ -114,6 +114,7 @@ func runChild(role, addr string) int {
 			<-r.Context().Done()
 		})
 		svc.Handlers[msgLargeBlock] = largeBlockHandler
+		svc.Handlers[msgNotedBlock] = notedBlockHandler
 		srv.Register(svc)
 		l, err := Listen(addr, 0)
 		if err != nil {
