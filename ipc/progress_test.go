@@ -4,9 +4,11 @@ package ipc
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -355,6 +357,44 @@ func TestStreamCopy(t *testing.T) {
 					t.Fatalf("n %d, src +%d, dst +%d: differs", n, so, do)
 				}
 			}
+		}
+	}
+}
+
+// A caller that gives up halfway through a noted answer gets its
+// context's error at once; the server's handler sees the cancel, the rest
+// of the notes and the final response go to the abandoned call's account,
+// and the next call is answered in full.
+func TestProgressAbandoned(t *testing.T) {
+	svc := sizedService()
+	svc.Handlers[msgBlock] = HandlerFunc(func(w *ResponseWriter, r *Request) {
+		notes := 0
+		r.Conn.testHookNoted = func() {
+			if notes++; notes == 1 {
+				<-r.Context().Done() // the caller's cancel record
+			}
+		}
+		w.Respond(pattern(2<<20, 4))
+	})
+	_, addr := startServer(t, nil, svc)
+	cl := dial(t, addr, nil)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.Call(ctx, msgBlock, []byte("x"))
+		done <- err
+	}()
+	for cl.Stats().ProgressBytes == 0 {
+		runtime.Gosched()
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned call: %v, want context.Canceled", err)
+	}
+	for i := range 3 {
+		got, err := cl.Call(testCtx(t), msgEcho, sizedReq(1<<20, byte(i)))
+		if err != nil || !bytes.Equal(got, pattern(1<<20, byte(i))) {
+			t.Fatalf("call %d after it: %d bytes, %v", i, len(got), err)
 		}
 	}
 }
