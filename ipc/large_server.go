@@ -471,7 +471,7 @@ func (w *ResponseWriter) respondInNotes(body []byte) error {
 		return c.respSegmentErr(err)
 	}
 	for off := 0; off < n; {
-		end := min(off+progressPiece, n)
+		end := pieceEnd(off, n)
 		streamCopy(seg[off:end], body[off:end])
 		off = end
 		if off == n {

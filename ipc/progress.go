@@ -21,8 +21,27 @@ import (
 const progressFrom = 256<<10 + 1
 
 // progressPiece is how much of the body the server writes between two
-// notes.
-const progressPiece = 128 << 10
+// notes, but for the first and the last piece, which are progressEdge:
+// the client starts copying sooner, and has less left to copy once the
+// server is done (8 interleaved pairs against 128 KiB throughout: 1 MiB
+// calls 7.8-10.6 k/s against 6.9-10.3 k/s, 4 MiB 2.0-2.3 k/s against
+// 1.2-2.3 k/s, 512 KiB and 16 MiB alike).
+const (
+	progressPiece = 128 << 10
+	progressEdge  = 32 << 10
+)
+
+// pieceEnd returns where the piece of an n-byte body (n > 2*progressEdge)
+// that starts at off ends.
+func pieceEnd(off, n int) int {
+	if off == 0 {
+		return progressEdge
+	}
+	if end := min(off+progressPiece, n-progressEdge); end > off {
+		return end
+	}
+	return n
+}
 
 // notes reports whether Respond sends an n-byte body with progress notes:
 // a large body of at least progressFrom bytes, within the limit, to a

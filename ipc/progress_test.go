@@ -385,7 +385,12 @@ func TestProgressAbandoned(t *testing.T) {
 		done <- err
 	}()
 	for cl.Stats().ProgressBytes == 0 {
-		runtime.Gosched()
+		select {
+		case err := <-done:
+			t.Fatalf("call ended before any note: %v", err)
+		default:
+			runtime.Gosched()
+		}
 	}
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
@@ -395,6 +400,25 @@ func TestProgressAbandoned(t *testing.T) {
 		got, err := cl.Call(testCtx(t), msgEcho, sizedReq(1<<20, byte(i)))
 		if err != nil || !bytes.Equal(got, pattern(1<<20, byte(i))) {
 			t.Fatalf("call %d after it: %d bytes, %v", i, len(got), err)
+		}
+	}
+}
+
+// pieceEnd cuts every noted body into pieces that cover it in order: a
+// short first and last one, none above progressPiece.
+func TestPieceEnd(t *testing.T) {
+	for _, n := range []int{progressFrom, progressFrom + 1, 1 << 20, 1<<20 + 1, 1<<20 - 1, 3*progressPiece + 2*progressEdge, 64 << 20} {
+		var pieces []int
+		for off := 0; off < n; {
+			end := pieceEnd(off, n)
+			if end <= off || end > n || end-off > progressPiece {
+				t.Fatalf("n %d: piece [%d, %d)", n, off, end)
+			}
+			pieces = append(pieces, end-off)
+			off = end
+		}
+		if first, last := pieces[0], pieces[len(pieces)-1]; first != progressEdge || last > progressEdge {
+			t.Errorf("n %d: first piece %d, last %d; want %d and at most that", n, first, last, progressEdge)
 		}
 	}
 }
