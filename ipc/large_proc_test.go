@@ -4,7 +4,6 @@ package ipc
 
 import (
 	"errors"
-	"runtime"
 	"sync"
 	"testing"
 )
@@ -96,14 +95,7 @@ func TestLargeClientKilled(t *testing.T) {
 // message held by the client fails the client's call with
 // ErrDisconnected, and Close leaves the client nothing.
 func TestLargeServerKilled(t *testing.T) {
-	addr := abstractAddr()
-	ch := startChild(t, "server", addr, nil)
-	ch.expect(t, "ready")
-	fds0, seg0, _ := resourceCount(t)
-	cl, err := Dial(testCtx(t), addr, testService, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, cl, fds0, seg0 := dialServerChild(t)
 	ctx := testCtx(t)
 	done := make(chan error, 1)
 	go func() {
@@ -114,6 +106,32 @@ func TestLargeServerKilled(t *testing.T) {
 	if err != nil || len(m.Data) != 2<<20 {
 		t.Fatalf("large dispatch: %d bytes, %v", len(m.Data), err)
 	}
+	killServer(t, ch, cl, done, fds0, seg0)
+}
+
+// dialServerChild starts a server child process and dials it, and
+// returns the client's descriptor and segment mapping counts from before
+// it dialled.
+func dialServerChild(t *testing.T) (ch *child, cl *Client, fds0, seg0 int) {
+	t.Helper()
+	addr := abstractAddr()
+	ch = startChild(t, "server", addr, nil)
+	ch.expect(t, "ready")
+	fds0, seg0, _ = resourceCount(t)
+	cl, err := Dial(testCtx(t), addr, testService, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch, cl, fds0, seg0
+}
+
+// killServer kills the server child ch while cl has a call in flight
+// (its error comes on done), and checks that the call fails with
+// ErrDisconnected and that, once cl is closed, the client holds no more
+// descriptors or segment mappings than it did before it dialled (fds0,
+// seg0) and no body segment.
+func killServer(t *testing.T, ch *child, cl *Client, done <-chan error, fds0, seg0 int) {
+	t.Helper()
 	ch.kill(t)
 	if err := <-done; !errors.Is(err, ErrDisconnected) {
 		t.Errorf("call: %v, want ErrDisconnected", err)
@@ -147,37 +165,7 @@ var notedBlockHandler = HandlerFunc(func(w *ResponseWriter, r *Request) {
 // the caller has copied out from progress notes fails the call with
 // ErrDisconnected, and Close leaves the client nothing.
 func TestProgressServerKilled(t *testing.T) {
-	addr := abstractAddr()
-	ch := startChild(t, "server", addr, nil)
-	ch.expect(t, "ready")
-	fds0, seg0, _ := resourceCount(t)
-	cl, err := Dial(testCtx(t), addr, testService, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := cl.Call(testCtx(t), msgNotedBlock, []byte("x"))
-		done <- err
-	}()
-	// The caller takes the notes as they come (the server stops after
-	// its second).
-	for cl.Stats().ProgressBytes == 0 {
-		select {
-		case err := <-done:
-			t.Fatalf("call ended before any note: %v", err)
-		default:
-			runtime.Gosched()
-		}
-	}
-	ch.kill(t)
-	if err := <-done; !errors.Is(err, ErrDisconnected) {
-		t.Errorf("call: %v, want ErrDisconnected", err)
-	}
-	cl.Close()
-	fds, seg, _ := resourceCount(t)
-	if fds > fds0 || seg != seg0 || bodyMapped(t) != 0 {
-		t.Errorf("after the server died: fds %d (baseline %d), segment mappings %d (baseline %d), %d bytes of body segments mapped",
-			fds, fds0, seg, seg0, bodyMapped(t))
-	}
+	ch, cl, fds0, seg0 := dialServerChild(t)
+	// The server stops after its second note.
+	killServer(t, ch, cl, callUntilNoted(t, testCtx(t), cl, msgNotedBlock), fds0, seg0)
 }

@@ -379,19 +379,7 @@ func TestProgressAbandoned(t *testing.T) {
 	_, addr := startServer(t, nil, svc)
 	cl := dial(t, addr, nil)
 	ctx, cancel := context.WithCancel(testCtx(t))
-	done := make(chan error, 1)
-	go func() {
-		_, err := cl.Call(ctx, msgBlock, []byte("x"))
-		done <- err
-	}()
-	for cl.Stats().ProgressBytes == 0 {
-		select {
-		case err := <-done:
-			t.Fatalf("call ended before any note: %v", err)
-		default:
-			runtime.Gosched()
-		}
-	}
+	done := callUntilNoted(t, ctx, cl, msgBlock)
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("abandoned call: %v, want context.Canceled", err)
@@ -421,4 +409,26 @@ func TestPieceEnd(t *testing.T) {
 			t.Errorf("n %d: first piece %d, last %d; want %d and at most that", n, first, last, progressEdge)
 		}
 	}
+}
+
+// callUntilNoted starts a Call of id on cl and returns once the caller has
+// copied out a first noted byte of its answer, which the call's handler
+// must then hold back; the call's error comes on the channel. It fails
+// the test if the call ends first.
+func callUntilNoted(t *testing.T, ctx context.Context, cl *Client, id uint16) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.Call(ctx, id, []byte("x"))
+		done <- err
+	}()
+	for cl.Stats().ProgressBytes == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("call ended before any note: %v", err)
+		default:
+			runtime.Gosched()
+		}
+	}
+	return done
 }
