@@ -815,8 +815,10 @@ type waiterState struct {
 	// have bytes of the large body noted (its descriptor, length the
 	// whole body's) are already in buf (CallInto) or out (Call), copied
 	// from progress notes by the caller's own reader (progress.go).
-	have  int
-	noted [largeDescSize]byte
-	err   error
-	view  []byte
+	// unnoted: its notes named two bodies, and it takes no more.
+	have    int
+	noted   [largeDescSize]byte
+	unnoted bool
+	err     error
+	view    []byte
 }

@@ -446,8 +446,8 @@ func (c *Conn) waitDispRoom(ctx context.Context, n int, limit time.Duration) err
 
 // respondInNotes is Respond for a body of at least progressFrom bytes to
 // a client that takes progress notes (FeatureProgress; docs/ipc.md
-// §5.4.1). It writes the body into the segment progressPiece bytes at a
-// time, with non-temporal stores, and after each piece but the last
+// §5.4.1). It writes the body into the segment a piece at a time
+// (pieceEnd), with non-temporal stores, and after each piece but the last
 // commits a note saying how much is written, so that the client copies
 // those bytes out while the next piece goes in. A note that finds the
 // ring full is skipped: the final response, the ordinary large record,

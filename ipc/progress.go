@@ -88,14 +88,19 @@ func (cl *Client) progress(b *readBatch, own *waiter, c, total uint64, large boo
 // into w's destination: the caller's buffer (CallInto) or one of total
 // bytes (Call, allocated at the first note, as the final response would
 // have), and returns how many it copied. A zero-copy or streamed call
-// takes nothing from notes.
+// takes nothing from notes, and neither does a call whose notes named
+// another body than its earlier ones: an honest server never does that,
+// and taking them would let a server that keeps changing its mind make
+// this client copy (and, for Call, allocate) a whole body per note. So a
+// call copies at most one body from notes and allocates at most once.
 func (w *waiter) note(total uint64, desc [largeDescSize]byte, body []byte, limit int) (copied int) {
-	if w.zc || w.stream || total > uint64(limit) || uint64(len(body)) > total {
+	if w.zc || w.stream || w.unnoted || total > uint64(limit) || uint64(len(body)) > total {
 		return 0
 	}
 	binary.LittleEndian.PutUint64(desc[:], total) // as the final record will say
-	if desc != w.noted {
-		w.have = 0 // another body (or the first): start again
+	if w.have > 0 && desc != w.noted {
+		w.have, w.unnoted = 0, true // the final response is copied whole
+		return 0
 	}
 	if len(body) <= w.have {
 		return 0

@@ -260,11 +260,16 @@ func TestHostileServerProgress(t *testing.T) {
 			}
 		})
 		t.Run(name+"/notes of two bodies", func(t *testing.T) {
-			f, _, res := start(t, FeatureLarge|FeatureProgress, into)
+			// A server that changes its mind costs at most one body's
+			// copy from notes: the notes after the change, whichever
+			// body they name, give nothing.
+			f, cl, res := start(t, FeatureLarge|FeatureProgress, into)
 			corr := f.nextCorr(t)
 			for _, err := range []error{
 				f.writeNote(corr, 8*page, 5*page, 1, 8), // body 2
 				f.writeNote(corr, 8*page, 6*page, 1, 0), // body 1, from its start
+				f.writeNote(corr, 8*page, 7*page, 1, 8), // body 2 again
+				f.writeNote(corr, 8*page, 7*page, 1, 0), // body 1 again
 				f.writeLargeAt(corr, 8*page, 1, 0),      // the answer: body 1
 			} {
 				if err != nil {
@@ -273,6 +278,9 @@ func TestHostileServerProgress(t *testing.T) {
 			}
 			if r := <-res; r.err != nil || !bytes.Equal(r.b, body1) {
 				t.Fatalf("%d bytes, %v; want body 1", len(r.b), r.err)
+			}
+			if n := cl.Stats().ProgressBytes; n != 5*page {
+				t.Errorf("%d bytes from notes, want %d: the first body's only", n, 5*page)
 			}
 		})
 		t.Run(name+"/notes then the body they noted", func(t *testing.T) {
