@@ -343,8 +343,13 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		large := status&typeLarge != 0 && cl.large
 		var tooBig error             // a large body above the client's limit: that call fails
 		var desc [largeDescSize]byte // a large body's descriptor, as read
+		var flags uint64             // a progress note's
 		if large {
 			status &^= typeLarge
+			if status == respProgress && len(body) == largeDescSize+noteFlagsSize {
+				flags = binary.LittleEndian.Uint64(body[largeDescSize:])
+				body = body[:largeDescSize]
+			}
 			var err error
 			body, desc, err = cl.largeBody(ctx, cl.respIn, body)
 			if err != nil {
@@ -360,7 +365,7 @@ func (cl *Client) read(ctx context.Context, own *waiter) (mine bool, err error) 
 		c := binary.LittleEndian.Uint64(rec.Data)
 		if status == respProgress {
 			total := binary.LittleEndian.Uint64(rec.Data[8:])
-			if err := cl.progress(&b, own, c, total, large, tooBig, desc, body); err != nil {
+			if err := cl.progress(&b, own, c, total, large, tooBig, desc, body, flags); err != nil {
 				b.flush(cl)
 				return false, err
 			}

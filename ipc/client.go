@@ -87,6 +87,9 @@ type Client struct {
 	// its.
 	largeLock chan struct{}
 	reqOut    bodyOut
+	// near: the server's last verdict on how near this client reads
+	// (noteNear), which decides how large requests are written (near.go).
+	near atomic.Bool
 
 	// mu guards the call state (call.go): waiters (calls sent and not yet
 	// answered, by correlation id), orphans

@@ -63,6 +63,11 @@ type Conn struct {
 	// goroutine.
 	testHookNoted func()
 
+	// near: respondInNotes's verdict on the client's CPU, from nearJ
+	// (near.go); the connection loop's, as nearJ is.
+	near  bool
+	nearJ nearJudge
+
 	// ctx ends when the connection is killed: handlers and blocking ring
 	// calls stop. loopCtx also ends at drain, which only stops the loop
 	// from waiting for more requests.

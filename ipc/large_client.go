@@ -24,10 +24,9 @@ func (cl *Client) sendLarge(ctx context.Context, id uint16, req []byte, w *waite
 		return err
 	}
 	if len(req) >= progressFrom {
-		// The handler reads it next, on whichever CPU: from memory, where
-		// non-temporal stores put it, rather than from this CPU's cache
-		// (docs/design.md §3.5).
-		streamCopy(body, req)
+		// The handler reads it next: with the stores that suit where,
+		// as the server last found (near.go).
+		copyPiece(body, req, cl.near.Load())
 	} else {
 		copyBody(body, req)
 	}

@@ -447,16 +447,17 @@ func (c *Conn) waitDispRoom(ctx context.Context, n int, limit time.Duration) err
 // respondInNotes is Respond for a body of at least progressFrom bytes to
 // a client that takes progress notes (FeatureProgress; docs/ipc.md
 // §5.4.1). It writes the body into the segment a piece at a time
-// (pieceEnd), with non-temporal stores, and after each piece but the last
-// commits a note saying how much is written, so that the client copies
-// those bytes out while the next piece goes in. A note that finds the
-// ring full is skipped: the final response, the ordinary large record,
-// is all a client needs.
+// (pieceEnd) and after each piece but the last commits a note saying how
+// much is written, so that the client copies those bytes out while the
+// next piece goes in. A note that finds the ring full is skipped: the
+// final response, the ordinary large record, is all a client needs.
 //
-// Why non-temporal (docs/design.md §3.5): with cached stores the client,
-// reading each piece right after it was written, fetched it from this
-// CPU's cache, and where the two CPUs are far apart the overlapped
-// copies took longer than the serial ones.
+// The stores are non-temporal unless the client reads from a CPU that
+// shares this one's cache, as judged by how soon it releases the first
+// note (near.go, docs/design.md §3.6): with cached stores a client far
+// away, reading each piece right after it was written, fetched it from
+// this CPU's cache, and the overlapped copies took longer than the
+// serial ones.
 //
 // Goroutine mode only: it may wait for room, as reserveLarge does, and
 // fails as it does.
@@ -470,14 +471,19 @@ func (w *ResponseWriter) respondInNotes(body []byte) error {
 	if err != nil {
 		return c.respSegmentErr(err)
 	}
+	c.nearJ.bodies++
+	judged := c.nearJ.bodies%nearEvery != 0 // one noted response in nearEvery is timed
+	if v := nearTest.Load(); v != 0 {
+		c.near, judged = v > 0, true
+	}
 	for off := 0; off < n; {
 		end := pieceEnd(off, n)
-		streamCopy(seg[off:end], body[off:end])
+		copyPiece(seg[off:end], body[off:end], c.near)
 		off = end
 		if off == n {
 			break
 		}
-		r, err := c.respP.TryReserve(respProgress|typeLarge, respHdrSize+largeDescSize)
+		r, err := c.respP.TryReserve(respProgress|typeLarge, respHdrSize+largeDescSize+noteFlagsSize)
 		if err == ring.ErrFull {
 			continue
 		}
@@ -485,14 +491,23 @@ func (w *ResponseWriter) respondInNotes(body []byte) error {
 			return c.ringErr("respond", err)
 		}
 		p := r.Bytes()
-		binary.LittleEndian.PutUint64(p, w.corr)
-		binary.LittleEndian.PutUint64(p[8:], uint64(n))
+		le := binary.LittleEndian
+		le.PutUint64(p, w.corr)
+		le.PutUint64(p[8:], uint64(n))
 		c.respOut.desc(p[respHdrSize:], off)
+		var flags uint64
+		if c.near {
+			flags = noteNear
+		}
+		le.PutUint64(p[respHdrSize+largeDescSize:], flags)
 		if err := r.Commit(); err != nil {
 			return c.ringErr("respond", err)
 		}
 		if c.testHookNoted != nil {
 			c.testHookNoted()
+		}
+		if !judged {
+			judged, c.near = true, c.judgeNear(r.End())
 		}
 	}
 	r, err := c.respP.Reserve(c.ctx, respOK|typeLarge, respHdrSize+largeDescSize)

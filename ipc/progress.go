@@ -61,7 +61,7 @@ func (w *ResponseWriter) notes(n int) bool {
 // it); notes for other calls are released unread. A note for no call at
 // all, or without FeatureProgress, is a protocol violation, as a
 // response would be.
-func (cl *Client) progress(b *readBatch, own *waiter, c, total uint64, large bool, tooBig error, desc [largeDescSize]byte, body []byte) error {
+func (cl *Client) progress(b *readBatch, own *waiter, c, total uint64, large bool, tooBig error, desc [largeDescSize]byte, body []byte, flags uint64) error {
 	if cl.features&FeatureProgress == 0 || !large {
 		err := fmt.Errorf("%w: progress note (response status %d) without FeatureProgress or a large body", ErrProtocol, respProgress)
 		cl.kill(err)
@@ -75,12 +75,18 @@ func (cl *Client) progress(b *readBatch, own *waiter, c, total uint64, large boo
 		cl.kill(err)
 		return err
 	}
+	// Released before its piece is copied: the server times how soon
+	// (near.go), and the body stays until the final response's release.
+	if err := cl.releaseResp(true); err != nil {
+		return cl.ringErr(err)
+	}
+	cl.near.Store(flags&noteNear != 0)
 	if own != nil && own.corr == c && tooBig == nil {
 		if n := own.note(total, desc, body, cl.respIn.limit); n > 0 {
 			cl.progressBytes.Add(uint64(n))
 		}
 	}
-	return cl.ringErr(cl.releaseResp(true))
+	return nil
 }
 
 // note copies what a progress note says is written of w's large

@@ -256,7 +256,12 @@ const (
 	reqCancel          = 1 << 17 // request Type: a cancel record (FeatureCancel)
 	reqDeadline        = 1 << 18 // request Type bit: a deadline follows the corr (FeatureCancel)
 	reqDeadlineHdrSize = 16      // corr and deadline
-	cancelRecordSize   = 8       // a cancel record's payload: the corr
+	// A progress note's payload ends with a u64 of flags (noteFlagsSize
+	// bytes, after the descriptor); noteNear: the server found the
+	// client's reader on a CPU near its own (near.go).
+	noteFlagsSize    = 8
+	noteNear         = 1
+	cancelRecordSize = 8 // a cancel record's payload: the corr
 )
 
 // hello is the decoded client hello.
