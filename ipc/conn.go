@@ -63,9 +63,8 @@ type Conn struct {
 	// goroutine.
 	testHookNoted func()
 
-	// near: respondInNotes's verdict on the client's CPU, from nearJ
-	// (near.go); the connection loop's, as nearJ is.
-	near  bool
+	// nearJ judges how near the client reads, for respondInNotes's
+	// stores (near.go); the connection loop's.
 	nearJ nearJudge
 
 	// ctx ends when the connection is killed: handlers and blocking ring

@@ -471,14 +471,15 @@ func (w *ResponseWriter) respondInNotes(body []byte) error {
 	if err != nil {
 		return c.respSegmentErr(err)
 	}
-	c.nearJ.bodies++
-	judged := c.nearJ.bodies%nearEvery != 0 // one noted response in nearEvery is timed
+	j := &c.nearJ
+	j.bodies++
+	watch := j.bodies%nearEvery == 0 // one noted response in nearEvery is timed
 	if v := nearTest.Load(); v != 0 {
-		c.near, judged = v > 0, true
+		j.near, watch = v > 0, false
 	}
 	for off := 0; off < n; {
 		end := pieceEnd(off, n)
-		copyPiece(seg[off:end], body[off:end], c.near)
+		copyPiece(seg[off:end], body[off:end], j.near)
 		off = end
 		if off == n {
 			break
@@ -496,7 +497,7 @@ func (w *ResponseWriter) respondInNotes(body []byte) error {
 		le.PutUint64(p[8:], uint64(n))
 		c.respOut.desc(p[respHdrSize:], off)
 		var flags uint64
-		if c.near {
+		if j.near {
 			flags = noteNear
 		}
 		le.PutUint64(p[respHdrSize+largeDescSize:], flags)
@@ -506,8 +507,9 @@ func (w *ResponseWriter) respondInNotes(body []byte) error {
 		if c.testHookNoted != nil {
 			c.testHookNoted()
 		}
-		if !judged {
-			judged, c.near = true, c.judgeNear(r.End())
+		if watch {
+			watch = false
+			c.judgeNear(r.End())
 		}
 	}
 	r, err := c.respP.Reserve(c.ctx, respOK|typeLarge, respHdrSize+largeDescSize)

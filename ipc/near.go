@@ -17,8 +17,8 @@ import (
 // (docs/design.md §3.6). Which holds changes while a connection lives:
 // the hypervisor, or the scheduler, moves the CPUs.
 //
-// So respondInNotes measures it on every noted response: after its first
-// note it watches the response ring's head until the client releases the
+// So respondInNotes measures it as it goes: after the first note of a
+// response it watches the response ring's head until the client releases the
 // note (the client's reader, polling for its answer, releases a note
 // before it copies the piece): a round trip of one cache line each way
 // and a few loads. On the AMD guest, whose two phases these are, the
@@ -73,19 +73,18 @@ var nearTest atomic.Int32
 
 // judgeNear watches the response ring, for at most nearWatch, until the
 // client has released the record ending at end (a progress note just
-// committed), takes the round trip if it did, and returns the verdict.
-func (c *Conn) judgeNear(end uint64) bool {
+// committed), and gives nearJ the round trip if it did.
+func (c *Conn) judgeNear(end uint64) {
 	start := monoNow()
 	for i := 1; ; i++ {
 		if c.respP.Released(end) {
 			c.nearJ.take(monoNow() - start)
-			break
+			return
 		}
 		if i%4 == 0 && monoNow()-start >= nearWatch {
-			break
+			return
 		}
 	}
-	return c.nearJ.near
 }
 
 // copyPiece copies src into dst with the stores near calls for: cached

@@ -168,16 +168,37 @@ func (f *fakeServer) sendBodies(t *testing.T, data []byte) {
 }
 
 // writeNote commits a progress note for corr: written bytes of a
-// total-byte body at page off of generation gen.
+// total-byte body at page off of generation gen, and no flags word.
 func (f *fakeServer) writeNote(corr, total, written uint64, gen, off uint32) error {
-	pl := make([]byte, respHdrSize+largeDescSize)
+	return f.writeNoteWith(corr, total, written, gen, off, nil)
+}
+
+// writeNoteWith is writeNote with tail (the flags word, or anything) after
+// the descriptor.
+func (f *fakeServer) writeNoteWith(corr, total, written uint64, gen, off uint32, tail []byte) error {
+	pl := make([]byte, respHdrSize+largeDescSize, respHdrSize+largeDescSize+len(tail))
 	le := binary.LittleEndian
 	le.PutUint64(pl, corr)
 	le.PutUint64(pl[8:], total)
 	le.PutUint64(pl[respHdrSize:], written)
 	le.PutUint32(pl[respHdrSize+8:], gen)
 	le.PutUint32(pl[respHdrSize+12:], off)
-	return f.resp.TryWrite(respProgress|typeLarge, pl)
+	return f.resp.TryWrite(respProgress|typeLarge, append(pl, tail...))
+}
+
+// dialNoted dials a fake server with 4 KiB rings that grants features and
+// a 64 MiB MaxMessage, as a client whose own limit is 1 MiB, and sends it
+// seg as the response body segment.
+func dialNoted(t *testing.T, features uint32, seg []byte) (*fakeServer, *Client) {
+	t.Helper()
+	f := newFakeServer(t, [3]uint64{4096, 4096, 4096}, func(r *reply) { r.features = features })
+	binary.LittleEndian.PutUint64(f.ctl[ctlMaxMessage:], 64<<20)
+	cl, err := f.dial(&ClientOptions{MaxMessage: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sendBodies(t, seg)
+	return f, cl
 }
 
 // writeLargeAt is writeLargeResponse with the body at page off.
@@ -219,13 +240,7 @@ func TestHostileServerProgress(t *testing.T) {
 		err error
 	}
 	start := func(t *testing.T, features uint32, into bool) (*fakeServer, *Client, chan call) {
-		f := newFakeServer(t, [3]uint64{4096, 4096, 4096}, func(r *reply) { r.features = features })
-		binary.LittleEndian.PutUint64(f.ctl[ctlMaxMessage:], 64<<20)
-		cl, err := f.dial(&ClientOptions{MaxMessage: 1 << 20})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.sendBodies(t, seg)
+		f, cl := dialNoted(t, features, seg)
 		res := make(chan call, 1)
 		go func() {
 			if into {
