@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ringipc/ringipc/futex"
+	"github.com/ringipc/ringipc/internal/load"
 	"github.com/ringipc/ringipc/internal/spin"
 )
 
@@ -151,73 +152,20 @@ const AdaptiveSpin = 50 * time.Microsecond
 // at once (see machineBusy).
 const ReplySpin = 200 * time.Microsecond
 
-// machineBusy reports whether the machine had more runnable threads than
-// CPUs when last sampled. It samples /proc/loadavg once every
-// busySampleEvery calls (a few system calls, no allocation), so its cost
-// per wait is a fraction of a µs; between samples it answers from the
-// last one. Off Linux, or if the file cannot be read, it says false.
-func machineBusy() bool {
-	sampleRunnable()
-	return busyLast.Load()
-}
-
-// machineOverloaded is machineBusy with a higher bar: at least twice as
-// many runnable threads as CPUs, so that a sleeper can expect to wait
-// for a CPU, milliseconds, not for its peer's wake-up. A paced call
-// between two processes on 2 CPUs reads 3 runnable threads now and then
-// (the two sides and a runtime thread), which is busy but not this.
-func machineOverloaded() bool {
-	sampleRunnable()
-	return overLast.Load()
-}
+// machineBusy and machineOverloaded are the machine's load as
+// internal/load samples it (/proc/loadavg's runnable threads against the
+// CPUs, once every load.SampleEvery calls): busy is more runnable
+// threads than CPUs, overloaded at least twice as many, so that a
+// sleeper can expect to wait for a CPU, milliseconds, not for its peer's
+// wake-up.
+var (
+	machineBusy       = load.Busy
+	machineOverloaded = load.Overloaded
+)
 
 // overloaded is machineOverloaded: a variable only so that tests can make
 // sleepers hand off their P on any machine; nothing else writes it.
 var overloaded = machineOverloaded
-
-func sampleRunnable() {
-	if busyCalls.Add(1)%busySampleEvery == 1 {
-		r := runnableThreads()
-		n := runtime.NumCPU()
-		busyLast.Store(r > n)
-		overLast.Store(r >= 2*n)
-	}
-}
-
-const busySampleEvery = 32
-
-var (
-	busyCalls atomic.Uint32
-	busyLast  atomic.Bool
-	overLast  atomic.Bool
-)
-
-// parseRunnable reads the running count of a /proc/loadavg line
-// ("0.10 0.20 0.30 2/345 6789"), -1 if the line is not of that form.
-func parseRunnable(b []byte) int {
-	field := 0
-	for i := 0; i < len(b); i++ {
-		if b[i] == ' ' {
-			field++
-			continue
-		}
-		if field == 3 {
-			n, digits := 0, 0
-			for ; i < len(b) && b[i] >= '0' && b[i] <= '9'; i++ {
-				n = n*10 + int(b[i]-'0')
-				digits++
-				if digits > 9 {
-					return -1
-				}
-			}
-			if digits == 0 || i >= len(b) || b[i] != '/' {
-				return -1
-			}
-			return n
-		}
-	}
-	return -1
-}
 
 // The adaptive policy's memory: credit > 0 means the next wait polls. A
 // wait that polling caught adds one, up to creditMax, one that polling

@@ -1,4 +1,4 @@
-package ring
+package load
 
 import (
 	"syscall"
@@ -10,15 +10,15 @@ import (
 // loadavgPath is /proc/loadavg as the kernel takes a path: NUL-terminated.
 var loadavgPath = [...]byte{'/', 'p', 'r', 'o', 'c', '/', 'l', 'o', 'a', 'd', 'a', 'v', 'g', 0}
 
-// runnableThreads returns the number of threads the kernel counts as
+// RunnableThreads returns the number of threads the kernel counts as
 // runnable on the whole machine (the fourth field of /proc/loadavg,
 // "running/total"), including the caller, or -1 if it cannot tell. It
 // allocates nothing: a few system calls on a stack buffer. They are raw
 // (procfs answers at once): syscall.Syscall's entersyscall wakes the Go
 // runtime's monitor thread when the process was idle, which a waiter
 // sampling the machine on its way to sleep would otherwise pay every
-// busySampleEvery waits.
-func runnableThreads() int {
+// SampleEvery waits.
+func RunnableThreads() int {
 	atFDCWD := unix.AT_FDCWD // a variable: the negative constant does not convert to uintptr
 	fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, uintptr(atFDCWD),
 		uintptr(unsafe.Pointer(&loadavgPath[0])), unix.O_RDONLY|unix.O_CLOEXEC, 0, 0, 0)

@@ -1,6 +1,0 @@
-//go:build !linux
-
-package ring
-
-// runnableThreads cannot tell off Linux.
-func runnableThreads() int { return -1 }
