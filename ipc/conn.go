@@ -204,6 +204,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		}
 	}
 	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, sock, c.done)
+	c.waker.wakeLast = true
 	if features&FeatureCancel != 0 {
 		c.cx.on = true
 		c.cx.visitFn = c.cx.visit

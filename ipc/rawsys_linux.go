@@ -21,6 +21,9 @@ import (
 // descriptors are non-blocking, epoll_wait is given a zero timeout), so
 // they need no hand-over of the P and are made the way the runtime makes
 // its own: raw.
+//
+// One exception: on a busy machine, the token of a server's answer is
+// written through syscall.Syscall (writeTokenSeen, sockWaker.wakeLast).
 
 // rawWrite is write(2) on a non-blocking descriptor.
 func rawWrite(fd int, b []byte) (int, error) {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,6 +49,23 @@ func writeToken(fd uintptr, b []byte) error {
 		return unix.EAGAIN
 	}
 	return err
+}
+
+// writeTokenSeen is writeToken through syscall.Syscall, which the Go
+// runtime sees: while the write runs, the runtime may hand this
+// goroutine's P, and the goroutines queued on it, to another thread.
+// See sockWaker.wakeLast for when that is worth its cost.
+func writeTokenSeen(fd uintptr, b []byte) error {
+	for {
+		_, _, e := syscall.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return e
+	}
 }
 
 // acceptNow accepts one pending connection without waiting; it returns

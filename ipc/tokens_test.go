@@ -333,3 +333,45 @@ func TestProcessTurnBounded(t *testing.T) {
 		t.Fatalf("one Process call handled %d requests, want at most %d", maxTurn, perTurn)
 	}
 }
+
+// writeTokenSeen, the answer's token write on a busy machine, reports a
+// full socket as unix.EAGAIN (the waker then defers the token) and
+// delivers the byte once there is room, as writeToken does.
+func TestWriteTokenSeenFullSocket(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	w, r := uintptr(fds[0]), fds[1]
+	fill := make([]byte, 64<<10)
+	for {
+		if _, err := unix.Write(fds[0], fill); err == unix.EAGAIN {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A last partial write may have left room for a few bytes: the
+	// buffer is full once a one-byte write does not fit.
+	for i := 0; writeTokenSeen(w, []byte{tokens[wRespCons]}) != unix.EAGAIN; i++ {
+		if i == len(fill) {
+			t.Fatal("writeTokenSeen never reported the full socket")
+		}
+	}
+	for {
+		if _, err := unix.Read(r, fill); err == unix.EAGAIN {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := writeTokenSeen(w, []byte{tokens[wRespCons]}); err != nil {
+		t.Fatalf("writeTokenSeen with room: %v", err)
+	}
+	var b [1]byte
+	if n, err := unix.Read(r, b[:]); n != 1 || err != nil || b[0] != tokens[wRespCons] {
+		t.Fatalf("read %d bytes %x, %v; want the token %#x", n, b[:n], err, tokens[wRespCons])
+	}
+}

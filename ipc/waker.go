@@ -4,11 +4,13 @@ package ipc
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/ringipc/ringipc/internal/load"
 	"github.com/ringipc/ringipc/ring"
 	"golang.org/x/sys/unix"
 )
@@ -53,6 +55,31 @@ type sockWaker struct {
 	tokensOut atomic.Uint64
 	tokensIn  atomic.Uint64
 
+	// wakeLast, set before the waker is used (a server connection),
+	// makes the token that answers a caller (the client's response
+	// word) go last while the machine is busy (wakeBusy): the writing
+	// goroutine first yields its P to the goroutines queued on it
+	// (runtime.Gosched), then writes the token with a system call the Go
+	// runtime sees (writeTokenSeen) rather than a raw one.
+	//
+	// Why: the token wakes a client that the kernel often runs at once
+	// on the writer's CPU, preempting the writer for as long as the
+	// client's turn and the queue for the CPU last, milliseconds on a
+	// busy machine. A raw write keeps the goroutine's P meanwhile, and
+	// with it the goroutines queued on the P: on a server, the loops of
+	// other connections whose requests the netpoller readied in one
+	// batch. The server's other P serves newer requests and never runs
+	// short of work, so it never steals those. Yielding first runs the
+	// queue before the write (the yielded goroutine waits on the global
+	// queue, which either P takes from), and a seen write leaves its P
+	// to the runtime's monitor should the writer still be preempted.
+	// docs/design.md 2.6.5 has the measurements. Only on a busy machine:
+	// on an idle one the writer is seldom preempted, the queue is empty,
+	// and a yield and a seen system call each may wake a thread of this
+	// process, which a paced call would pay on every call.
+	wakeLast bool
+	sendSeen [numWakeWords]func(uintptr) // send through writeTokenSeen
+
 	// onReqToken, set before the waker is used (server, FeatureCancel),
 	// runs on the token reader each time a run of tokens names the
 	// request ring's consumer word: the client sends one after every
@@ -85,20 +112,30 @@ func newSockWaker(mem []byte, offs [3]uint64, localWords []int, rc syscall.RawCo
 		w.local[i] = make(chan struct{}, 1)
 	}
 	for i := range numWakeWords {
-		buf := []byte{tokens[i]}
 		// Built once so that a wake-up allocates nothing.
-		w.send[i] = func(fd uintptr) {
-			switch err := writeToken(fd, buf); err {
-			case nil:
-				w.tokensOut.Add(1)
-			case unix.EAGAIN:
-				w.deferToken(i)
-			}
-			// Other errors: the socket is broken, the connection ends.
-		}
+		w.send[i] = w.sender(i, writeToken)
+		w.sendSeen[i] = w.sender(i, writeTokenSeen)
 	}
 	return w
 }
+
+// sender returns the function that writes word i's token with write.
+func (w *sockWaker) sender(i int, write func(fd uintptr, b []byte) error) func(uintptr) {
+	buf := []byte{tokens[i]}
+	return func(fd uintptr) {
+		switch err := write(fd, buf); err {
+		case nil:
+			w.tokensOut.Add(1)
+		case unix.EAGAIN:
+			w.deferToken(i)
+		}
+		// Other errors: the socket is broken, the connection ends.
+	}
+}
+
+// wakeBusy is load.Busy: a variable only so that tests can take the
+// wakeLast path on any machine; nothing else writes it.
+var wakeBusy = load.Busy
 
 func (w *sockWaker) index(word *uint32) int {
 	for i, p := range w.words {
@@ -136,6 +173,11 @@ func (w *sockWaker) Wake(word *uint32) {
 	// flushPending may hold while it waits for buffer space. Errors mean
 	// the socket is closed: the connection is ending and its reader
 	// reports that.
+	if w.wakeLast && i == wRespCons && wakeBusy() {
+		runtime.Gosched()
+		w.rc.Control(w.sendSeen[i]) //nolint:errcheck
+		return
+	}
 	w.rc.Control(w.send[i]) //nolint:errcheck
 }
 

@@ -5,6 +5,7 @@ package ipc
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,5 +76,24 @@ func testNoLostWakeupUnderChurn(t *testing.T, cfg *Config, opts *ClientOptions, 
 		if err != nil {
 			t.Fatalf("call %d: %v", i, err)
 		}
+	}
+}
+
+// On a busy machine a server's answer goes last (sockWaker.wakeLast): the
+// connection's loop yields its P, then writes the token with a system
+// call the runtime sees. Forced on, with every wait sleeping so that
+// every answer is a token, no answer is lost.
+func TestNoLostWakeupAnswersLast(t *testing.T) {
+	var asked atomic.Int64
+	old := wakeBusy
+	wakeBusy = func() bool { asked.Add(1); return true }
+	t.Cleanup(func() { wakeBusy = old }) // runs after the server's cleanup
+	n := 5000
+	if testing.Short() {
+		n /= 4
+	}
+	testNoLostWakeupUnderChurn(t, &Config{Wait: ring.WaitSleep}, &ClientOptions{Wait: ring.WaitSleep}, n)
+	if asked.Load() == 0 {
+		t.Fatal("no answer took the wakeLast path")
 	}
 }
