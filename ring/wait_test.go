@@ -487,4 +487,3 @@ func TestKernelSleepDeadline(t *testing.T) {
 		}
 	}
 }
-
