@@ -387,13 +387,6 @@ func (w *scribbleWaker) Sleep(context.Context, *uint32, time.Duration) error {
 }
 func (w *scribbleWaker) Wake(*uint32) {}
 
-// Sampling the machine's load allocates nothing.
-func TestMachineBusyAllocs(t *testing.T) {
-	if n := testing.AllocsPerRun(200, func() { machineBusy() }); n != 0 {
-		t.Errorf("machineBusy allocates %.1f times per call", n)
-	}
-}
-
 // A kernel sleeper's FUTEX_WAIT has no timeout: the process's watcher
 // wakes it when its sleep has lasted its length, even if a peer cleared
 // its word without waking it, and it goes on through the Waker; once no

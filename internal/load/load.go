@@ -45,11 +45,6 @@ func Overloaded() bool {
 	return overLast.Load()
 }
 
-// WasOverloaded is Overloaded's last answer, without counting towards
-// the next sample: for a caller too frequent to sample (a wake-up per
-// message) in a process whose waits sample anyway.
-func WasOverloaded() bool { return overLast.Load() }
-
 func sample() {
 	if calls.Add(1)%SampleEvery == 1 {
 		r := RunnableThreads()
