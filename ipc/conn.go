@@ -30,6 +30,9 @@ import (
 // pending, again, pmu); the dispatch queue (qMu and below) in
 // dispatch.go; stats in stats.go.
 type Conn struct {
+	// backlog is the loop's walk (backlog.go), owned by serveLoop.
+	backlog connBacklog
+
 	// Set at construction (newConn), read-only afterwards.
 	srv      *Server
 	id       uint64
@@ -204,7 +207,7 @@ func newConn(s *Server, uc *net.UnixConn, svc *Service, cred Cred, sizes [3]uint
 		}
 	}
 	c.waker = newSockWaker(mem, offs, []int{wReqCons, wRespProd, wDispProd}, sock, c.done)
-	c.waker.wakeLast = true
+	c.waker.behind = s.backlog.behind
 	if features&FeatureCancel != 0 {
 		c.cx.on = true
 		c.cx.visitFn = c.cx.visit

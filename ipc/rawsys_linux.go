@@ -23,7 +23,7 @@ import (
 // its own: raw.
 //
 // One exception: on a busy machine, the token of a server's answer is
-// written through syscall.Syscall (writeTokenSeen, sockWaker.wakeLast).
+// written through syscall.Syscall (writeTokenSeen, sockWaker.behind).
 
 // rawWrite is write(2) on a non-blocking descriptor.
 func rawWrite(fd int, b []byte) (int, error) {

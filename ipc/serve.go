@@ -28,6 +28,7 @@ func (c *Conn) readLoop() {
 // sleeps (see nextRequest).
 func (c *Conn) serveLoop() {
 	defer c.teardown()
+	defer c.backlog.end(&c.srv.backlog)
 	for {
 		rec, err := c.nextRequest()
 		if err != nil {
@@ -64,8 +65,12 @@ func (c *Conn) handleOne(rec ring.Record) bool {
 // the netpoller: an idle connection holds no thread (ring.Waiter's
 // WaitKernel, which also bounds the kernel sleepers of the process).
 func (c *Conn) nextRequest() (ring.Record, error) {
-	var rec ring.Record
-	var err error
+	rec, err := c.reqC.TryPeek()
+	if err != ring.ErrEmpty {
+		c.backlog.found(&c.srv.backlog)
+		return rec, err
+	}
+	c.backlog.waited(&c.srv.backlog)
 	werr := c.reqC.Waiter().WaitKernel(c.loopCtx, func() bool {
 		rec, err = c.reqC.TryPeek()
 		return err != ring.ErrEmpty

@@ -46,6 +46,10 @@ type Server struct {
 	nextID atomic.Uint64
 	stats  serverCounters
 
+	// backlog counts the connection loops that have lately found their
+	// requests waiting (backlog.go); written by every loop.
+	backlog backlog
+
 	// testHookTornDown, set by tests before serving, runs at the end of
 	// every connection's teardown.
 	testHookTornDown func(*Conn)

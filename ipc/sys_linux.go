@@ -54,7 +54,7 @@ func writeToken(fd uintptr, b []byte) error {
 // writeTokenSeen is writeToken through syscall.Syscall, which the Go
 // runtime sees: while the write runs, the runtime may hand this
 // goroutine's P, and the goroutines queued on it, to another thread.
-// See sockWaker.wakeLast for when that is worth its cost.
+// See sockWaker.behind for when that is worth its cost.
 func writeTokenSeen(fd uintptr, b []byte) error {
 	for {
 		_, _, e := syscall.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))

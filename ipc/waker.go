@@ -55,29 +55,31 @@ type sockWaker struct {
 	tokensOut atomic.Uint64
 	tokensIn  atomic.Uint64
 
-	// wakeLast, set before the waker is used (a server connection),
-	// makes the token that answers a caller (the client's response
-	// word) go last while the machine is busy (wakeBusy): the writing
-	// goroutine first yields its P to the goroutines queued on it
-	// (runtime.Gosched), then writes the token with a system call the Go
-	// runtime sees (writeTokenSeen) rather than a raw one.
+	// behind, set before the waker is used (a server connection: its
+	// server's backlog.behind), makes the token that answers a caller
+	// (the client's response word) go last while the server is behind
+	// and the machine busy (load.Busy): the writing goroutine first yields
+	// its P to the goroutines queued on it (runtime.Gosched), then writes
+	// the token with a system call the Go runtime sees (writeTokenSeen)
+	// rather than a raw one. nil: never.
 	//
 	// Why: the token wakes a client that the kernel often runs at once
 	// on the writer's CPU, preempting the writer for as long as the
 	// client's turn and the queue for the CPU last, milliseconds on a
 	// busy machine. A raw write keeps the goroutine's P meanwhile, and
-	// with it the goroutines queued on the P: on a server, the loops of
-	// other connections whose requests the netpoller readied in one
-	// batch. The server's other P serves newer requests and never runs
-	// short of work, so it never steals those. Yielding first runs the
-	// queue before the write (the yielded goroutine waits on the global
-	// queue, which either P takes from), and a seen write leaves its P
-	// to the runtime's monitor should the writer still be preempted.
-	// docs/design.md 2.6.5 has the measurements. Only on a busy machine:
-	// on an idle one the writer is seldom preempted, the queue is empty,
-	// and a yield and a seen system call each may wake a thread of this
-	// process, which a paced call would pay on every call.
-	wakeLast bool
+	// with it the goroutines queued on the P: on a server that is behind,
+	// the loops of other connections whose requests the netpoller
+	// readied in one batch. The server's other P serves newer requests
+	// and never runs short of work, so it never steals those. Yielding
+	// first runs the queue before the write (the yielded goroutine waits
+	// on the global queue, which either P takes from), and a seen write
+	// leaves its P to the runtime's monitor should the writer still be
+	// preempted. docs/design.md 2.6.5 has the measurements. Only then:
+	// otherwise nothing queues behind the writer, and a yield and a seen
+	// system call each may wake a thread of a process with an idle P,
+	// which a paced call, or a server busy a third of the time, would pay
+	// on every answer.
+	behind   func() bool
 	sendSeen [numWakeWords]func(uintptr) // send through writeTokenSeen
 
 	// onReqToken, set before the waker is used (server, FeatureCancel),
@@ -133,9 +135,13 @@ func (w *sockWaker) sender(i int, write func(fd uintptr, b []byte) error) func(u
 	}
 }
 
-// wakeBusy is load.Busy: a variable only so that tests can take the
-// wakeLast path on any machine; nothing else writes it.
-var wakeBusy = load.Busy
+// answerLast says whether w's answer token goes last (see
+// sockWaker.behind): the server is behind and the machine busy. A
+// variable only so that tests can make answers go last on any machine;
+// nothing else writes it.
+var answerLast = func(w *sockWaker) bool {
+	return w.behind != nil && w.behind() && load.Busy()
+}
 
 func (w *sockWaker) index(word *uint32) int {
 	for i, p := range w.words {
@@ -173,7 +179,7 @@ func (w *sockWaker) Wake(word *uint32) {
 	// flushPending may hold while it waits for buffer space. Errors mean
 	// the socket is closed: the connection is ending and its reader
 	// reports that.
-	if w.wakeLast && i == wRespCons && wakeBusy() {
+	if i == wRespCons && answerLast(w) {
 		runtime.Gosched()
 		w.rc.Control(w.sendSeen[i]) //nolint:errcheck
 		return
