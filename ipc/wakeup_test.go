@@ -60,7 +60,11 @@ func testNoLostWakeupUnderChurn(t *testing.T, cfg *Config, opts *ClientOptions, 
 					t.Error(err)
 					return
 				}
-				c2.Call(context.Background(), msgEcho, []byte("y")) //nolint:errcheck // noise
+				// Bounded, so that a lost wake-up fails the test (the
+				// main loop's deadline) instead of hanging this call.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				c2.Call(ctx, msgEcho, []byte("y")) //nolint:errcheck // noise
+				cancel()
 				c2.Close()
 			}
 		})
