@@ -65,16 +65,21 @@ func (c *Conn) handleOne(rec ring.Record) bool {
 // the netpoller: an idle connection holds no thread (ring.Waiter's
 // WaitKernel, which also bounds the kernel sleepers of the process).
 func (c *Conn) nextRequest() (ring.Record, error) {
-	rec, err := c.reqC.TryPeek()
-	if err != ring.ErrEmpty {
-		c.backlog.found(&c.srv.backlog)
-		return rec, err
-	}
-	c.backlog.waited(&c.srv.backlog)
+	var rec ring.Record
+	var err error
+	looks := 0
 	werr := c.reqC.Waiter().WaitKernel(c.loopCtx, func() bool {
+		looks++
 		rec, err = c.reqC.TryPeek()
 		return err != ring.ErrEmpty
 	})
+	// WaitKernel looks once before anything else: a request found then
+	// was waiting already (the server's backlog, backlog.go).
+	if looks == 1 && werr == nil {
+		c.backlog.found(&c.srv.backlog)
+	} else {
+		c.backlog.waited(&c.srv.backlog)
+	}
 	if werr != nil {
 		return ring.Record{}, werr
 	}

@@ -79,8 +79,8 @@ type sockWaker struct {
 	// system call each may wake a thread of a process with an idle P,
 	// which a paced call, or a server busy a third of the time, would pay
 	// on every answer.
-	behind   func() bool
-	sendSeen [numWakeWords]func(uintptr) // send through writeTokenSeen
+	behind     func() bool
+	answerSeen func(uintptr) // sends the answer token through writeTokenSeen
 
 	// onReqToken, set before the waker is used (server, FeatureCancel),
 	// runs on the token reader each time a run of tokens names the
@@ -116,8 +116,8 @@ func newSockWaker(mem []byte, offs [3]uint64, localWords []int, rc syscall.RawCo
 	for i := range numWakeWords {
 		// Built once so that a wake-up allocates nothing.
 		w.send[i] = w.sender(i, writeToken)
-		w.sendSeen[i] = w.sender(i, writeTokenSeen)
 	}
+	w.answerSeen = w.sender(wRespCons, writeTokenSeen)
 	return w
 }
 
@@ -181,7 +181,7 @@ func (w *sockWaker) Wake(word *uint32) {
 	// reports that.
 	if i == wRespCons && answerLast(w) {
 		runtime.Gosched()
-		w.rc.Control(w.sendSeen[i]) //nolint:errcheck
+		w.rc.Control(w.answerSeen) //nolint:errcheck
 		return
 	}
 	w.rc.Control(w.send[i]) //nolint:errcheck

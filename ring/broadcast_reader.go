@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ringipc/ringipc/futex"
+	"github.com/ringipc/ringipc/internal/load"
 )
 
 // BroadcastReader reads a broadcast ring. It never writes the ring's
@@ -131,8 +132,8 @@ const BroadcastPollSlice = time.Millisecond
 // per message, against 0.43-0.46 ms for Unix sockets).
 const BroadcastBusySlice = 200 * time.Microsecond
 
-// broadcastBusy is machineBusy; tests replace it.
-var broadcastBusy = machineBusy
+// broadcastBusy is load.Busy; tests replace it.
+var broadcastBusy = load.Busy
 
 // BroadcastReaderStats counts what a reader lost to overruns.
 type BroadcastReaderStats struct {

@@ -15,7 +15,7 @@ import (
 // hypervisor. On the 2-vCPU KVM guest this was measured on, that made a
 // 64-byte call at 10,000/s take 12-19 µs (p50) where the same round trip
 // on bare futexes takes 4 µs; without the timeout it took 4.4-4.8 µs.
-// So a kernel sleeper on a machine with a CPU to spare (machineBusy
+// So a kernel sleeper on a machine with a CPU to spare (load.Busy
 // false) waits without a timeout and is registered here instead, with
 // the time its kernel sleep ends (until). One goroutine per process
 // sleeps until the earliest such time and then wakes (as a peer

@@ -149,23 +149,14 @@ const AdaptiveSpin = 50 * time.Microsecond
 // while the machine has a CPU to spare: when more threads are runnable
 // than there are CPUs (dozens of client processes on few CPUs), the
 // poll takes the CPU the peer needs to answer, so the reply wait sleeps
-// at once (see machineBusy).
+// at once (see load.Busy).
 const ReplySpin = 200 * time.Microsecond
 
-// machineBusy and machineOverloaded are the machine's load as
-// internal/load samples it (/proc/loadavg's runnable threads against the
-// CPUs, once every load.SampleEvery calls): busy is more runnable
-// threads than CPUs, overloaded at least twice as many, so that a
-// sleeper can expect to wait for a CPU, milliseconds, not for its peer's
-// wake-up.
-var (
-	machineBusy       = load.Busy
-	machineOverloaded = load.Overloaded
-)
-
-// overloaded is machineOverloaded: a variable only so that tests can make
+// overloaded is load.Overloaded (at least twice as many runnable threads
+// as CPUs, so that a sleeper can expect to wait for a CPU, milliseconds,
+// not for its peer's wake-up): a variable only so that tests can make
 // sleepers hand off their P on any machine; nothing else writes it.
-var overloaded = machineOverloaded
+var overloaded = load.Overloaded
 
 // The adaptive policy's memory: credit > 0 means the next wait polls. A
 // wait that polling caught adds one, up to creditMax, one that polling
@@ -380,7 +371,7 @@ func (w *Waiter) WaitKernel(ctx context.Context, ready func() bool) error {
 // the peer asleep and woke it (Producer.ConsumerWasAsleep). A peer that
 // was asleep answers after its wake-up, tens of µs away: WaitAdaptive
 // polls through it for up to ReplySpin, which costs less CPU than
-// being woken, unless the machine has no CPU to spare (machineBusy),
+// being woken, unless the machine has no CPU to spare (load.Busy),
 // when it sleeps at once. A peer that was awake may
 // answer within its handling time: WaitAdaptive decides from history as
 // WaitKernel does. WaitSpin and WaitSleep wait as in WaitKernel.
@@ -455,7 +446,7 @@ const kernelTries = 3
 // watchable says whether a kernel sleep goes without a timeout, watched
 // (kernelwatch.go): on a machine with a CPU to spare. A variable only so
 // that tests can make it true on a busy machine; nothing else writes it.
-var watchable = func() bool { return !machineBusy() }
+var watchable = func() bool { return !load.Busy() }
 
 // kernelSlice is a third of a kernel sleep's length. A variable only so
 // that a test can hold a sleeper in the kernel until it is woken;
@@ -523,7 +514,7 @@ func (w *Waiter) spin(done <-chan struct{}, ready func() bool, how int) bool {
 	case WaitAdaptive:
 		budget := w.budget
 		if how == spinReply {
-			if machineBusy() {
+			if load.Busy() {
 				return false
 			}
 			budget = max(budget, ReplySpin)
@@ -626,7 +617,7 @@ func (s *spinner) again() bool {
 }
 
 // futexSleep is a FUTEX_WAIT that keeps the goroutine's P (futex.Wait),
-// or with handoff (the callers pass machineOverloaded's answer) hands it
+// or with handoff (the callers pass overloaded's answer) hands it
 // back to the scheduler for the sleep (futex.WaitHandoff). On an
 // overloaded machine a sleep lasts as long as the peer waits for a CPU,
 // milliseconds, and a kept P has the runtime's monitor thread look at it
