@@ -340,3 +340,25 @@ func TestZeroCopyHoldsRole(t *testing.T) {
 		}
 	}
 }
+
+// A caller that is not the reader takes a signal that is already in,
+// or comes while it lets the others run, without parking; with none in
+// it gives up after its turns, leaving the count of woken callers alone.
+func TestSignalledSoon(t *testing.T) {
+	cl := &Client{}
+	w := getWaiter()
+	defer putWaiter(w)
+	if cl.signalledSoon(w) {
+		t.Fatal("signalledSoon took a signal nobody sent")
+	}
+	cl.signal(w)
+	if !cl.signalledSoon(w) {
+		t.Fatal("signalledSoon missed a signal sent before it")
+	}
+	if n := cl.woken.Load(); n != 0 {
+		t.Fatalf("woken = %d after the signal was taken, want 0", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { cl.signalledSoon(w) }); n != 0 {
+		t.Errorf("signalledSoon allocates %.1f times", n)
+	}
+}
