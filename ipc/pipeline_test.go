@@ -341,9 +341,9 @@ func TestZeroCopyHoldsRole(t *testing.T) {
 	}
 }
 
-// A caller that is not the reader takes a signal that is already in,
-// or comes while it lets the others run, without parking; with none in
-// it gives up after its turns, leaving the count of woken callers alone.
+// A caller that is not the reader takes a signal that is already in
+// without parking, and counts itself out of the woken callers; with
+// none in it gives up after its turns. Neither allocates.
 func TestSignalledSoon(t *testing.T) {
 	cl := &Client{}
 	w := getWaiter()

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,20 +50,15 @@ func writeToken(fd uintptr, b []byte) error {
 	return err
 }
 
-// writeTokenSeen is writeToken through syscall.Syscall, which the Go
-// runtime sees: while the write runs, the runtime may hand this
+// writeTokenSeen is writeToken through unix.Write, whose system call
+// the Go runtime sees: while the write runs, the runtime may hand this
 // goroutine's P, and the goroutines queued on it, to another thread.
 // See sockWaker.behind for when that is worth its cost.
 func writeTokenSeen(fd uintptr, b []byte) error {
 	for {
-		_, _, e := syscall.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch e {
-		case 0:
-			return nil
-		case unix.EINTR:
-			continue
+		if _, err := unix.Write(int(fd), b); err != unix.EINTR {
+			return err
 		}
-		return e
 	}
 }
 
