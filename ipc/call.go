@@ -34,18 +34,19 @@ import (
 //     role (the record is the ring's next one) until Response.Release,
 //     which hands it on in the same way.
 //
-// Any other caller parks on its waiter's channel, listening to nothing
+// Any other caller waits for its waiter's signal, listening to nothing
 // else but its context: the connection's end reaches it through kill,
 // which fails every registered waiter (failWaiters). So a pipelined call
 // costs at most one park and one wake, each on a channel no one else
 // uses, and the reader matches a run of responses under one hold of mu.
 //
 // Before it parks, such a caller lets the other goroutines of its P run
-// a few times (signalTurns), looking at its channel between turns: a
+// a few times (signalTurns), looking at its signal word between turns: a
 // pipelining caller's answer often comes while the others send theirs,
-// and then the reader's signal is a store into the channel's buffer,
-// which wakes no goroutine and so asks the runtime for no second thread
-// (docs/design.md 2.6.1).
+// and then the reader's signal is one atomic swap, which wakes no
+// goroutine and so asks the runtime for no second thread (docs/design.md
+// 2.6.1). Only a caller that parked is woken through its channel
+// (waiter.sig says which).
 //
 // A reader with nothing to read while callers it woke have not run yet
 // (Client.woken) yields its P to them: each will send its next call as
@@ -60,6 +61,7 @@ func getWaiter() *waiter { return waiterPool.Get().(*waiter) }
 
 func putWaiter(w *waiter) {
 	w.waiterState = waiterState{}
+	w.sig.Store(sigNone)
 	w.gen.Add(1)
 	waiterPool.Put(w)
 }
@@ -175,7 +177,7 @@ func (cl *Client) unregister(w *waiter) {
 	}
 	cl.mu.Unlock()
 	if !pending {
-		cl.received(w)
+		cl.received(w, false)
 	}
 }
 
@@ -247,17 +249,22 @@ func (cl *Client) wait(ctx context.Context, w *waiter) error {
 			if cl.signalledSoon(w) {
 				return w.err
 			}
+			if !w.sig.CompareAndSwap(sigNone, sigParked) {
+				cl.took(w) // given since the last look
+				return w.err
+			}
 			done := ctx.Done()
 			if done == nil {
-				cl.received(w)
+				<-w.ch
+				cl.took(w)
 				return w.err
 			}
 			select {
 			case <-w.ch:
-				cl.woken.Add(-1)
+				cl.took(w)
 				return w.err
 			case <-done:
-				return cl.abandon(ctx.Err(), w)
+				return cl.abandon(ctx.Err(), w, true)
 			}
 		}
 		mine, err := cl.read(ctx, w)
@@ -275,7 +282,7 @@ func (cl *Client) wait(ctx context.Context, w *waiter) error {
 			// our response yet, so the call ends with err (its deadline)
 			// rather than with a response another reader finds for it
 			// right after the role is handed on.
-			err = cl.abandon(err, w)
+			err = cl.abandon(err, w, false)
 			cl.releaseRole()
 			return err
 		}
@@ -299,11 +306,9 @@ const signalTurns = 8
 func (cl *Client) signalledSoon(w *waiter) bool {
 	for range signalTurns {
 		runtime.Gosched()
-		select {
-		case <-w.ch:
-			cl.woken.Add(-1)
+		if w.sig.Load() == sigGiven {
+			cl.took(w)
 			return true
-		default:
 		}
 	}
 	return false
@@ -598,14 +603,38 @@ func (b *readBatch) flush(cl *Client) {
 // reader role with its zero-copy response.
 func (cl *Client) signal(w *waiter) {
 	cl.woken.Add(1)
-	w.ch <- struct{}{}
+	if w.sig.Swap(sigGiven) == sigParked {
+		w.ch <- struct{}{}
+	}
 }
 
-// received waits for signal.
-func (cl *Client) received(w *waiter) {
-	<-w.ch
+// took consumes a given signal.
+func (cl *Client) took(w *waiter) {
+	w.sig.Store(sigNone)
 	cl.woken.Add(-1)
 }
+
+// received waits for signal. parked says whether the caller parked
+// already, and so is owed the channel's token whatever sig says now.
+func (cl *Client) received(w *waiter, parked bool) {
+	if parked || w.sig.CompareAndSwap(sigNone, sigParked) {
+		<-w.ch
+	}
+	cl.took(w)
+}
+
+// A waiter's signal states (waiter.sig). The caller moves sigNone to
+// sigParked (compare-and-swap) only as it parks, the signaller anything
+// to sigGiven (swap), sending on ch if it found sigParked, and the
+// caller sigGiven back to sigNone once it has the signal (took). So a
+// signal either finds the caller not parked and is a swap it will see,
+// or finds it parked and is a token it receives: none is lost, and none
+// is left in ch for the waiter's next call.
+const (
+	sigNone   uint32 = iota // no signal, and the caller is not parked
+	sigGiven                // signalled: the result is in
+	sigParked               // the caller waits on ch
+)
 
 // idle frees the background reader's role if nothing is outstanding.
 func (cl *Client) idle() bool {
@@ -789,7 +818,7 @@ func (cl *Client) fill(w *waiter, status uint32, data, body []byte) {
 // response ring, and the server blocks once that ring is full: so an
 // abandoned call counts as an orphan, which keeps the background reader
 // reading until it has arrived.
-func (cl *Client) abandon(why error, w *waiter) error {
+func (cl *Client) abandon(why error, w *waiter, parked bool) error {
 	cl.mu.Lock()
 	// A Stream's part handed over (handed) is on its way to the caller
 	// with the reader role: take it, as a response already taken.
@@ -810,16 +839,22 @@ func (cl *Client) abandon(why error, w *waiter) error {
 		}
 		return why
 	}
-	cl.received(w)
+	cl.received(w, parked)
 	return w.err
 }
 
 // waiter is one call in flight. Whoever takes it out of Client.waiters
 // (the reader that found its response, or kill) fills in the result and
-// then signals ch, unless it is the caller itself; until then the caller
-// does not touch the result fields, afterwards only the caller does.
+// then signals it (Client.signal), unless it is the caller itself; until
+// then the caller does not touch the result fields, afterwards only the
+// caller does. The swap of sig that signals orders the result's stores
+// before the caller's load that sees sigGiven (or its receive from ch).
+// A waiter has at most one signal outstanding: the next (a Stream's next
+// part, a handed-back role) follows something the caller does after it
+// took the last.
 type waiter struct {
-	ch chan struct{} // buffered 1
+	ch  chan struct{} // buffered 1; a token only for a parked caller
+	sig atomic.Uint32 // sigNone, sigGiven or sigParked
 	// gen counts the waiter's trips back to the pool (putWaiter). A
 	// PendingCall or Response keeps the gen it was made with, so a copy
 	// that outlived its call finds a different one and cannot act on

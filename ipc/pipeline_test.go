@@ -362,3 +362,64 @@ func TestSignalledSoon(t *testing.T) {
 		t.Errorf("signalledSoon allocates %.1f times", n)
 	}
 }
+
+// A signal given before its caller parks is a swap the caller sees, with
+// no token in the channel; one given to a parked caller is a token it
+// receives. Either way the waiter ends with no signal left over for its
+// next call, and the woken count back at zero.
+func TestWaiterSignalStates(t *testing.T) {
+	cl := &Client{}
+	w := getWaiter()
+	defer putWaiter(w)
+	settled := func(when string) {
+		t.Helper()
+		if s := w.sig.Load(); s != sigNone {
+			t.Fatalf("%s: sig = %d, want sigNone", when, s)
+		}
+		if len(w.ch) != 0 {
+			t.Fatalf("%s: a token left in the channel", when)
+		}
+		if n := cl.woken.Load(); n != 0 {
+			t.Fatalf("%s: woken = %d, want 0", when, n)
+		}
+	}
+
+	// Given first: received (not parked) takes it without the channel.
+	cl.signal(w)
+	if len(w.ch) != 0 {
+		t.Fatal("a signal to a caller that had not parked sent a token")
+	}
+	cl.received(w, false)
+	settled("given, then received")
+
+	// Parked first: the signal sends the token the caller waits for.
+	if !w.sig.CompareAndSwap(sigNone, sigParked) {
+		t.Fatal("could not park")
+	}
+	go cl.signal(w)
+	cl.received(w, true)
+	settled("parked, then given")
+
+	// Parked, and given before it gave up (abandon): the token is still
+	// owed to it, though sig no longer says parked.
+	if !w.sig.CompareAndSwap(sigNone, sigParked) {
+		t.Fatal("could not park")
+	}
+	cl.signal(w)
+	if s := w.sig.Load(); s != sigGiven {
+		t.Fatalf("sig = %d after the signal, want sigGiven", s)
+	}
+	cl.received(w, true)
+	settled("parked, given, received after giving up")
+
+	// The caller's wait, parking for real: a signal from another
+	// goroutine ends it, whichever comes first.
+	for range 100 {
+		w.pending = true
+		go cl.signal(w)
+		if err := cl.wait(context.Background(), w); err != nil {
+			t.Fatal(err)
+		}
+		settled("wait")
+	}
+}
