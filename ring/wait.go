@@ -561,12 +561,26 @@ func pollFor(budget time.Duration, done <-chan struct{}, ready func() bool) bool
 // round; pausing let a saturated 64-byte call go from 1.07-1.08 M to
 // 1.47-1.50 M calls/s and ring ping-pong from 1.60-1.68 M to 1.78-1.88 M
 // (ringbench, two interleaved runs of each build), paced and fan-in rows
-// unchanged. The pause is far below the 300 ns of a spinning round trip,
-// so a poll still sees a publication within a fraction of it. With it,
-// pollsPerCheck polls take about 7 µs: checking the clock (and so
-// yielding) every 16 polls instead tripled ping-pong's p99.
+// unchanged. With it, pollsPerCheck polls take about 7 µs: checking the
+// clock (and so yielding) every 16 polls instead tripled ping-pong's p99.
+//
+// But a pause also delays seeing the publication, by half of it on
+// average, on each side of a round trip, and a PAUSE's length varies:
+// on the AMD guest one takes about 20 ns, ten about 195 ns. So the first
+// pollsPerCheck polls of a wait, where a peer that is answering right
+// now is found, pause quickPause times, and only a wait that goes on
+// past them (a peer busy elsewhere, fan-in's waits) pauses pollPause.
+// On the AMD guest's slower phase (ringbench, 2026-12-03, 7 interleaved
+// pairs of invocations) that took a saturated call from a median 32x
+// the socket (30-34x) to 40x (34-44x), and ring ping-pong from 37x to
+// 45x; pipelined calls, streams and dispatch did not move. One pause
+// throughout did as much for those rows but put fan-in's p99 from 0.93x
+// to 1.03x the socket's (8 pairs). With quick first polls only, fan-in's
+// p99 read a median 0.82x against 0.87-0.88x (two sets of 6 pairs) and
+// its p50 0.80-0.88x against 0.64-0.79x.
 const (
 	pollsPerCheck = 64
+	quickPause    = 1
 	pollPause     = 10
 	yieldEvery    = 2 * time.Microsecond
 	osYieldEvery  = 16 // Goscheds per sched_yield
@@ -589,7 +603,11 @@ func (s *spinner) again() bool {
 	}
 	s.n++
 	if s.n%pollsPerCheck != 0 {
-		spin.Pause(pollPause)
+		if s.n < pollsPerCheck {
+			spin.Pause(quickPause)
+		} else {
+			spin.Pause(pollPause)
+		}
 		return true
 	}
 	// Not ctx.Err(), which takes the context's lock: a receive attempt.
