@@ -255,8 +255,7 @@ func (cl *Client) wait(ctx context.Context, w *waiter) error {
 			}
 			done := ctx.Done()
 			if done == nil {
-				<-w.ch
-				cl.took(w)
+				cl.received(w, true)
 				return w.err
 			}
 			select {

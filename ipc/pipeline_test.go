@@ -412,10 +412,10 @@ func TestWaiterSignalStates(t *testing.T) {
 	cl.received(w, true)
 	settled("parked, given, received after giving up")
 
-	// The caller's wait, parking for real: a signal from another
-	// goroutine ends it, whichever comes first.
+	// The caller's wait against a signal from another goroutine, which
+	// comes during its turns or after it parked, whichever the scheduler
+	// makes of it: either way it ends the wait and leaves nothing behind.
 	for range 100 {
-		w.pending = true
 		go cl.signal(w)
 		if err := cl.wait(context.Background(), w); err != nil {
 			t.Fatal(err)

@@ -561,8 +561,9 @@ func pollFor(budget time.Duration, done <-chan struct{}, ready func() bool) bool
 // round; pausing let a saturated 64-byte call go from 1.07-1.08 M to
 // 1.47-1.50 M calls/s and ring ping-pong from 1.60-1.68 M to 1.78-1.88 M
 // (ringbench, two interleaved runs of each build), paced and fan-in rows
-// unchanged. With it, pollsPerCheck polls take about 7 µs: checking the
-// clock (and so yielding) every 16 polls instead tripled ping-pong's p99.
+// unchanged. With ten, pollsPerCheck polls took about 7 µs there:
+// checking the clock (and so yielding) every 16 polls instead tripled
+// ping-pong's p99.
 //
 // But a pause also delays seeing the publication, by half of it on
 // average, on each side of a round trip, and a PAUSE's length varies:
