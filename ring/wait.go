@@ -578,7 +578,11 @@ func pollFor(budget time.Duration, done <-chan struct{}, ready func() bool) bool
 // throughout did as much for those rows but put fan-in's p99 from 0.93x
 // to 1.03x the socket's (8 pairs). With quick first polls only, fan-in's
 // p99 read a median 0.82x against 0.87-0.88x (two sets of 6 pairs) and
-// its p50 0.80-0.88x against 0.64-0.79x.
+// its p50 0.80-0.88x against 0.64-0.79x. They cost 1 MiB calls, whose
+// caller waits for each piece's note (ipc's progress notes): 3.8-3.9x
+// the socket against 4.3-4.5x with ten pauses throughout (14
+// interleaved pairs, slower phase), for reasons not yet found; the
+// server's near/far verdict (ipc/near.go) did not change with them.
 const (
 	pollsPerCheck = 64
 	quickPause    = 1
