@@ -138,8 +138,15 @@ const DefaultSpin = 200 * time.Microsecond
 // AdaptiveSpin is the budget of WaitAdaptive when Spin is 0: how long a
 // side whose polls have been paying polls before it sleeps. It is short
 // because a missed poll costs more than its budget on a loaded machine;
-// docs/design.md 2.6.1 has the measurements that chose it.
-const AdaptiveSpin = 50 * time.Microsecond
+// docs/design.md 2.6.1 has the measurements that chose it. The polling
+// loop reads the clock first after pollsPerCheck polls, and the budget
+// counts from there: it was 50 µs while those polls paused ten times
+// each, which made about 63 µs of polling on the AMD guest (57 µs on the
+// Xeon). Since they pause once (quickPause) they take about 2 µs, and
+// 50 µs cost 1 MiB calls, whose caller polls for each piece's note, a
+// median 3.4x the socket against 4.7x (4 interleaved pairs); 62 µs
+// gave 4.8x.
+const AdaptiveSpin = 62 * time.Microsecond
 
 // ReplySpin is the budget of an adaptive WaitReply whose request woke a
 // sleeping peer: the answer is the peer's wake-up plus its handling
@@ -578,11 +585,10 @@ func pollFor(budget time.Duration, done <-chan struct{}, ready func() bool) bool
 // throughout did as much for those rows but put fan-in's p99 from 0.93x
 // to 1.03x the socket's (8 pairs). With quick first polls only, fan-in's
 // p99 read a median 0.82x against 0.87-0.88x (two sets of 6 pairs) and
-// its p50 0.80-0.88x against 0.64-0.79x. They cost 1 MiB calls, whose
-// caller waits for each piece's note (ipc's progress notes): 3.8-3.9x
-// the socket against 4.3-4.5x with ten pauses throughout (14
-// interleaved pairs, slower phase), for reasons not yet found; the
-// server's near/far verdict (ipc/near.go) did not change with them.
+// its p50 0.80-0.88x against 0.64-0.79x. They also shortened the
+// polling of every wait by about 11 µs, since the budget counts from the
+// first clock read (AdaptiveSpin says what that cost and how it is
+// made up).
 const (
 	pollsPerCheck = 64
 	quickPause    = 1
